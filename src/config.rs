@@ -1,0 +1,116 @@
+//! Every option, with its default and why. Each flag also reads a `WHIPCAST_*` variable.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// whipcast: OBS publishes over WHIP, browsers watch over WHEP, with sub-second latency.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "whipcast", version, about)]
+pub struct Config {
+    /// Address for HTTP: the pages, the API, WHIP and WHEP.
+    ///
+    /// All interfaces by default, so other machines on the network can reach the pages.
+    #[arg(long, env = "WHIPCAST_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+
+    /// Address of the one UDP socket that carries all WebRTC media (ICE, DTLS, SRTP).
+    ///
+    /// With a specific IP (e.g. 127.0.0.1:8189) exactly that address is advertised; with an
+    /// unspecified one (0.0.0.0) every address of the machine's interfaces is.
+    #[arg(long, env = "WHIPCAST_UDP_LISTEN", default_value = "0.0.0.0:8189")]
+    pub udp_listen: SocketAddr,
+
+    /// Address to advertise in ICE candidates instead of the local ones, for 1:1 NAT and
+    /// Docker (repeat it for IPv4 and IPv6). The UDP port stays the one of --udp-listen.
+    #[arg(long = "public-ip", env = "WHIPCAST_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ips: Vec<IpAddr>,
+
+    /// Directory for the state file (broadcasts survive a restart).
+    #[arg(long, env = "WHIPCAST_DATA_DIR", default_value = "whipcast-data")]
+    pub data_dir: PathBuf,
+
+    /// How many broadcasts may be live at once. Each live one costs ingest plus fan-out CPU;
+    /// four matches the original service's capacity.
+    #[arg(long, env = "WHIPCAST_MAX_LIVE_BROADCASTS", default_value_t = 4)]
+    pub max_live_broadcasts: usize,
+
+    /// Viewers per broadcast. Eight keeps a home upload link and a small machine comfortable.
+    #[arg(long, env = "WHIPCAST_MAX_VIEWERS", default_value_t = 8)]
+    pub max_viewers: usize,
+
+    /// What happens when one more viewer joins a full broadcast.
+    #[arg(long, env = "WHIPCAST_WHEN_FULL", value_enum, default_value_t = WhenFull::EvictOldest)]
+    pub when_full: WhenFull,
+
+    /// If set, `POST /api/broadcasts` requires `Authorization: Bearer <token>`, so a public
+    /// server does not hand out broadcasts to anyone.
+    #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]
+    pub create_token: Option<String>,
+}
+
+/// Policy for a viewer joining a broadcast that already has `--max-viewers` viewers.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// The newcomer gets in and the oldest viewer is told it was replaced.
+    EvictOldest,
+    /// The newcomer gets `503` + `Retry-After`, as the WHEP draft describes.
+    Reject,
+}
+
+impl Config {
+    /// The addresses to advertise as ICE host candidates, given the bound UDP address.
+    pub fn advertised_addrs(&self, bound: SocketAddr) -> Vec<SocketAddr> {
+        let port = bound.port();
+        if !self.public_ips.is_empty() {
+            return self.public_ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+        }
+        if !bound.ip().is_unspecified() {
+            return vec![bound];
+        }
+        let want_v6 = bound.is_ipv6();
+        let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|ip| !ip.is_loopback() && (ip.is_ipv4() || want_v6))
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        if addrs.is_empty() {
+            // A machine with no network still serves viewers on the same machine.
+            addrs.push(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
+        }
+        addrs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specific_udp_address_is_advertised_exactly() {
+        let c = Config::parse_from(["whipcast", "--udp-listen", "127.0.0.1:9000"]);
+        let bound: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(c.advertised_addrs(bound), vec![bound]);
+    }
+
+    #[test]
+    fn public_ip_replaces_local_addresses_and_keeps_the_port() {
+        let c = Config::parse_from(["whipcast", "--public-ip", "203.0.113.7"]);
+        let bound: SocketAddr = "0.0.0.0:8189".parse().unwrap();
+        assert_eq!(c.advertised_addrs(bound), vec!["203.0.113.7:8189".parse().unwrap()]);
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::parse_from(["whipcast"]);
+        assert_eq!(c.http_listen.port(), 8080);
+        assert_eq!(c.udp_listen.port(), 8189);
+        assert_eq!(c.max_live_broadcasts, 4);
+        assert_eq!(c.max_viewers, 8);
+        assert_eq!(c.when_full, WhenFull::EvictOldest);
+    }
+}

@@ -1,0 +1,121 @@
+//! What crosses the boundary between the HTTP layer and the engine: commands in, outcomes and
+//! events out. Commands are imperative, events are in the past tense.
+
+use str0m::Rtc;
+use str0m::format::PayloadParams;
+use str0m::media::{MediaKind, Mid};
+
+use super::key::{BroadcastKey, SessionId};
+
+/// A request to the engine. Each one gets exactly one [`Outcome`] from
+/// [`Engine::handle_command`](super::Engine::handle_command).
+pub enum Command {
+    /// Put a publisher on a broadcast, replacing a live or lost one (an OBS reconnect).
+    Publish(NewPeer, Vec<IngestTrack>),
+    /// Add a viewer to a live broadcast.
+    Subscribe(NewPeer, Vec<ViewerTrack>),
+    /// The publisher's tracks, if the broadcast is live (to build a viewer's answer).
+    Describe(BroadcastKey),
+    /// End a session (HTTP DELETE). `publisher` says which URL space the ID came from, so a
+    /// viewer session URL cannot be used to stop the publisher and vice versa.
+    Close { session: SessionId, publisher: bool },
+    /// Trickled ICE candidates arrived for a session (HTTP PATCH). We are ICE-lite and learn
+    /// peer addresses from their checks, so this only confirms the session exists.
+    Trickle { session: SessionId, publisher: bool },
+    /// Counters for `/healthz`, `/metrics` and tests.
+    Stats,
+}
+
+/// A peer built off the media loop (building an `Rtc` costs about 1 ms).
+pub struct NewPeer {
+    pub broadcast: BroadcastKey,
+    pub session: SessionId,
+    /// Our ICE ufrag for this peer; STUN with it in USERNAME is routed to this peer.
+    pub ufrag: String,
+    pub rtc: Rtc,
+}
+
+/// One track the publisher sends, as negotiated in its offer/answer.
+#[derive(Clone, Debug)]
+pub struct IngestTrack {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// The codec(s) accepted for this m-line, with the publisher's payload types.
+    pub params: Vec<PayloadParams>,
+}
+
+/// One m-line of a viewer that will carry a publisher track of the same kind.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewerTrack {
+    pub mid: Mid,
+    pub kind: MediaKind,
+}
+
+/// The answer to a [`Command`].
+#[derive(Debug)]
+pub enum Outcome {
+    Published(Result<(), CommandError>),
+    Subscribed(Result<(), CommandError>),
+    Described(Option<Vec<IngestTrack>>),
+    Closed(bool),
+    Trickled(bool),
+    Stats(Stats),
+}
+
+/// Why the engine refused a command. Each variant names the condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("every live-broadcast slot is taken")]
+    NoFreeSlot,
+    #[error("the broadcast has no publisher")]
+    NotLive,
+    #[error("the broadcast has as many viewers as it allows")]
+    ViewerLimitReached,
+}
+
+/// Engine counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub peers: usize,
+    pub publishers: usize,
+    pub viewers: usize,
+    pub live_broadcasts: usize,
+    pub demux_addrs: usize,
+    pub demux_ufrags: usize,
+    pub deadlines: usize,
+    pub datagrams_dropped: u64,
+    pub packets_forwarded: u64,
+    pub plis_sent: u64,
+    pub evictions: u64,
+}
+
+/// Something that happened, for the HTTP layer (viewer counts, SSE) and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// The broadcast has a connected publisher.
+    BroadcastLive(BroadcastKey),
+    /// The publisher vanished without DELETE; viewers are kept for the resume grace.
+    BroadcastReconnecting(BroadcastKey),
+    /// The publisher stopped (or the grace ran out); every viewer session was closed.
+    BroadcastEnded(BroadcastKey),
+    ViewerCountChanged { broadcast: BroadcastKey, viewers: usize },
+    /// A session ended, and why.
+    SessionClosed { session: SessionId, reason: CloseReason },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// HTTP DELETE.
+    Deleted,
+    /// Replaced by a newer viewer because the broadcast was full.
+    Evicted,
+    /// A newer publisher took over the broadcast.
+    Replaced,
+    /// The broadcast's publisher stopped.
+    BroadcastEnded,
+    /// ICE/DTLS never completed in time, or consent was lost.
+    TimedOut,
+    /// The peer sent something str0m could not handle, or closed DTLS.
+    PeerFailed,
+}

@@ -1,0 +1,165 @@
+//! One viewer's copy of one publisher track: sequence number and timestamp rebasing, payload
+//! type mapping. Pure arithmetic, no str0m state, so splicing is easy to test.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaKind, Mid, Pt};
+
+/// The rewrite state of one viewer m-line.
+///
+/// Output numbering is continuous for the whole life of the viewer session: across publisher
+/// replacement (OBS restarts seq and timestamps at 0), across the keyframe-cache burst and
+/// across skipped packets. Whenever the consumer is not synced to the current source it waits
+/// for a sync point (a keyframe's first packet; any packet for audio) and re-derives the
+/// offsets there, so the viewer sees one stream that simply continues.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    /// The viewer's m-line this track is written to.
+    pub(crate) mid: Mid,
+    pub(crate) kind: MediaKind,
+    /// Which source epoch the offsets below are valid for; `None` waits for a sync point.
+    synced_to: Option<u32>,
+    seq_offset: u64,
+    ts_offset: u32,
+    /// The last sequence number and timestamp written, and when.
+    last: Option<Written>,
+    /// Publisher PT → viewer PT, filled on first use (at most a few codecs).
+    pt_map: Vec<(Pt, Pt)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    seq: u64,
+    ts: u32,
+    at: Instant,
+}
+
+/// Where a packet sits in its source stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SourcePacket {
+    pub(crate) epoch: u32,
+    pub(crate) seq: u64,
+    pub(crate) ts: u32,
+    /// A point a decoder can start from: the first packet of a keyframe, or any audio packet.
+    pub(crate) sync_point: bool,
+    pub(crate) clock_rate: u32,
+}
+
+impl Consumer {
+    pub(crate) fn new(mid: Mid, kind: MediaKind) -> Self {
+        Self { mid, kind, synced_to: None, seq_offset: 0, ts_offset: 0, last: None, pt_map: Vec::new() }
+    }
+
+    /// The (sequence number, timestamp) to write for `pkt`, or `None` to skip it.
+    pub(crate) fn rewrite(&mut self, pkt: SourcePacket, now: Instant) -> Option<(u64, u32)> {
+        if self.synced_to != Some(pkt.epoch) {
+            if !pkt.sync_point {
+                return None;
+            }
+            self.sync(pkt, now);
+        }
+        let seq = pkt.seq.wrapping_add(self.seq_offset);
+        if seq >= SEQ_LIMIT {
+            // Older than the sync point (a late retransmission from before it): the viewer
+            // never had the frame it belongs to.
+            return None;
+        }
+        let ts = pkt.ts.wrapping_add(self.ts_offset);
+        match self.last {
+            Some(last) if seq <= last.seq => {}
+            _ => self.last = Some(Written { seq, ts, at: now }),
+        }
+        Some((seq, ts))
+    }
+
+    /// Forgets the source: the next packet written must be a sync point. Used after the
+    /// keyframe-cache burst (live packets after it reference frames the viewer never got).
+    pub(crate) fn unsync(&mut self) {
+        self.synced_to = None;
+    }
+
+    pub(crate) fn is_synced_to(&self, epoch: u32) -> bool {
+        self.synced_to == Some(epoch)
+    }
+
+    fn sync(&mut self, pkt: SourcePacket, now: Instant) {
+        let (seq, ts) = match self.last {
+            None => (FIRST_SEQ, FIRST_TS),
+            Some(last) => {
+                // Continue the viewer's timeline by the real time that passed, so its jitter
+                // buffer sees neither a jump nor a stall.
+                let elapsed = now.saturating_duration_since(last.at).max(MIN_TS_STEP);
+                let ticks = (elapsed.as_micros() as u64 * pkt.clock_rate as u64 / 1_000_000) as u32;
+                (last.seq + 1, last.ts.wrapping_add(ticks.max(1)))
+            }
+        };
+        self.seq_offset = seq.wrapping_sub(pkt.seq);
+        self.ts_offset = ts.wrapping_sub(pkt.ts);
+        self.synced_to = Some(pkt.epoch);
+    }
+
+    pub(crate) fn mapped_pt(&self, publisher_pt: Pt) -> Option<Pt> {
+        self.pt_map.iter().find(|(p, _)| *p == publisher_pt).map(|(_, v)| *v)
+    }
+
+    pub(crate) fn remember_pt(&mut self, publisher_pt: Pt, viewer_pt: Pt) {
+        if self.pt_map.len() < MAX_PT_MAP {
+            self.pt_map.push((publisher_pt, viewer_pt));
+        }
+    }
+}
+
+/// A new viewer stream starts low, so the SRTP rollover counter starts at 0 as str0m expects
+/// for a receiver that was told no ROC, and far from the 16-bit wrap.
+const FIRST_SEQ: u64 = 1;
+const FIRST_TS: u32 = 90_000;
+/// Offsets past this mean the packet is from before the sync point (u64 wrap-around).
+const SEQ_LIMIT: u64 = 1 << 62;
+/// Smallest timestamp step at a splice, so two frames never share a timestamp.
+const MIN_TS_STEP: Duration = Duration::from_millis(1);
+/// Publishers use one video and one audio codec; a few entries cover renegotiated PTs.
+const MAX_PT_MAP: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(epoch: u32, seq: u64, ts: u32, sync_point: bool) -> SourcePacket {
+        SourcePacket { epoch, seq, ts, sync_point, clock_rate: 90_000 }
+    }
+
+    #[test]
+    fn video_waits_for_a_sync_point() {
+        let now = Instant::now();
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        assert_eq!(c.rewrite(pkt(0, 500, 1000, false), now), None);
+        assert_eq!(c.rewrite(pkt(0, 501, 4000, true), now), Some((FIRST_SEQ, FIRST_TS)));
+        assert_eq!(c.rewrite(pkt(0, 502, 7000, false), now), Some((FIRST_SEQ + 1, FIRST_TS + 3000)));
+    }
+
+    #[test]
+    fn publisher_restart_continues_seq_and_timestamps() {
+        let t0 = Instant::now();
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        c.rewrite(pkt(0, 40_000, 3_000_000, true), t0).unwrap();
+        let (last_seq, last_ts) = c.rewrite(pkt(0, 40_001, 3_003_000, false), t0).unwrap();
+        // OBS reconnects: new epoch, seq and ts from 0; non-keyframes are skipped until the IDR.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(c.rewrite(pkt(1, 0, 0, false), t1), None);
+        let (seq, ts) = c.rewrite(pkt(1, 1, 0, true), t1).unwrap();
+        assert_eq!(seq, last_seq + 1);
+        assert_eq!(ts, last_ts + 45_000, "500 ms at 90 kHz after the last frame");
+        assert_eq!(c.rewrite(pkt(1, 2, 3000, false), t1), Some((seq + 1, ts + 3000)));
+    }
+
+    #[test]
+    fn retransmissions_from_before_the_sync_point_are_dropped() {
+        let now = Instant::now();
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        c.rewrite(pkt(0, 100, 0, true), now).unwrap();
+        assert_eq!(c.rewrite(pkt(0, 98, 0, false), now), None);
+        // A retransmission after the sync point keeps its place.
+        c.rewrite(pkt(0, 103, 0, false), now).unwrap();
+        assert_eq!(c.rewrite(pkt(0, 102, 0, false), now), Some((FIRST_SEQ + 2, FIRST_TS)));
+    }
+}

@@ -1,0 +1,152 @@
+//! Which peer a datagram belongs to, found through an index, never a scan.
+//!
+//! Fast path: the source address, learned from STUN that the peer's `Rtc` accepted (so it
+//! passed the ICE integrity check). Slow path: the local ufrag in a STUN USERNAME, which we
+//! chose per peer. Anything else from an unknown source is dropped before any parsing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::key::PeerKey;
+
+/// The demultiplexing index. Both maps are keyed by values a remote can influence, so they
+/// use std's DoS-resistant hasher, and both are bounded: one ufrag per peer and at most
+/// [`MAX_ADDRS_PER_PEER`] addresses per peer.
+#[derive(Default)]
+pub(crate) struct Demux {
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    by_ufrag: HashMap<String, PeerKey>,
+}
+
+impl Demux {
+    /// The peer a datagram from `src` is for, if any.
+    pub(crate) fn route(&self, src: SocketAddr, datagram: &[u8]) -> Option<PeerKey> {
+        if let Some(key) = self.by_addr.get(&src) {
+            return Some(*key);
+        }
+        let ufrag = stun_local_ufrag(datagram)?;
+        self.by_ufrag.get(ufrag).copied()
+    }
+
+    pub(crate) fn is_known_addr(&self, src: SocketAddr) -> bool {
+        self.by_addr.contains_key(&src)
+    }
+
+    pub(crate) fn insert_ufrag(&mut self, ufrag: String, key: PeerKey) {
+        self.by_ufrag.insert(ufrag, key);
+    }
+
+    /// Records that `key` talks from `src`. `addrs` is the peer's own list of its addresses;
+    /// the oldest is forgotten past the cap so a peer cannot grow the index.
+    pub(crate) fn insert_addr(&mut self, src: SocketAddr, key: PeerKey, addrs: &mut Vec<SocketAddr>) {
+        if addrs.len() >= MAX_ADDRS_PER_PEER {
+            let old = addrs.remove(0);
+            self.by_addr.remove(&old);
+        }
+        addrs.push(src);
+        // An address moving to another peer (a NAT rebinding reuse) takes the newest owner.
+        self.by_addr.insert(src, key);
+    }
+
+    /// Forgets every entry of a peer that is going away.
+    pub(crate) fn remove(&mut self, key: PeerKey, ufrag: &str, addrs: &[SocketAddr]) {
+        if self.by_ufrag.get(ufrag) == Some(&key) {
+            self.by_ufrag.remove(ufrag);
+        }
+        for a in addrs {
+            if self.by_addr.get(a) == Some(&key) {
+                self.by_addr.remove(a);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.by_addr.len(), self.by_ufrag.len())
+    }
+}
+
+/// The local (our) ufrag of a STUN binding request: the part of USERNAME before the colon.
+///
+/// Only the framing is checked here (RFC 8489 §5 and §14); the message integrity is checked by
+/// the peer's `Rtc` before any state is kept for the source address.
+pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
+    if datagram.len() < STUN_HEADER_LEN || datagram[0] & 0xc0 != 0 {
+        return None;
+    }
+    if datagram[4..8] != STUN_MAGIC_COOKIE {
+        return None;
+    }
+    let body_len = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
+    let body = datagram.get(STUN_HEADER_LEN..STUN_HEADER_LEN + body_len)?;
+    let mut rest = body;
+    while rest.len() >= 4 {
+        let typ = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        let value = rest.get(4..4 + len)?;
+        if typ == STUN_ATTR_USERNAME {
+            let username = std::str::from_utf8(value).ok()?;
+            let (local, _remote) = username.split_once(':')?;
+            return Some(local);
+        }
+        let padded = (len + 3) & !3;
+        rest = rest.get(4 + padded..)?;
+    }
+    None
+}
+
+/// Two addresses cover a peer that is reachable over IPv4 and IPv6, plus a rebinding or two.
+const MAX_ADDRS_PER_PEER: usize = 4;
+const STUN_HEADER_LEN: usize = 20;
+const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const STUN_ATTR_USERNAME: u16 = 0x0006;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding_request(username: &str) -> Vec<u8> {
+        let mut attr = Vec::new();
+        attr.extend_from_slice(&STUN_ATTR_USERNAME.to_be_bytes());
+        attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attr.extend_from_slice(username.as_bytes());
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        let mut msg = vec![0x00, 0x01];
+        msg.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+        msg.extend_from_slice(&STUN_MAGIC_COOKIE);
+        msg.extend_from_slice(&[7; 12]);
+        msg.extend_from_slice(&attr);
+        msg
+    }
+
+    #[test]
+    fn local_ufrag_is_read_from_username() {
+        assert_eq!(stun_local_ufrag(&binding_request("ours:theirs")), Some("ours"));
+    }
+
+    #[test]
+    fn non_stun_and_truncated_input_has_no_ufrag() {
+        let msg = binding_request("ours:theirs");
+        for cut in 0..msg.len() {
+            let _ = stun_local_ufrag(&msg[..cut]); // must not panic
+        }
+        assert_eq!(stun_local_ufrag(&msg[..msg.len() - 4]), None);
+        assert_eq!(stun_local_ufrag(&[0x80; 40]), None, "RTP is not STUN");
+        assert_eq!(stun_local_ufrag(&binding_request("nocolon")), None);
+    }
+
+    #[test]
+    fn addresses_per_peer_are_capped() {
+        let mut demux = Demux::default();
+        let key = PeerKey { index: 0, generation: 1 };
+        let mut addrs = Vec::new();
+        for port in 1..=10 {
+            demux.insert_addr(SocketAddr::from(([127, 0, 0, 1], port)), key, &mut addrs);
+        }
+        assert_eq!(demux.len().0, MAX_ADDRS_PER_PEER);
+        assert_eq!(addrs.len(), MAX_ADDRS_PER_PEER);
+        demux.remove(key, "", &addrs);
+        assert_eq!(demux.len(), (0, 0));
+    }
+}

@@ -1,0 +1,92 @@
+//! One WebRTC session: a str0m `Rtc` and what the engine knows about it.
+//!
+//! The str0m call contract applies to every `Rtc` here: after any mutation (input, write,
+//! keyframe request, close) `poll_output` is drained until it returns `Output::Timeout`, and
+//! after `write_rtp` an `Input::Timeout(now)` is fed before the packets come out. The engine's
+//! `drain` and `tick` are the only places that do this.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::media::MediaKind;
+use str0m::rtp::Ssrc;
+
+use super::consumer::Consumer;
+use super::key::{BroadcastKey, SessionId};
+use str0m::media::Mid;
+
+pub(crate) struct Peer {
+    pub(crate) generation: u32,
+    pub(crate) rtc: Rtc,
+    pub(crate) session: SessionId,
+    pub(crate) ufrag: String,
+    pub(crate) broadcast: BroadcastKey,
+    pub(crate) role: Role,
+    /// DTLS is up and media may flow (str0m's `Event::Connected`).
+    pub(crate) connected: bool,
+    /// Addresses this peer talks from, as entered in the demux index.
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// The `Rtc`'s own next timeout.
+    pub(crate) rtc_deadline: Option<Instant>,
+    /// When the engine gives up on this peer (handshake never finished, resume grace over).
+    pub(crate) expires: Option<Instant>,
+    /// What the deadline index currently holds for this peer.
+    pub(crate) deadline: Option<Instant>,
+}
+
+pub(crate) enum Role {
+    Publisher(Ingest),
+    Viewer(Vec<Consumer>),
+}
+
+/// Publisher-side state: which of its SSRCs belong to which m-line.
+#[derive(Default)]
+pub(crate) struct Ingest {
+    /// SSRC → m-line, learned from str0m's `StreamRx` on the first packet of each SSRC (the
+    /// MID extension is only in early packets). NACK is switched on at the same moment.
+    ssrcs: Vec<(Ssrc, Mid)>,
+}
+
+impl Peer {
+    pub(crate) fn is_publisher(&self) -> bool {
+        matches!(self.role, Role::Publisher(_))
+    }
+
+    /// The earliest of the `Rtc` timeout and the engine's own expiry.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.rtc_deadline, self.expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn consumer_mut(&mut self, kind: MediaKind) -> Option<&mut Consumer> {
+        match &mut self.role {
+            Role::Viewer(cs) => cs.iter_mut().find(|c| c.kind == kind),
+            Role::Publisher(_) => None,
+        }
+    }
+}
+
+impl Ingest {
+    /// The m-line of an incoming SSRC. On first sight, asks str0m and enables NACK towards
+    /// the publisher: OBS offers no RTX, so str0m would otherwise never NACK it, while OBS
+    /// does answer NACKs by resending on the original SSRC.
+    pub(crate) fn mid_of(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<Mid> {
+        if let Some((_, mid)) = self.ssrcs.iter().find(|(s, _)| *s == ssrc) {
+            return Some(*mid);
+        }
+        let mut api = rtc.direct_api();
+        let rx = api.stream_rx(&ssrc)?;
+        let mid = rx.mid();
+        rx.suppress_nack(false);
+        if self.ssrcs.len() < MAX_SSRCS {
+            self.ssrcs.push((ssrc, mid));
+        }
+        Some(mid)
+    }
+}
+
+/// Audio + video, with room for simulcast layers and RTX.
+const MAX_SSRCS: usize = 16;

@@ -1,0 +1,208 @@
+//! Broadcast routes: who publishes, which tracks, who watches, and the per-track frame state
+//! that decides where a viewer may start (the keyframe cache).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{MediaKind, Mid, Pt};
+use str0m::rtp::RtpPacket;
+
+use super::command::IngestTrack;
+use super::key::{BroadcastKey, PeerKey};
+
+/// All routes, by broadcast.
+#[derive(Default)]
+pub(crate) struct Router {
+    routes: HashMap<BroadcastKey, Route>,
+}
+
+/// One broadcast as the media path sees it.
+#[derive(Default)]
+pub(crate) struct Route {
+    pub(crate) publisher: Option<PeerKey>,
+    /// Set while the publisher is gone without a DELETE and viewers wait for it to resume.
+    pub(crate) lost_at: Option<Instant>,
+    /// Bumped for every new publisher, so consumers know to splice.
+    pub(crate) epoch: u32,
+    pub(crate) tracks: Vec<Track>,
+    /// Viewers in join order: the first is the oldest (evicted first when full).
+    pub(crate) viewers: Vec<PeerKey>,
+}
+
+/// One publisher track (m-line).
+pub(crate) struct Track {
+    pub(crate) mid: Mid,
+    pub(crate) kind: MediaKind,
+    pub(crate) params: Vec<PayloadParams>,
+    /// Packets of the frame being received (same RTP timestamp), shared `Arc` payloads.
+    frame: Vec<CachedPacket>,
+    frame_ts: Option<u32>,
+    frame_is_key: bool,
+    /// The last complete keyframe (SPS/PPS included), sent to a new viewer at once.
+    pub(crate) keyframe: Vec<CachedPacket>,
+    last_pli: Option<Instant>,
+}
+
+/// A forwarded packet kept by reference (the payload is shared, never copied).
+#[derive(Clone, Debug)]
+pub(crate) struct CachedPacket {
+    pub(crate) seq: u64,
+    pub(crate) ts: u32,
+    pub(crate) pt: Pt,
+    pub(crate) marker: bool,
+    pub(crate) payload: Arc<[u8]>,
+}
+
+impl CachedPacket {
+    pub(crate) fn from_rtp(pkt: &RtpPacket) -> Self {
+        Self {
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            pt: pkt.header.payload_type,
+            marker: pkt.header.marker,
+            payload: pkt.payload.clone(),
+        }
+    }
+}
+
+/// What a new packet means for viewers that still wait for a place to start.
+pub(crate) enum Arrival {
+    /// Audio, or video in the middle of things.
+    Continue,
+    /// This packet revealed that the current frame is a keyframe: a waiting viewer starts
+    /// with the frame's earlier packets (`Track::frame_prefix`) and then this one.
+    KeyframeStarts,
+}
+
+impl Router {
+    pub(crate) fn route(&self, b: BroadcastKey) -> Option<&Route> {
+        self.routes.get(&b)
+    }
+
+    pub(crate) fn route_mut(&mut self, b: BroadcastKey) -> Option<&mut Route> {
+        self.routes.get_mut(&b)
+    }
+
+    pub(crate) fn entry(&mut self, b: BroadcastKey) -> &mut Route {
+        self.routes.entry(b).or_default()
+    }
+
+    /// Drops routes with neither publisher nor viewers, so the map stays as small as the
+    /// set of active broadcasts.
+    pub(crate) fn gc(&mut self, b: BroadcastKey) {
+        if let Some(r) = self.routes.get(&b) {
+            if r.publisher.is_none() && r.lost_at.is_none() && r.viewers.is_empty() {
+                self.routes.remove(&b);
+            }
+        }
+    }
+
+    /// Broadcasts holding a slot: live, or waiting for their publisher to resume.
+    pub(crate) fn slots_in_use(&self) -> usize {
+        self.routes.values().filter(|r| r.publisher.is_some() || r.lost_at.is_some()).count()
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.routes.values().filter(|r| r.publisher.is_some()).count()
+    }
+}
+
+impl Route {
+    /// Installs a new publisher's tracks; consumers re-sync at the next keyframe.
+    pub(crate) fn start_epoch(&mut self, publisher: PeerKey, tracks: &[IngestTrack]) {
+        self.publisher = Some(publisher);
+        self.lost_at = None;
+        self.epoch = self.epoch.wrapping_add(1);
+        self.tracks = tracks.iter().map(Track::new).collect();
+    }
+
+    pub(crate) fn track_index(&self, mid: Mid) -> Option<usize> {
+        self.tracks.iter().position(|t| t.mid == mid)
+    }
+}
+
+impl Track {
+    fn new(spec: &IngestTrack) -> Self {
+        Self {
+            mid: spec.mid,
+            kind: spec.kind,
+            params: spec.params.clone(),
+            frame: Vec::new(),
+            frame_ts: None,
+            frame_is_key: false,
+            keyframe: Vec::new(),
+            last_pli: None,
+        }
+    }
+
+    pub(crate) fn codec(&self, pt: Pt) -> Option<&PayloadParams> {
+        self.params.iter().find(|p| p.pt() == pt)
+    }
+
+    /// Records an arriving packet in the frame state and keyframe cache.
+    pub(crate) fn observe(&mut self, pkt: &CachedPacket) -> Arrival {
+        if self.kind == MediaKind::Audio {
+            return Arrival::Continue;
+        }
+        if self.frame_ts != Some(pkt.ts) {
+            self.frame.clear();
+            self.frame_ts = Some(pkt.ts);
+            self.frame_is_key = false;
+        }
+        if self.frame.len() < MAX_FRAME_PACKETS {
+            self.frame.push(pkt.clone());
+        }
+        let mut arrival = Arrival::Continue;
+        if !self.frame_is_key && self.is_keyframe_packet(pkt) {
+            self.frame_is_key = true;
+            arrival = Arrival::KeyframeStarts;
+        }
+        if pkt.marker && self.frame_is_key {
+            self.keyframe.clone_from(&self.frame);
+        }
+        arrival
+    }
+
+    /// The packets of the current frame before the newest one.
+    pub(crate) fn frame_prefix(&self) -> &[CachedPacket] {
+        &self.frame[..self.frame.len().saturating_sub(1)]
+    }
+
+    /// Whether a keyframe request may go to the publisher now (at most one per
+    /// [`PLI_INTERVAL`]: OBS largely ignores them and a storm of viewers must not flood it).
+    pub(crate) fn take_pli_slot(&mut self, now: Instant) -> bool {
+        match self.last_pli {
+            Some(t) if now.saturating_duration_since(t) < PLI_INTERVAL => false,
+            _ => {
+                self.last_pli = Some(now);
+                true
+            }
+        }
+    }
+
+    pub(crate) fn clock_rate(&self, pt: Pt) -> u32 {
+        self.codec(pt).map(|p| p.spec().clock_rate.get()).unwrap_or(90_000)
+    }
+
+    fn is_keyframe_packet(&self, pkt: &CachedPacket) -> bool {
+        let Some(params) = self.codec(pkt.pt) else {
+            return false;
+        };
+        let p = &pkt.payload;
+        match params.spec().codec {
+            Codec::H264 => str0m::format::detect_h264_keyframe(p),
+            Codec::H265 => str0m::format::detect_h265_keyframe(p),
+            Codec::Vp8 => str0m::format::detect_vp8_keyframe(p),
+            Codec::Vp9 => str0m::format::detect_vp9_keyframe(p),
+            Codec::Av1 => str0m::format::detect_av1_keyframe(p),
+            _ => false,
+        }
+    }
+}
+
+/// At most one keyframe request per track per second (DESIGN.md §5).
+const PLI_INTERVAL: Duration = Duration::from_secs(1);
+/// A 1080p IDR at high bitrate is a few hundred packets; past this a "frame" is garbage.
+const MAX_FRAME_PACKETS: usize = 1024;

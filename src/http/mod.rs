@@ -1,0 +1,237 @@
+//! The hyper layer: routing, CORS, the pages, and the WHIP/WHEP/API handlers.
+//!
+//! Handlers parse and check requests, build `Rtc`s off the media loop and send the engine a
+//! [`Command`](crate::engine::Command). They never hold engine state.
+
+mod api;
+mod problem;
+mod whep;
+mod whip;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+pub use self::problem::ApiError;
+use crate::config::Config;
+use crate::engine::{Command, Outcome, SessionId};
+use crate::io::EngineHandle;
+use crate::offer::SessionSetup;
+use crate::registry::Registry;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Config,
+    pub registry: Mutex<Registry>,
+    pub engine: EngineHandle,
+    pub setup: SessionSetup,
+}
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Accepts connections until `shutdown` changes.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let state = state.clone();
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .max_buf_size(MAX_HEADER_BYTES)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "http connection ended");
+                    }
+                }
+                _ = conn_shutdown.changed() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+    info!("http server stopped");
+}
+
+/// Routes one request. Every response, error or not, carries the CORS headers.
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
+    let mut response = match route(state, req).await {
+        Ok(r) => r,
+        Err(e) => e.response(),
+    };
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, header::HeaderValue::from_static("Location, ETag, Link, Retry-After"));
+    response
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return Ok(preflight(&path));
+    }
+    let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed { method: method.to_string(), allow };
+    match path.as_str() {
+        "/" => match method {
+            Method::GET | Method::HEAD => Ok(page(INDEX_HTML)),
+            _ => Err(not_allowed("GET")),
+        },
+        "/healthz" => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")),
+        "/assets/player.js" => Ok(text(StatusCode::OK, "text/javascript; charset=utf-8", PLAYER_JS)),
+        "/assets/style.css" => Ok(text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS)),
+        "/api/broadcasts" => match method {
+            Method::POST => api::create_broadcast(state, req).await,
+            _ => Err(not_allowed("POST, OPTIONS")),
+        },
+        "/broadcast" => match method {
+            Method::POST => whip::publish(state, req).await,
+            _ => Err(not_allowed("POST, OPTIONS")),
+        },
+        "/stream" => match method {
+            Method::GET | Method::HEAD => Ok(page(STREAM_HTML)),
+            Method::POST => whep::subscribe(state, req).await,
+            _ => Err(not_allowed("GET, POST, OPTIONS")),
+        },
+        _ => {
+            if let Some(id) = path.strip_prefix("/broadcast/session/") {
+                return session(state, req, id, true).await;
+            }
+            if let Some(id) = path.strip_prefix("/stream/session/") {
+                return session(state, req, id, false).await;
+            }
+            Err(ApiError::NotFound)
+        }
+    }
+}
+
+/// DELETE and PATCH on a WHIP or WHEP session URL.
+async fn session(state: &AppState, req: Request<Incoming>, id: &str, publisher: bool) -> Result<HttpResponse, ApiError> {
+    let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
+    match *req.method() {
+        // RFC 9725 §4.2: 200 OK. OBS treats anything else, 204 included, as a failure.
+        Method::DELETE => match call(state, Command::Close { session, publisher }).await? {
+            Outcome::Closed(true) => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "")),
+            _ => Err(ApiError::UnknownSession),
+        },
+        Method::PATCH => {
+            require_content_type(&req, "application/trickle-ice-sdpfrag")?;
+            if req.headers().contains_key(header::IF_MATCH) {
+                // ICE restart (RFC 9725 §4.3.2). Trickle is supported, restart is not: 422.
+                return Err(ApiError::IceRestartUnsupported);
+            }
+            let _ = read_body(req).await?;
+            match call(state, Command::Trickle { session, publisher }).await? {
+                // We are ICE-lite: the peer's candidates are learnt from its own checks, so a
+                // trickled candidate needs no action beyond acknowledging it (RFC 9725 §4.3.1).
+                Outcome::Trickled(true) => Ok(Response::builder().status(StatusCode::NO_CONTENT).body(Full::new(Bytes::new())).expect("valid")),
+                _ => Err(ApiError::UnknownSession),
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allow: "DELETE, PATCH, OPTIONS" }),
+    }
+}
+
+pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, ApiError> {
+    state.engine.call(command).await.map_err(|_| ApiError::ShuttingDown)
+}
+
+/// CORS preflight for every WHIP/WHEP URL (RFC 9725 §4.1 requires it).
+fn preflight(path: &str) -> HttpResponse {
+    let methods = if path.contains("/session/") { "DELETE, PATCH, OPTIONS" } else { "GET, POST, OPTIONS" };
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, methods)
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type, Authorization, If-Match")
+        .header(header::ACCESS_CONTROL_MAX_AGE, "86400")
+        .header("Accept-Post", "application/sdp")
+        .body(Full::new(Bytes::new()))
+        .expect("static headers are valid")
+}
+
+pub(crate) fn require_content_type(req: &Request<Incoming>, expected: &'static str) -> Result<(), ApiError> {
+    let ok = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected));
+    if ok { Ok(()) } else { Err(ApiError::UnsupportedMediaType { expected }) }
+}
+
+/// Reads a body up to [`MAX_BODY_BYTES`].
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit: MAX_BODY_BYTES }),
+        Err(_) => Err(ApiError::BodyUnreadable),
+    }
+}
+
+/// The value of `?name=` in the query string.
+pub(crate) fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// `http://host` as the client addressed us, for the URLs we hand out.
+pub(crate) fn origin(req: &Request<Incoming>) -> String {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let proto = req.headers().get("x-forwarded-proto").and_then(|h| h.to_str().ok()).filter(|p| *p == "https").unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: &'static str) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static headers are valid")
+}
+
+fn page(html: &'static str) -> HttpResponse {
+    let mut r = text(StatusCode::OK, "text/html; charset=utf-8", html);
+    // Pages hold capabilities in their URL; never leak it to other origins.
+    r.headers_mut().insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// An SDP offer of a few KB is normal; 64 KiB leaves room for many candidates and codecs.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Total header bytes per request (hyper's read buffer); larger requests get 431.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A client that has not finished sending its headers by then is cut off (slowloris).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+const INDEX_HTML: &str = include_str!("../../www/index.html");
+const STREAM_HTML: &str = include_str!("../../www/stream.html");
+const PLAYER_JS: &str = include_str!("../../www/player.js");
+const STYLE_CSS: &str = include_str!("../../www/style.css");

@@ -1,0 +1,119 @@
+//! Every HTTP error as an RFC 9457 `application/problem+json` response, mapped in one place.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::engine::CommandError;
+use crate::offer::OfferError;
+
+/// Everything a request can fail with. Each variant names the condition; `response` decides
+/// the status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("send the body as {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("the body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read")]
+    BodyUnreadable,
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error("a broadcast ID is needed: send it as ?id=<broadcast ID> or as \"Authorization: Bearer <broadcast ID>\"")]
+    MissingBroadcastId,
+    #[error("this broadcast ID is not valid; get one at /broadcast")]
+    UnknownBroadcast,
+    #[error("this viewer link is not valid; ask the broadcaster for the current one")]
+    UnknownView,
+    #[error("there is no such session (it ended, or the URL is wrong)")]
+    UnknownSession,
+    #[error("creating broadcasts needs \"Authorization: Bearer <create token>\" on this server")]
+    CreateTokenRequired,
+    #[error("the broadcast is not live yet; retry shortly")]
+    NotLive,
+    #[error("the server is full: every live-broadcast slot is taken; try again later")]
+    NoFreeSlot,
+    #[error("the broadcast has as many viewers as it allows; try again later")]
+    ViewerLimitReached,
+    #[error("ICE restart is not supported; start a new session with POST")]
+    IceRestartUnsupported,
+    #[error("{method} is not allowed here")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("there is nothing at this address")]
+    NotFound,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NoFreeSlot => Self::NoFreeSlot,
+            CommandError::NotLive => Self::NotLive,
+            CommandError::ViewerLimitReached => Self::ViewerLimitReached,
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        use OfferError as O;
+        match self {
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Self::Offer(O::Malformed(_) | O::TooManyMedia(_) | O::NoMedia(_) | O::Negotiation(_)) => StatusCode::BAD_REQUEST,
+            Self::Offer(O::UnsupportedCodecs | O::CannotDecode(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::MissingBroadcastId | Self::UnknownBroadcast | Self::CreateTokenRequired => StatusCode::UNAUTHORIZED,
+            Self::UnknownView | Self::UnknownSession | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotLive => StatusCode::CONFLICT,
+            Self::NoFreeSlot | Self::ViewerLimitReached | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// How long a client should wait before retrying, for the conditions that pass.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::NotLive => Some(Duration::from_secs(2)),
+            Self::NoFreeSlot => Some(Duration::from_secs(10)),
+            Self::ViewerLimitReached | Self::ShuttingDown => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let problem = Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem serialises");
+        let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, "application/problem+json");
+        if let Some(after) = self.retry_after() {
+            builder = builder.header(header::RETRY_AFTER, after.as_secs());
+        }
+        match self {
+            Self::MethodNotAllowed { allow, .. } => builder = builder.header(header::ALLOW, *allow),
+            Self::MissingBroadcastId | Self::UnknownBroadcast | Self::CreateTokenRequired => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer")
+            }
+            _ => {}
+        }
+        builder.body(Full::new(Bytes::from(body))).expect("static headers are valid")
+    }
+}

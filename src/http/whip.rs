@@ -1,0 +1,52 @@
+//! WHIP ingest (RFC 9725): `POST /broadcast` with the broadcast ID in `?id=` or as a Bearer
+//! token, answered with `201`, the SDP answer and an absolute-path `Location`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use tracing::info;
+
+use super::{ApiError, AppState, HttpResponse, call, query_param, read_body, require_content_type};
+use crate::engine::{Command, NewPeer, Outcome, SessionId};
+use crate::io::now;
+use crate::secret;
+
+pub(super) async fn publish(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    require_content_type(&req, "application/sdp")?;
+    let broadcast_id = broadcast_id(&req).ok_or(ApiError::MissingBroadcastId)?.to_owned();
+    let broadcast = state.registry.lock().expect("registry lock").by_broadcast_id(&broadcast_id).ok_or(ApiError::UnknownBroadcast)?;
+    let body = read_body(req).await?;
+    let offer = std::str::from_utf8(&body).map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let accepted = state.setup.accept_publisher(now(), offer)?;
+    let session = SessionId::random();
+    let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
+    match call(state, Command::Publish(peer, accepted.tracks)).await? {
+        Outcome::Published(Ok(())) => {}
+        Outcome::Published(Err(e)) => return Err(e.into()),
+        _ => unreachable!("Publish is answered with Published"),
+    }
+    info!(broadcast = %secret::log_label(&broadcast_id), session = %session, "publisher session started");
+    Ok(sdp_created(&format!("/broadcast/session/{}", session.as_str()), accepted.answer))
+}
+
+/// `201 Created` with an SDP answer and the session URL.
+pub(super) fn sdp_created(location: &str, answer: String) -> HttpResponse {
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::CONTENT_TYPE, "application/sdp")
+        // An absolute path: OBS resolves relative ones wrongly (notes/whip-whep-obs.md §B.3).
+        .header(header::LOCATION, location)
+        .body(Full::new(Bytes::from(answer)))
+        .expect("valid headers")
+}
+
+/// The broadcast ID from `?id=` or, as OBS sends it, `Authorization: Bearer`.
+fn broadcast_id(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(id) = query_param(req, "id").filter(|id| !id.is_empty()) {
+        return Some(id);
+    }
+    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}

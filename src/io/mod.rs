@@ -1,0 +1,141 @@
+//! The tokio driver: the only code that touches the media socket and the clock.
+//!
+//! One task owns the [`Engine`] and loops: receive a bounded batch of datagrams and feed them,
+//! run commands from the HTTP layer, fire the one earliest deadline, then drain transmits
+//! into the socket and events to the HTTP layer.
+
+mod udp;
+
+use std::io;
+use std::net::UdpSocket as StdUdpSocket;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::engine::{Command, Engine, EngineEvent, Outcome};
+use self::udp::MediaSocket;
+
+/// The single clock read of the media path: the engine itself takes `now` as an argument.
+#[allow(clippy::disallowed_methods)] // this is the one place allowed to read the clock
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// A command plus where its outcome goes.
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// The HTTP layer's handle to the engine task.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+/// The engine task has stopped (shutdown in progress).
+#[derive(Debug, thiserror::Error)]
+#[error("the media engine is not running")]
+pub struct EngineGone;
+
+impl EngineHandle {
+    pub fn new(tx: mpsc::Sender<Request>) -> Self {
+        Self { tx }
+    }
+
+    pub async fn call(&self, command: Command) -> Result<Outcome, EngineGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request { command, reply }).await.map_err(|_| EngineGone)?;
+        rx.await.map_err(|_| EngineGone)
+    }
+}
+
+/// Runs the engine on `socket` until `shutdown` fires or every handle is dropped.
+pub async fn drive(
+    mut engine: Engine,
+    socket: StdUdpSocket,
+    mut commands: mpsc::Receiver<Request>,
+    events: mpsc::UnboundedSender<EngineEvent>,
+    mut shutdown: oneshot::Receiver<()>,
+) -> io::Result<()> {
+    let mut socket = MediaSocket::new(socket)?;
+    debug!(addr = %socket.local_addr(), "media loop running");
+    loop {
+        flush(&mut engine, &socket, &events).await;
+        let deadline = engine.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            ready = socket.readable() => {
+                ready?;
+                receive(&mut engine, &mut socket);
+            }
+            request = commands.recv() => {
+                let Some(Request { command, reply }) = request else { break };
+                let outcome = engine.handle_command(now(), command);
+                let _ = reply.send(outcome); // the HTTP request may have gone away
+            }
+            _ = sleep => {}
+        }
+        // Check the clock ourselves rather than trusting which branch woke us: a busy socket
+        // must not starve timers.
+        let now = now();
+        if engine.poll_timeout().is_some_and(|t| t <= now) {
+            engine.handle_timeout(now);
+        }
+    }
+    flush(&mut engine, &socket, &events).await;
+    Ok(())
+}
+
+/// Receives up to [`IO_LOOP_BOUND`] datagrams, so one flood cannot hold the loop.
+fn receive(engine: &mut Engine, socket: &mut MediaSocket) {
+    let mut total = 0;
+    while total < IO_LOOP_BOUND {
+        let now = now();
+        match socket.try_recv_batch(|src, dst, data| engine.handle_datagram(now, src, dst, data)) {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // ICMP errors for one peer (ECONNREFUSED and the like) surface on the next call;
+            // they concern that peer only, whose consent timeout handles it.
+            Err(e) => {
+                debug!(error = %e, "udp receive error");
+                break;
+            }
+        }
+    }
+}
+
+/// Sends every pending transmit and hands events on.
+async fn flush(engine: &mut Engine, socket: &MediaSocket, events: &mpsc::UnboundedSender<EngineEvent>) {
+    while let Some(t) = engine.poll_transmit() {
+        loop {
+            match socket.try_send(t.destination, &t.contents) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Keep the datagram rather than dropping it under back-pressure.
+                    if socket.writable().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "udp send failed");
+                    break;
+                }
+            }
+        }
+    }
+    while let Some(e) = engine.poll_event() {
+        let _ = events.send(e); // nobody listening is fine
+    }
+}
+
+/// Datagrams per loop turn before commands and timers get their turn (quinn uses 160).
+const IO_LOOP_BOUND: usize = 256;

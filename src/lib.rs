@@ -1,0 +1,41 @@
+//! whipcast: a self-hosted live broadcast server. OBS publishes over WHIP (RFC 9725),
+//! browsers watch over WHEP, with sub-second latency, through a sans-IO engine on str0m.
+//!
+//! ```text
+//!              HTTP (hyper)                         UDP (one socket)
+//!   OBS/browser ──► http/ ── Command ──► engine/ ◄── datagrams ── io/
+//!                       ◄── Outcome ───     │  ──── transmits ───►
+//!                                           └─ poll_timeout (earliest deadline)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: every option, its default and why.
+//! - [`registry`]: broadcasts, broadcast IDs (stored hashed) and view IDs, persistence.
+//! - [`offer`]: SDP offer → str0m `Rtc` + answer, off the media loop.
+//! - [`engine`]: the sans-IO core. Peers in a slab, a demux index, the router with its
+//!   keyframe cache, per-viewer rewriting, one deadline index. No IO, no clock.
+//! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.
+//! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
+//! - [`server`]: wiring the above together.
+//!
+//! # One packet's path
+//!
+//! OBS datagram → `io` batch receive → `Engine::handle_datagram` → demux (address, or STUN
+//! ufrag) → publisher `Rtc` decrypts → `Event::RtpPacket` (payload `Arc<[u8]>`) → router:
+//! the broadcast's viewers → per viewer: rewrite seq/timestamp/PT, `write_rtp` with an `Arc`
+//! clone (no byte copy) → viewer `Rtc` encrypts → `poll_transmit` → `io` sends.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod io;
+pub mod offer;
+pub mod registry;
+pub mod secret;
+pub mod server;
+
+pub use config::Config;
+pub use server::{Server, StartError};

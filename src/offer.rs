@@ -1,0 +1,217 @@
+//! From an SDP offer to a ready str0m `Rtc` and its answer, for publishers (WHIP) and viewers
+//! (WHEP). Pure functions of their inputs: no IO, no engine state, so the HTTP layer runs them
+//! off the media loop and the fuzzer can call them directly.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, CodecConfig, PayloadParams};
+use str0m::media::{Direction, MediaKind, Pt};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+use crate::engine::{IngestTrack, ViewerTrack};
+use crate::secret;
+
+/// What every session shares: our candidates and DTLS certificate.
+#[derive(Clone)]
+pub struct SessionSetup {
+    pub candidates: Vec<SocketAddr>,
+    /// One certificate for all sessions: generating one per session would cost more than
+    /// the rest of building the `Rtc`.
+    pub dtls_cert: DtlsCert,
+}
+
+/// A built session, ready to hand to the engine.
+pub struct Accepted<T> {
+    pub rtc: Rtc,
+    pub answer: String,
+    pub ufrag: String,
+    pub tracks: Vec<T>,
+}
+
+/// Why an offer cannot be answered. Each says what is wrong with the offer, for a human.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OfferError {
+    #[error("the body is not a valid SDP offer: {0}")]
+    Malformed(String),
+    #[error("the offer has {0} media sections; at most {MAX_MEDIA} are allowed")]
+    TooManyMedia(usize),
+    #[error("the offer has no audio or video section to {0}")]
+    NoMedia(&'static str),
+    #[error("none of the offered codecs is supported; offer H264, VP8, VP9, AV1 or H265 video, or Opus audio")]
+    UnsupportedCodecs,
+    #[error("your browser cannot play this broadcast's {0} video; try another browser")]
+    CannotDecode(String),
+    #[error("the offer could not be negotiated: {0}")]
+    Negotiation(String),
+}
+
+impl SessionSetup {
+    pub fn new(candidates: Vec<SocketAddr>) -> Self {
+        let provider = str0m::crypto::from_feature_flags();
+        let dtls_cert = provider.dtls_provider.generate_certificate().expect("the crypto provider can make a certificate");
+        Self { candidates, dtls_cert }
+    }
+
+    /// A WHIP offer: accepts one audio (Opus) and one video codec, the first the publisher
+    /// offers in our order of preference, so exactly one video codec reaches viewers.
+    pub fn accept_publisher(&self, now: Instant, offer: &str) -> Result<Accepted<IngestTrack>, OfferError> {
+        let parsed = parse(offer)?;
+        let mut chosen: Vec<PayloadParams> = Vec::new();
+        let mut any_media = false;
+        for line in parsed.media_lines.iter() {
+            let params = line.rtp_params();
+            if line.disabled || params.is_empty() {
+                continue;
+            }
+            any_media = true;
+            if let Some(p) = pick_ingest_codec(&params) {
+                if !chosen.iter().any(|c| c.spec().codec.kind() == p.spec().codec.kind()) {
+                    chosen.push(p);
+                }
+            }
+        }
+        if !any_media {
+            return Err(OfferError::NoMedia("publish"));
+        }
+        if chosen.is_empty() {
+            return Err(OfferError::UnsupportedCodecs);
+        }
+        let Accepted { rtc, answer, ufrag, .. } = self.accept(now, parsed, chosen)?;
+        let mut tracks = Vec::new();
+        for (mid, kind, pts) in media_of(&rtc, &answer) {
+            let params: Vec<PayloadParams> = pts
+                .iter()
+                .filter_map(|pt| rtc.codec_config().find(|p| p.pt() == *pt).copied())
+                .collect();
+            if !params.is_empty() && !tracks.iter().any(|t: &IngestTrack| t.kind == kind) {
+                tracks.push(IngestTrack { mid, kind, params });
+            }
+        }
+        if tracks.is_empty() {
+            return Err(OfferError::UnsupportedCodecs);
+        }
+        Ok(Accepted { rtc, answer, ufrag, tracks })
+    }
+
+    /// A WHEP offer: the viewer gets exactly the publisher's codecs (with RTX for video, so
+    /// its NACKs are answered), or an error naming the codec it cannot decode.
+    pub fn accept_viewer(&self, now: Instant, offer: &str, publisher: &[IngestTrack]) -> Result<Accepted<ViewerTrack>, OfferError> {
+        let parsed = parse(offer)?;
+        let used: Vec<Pt> = publisher.iter().flat_map(|t| t.params.iter().flat_map(|p| [Some(p.pt()), p.resend()])).flatten().collect();
+        let mut free = (96u8..=127).map(Pt::from).filter(|pt| !used.contains(pt));
+        let mut params = Vec::new();
+        for t in publisher {
+            for p in &t.params {
+                let resend = if t.kind == MediaKind::Video { free.next() } else { None };
+                params.push(PayloadParams::new(p.pt(), resend, p.spec()));
+            }
+        }
+        let Accepted { mut rtc, answer, ufrag, .. } = self.accept(now, parsed, params)?;
+        let mut tracks: Vec<ViewerTrack> = Vec::new();
+        for (mid, kind, pts) in media_of(&rtc, &answer) {
+            if !pts.is_empty() && !tracks.iter().any(|t| t.kind == kind) {
+                tracks.push(ViewerTrack { mid, kind });
+            }
+        }
+        if let Some(video) = publisher.iter().find(|t| t.kind == MediaKind::Video) {
+            if !tracks.iter().any(|t| t.kind == MediaKind::Video) {
+                let codec = video.params.first().map(|p| format!("{:?}", p.spec().codec)).unwrap_or_default();
+                return Err(OfferError::CannotDecode(codec.to_uppercase()));
+            }
+        }
+        if tracks.is_empty() {
+            return Err(OfferError::NoMedia("receive"));
+        }
+        // Answer NACKs for about a second of video: enough for a round trip or two, and the
+        // cache holds `Arc`s of packets every viewer shares, so it costs little memory.
+        for t in &tracks {
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(t.mid, None) {
+                if t.kind == MediaKind::Video {
+                    tx.set_rtx_cache(VIEWER_RTX_PACKETS, VIEWER_RTX_AGE, Some(0.15));
+                } else {
+                    tx.set_rtx_cache(1, Duration::from_millis(1), None);
+                }
+            }
+        }
+        Ok(Accepted { rtc, answer, ufrag, tracks })
+    }
+
+    fn accept(&self, now: Instant, offer: SdpOffer, codecs: Vec<PayloadParams>) -> Result<Accepted<()>, OfferError> {
+        let ufrag = secret::random_token().replace(['-', '_'], "x");
+        let pass = format!("{}{}", secret::random_token(), secret::random_token()).replace(['-', '_'], "y");
+        let mut config = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_dtls_cert(self.dtls_cert.clone())
+            .set_local_ice_credentials(IceCreds { ufrag: ufrag.clone(), pass })
+            .set_stats_interval(None);
+        *config.codec_config() = CodecConfig::new_from_payload_params(codecs);
+        let mut rtc = config.build(now);
+        for addr in &self.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Negotiation(e.to_string()))?;
+        Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag, tracks: Vec::new() })
+    }
+}
+
+fn parse(offer: &str) -> Result<SdpOffer, OfferError> {
+    if !offer.starts_with("v=0") {
+        return Err(OfferError::Malformed("it must start with \"v=0\"".into()));
+    }
+    let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
+    let n = parsed.media_lines.len();
+    if n > MAX_MEDIA {
+        return Err(OfferError::TooManyMedia(n));
+    }
+    Ok(parsed)
+}
+
+/// The negotiated media of an accepted session: (mid, kind, accepted payload types), for the
+/// m-lines that will carry media.
+fn media_of(rtc: &Rtc, answer: &str) -> Vec<(str0m::media::Mid, MediaKind, Vec<Pt>)> {
+    let Ok(answer) = str0m::change::SdpAnswer::from_sdp_string(answer) else {
+        return Vec::new();
+    };
+    answer
+        .media_lines
+        .iter()
+        .filter(|l| !l.disabled && l.direction() != Direction::Inactive)
+        .filter_map(|l| {
+            let media = rtc.media(l.mid())?;
+            Some((l.mid(), media.kind(), l.pts.clone()))
+        })
+        .collect()
+}
+
+/// The codec we take from one offered m-line, in our order of preference: H264 (what OBS
+/// sends and every browser plays, preferring constrained baseline), then VP8, VP9, AV1, H265;
+/// Opus for audio.
+fn pick_ingest_codec(params: &[PayloadParams]) -> Option<PayloadParams> {
+    let score = |p: &PayloadParams| -> Option<u32> {
+        let f = p.spec().format;
+        Some(match p.spec().codec {
+            Codec::H264 if f.packetization_mode == Some(1) && f.profile_level_id.is_some_and(|id| id >> 8 == 0x42e0) => 0,
+            Codec::H264 if f.packetization_mode == Some(1) => 1,
+            Codec::Vp8 => 2,
+            Codec::Vp9 => 3,
+            Codec::Av1 => 4,
+            Codec::H265 => 5,
+            Codec::Opus => 0,
+            _ => return None,
+        })
+    };
+    params.iter().filter_map(|p| Some((score(p)?, *p))).min_by_key(|(s, _)| *s).map(|(_, p)| p)
+}
+
+/// OBS and browsers send one audio and one video section (plus maybe a data channel); a
+/// dozen leaves room without letting an offer make us build hundreds of streams.
+const MAX_MEDIA: usize = 12;
+/// About a second of 2.5 Mb/s video.
+const VIEWER_RTX_PACKETS: usize = 300;
+const VIEWER_RTX_AGE: Duration = Duration::from_millis(1000);

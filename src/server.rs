@@ -1,0 +1,120 @@
+//! Wiring: bind the sockets, start the media thread and the HTTP server, stop them.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, EngineEvent};
+use crate::http::{self, AppState};
+use crate::io::{self, EngineHandle};
+use crate::offer::SessionSetup;
+use crate::registry::{Registry, RegistryError};
+
+/// A running whipcast: HTTP on `http_addr`, media on `udp_addr`.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    /// The addresses in our ICE candidates.
+    pub advertised: Vec<SocketAddr>,
+    stop_media: Option<oneshot::Sender<()>>,
+    media_thread: Option<JoinHandle<()>>,
+    stop_http: watch::Sender<bool>,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {what} to {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot start the media thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl Server {
+    /// Binds and starts everything. Call from inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let registry = Registry::open(&config.data_dir)?;
+        let udp = UdpSocket::bind(config.udp_listen).map_err(|source| StartError::Bind { what: "UDP media", addr: config.udp_listen, source })?;
+        let udp_addr = udp.local_addr().map_err(|source| StartError::Bind { what: "UDP media", addr: config.udp_listen, source })?;
+        let advertised = config.advertised_addrs(udp_addr);
+        let listener = TcpListener::bind(config.http_listen).await.map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_listen, source })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_listen, source })?;
+
+        let engine = Engine::new(EngineConfig {
+            candidates: advertised.clone(),
+            max_live_broadcasts: config.max_live_broadcasts,
+            max_viewers: config.max_viewers,
+            when_full: config.when_full,
+            resume_grace: RESUME_GRACE,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        });
+        let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel::<EngineEvent>();
+        let (stop_media, stop_media_rx) = oneshot::channel();
+        // The media loop gets a thread of its own so HTTP work (building an `Rtc` costs about
+        // 1 ms) never delays packets.
+        let media_thread = std::thread::Builder::new()
+            .name("whipcast-media".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime for the media thread");
+                if let Err(e) = rt.block_on(io::drive(engine, udp, command_rx, event_tx, stop_media_rx)) {
+                    error!(error = %e, "media loop failed");
+                }
+            })
+            .map_err(StartError::Thread)?;
+        tokio::spawn(async move {
+            while let Some(event) = event_rx.recv().await {
+                tracing::debug!(?event, "engine event");
+            }
+        });
+
+        let state = Arc::new(AppState {
+            setup: SessionSetup::new(advertised.clone()),
+            registry: Mutex::new(registry),
+            engine: EngineHandle::new(command_tx),
+            config,
+        });
+        let (stop_http, stop_http_rx) = watch::channel(false);
+        let http_task = tokio::spawn(http::serve(listener, state, stop_http_rx));
+        info!(%http_addr, %udp_addr, ?advertised, "whipcast listening");
+        Ok(Self { http_addr, udp_addr, advertised, stop_media: Some(stop_media), media_thread: Some(media_thread), stop_http, http_task })
+    }
+
+    /// Stops accepting, stops the media loop and waits for both.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_http.send(true);
+        let _ = (&mut self.http_task).await;
+        if let Some(stop) = self.stop_media.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.media_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_http.send(true);
+        if let Some(stop) = self.stop_media.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// How long viewers wait for a publisher that vanished without DELETE (DESIGN.md §3 rule 6).
+const RESUME_GRACE: Duration = Duration::from_secs(30);
+/// ICE + DTLS take well under a second on a working path; a session still not connected after
+/// this never will be, and must not hold resources.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP requests waiting for the engine; beyond this, requests wait (back-pressure).
+const COMMAND_QUEUE: usize = 1024;

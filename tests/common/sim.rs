@@ -1,0 +1,344 @@
+//! A simulated network with a virtual clock: the real [`Engine`] on one side, str0m `Rtc`s as
+//! OBS and browser clients on the other, datagrams carried in memory with optional loss and
+//! delay. Deterministic apart from the random IDs and keys str0m and whipcast draw.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use whipcast::config::WhenFull;
+use whipcast::engine::{
+    BroadcastKey, Command, Engine, EngineConfig, EngineEvent, NewPeer, Outcome, SessionId,
+};
+use whipcast::offer::SessionSetup;
+
+pub const SERVER: &str = "10.0.0.1:8189";
+
+/// A received video frame, as the viewer's depacketiser produced it.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+    pub rtp_time: u64,
+    pub seq_start: u64,
+    pub seq_end: u64,
+}
+
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub session: Option<SessionId>,
+    pub connected: bool,
+    pub video_mid: Option<Mid>,
+    pub audio_mid: Option<Mid>,
+    pub frames: Vec<Frame>,
+    pub audio_frames: usize,
+    pub keyframe_requests: usize,
+    /// Drop every datagram to or from this client while set (a crash or a cut cable).
+    pub unplugged: bool,
+}
+
+struct InFlight {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+pub struct Sim {
+    pub engine: Engine,
+    pub setup: SessionSetup,
+    pub now: Instant,
+    pub clients: Vec<Client>,
+    pub events: Vec<EngineEvent>,
+    pub latency: Duration,
+    /// Drop every n-th datagram in each direction (0: no loss).
+    pub drop_every: usize,
+    counter: usize,
+    wire: VecDeque<InFlight>,
+    next_port: u16,
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig {
+        candidates: vec![SERVER.parse().unwrap()],
+        max_live_broadcasts: 2,
+        max_viewers: 3,
+        when_full: WhenFull::EvictOldest,
+        resume_grace: Duration::from_secs(30),
+        handshake_timeout: Duration::from_secs(20),
+    }
+}
+
+impl Sim {
+    pub fn new(config: EngineConfig) -> Self {
+        if std::env::var("SIMDEBUG").is_ok() {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        }
+        let setup = SessionSetup::new(config.candidates.clone());
+        Self {
+            engine: Engine::new(config),
+            setup,
+            now: Instant::now(),
+            clients: Vec::new(),
+            events: Vec::new(),
+            latency: Duration::from_millis(5),
+            drop_every: 0,
+            counter: 0,
+            wire: VecDeque::new(),
+            next_port: 40_000,
+        }
+    }
+
+    /// An OBS-shaped publisher: H264 PT 96 `42e01f` and Opus PT 111, no RTX, no candidates in
+    /// the offer, `a=group:LS`. Returns the client index.
+    pub fn publish(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
+        let mut cfg = RtcConfig::new().clear_codecs();
+        cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
+        cfg.codec_config().enable_opus(true, false);
+        let mut client = self.new_client(cfg);
+        let mut api = client.rtc.sdp_api();
+        let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        client.audio_mid = Some(audio);
+        client.video_mid = Some(video);
+        let sdp = obs_shape(&offer.to_sdp_string());
+        let accepted = self.setup.accept_publisher(self.now, &sdp).expect("OBS offer accepted");
+        let session = SessionId::random();
+        let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
+        match self.engine.handle_command(self.now, Command::Publish(peer, accepted.tracks)) {
+            Outcome::Published(Ok(())) => {}
+            other => return Err(other),
+        }
+        let answer = SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
+        client.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        client.session = Some(session);
+        Ok(self.add(client))
+    }
+
+    /// A browser-shaped viewer (H264 with RTX, VP8, Opus; recvonly video then audio).
+    pub fn view(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
+        let cfg = RtcConfig::new().clear_codecs().enable_h264(true).enable_vp8(true).enable_opus(true, false);
+        let mut client = self.new_client(cfg);
+        let mut api = client.rtc.sdp_api();
+        let video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        client.video_mid = Some(video);
+        client.audio_mid = Some(audio);
+        let tracks = match self.engine.handle_command(self.now, Command::Describe(broadcast)) {
+            Outcome::Described(Some(t)) => t,
+            other => return Err(other),
+        };
+        let accepted = self.setup.accept_viewer(self.now, &offer.to_sdp_string(), &tracks).expect("viewer offer accepted");
+        let session = SessionId::random();
+        let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
+        match self.engine.handle_command(self.now, Command::Subscribe(peer, accepted.tracks)) {
+            Outcome::Subscribed(Ok(())) => {}
+            other => return Err(other),
+        }
+        let answer = SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
+        client.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        client.session = Some(session);
+        Ok(self.add(client))
+    }
+
+    pub fn close(&mut self, client: usize, publisher: bool) -> bool {
+        let session = self.clients[client].session.clone().unwrap();
+        matches!(self.engine.handle_command(self.now, Command::Close { session, publisher }), Outcome::Closed(true))
+    }
+
+    pub fn stats(&mut self) -> whipcast::engine::Stats {
+        self.engine.stats()
+    }
+
+    /// Sends one synthetic H264 access unit (SPS+PPS+IDR when `keyframe`) and one Opus frame
+    /// from a publisher. `n` numbers the frame (30 fps media time).
+    pub fn send_frame(&mut self, publisher: usize, n: u64, keyframe: bool) -> Vec<u8> {
+        let frame = synthetic_frame(n, keyframe);
+        let now = self.now;
+        let c = &mut self.clients[publisher];
+        let video = c.video_mid.unwrap();
+        let audio = c.audio_mid.unwrap();
+        let pt = c.rtc.media(video).unwrap().remote_pts()[0];
+        c.rtc.writer(video).unwrap().write(pt, now, MediaTime::from_90khz(n * 3000), frame.clone()).unwrap();
+        let apt = c.rtc.media(audio).unwrap().remote_pts()[0];
+        c.rtc.writer(audio).unwrap().write(apt, now, MediaTime::new(n * 1600, str0m::media::Frequency::FORTY_EIGHT_KHZ), vec![0xf8, 0xff, 0xfe]).unwrap();
+        frame
+    }
+
+    /// Runs the simulation for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        let mut steps = 0;
+        while self.now < end {
+            self.step(end);
+            steps += 1;
+            assert!(steps < 1_000_000, "simulation livelock");
+        }
+    }
+
+    /// One step: drain everyone, deliver what is due, move the clock to the next event.
+    fn step(&mut self, limit: Instant) {
+        let now = self.now;
+        let mut next = limit;
+        for i in 0..self.clients.len() {
+            let t = self.drain_client(i);
+            next = next.min(t);
+        }
+        while let Some(t) = self.engine.poll_transmit() {
+            self.send(SERVER.parse().unwrap(), t.destination, t.contents.to_vec());
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push(e);
+        }
+        if let Some(t) = self.engine.poll_timeout() {
+            next = next.min(t);
+        }
+        if let Some(f) = self.wire.iter().map(|f| f.at).min() {
+            next = next.min(f);
+        }
+        self.now = next.max(now);
+        let due: Vec<InFlight> = {
+            let (due, later): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|f| f.at <= self.now);
+            self.wire = later.into();
+            due
+        };
+        let server: SocketAddr = SERVER.parse().unwrap();
+        for f in due {
+            if f.to == server {
+                self.engine.handle_datagram(self.now, f.from, server, &f.data);
+            } else if let Some(i) = self.clients.iter().position(|c| c.addr == f.to) {
+                if let Ok(r) = Receive::new(Protocol::Udp, f.from, f.to, &f.data) {
+                    // str0m's contract: drain after every input, before the next one.
+                    if self.clients[i].rtc.handle_input(Input::Receive(self.now, r)).is_ok() {
+                        self.drain_client(i);
+                    }
+                }
+            }
+        }
+        self.engine.handle_timeout(self.now);
+        for i in 0..self.clients.len() {
+            if self.clients[i].rtc.handle_input(Input::Timeout(self.now)).is_ok() {
+                self.drain_client(i);
+            }
+        }
+    }
+
+    fn drain_client(&mut self, i: usize) -> Instant {
+        loop {
+            let out = self.clients[i].rtc.poll_output();
+            match out {
+                Ok(Output::Timeout(t)) => return t,
+                Ok(Output::Transmit(t)) => {
+                    let from = self.clients[i].addr;
+                    self.send(from, t.destination, t.contents.to_vec());
+                }
+                Ok(Output::Event(e)) => {
+                    let c = &mut self.clients[i];
+                    match e {
+                        Event::Connected => c.connected = true,
+                        Event::MediaData(d) if Some(d.mid) == c.video_mid => c.frames.push(Frame {
+                            keyframe: is_keyframe(&d.data),
+                            data: d.data.to_vec(),
+                            rtp_time: d.time.numer(),
+                            seq_start: **d.seq_range.start(),
+                            seq_end: **d.seq_range.end(),
+                        }),
+                        Event::MediaData(d) if Some(d.mid) == c.audio_mid => c.audio_frames += 1,
+                        Event::KeyframeRequest(_) => c.keyframe_requests += 1,
+                        _ => {}
+                    }
+                }
+                Err(_) => return self.now + Duration::from_secs(1),
+            }
+        }
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        let unplugged = self.clients.iter().any(|c| c.unplugged && (c.addr == from || c.addr == to));
+        self.counter += 1;
+        if unplugged || (self.drop_every > 0 && self.counter % self.drop_every == 0) {
+            return;
+        }
+        self.wire.push_back(InFlight { at: self.now + self.latency, from, to, data });
+    }
+
+    /// Injects a raw datagram at the server, as if from `from`.
+    pub fn inject(&mut self, from: SocketAddr, data: &[u8]) {
+        self.engine.handle_datagram(self.now, from, SERVER.parse().unwrap(), data);
+    }
+
+    fn new_client(&mut self, cfg: RtcConfig) -> Client {
+        self.next_port += 1;
+        let addr: SocketAddr = format!("10.0.0.2:{}", self.next_port).parse().unwrap();
+        let mut rtc = cfg.build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        Client {
+            rtc,
+            addr,
+            session: None,
+            connected: false,
+            video_mid: None,
+            audio_mid: None,
+            frames: Vec::new(),
+            audio_frames: 0,
+            keyframe_requests: 0,
+            unplugged: false,
+        }
+    }
+
+    fn add(&mut self, client: Client) -> usize {
+        self.clients.push(client);
+        self.clients.len() - 1
+    }
+}
+
+/// Makes a str0m offer look like OBS's: no candidates, and the `a=group:LS` line.
+pub fn obs_shape(sdp: &str) -> String {
+    let mut out = String::new();
+    for line in sdp.lines() {
+        if line.starts_with("a=candidate") || line.starts_with("a=end-of-candidates") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+        if line.starts_with("a=group:BUNDLE") {
+            out.push_str("a=group:LS 0 1\r\n");
+        }
+    }
+    out
+}
+
+/// An Annex-B access unit: SPS + PPS + IDR for keyframes, one P slice otherwise, with the
+/// frame number in the payload so frames are distinguishable. Large enough to be split into
+/// several RTP packets (FU-A).
+pub fn synthetic_frame(n: u64, keyframe: bool) -> Vec<u8> {
+    let mut f = Vec::new();
+    if keyframe {
+        f.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x01, 0x40]);
+        f.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+        f.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+    } else {
+        f.extend_from_slice(&[0, 0, 0, 1, 0x41]);
+    }
+    let len = if keyframe { 3000 } else { 1500 };
+    f.extend((0..len).map(|i| ((n as usize * 7 + i) % 251) as u8 | 1));
+    f
+}
+
+/// Whether an Annex-B access unit has an IDR slice.
+pub fn is_keyframe(data: &[u8]) -> bool {
+    data.windows(4).any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+}
+
+/// The offer codec check used by tests of the 422 path.
+pub fn codec_of(offer: &SdpOffer) -> Vec<Codec> {
+    offer.media_lines.iter().flat_map(|l| l.rtp_params()).map(|p| p.spec().codec).collect()
+}

@@ -1,0 +1,210 @@
+//! The engine on a simulated network with a virtual clock: str0m clients shaped like OBS and
+//! like browsers, the real `Engine`, no sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::{Sim, engine_config, synthetic_frame};
+use whipcast::engine::{BroadcastKey, CloseReason, EngineEvent, Outcome};
+
+const B: BroadcastKey = BroadcastKey(1);
+const FRAME: Duration = Duration::from_millis(33);
+
+/// Streams frames `range` (keyframe every 30) from `publisher`, returning what was sent.
+fn stream(sim: &mut Sim, publisher: usize, range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+    let mut sent = Vec::new();
+    for n in range {
+        sent.push((n, sim.send_frame(publisher, n, n % 30 == 0)));
+        sim.run_for(FRAME);
+    }
+    sent
+}
+
+fn connected_publisher(sim: &mut Sim) -> usize {
+    let p = sim.publish(B).expect("publish");
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[p].connected, "publisher completes ICE and DTLS");
+    p
+}
+
+#[test]
+fn obs_shaped_publisher_reaches_every_viewer_unchanged() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v1 = sim.view(B).unwrap();
+    let v2 = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[v1].connected && sim.clients[v2].connected);
+    let sent = stream(&mut sim, p, 0..61);
+    sim.run_for(Duration::from_millis(200));
+    for v in [v1, v2] {
+        let got = &sim.clients[v].frames;
+        assert!(got.len() >= 55, "viewer {v} got {} of 61 frames", got.len());
+        assert!(got[0].keyframe, "first frame is a keyframe");
+        // Every received frame is byte-identical to the sent frame it starts at.
+        let first = sent.iter().position(|(_, f)| *f == got[0].data).expect("first frame was sent");
+        for (g, (_, s)) in got.iter().zip(&sent[first..]) {
+            assert_eq!(&g.data, s, "frames arrive unchanged and in order");
+        }
+        assert!(sim.clients[v].audio_frames > 40, "audio flows too: {}", sim.clients[v].audio_frames);
+    }
+    assert!(sim.stats().packets_forwarded > 0);
+}
+
+#[test]
+fn viewer_joining_mid_stream_starts_on_the_cached_keyframe() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let sent = stream(&mut sim, p, 0..45);
+    let fwd = sim.stats().packets_forwarded;
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    assert!(sim.stats().packets_forwarded > fwd, "the cache is forwarded without any new publisher packet");
+    let got = sim.clients[v].frames.clone();
+    assert!(!got.is_empty(), "the cached keyframe arrives before the publisher's next IDR");
+    assert!(got[0].keyframe);
+    assert_eq!(got[0].data, sent[30].1, "the cached keyframe is the latest complete one (frame 30)");
+    let more = stream(&mut sim, p, 45..70);
+    sim.run_for(Duration::from_millis(200));
+    let got = &sim.clients[v].frames;
+    // P-frames 45..59 reference pictures the viewer never had: skipped until the next IDR.
+    assert_eq!(got[1].data, more[15].1, "after the cached keyframe, playback resumes at the next IDR");
+    assert_eq!(got[1].seq_start, got[0].seq_end + 1, "sequence numbers stay continuous");
+    assert!(got[1].rtp_time > got[0].rtp_time);
+}
+
+#[test]
+fn publisher_delete_frees_every_peer_index_and_timer() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    stream(&mut sim, p, 0..5);
+    assert!(sim.close(p, true), "DELETE of the publisher session");
+    sim.run_for(Duration::from_millis(100));
+    let s = sim.stats();
+    assert_eq!((s.peers, s.demux_addrs, s.demux_ufrags, s.deadlines, s.live_broadcasts), (0, 0, 0, 0, 0), "{s:?}");
+    assert!(sim.events.contains(&EngineEvent::BroadcastEnded(B)));
+    let viewer_session = sim.clients[v].session.clone().unwrap();
+    assert!(sim.events.contains(&EngineEvent::SessionClosed { session: viewer_session, reason: CloseReason::BroadcastEnded }));
+    assert!(!sim.close(p, true), "a second DELETE finds nothing");
+    assert!(matches!(sim.view(B), Err(Outcome::Described(None))), "no publisher: a viewer is told it is not live");
+}
+
+#[test]
+fn viewer_session_url_cannot_stop_the_publisher() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    assert!(!sim.close(v, true), "viewer session ID in the publisher URL space");
+    assert!(!sim.close(p, false), "publisher session ID in the viewer URL space");
+    assert_eq!(sim.stats().peers, 2);
+}
+
+#[test]
+fn datagrams_from_unknown_or_spoofed_sources_are_dropped() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    let before = sim.stats().datagrams_dropped;
+    let stranger = "10.9.9.9:5000".parse().unwrap();
+    sim.inject(stranger, b"garbage that is not STUN, DTLS or RTP");
+    sim.inject(stranger, &[0x80, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]); // RTP-looking
+    // STUN binding request naming a ufrag nobody has.
+    let mut stun = vec![0, 1, 0, 16, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[1; 12]);
+    stun.extend_from_slice(&[0, 6, 0, 9]);
+    stun.extend_from_slice(b"nobody:xx\0\0\0");
+    sim.inject(stranger, &stun);
+    assert_eq!(sim.stats().datagrams_dropped, before + 3);
+    let sent = stream(&mut sim, p, 0..31);
+    sim.run_for(Duration::from_millis(200));
+    assert!(sim.clients[v].frames.len() >= 25, "real media keeps flowing");
+    assert_eq!(sim.clients[v].frames.last().unwrap().data, sent.last().unwrap().1);
+    assert_eq!(sim.stats().peers, 2);
+}
+
+#[test]
+fn oldest_viewer_is_evicted_when_full() {
+    let mut sim = Sim::new(engine_config()); // max_viewers = 3
+    let _p = connected_publisher(&mut sim);
+    let viewers: Vec<usize> = (0..4).map(|_| sim.view(B).unwrap()).collect();
+    sim.run_for(Duration::from_millis(300));
+    let oldest = sim.clients[viewers[0]].session.clone().unwrap();
+    assert!(sim.events.contains(&EngineEvent::SessionClosed { session: oldest, reason: CloseReason::Evicted }));
+    let s = sim.stats();
+    assert_eq!((s.viewers, s.evictions), (3, 1));
+    assert!(viewers[1..].iter().all(|v| sim.clients[*v].connected));
+}
+
+#[test]
+fn publishing_fails_when_every_slot_is_taken() {
+    let mut sim = Sim::new(engine_config()); // 2 slots
+    sim.publish(BroadcastKey(1)).unwrap();
+    sim.publish(BroadcastKey(2)).unwrap();
+    let third = sim.publish(BroadcastKey(3));
+    assert!(matches!(third, Err(Outcome::Published(Err(whipcast::engine::CommandError::NoFreeSlot)))));
+    // A live broadcast's own reconnect is not refused: it already holds its slot.
+    sim.publish(BroadcastKey(1)).expect("replacement of a live publisher");
+}
+
+#[test]
+fn resumed_publisher_is_spliced_into_the_same_viewer_sessions() {
+    let mut sim = Sim::new(engine_config());
+    let p1 = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    stream(&mut sim, p1, 0..40);
+    // OBS crashes: no DELETE, no more packets. ICE-lite consent runs out after ~15 s.
+    sim.clients[p1].unplugged = true;
+    sim.run_for(Duration::from_secs(17));
+    assert!(sim.events.contains(&EngineEvent::BroadcastReconnecting(B)));
+    assert!(sim.clients[v].connected);
+    let before = sim.clients[v].frames.clone();
+    // OBS comes back: a new PeerConnection whose seq and timestamps start over.
+    let p2 = connected_publisher(&mut sim);
+    let sent = stream(&mut sim, p2, 0..31);
+    sim.run_for(Duration::from_millis(200));
+    let after = &sim.clients[v].frames[before.len()..];
+    assert!(!after.is_empty(), "media continues in the same viewer session");
+    assert!(after[0].keyframe);
+    assert_eq!(after[0].data, sent[0].1);
+    let last = before.last().unwrap();
+    assert_eq!(after[0].seq_start, last.seq_end + 1, "sequence numbers continue across the splice");
+    assert!(after[0].rtp_time > last.rtp_time, "timestamps keep increasing");
+    assert_eq!(sim.stats().viewers, 1, "no new viewer session was made");
+}
+
+#[test]
+fn viewers_are_ended_when_the_publisher_does_not_resume_in_time() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    stream(&mut sim, p, 0..5);
+    sim.clients[p].unplugged = true;
+    sim.run_for(Duration::from_secs(17 + 31));
+    let session = sim.clients[v].session.clone().unwrap();
+    assert!(sim.events.contains(&EngineEvent::BroadcastEnded(B)));
+    assert!(sim.events.contains(&EngineEvent::SessionClosed { session, reason: CloseReason::BroadcastEnded }));
+    let s = sim.stats();
+    assert_eq!((s.peers, s.deadlines, s.demux_addrs, s.demux_ufrags), (0, 0, 0, 0), "{s:?}");
+}
+
+#[test]
+fn a_session_that_never_connects_is_freed() {
+    let mut sim = Sim::new(engine_config());
+    let p = sim.publish(B).unwrap();
+    sim.clients[p].unplugged = true;
+    sim.run_for(Duration::from_secs(25));
+    assert_eq!(sim.stats().peers, 0);
+    assert_eq!(sim.stats().deadlines, 0);
+}
+
+#[test]
+fn synthetic_frames_are_distinct() {
+    assert_ne!(synthetic_frame(1, false), synthetic_frame(2, false));
+}
