@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -44,6 +45,16 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_WHEN_FULL", value_enum, default_value_t = WhenFull::EvictOldest)]
     pub when_full: WhenFull,
 
+    /// How long viewers stay connected, shown "reconnecting", when the publisher vanishes
+    /// without DELETE (OBS crash, Wi-Fi drop). OBS retries after 2 s and backs off, so 30 s
+    /// covers a few attempts. Units: s, m, h, d.
+    #[arg(long, env = "WHIPCAST_RESUME_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub resume_grace: Duration,
+
+    /// Broadcasts not published to for this long are forgotten. Units: s, m, h, d.
+    #[arg(long, env = "WHIPCAST_ID_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub id_ttl: Duration,
+
     /// If set, `POST /api/broadcasts` requires `Authorization: Bearer <token>`, so a public
     /// server does not hand out broadcasts to anyone.
     #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]
@@ -64,7 +75,11 @@ impl Config {
     pub fn advertised_addrs(&self, bound: SocketAddr) -> Vec<SocketAddr> {
         let port = bound.port();
         if !self.public_ips.is_empty() {
-            return self.public_ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+            return self
+                .public_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
         }
         if !bound.ip().is_unspecified() {
             return vec![bound];
@@ -86,6 +101,26 @@ impl Config {
     }
 }
 
+/// `90`, `90s`, `5m`, `2h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration like 30s, 5m, 2h or 30d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit \"{unit}\": use s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("\"{s}\" is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,7 +136,10 @@ mod tests {
     fn public_ip_replaces_local_addresses_and_keeps_the_port() {
         let c = Config::parse_from(["whipcast", "--public-ip", "203.0.113.7"]);
         let bound: SocketAddr = "0.0.0.0:8189".parse().unwrap();
-        assert_eq!(c.advertised_addrs(bound), vec!["203.0.113.7:8189".parse().unwrap()]);
+        assert_eq!(
+            c.advertised_addrs(bound),
+            vec!["203.0.113.7:8189".parse().unwrap()]
+        );
     }
 
     #[test]
@@ -112,5 +150,15 @@ mod tests {
         assert_eq!(c.max_live_broadcasts, 4);
         assert_eq!(c.max_viewers, 8);
         assert_eq!(c.when_full, WhenFull::EvictOldest);
+        assert_eq!(c.resume_grace, Duration::from_secs(30));
+        assert_eq!(c.id_ttl, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn durations_take_units_and_reject_garbage() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! - [`config`]: every option, its default and why.
 //! - [`registry`]: broadcasts, broadcast IDs (stored hashed) and view IDs, persistence.
 //! - [`offer`]: SDP offer → str0m `Rtc` + answer, off the media loop.
+//! - [`h264`]: the SPS parser that tells what a publisher really sends.
 //! - [`engine`]: the sans-IO core. Peers in a slab, a demux index, the router with its
 //!   keyframe cache, per-viewer rewriting, one deadline index. No IO, no clock.
 //! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.
@@ -30,6 +31,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod h264;
 pub mod http;
 pub mod io;
 pub mod offer;

@@ -40,7 +40,9 @@ pub enum OfferError {
     TooManyMedia(usize),
     #[error("the offer has no audio or video section to {0}")]
     NoMedia(&'static str),
-    #[error("none of the offered codecs is supported; offer H264, VP8, VP9, AV1 or H265 video, or Opus audio")]
+    #[error(
+        "none of the offered codecs is supported; offer H264, VP8, VP9, AV1 or H265 video, or Opus audio"
+    )]
     UnsupportedCodecs,
     #[error("your browser cannot play this broadcast's {0} video; try another browser")]
     CannotDecode(String),
@@ -51,13 +53,23 @@ pub enum OfferError {
 impl SessionSetup {
     pub fn new(candidates: Vec<SocketAddr>) -> Self {
         let provider = str0m::crypto::from_feature_flags();
-        let dtls_cert = provider.dtls_provider.generate_certificate().expect("the crypto provider can make a certificate");
-        Self { candidates, dtls_cert }
+        let dtls_cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .expect("the crypto provider can make a certificate");
+        Self {
+            candidates,
+            dtls_cert,
+        }
     }
 
     /// A WHIP offer: accepts one audio (Opus) and one video codec, the first the publisher
     /// offers in our order of preference, so exactly one video codec reaches viewers.
-    pub fn accept_publisher(&self, now: Instant, offer: &str) -> Result<Accepted<IngestTrack>, OfferError> {
+    pub fn accept_publisher(
+        &self,
+        now: Instant,
+        offer: &str,
+    ) -> Result<Accepted<IngestTrack>, OfferError> {
         let parsed = parse(offer)?;
         let mut chosen: Vec<PayloadParams> = Vec::new();
         let mut any_media = false;
@@ -67,10 +79,12 @@ impl SessionSetup {
                 continue;
             }
             any_media = true;
-            if let Some(p) = pick_ingest_codec(&params) {
-                if !chosen.iter().any(|c| c.spec().codec.kind() == p.spec().codec.kind()) {
-                    chosen.push(p);
-                }
+            if let Some(p) = pick_ingest_codec(&params)
+                && !chosen
+                    .iter()
+                    .any(|c| c.spec().codec.kind() == p.spec().codec.kind())
+            {
+                chosen.push(p);
             }
         }
         if !any_media {
@@ -79,7 +93,9 @@ impl SessionSetup {
         if chosen.is_empty() {
             return Err(OfferError::UnsupportedCodecs);
         }
-        let Accepted { rtc, answer, ufrag, .. } = self.accept(now, parsed, chosen)?;
+        let Accepted {
+            rtc, answer, ufrag, ..
+        } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL)?;
         let mut tracks = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
             let params: Vec<PayloadParams> = pts
@@ -93,34 +109,61 @@ impl SessionSetup {
         if tracks.is_empty() {
             return Err(OfferError::UnsupportedCodecs);
         }
-        Ok(Accepted { rtc, answer, ufrag, tracks })
+        Ok(Accepted {
+            rtc,
+            answer,
+            ufrag,
+            tracks,
+        })
     }
 
     /// A WHEP offer: the viewer gets exactly the publisher's codecs (with RTX for video, so
     /// its NACKs are answered), or an error naming the codec it cannot decode.
-    pub fn accept_viewer(&self, now: Instant, offer: &str, publisher: &[IngestTrack]) -> Result<Accepted<ViewerTrack>, OfferError> {
+    pub fn accept_viewer(
+        &self,
+        now: Instant,
+        offer: &str,
+        publisher: &[IngestTrack],
+    ) -> Result<Accepted<ViewerTrack>, OfferError> {
         let parsed = parse(offer)?;
-        let used: Vec<Pt> = publisher.iter().flat_map(|t| t.params.iter().flat_map(|p| [Some(p.pt()), p.resend()])).flatten().collect();
+        let used: Vec<Pt> = publisher
+            .iter()
+            .flat_map(|t| t.params.iter().flat_map(|p| [Some(p.pt()), p.resend()]))
+            .flatten()
+            .collect();
         let mut free = (96u8..=127).map(Pt::from).filter(|pt| !used.contains(pt));
         let mut params = Vec::new();
         for t in publisher {
             for p in &t.params {
-                let resend = if t.kind == MediaKind::Video { free.next() } else { None };
+                let resend = if t.kind == MediaKind::Video {
+                    free.next()
+                } else {
+                    None
+                };
                 params.push(PayloadParams::new(p.pt(), resend, p.spec()));
             }
         }
-        let Accepted { mut rtc, answer, ufrag, .. } = self.accept(now, parsed, params)?;
+        let Accepted {
+            mut rtc,
+            answer,
+            ufrag,
+            ..
+        } = self.accept(now, parsed, params, VIEWER_STATS_INTERVAL)?;
         let mut tracks: Vec<ViewerTrack> = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
             if !pts.is_empty() && !tracks.iter().any(|t| t.kind == kind) {
                 tracks.push(ViewerTrack { mid, kind });
             }
         }
-        if let Some(video) = publisher.iter().find(|t| t.kind == MediaKind::Video) {
-            if !tracks.iter().any(|t| t.kind == MediaKind::Video) {
-                let codec = video.params.first().map(|p| format!("{:?}", p.spec().codec)).unwrap_or_default();
-                return Err(OfferError::CannotDecode(codec.to_uppercase()));
-            }
+        if let Some(video) = publisher.iter().find(|t| t.kind == MediaKind::Video)
+            && !tracks.iter().any(|t| t.kind == MediaKind::Video)
+        {
+            let codec = video
+                .params
+                .first()
+                .map(|p| format!("{:?}", p.spec().codec))
+                .unwrap_or_default();
+            return Err(OfferError::CannotDecode(codec.to_uppercase()));
         }
         if tracks.is_empty() {
             return Err(OfferError::NoMedia("receive"));
@@ -136,18 +179,33 @@ impl SessionSetup {
                 }
             }
         }
-        Ok(Accepted { rtc, answer, ufrag, tracks })
+        Ok(Accepted {
+            rtc,
+            answer,
+            ufrag,
+            tracks,
+        })
     }
 
-    fn accept(&self, now: Instant, offer: SdpOffer, codecs: Vec<PayloadParams>) -> Result<Accepted<()>, OfferError> {
+    fn accept(
+        &self,
+        now: Instant,
+        offer: SdpOffer,
+        codecs: Vec<PayloadParams>,
+        stats: Duration,
+    ) -> Result<Accepted<()>, OfferError> {
         let ufrag = secret::random_token().replace(['-', '_'], "x");
-        let pass = format!("{}{}", secret::random_token(), secret::random_token()).replace(['-', '_'], "y");
+        let pass = format!("{}{}", secret::random_token(), secret::random_token())
+            .replace(['-', '_'], "y");
         let mut config = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_dtls_cert(self.dtls_cert.clone())
-            .set_local_ice_credentials(IceCreds { ufrag: ufrag.clone(), pass })
-            .set_stats_interval(None);
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass,
+            })
+            .set_stats_interval(Some(stats));
         *config.codec_config() = CodecConfig::new_from_payload_params(codecs);
         let mut rtc = config.build(now);
         for addr in &self.candidates {
@@ -155,8 +213,16 @@ impl SessionSetup {
                 rtc.add_local_candidate(c);
             }
         }
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Negotiation(e.to_string()))?;
-        Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag, tracks: Vec::new() })
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| OfferError::Negotiation(e.to_string()))?;
+        Ok(Accepted {
+            rtc,
+            answer: answer.to_sdp_string(),
+            ufrag,
+            tracks: Vec::new(),
+        })
     }
 }
 
@@ -164,7 +230,8 @@ fn parse(offer: &str) -> Result<SdpOffer, OfferError> {
     if !offer.starts_with("v=0") {
         return Err(OfferError::Malformed("it must start with \"v=0\"".into()));
     }
-    let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
+    let parsed =
+        SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
     let n = parsed.media_lines.len();
     if n > MAX_MEDIA {
         return Err(OfferError::TooManyMedia(n));
@@ -196,7 +263,12 @@ fn pick_ingest_codec(params: &[PayloadParams]) -> Option<PayloadParams> {
     let score = |p: &PayloadParams| -> Option<u32> {
         let f = p.spec().format;
         Some(match p.spec().codec {
-            Codec::H264 if f.packetization_mode == Some(1) && f.profile_level_id.is_some_and(|id| id >> 8 == 0x42e0) => 0,
+            Codec::H264
+                if f.packetization_mode == Some(1)
+                    && f.profile_level_id.is_some_and(|id| id >> 8 == 0x42e0) =>
+            {
+                0
+            }
             Codec::H264 if f.packetization_mode == Some(1) => 1,
             Codec::Vp8 => 2,
             Codec::Vp9 => 3,
@@ -206,12 +278,21 @@ fn pick_ingest_codec(params: &[PayloadParams]) -> Option<PayloadParams> {
             _ => return None,
         })
     };
-    params.iter().filter_map(|p| Some((score(p)?, *p))).min_by_key(|(s, _)| *s).map(|(_, p)| p)
+    params
+        .iter()
+        .filter_map(|p| Some((score(p)?, *p)))
+        .min_by_key(|(s, _)| *s)
+        .map(|(_, p)| p)
 }
 
 /// OBS and browsers send one audio and one video section (plus maybe a data channel); a
 /// dozen leaves room without letting an offer make us build hundreds of streams.
 const MAX_MEDIA: usize = 12;
+/// Ingest loss and NACK counts for the broadcaster's live panel, once a second (one publisher
+/// per broadcast, so the cost does not matter).
+const PUBLISHER_STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Viewer NACK totals for `/metrics`; rarely, because viewers are many.
+const VIEWER_STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// About a second of 2.5 Mb/s video.
 const VIEWER_RTX_PACKETS: usize = 300;
 const VIEWER_RTX_AGE: Duration = Duration::from_millis(1000);

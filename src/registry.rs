@@ -29,6 +29,9 @@ struct Entry {
     /// An opaque label for the status page (never derived from an ID).
     label: String,
     created_unix: u64,
+    /// Last time a publisher started; broadcasts unused for `--id-ttl` are forgotten.
+    #[serde(default)]
+    last_used_unix: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,7 +51,9 @@ pub struct Created {
 pub enum RegistryError {
     #[error("cannot read or write the state file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("the state file {path} is corrupt ({reason}); move it away to start empty, or restore a backup")]
+    #[error(
+        "the state file {path} is corrupt ({reason}); move it away to start empty, or restore a backup"
+    )]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -56,16 +61,31 @@ impl Registry {
     /// Loads `<dir>/broadcasts.json`, or starts empty if there is none.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         let path = dir.join(STATE_FILE);
-        fs::create_dir_all(dir).map_err(|source| RegistryError::Io { path: dir.to_owned(), source })?;
-        let mut registry = Self { path: path.clone(), entries: HashMap::new(), by_secret: HashMap::new(), by_view: HashMap::new(), next_key: 1 };
+        fs::create_dir_all(dir).map_err(|source| RegistryError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut registry = Self {
+            path: path.clone(),
+            entries: HashMap::new(),
+            by_secret: HashMap::new(),
+            by_view: HashMap::new(),
+            next_key: 1,
+        };
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(registry),
             Err(source) => return Err(RegistryError::Io { path, source }),
         };
-        let state: StateFile = serde_json::from_str(&text).map_err(|e| RegistryError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        let state: StateFile = serde_json::from_str(&text).map_err(|e| RegistryError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if state.version != STATE_VERSION {
-            return Err(RegistryError::Corrupt { path, reason: format!("unknown version {}", state.version) });
+            return Err(RegistryError::Corrupt {
+                path,
+                reason: format!("unknown version {}", state.version),
+            });
         }
         for entry in state.broadcasts {
             registry.insert(entry);
@@ -77,10 +97,20 @@ impl Registry {
     pub fn create(&mut self, now_unix: u64) -> Result<Created, RegistryError> {
         let broadcast_id = secret::random_token();
         let view_id = secret::random_token();
-        let entry = Entry { id_sha256: secret::digest(&broadcast_id), view_id: view_id.clone(), label: format!("broadcast-{}", &secret::random_token()[..6]), created_unix: now_unix };
+        let entry = Entry {
+            id_sha256: secret::digest(&broadcast_id),
+            view_id: view_id.clone(),
+            label: format!("broadcast-{}", &secret::random_token()[..6]),
+            created_unix: now_unix,
+            last_used_unix: now_unix,
+        };
         let key = self.insert(entry);
         self.save()?;
-        Ok(Created { key, broadcast_id, view_id })
+        Ok(Created {
+            key,
+            broadcast_id,
+            view_id,
+        })
     }
 
     /// The broadcast a broadcast ID (publish secret) opens.
@@ -101,6 +131,57 @@ impl Registry {
             return None;
         }
         self.by_view.get(view_id).copied()
+    }
+
+    /// Records that a publisher started, which keeps the broadcast from expiring.
+    pub fn touch(&mut self, key: BroadcastKey, now_unix: u64) -> Result<(), RegistryError> {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return Ok(());
+        };
+        // Once a day is enough for a TTL counted in days, and spares the disk a write per POST.
+        if now_unix.saturating_sub(e.last_used_unix) < 86_400 {
+            return Ok(());
+        }
+        e.last_used_unix = now_unix;
+        self.save()
+    }
+
+    /// Forgets broadcasts unused for `ttl`. Returns how many went.
+    pub fn expire(
+        &mut self,
+        now_unix: u64,
+        ttl: std::time::Duration,
+    ) -> Result<usize, RegistryError> {
+        let cutoff = now_unix.saturating_sub(ttl.as_secs());
+        let old: Vec<BroadcastKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.last_used_unix.max(e.created_unix) < cutoff)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &old {
+            if let Some(e) = self.entries.remove(k) {
+                self.by_secret.remove(&e.id_sha256);
+                self.by_view.remove(&e.view_id);
+            }
+        }
+        if !old.is_empty() {
+            self.save()?;
+        }
+        Ok(old.len())
+    }
+
+    /// Replaces the view ID: the old viewer link stops working.
+    pub fn rotate_view_id(&mut self, key: BroadcastKey) -> Result<Option<String>, RegistryError> {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return Ok(None);
+        };
+        let fresh = secret::random_token();
+        self.by_view.remove(&e.view_id);
+        e.view_id = fresh.clone();
+        self.by_view.insert(fresh.clone(), key);
+        self.save()?;
+        Ok(Some(fresh))
     }
 
     pub fn view_id(&self, key: BroadcastKey) -> Option<&str> {
@@ -132,10 +213,16 @@ impl Registry {
     fn save(&self) -> Result<(), RegistryError> {
         let mut broadcasts: Vec<Entry> = self.entries.values().cloned().collect();
         broadcasts.sort_by_key(|e| e.created_unix);
-        let state = StateFile { version: STATE_VERSION, broadcasts };
+        let state = StateFile {
+            version: STATE_VERSION,
+            broadcasts,
+        };
         let text = serde_json::to_string_pretty(&state).expect("the state serialises");
         let tmp = self.path.with_extension("json.tmp");
-        let io_err = |source| RegistryError::Io { path: self.path.clone(), source };
+        let io_err = |source| RegistryError::Io {
+            path: self.path.clone(),
+            source,
+        };
         {
             use std::io::Write as _;
             let mut f = fs::File::create(&tmp).map_err(io_err)?;
@@ -164,7 +251,9 @@ mod hex32 {
             .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(|| serde::de::Error::custom("not hex"))?;
-        bytes.try_into().map_err(|_| serde::de::Error::custom("not 32 bytes"))
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("not 32 bytes"))
     }
 }
 
@@ -173,7 +262,10 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("whipcast-registry-{name}-{}", secret::random_token()));
+        let dir = std::env::temp_dir().join(format!(
+            "whipcast-registry-{name}-{}",
+            secret::random_token()
+        ));
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -183,12 +275,49 @@ mod tests {
         let dir = temp_dir("persist");
         let created = Registry::open(&dir).unwrap().create(1).unwrap();
         let text = fs::read_to_string(dir.join(STATE_FILE)).unwrap();
-        assert!(!text.contains(&created.broadcast_id), "the broadcast ID must not be stored");
+        assert!(
+            !text.contains(&created.broadcast_id),
+            "the broadcast ID must not be stored"
+        );
         let reopened = Registry::open(&dir).unwrap();
-        let key = reopened.by_broadcast_id(&created.broadcast_id).expect("broadcast ID still valid");
+        let key = reopened
+            .by_broadcast_id(&created.broadcast_id)
+            .expect("broadcast ID still valid");
         assert_eq!(reopened.by_view_id(&created.view_id), Some(key));
-        assert_eq!(reopened.by_broadcast_id(&created.view_id), None, "a view ID cannot publish");
-        assert_eq!(reopened.by_view_id(&created.broadcast_id), None, "a broadcast ID is not a view ID");
+        assert_eq!(
+            reopened.by_broadcast_id(&created.view_id),
+            None,
+            "a view ID cannot publish"
+        );
+        assert_eq!(
+            reopened.by_view_id(&created.broadcast_id),
+            None,
+            "a broadcast ID is not a view ID"
+        );
+    }
+
+    #[test]
+    fn unused_broadcasts_expire_and_rotation_revokes_the_old_view_id() {
+        let dir = temp_dir("expire");
+        let mut r = Registry::open(&dir).unwrap();
+        let old = r.create(1_000).unwrap();
+        let fresh = r.create(1_000_000).unwrap();
+        let ttl = std::time::Duration::from_secs(10_000);
+        assert_eq!(r.expire(1_000_000, ttl).unwrap(), 1);
+        assert_eq!(r.by_broadcast_id(&old.broadcast_id), None);
+        let new_view = r.rotate_view_id(fresh.key).unwrap().unwrap();
+        assert_eq!(
+            r.by_view_id(&fresh.view_id),
+            None,
+            "old viewer link stops working"
+        );
+        let reopened = Registry::open(&dir).unwrap();
+        let key = reopened.by_broadcast_id(&fresh.broadcast_id).expect("kept");
+        assert_eq!(
+            reopened.by_view_id(&new_view),
+            Some(key),
+            "the new view ID survives a restart"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ pub fn random_token() -> String {
 /// Whether `s` has the shape of a token we issued (length and alphabet), so that garbage
 /// is rejected before any lookup.
 pub fn is_token(s: &str) -> bool {
-    s.len() == TOKEN_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == TOKEN_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// SHA-256 of a secret, as stored at rest and used as a map key. Looking a secret up by its

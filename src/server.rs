@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, EngineEvent};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Hub};
 use crate::io::{self, EngineHandle};
 use crate::offer::SessionSetup;
 use crate::registry::{Registry, RegistryError};
@@ -32,7 +32,11 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind {what} to {addr}: {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("cannot start the media thread: {0}")]
@@ -42,19 +46,41 @@ pub enum StartError {
 impl Server {
     /// Binds and starts everything. Call from inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let registry = Registry::open(&config.data_dir)?;
-        let udp = UdpSocket::bind(config.udp_listen).map_err(|source| StartError::Bind { what: "UDP media", addr: config.udp_listen, source })?;
-        let udp_addr = udp.local_addr().map_err(|source| StartError::Bind { what: "UDP media", addr: config.udp_listen, source })?;
+        let mut registry = Registry::open(&config.data_dir)?;
+        let expired = registry.expire(io::unix_now(), config.id_ttl)?;
+        if expired > 0 {
+            info!(expired, "forgot broadcasts unused for longer than --id-ttl");
+        }
+        let udp = UdpSocket::bind(config.udp_listen).map_err(|source| StartError::Bind {
+            what: "UDP media",
+            addr: config.udp_listen,
+            source,
+        })?;
+        let udp_addr = udp.local_addr().map_err(|source| StartError::Bind {
+            what: "UDP media",
+            addr: config.udp_listen,
+            source,
+        })?;
         let advertised = config.advertised_addrs(udp_addr);
-        let listener = TcpListener::bind(config.http_listen).await.map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_listen, source })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_listen, source })?;
+        let listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "HTTP",
+                addr: config.http_listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            source,
+        })?;
 
         let engine = Engine::new(EngineConfig {
             candidates: advertised.clone(),
             max_live_broadcasts: config.max_live_broadcasts,
             max_viewers: config.max_viewers,
             when_full: config.when_full,
-            resume_grace: RESUME_GRACE,
+            resume_grace: config.resume_grace,
             handshake_timeout: HANDSHAKE_TIMEOUT,
         });
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -65,28 +91,45 @@ impl Server {
         let media_thread = std::thread::Builder::new()
             .name("whipcast-media".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime for the media thread");
-                if let Err(e) = rt.block_on(io::drive(engine, udp, command_rx, event_tx, stop_media_rx)) {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime for the media thread");
+                if let Err(e) =
+                    rt.block_on(io::drive(engine, udp, command_rx, event_tx, stop_media_rx))
+                {
                     error!(error = %e, "media loop failed");
                 }
             })
             .map_err(StartError::Thread)?;
-        tokio::spawn(async move {
-            while let Some(event) = event_rx.recv().await {
-                tracing::debug!(?event, "engine event");
-            }
-        });
-
         let state = Arc::new(AppState {
             setup: SessionSetup::new(advertised.clone()),
             registry: Mutex::new(registry),
             engine: EngineHandle::new(command_tx),
+            hub: Hub::default(),
             config,
+        });
+        let events_state = state.clone();
+        tokio::spawn(async move {
+            while let Some(event) = event_rx.recv().await {
+                tracing::debug!(?event, "engine event");
+                events_state
+                    .hub
+                    .apply(&event, events_state.config.max_viewers);
+            }
         });
         let (stop_http, stop_http_rx) = watch::channel(false);
         let http_task = tokio::spawn(http::serve(listener, state, stop_http_rx));
         info!(%http_addr, %udp_addr, ?advertised, "whipcast listening");
-        Ok(Self { http_addr, udp_addr, advertised, stop_media: Some(stop_media), media_thread: Some(media_thread), stop_http, http_task })
+        Ok(Self {
+            http_addr,
+            udp_addr,
+            advertised,
+            stop_media: Some(stop_media),
+            media_thread: Some(media_thread),
+            stop_http,
+            http_task,
+        })
     }
 
     /// Stops accepting, stops the media loop and waits for both.
@@ -111,8 +154,6 @@ impl Drop for Server {
     }
 }
 
-/// How long viewers wait for a publisher that vanished without DELETE (DESIGN.md §3 rule 6).
-const RESUME_GRACE: Duration = Duration::from_secs(30);
 /// ICE + DTLS take well under a second on a working path; a session still not connected after
 /// this never will be, and must not hold resources.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);

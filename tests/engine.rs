@@ -1,6 +1,8 @@
 //! The engine on a simulated network with a virtual clock: str0m clients shaped like OBS and
 //! like browsers, the real `Engine`, no sockets.
 
+#![allow(clippy::disallowed_methods)] // tests are drivers: they own the (virtual) clock
+
 mod common;
 
 use std::time::Duration;
@@ -43,11 +45,18 @@ fn obs_shaped_publisher_reaches_every_viewer_unchanged() {
         assert!(got.len() >= 55, "viewer {v} got {} of 61 frames", got.len());
         assert!(got[0].keyframe, "first frame is a keyframe");
         // Every received frame is byte-identical to the sent frame it starts at.
-        let first = sent.iter().position(|(_, f)| *f == got[0].data).expect("first frame was sent");
+        let first = sent
+            .iter()
+            .position(|(_, f)| *f == got[0].data)
+            .expect("first frame was sent");
         for (g, (_, s)) in got.iter().zip(&sent[first..]) {
             assert_eq!(&g.data, s, "frames arrive unchanged and in order");
         }
-        assert!(sim.clients[v].audio_frames > 40, "audio flows too: {}", sim.clients[v].audio_frames);
+        assert!(
+            sim.clients[v].audio_frames > 40,
+            "audio flows too: {}",
+            sim.clients[v].audio_frames
+        );
     }
     assert!(sim.stats().packets_forwarded > 0);
 }
@@ -60,17 +69,33 @@ fn viewer_joining_mid_stream_starts_on_the_cached_keyframe() {
     let fwd = sim.stats().packets_forwarded;
     let v = sim.view(B).unwrap();
     sim.run_for(Duration::from_millis(300));
-    assert!(sim.stats().packets_forwarded > fwd, "the cache is forwarded without any new publisher packet");
+    assert!(
+        sim.stats().packets_forwarded > fwd,
+        "the cache is forwarded without any new publisher packet"
+    );
     let got = sim.clients[v].frames.clone();
-    assert!(!got.is_empty(), "the cached keyframe arrives before the publisher's next IDR");
+    assert!(
+        !got.is_empty(),
+        "the cached keyframe arrives before the publisher's next IDR"
+    );
     assert!(got[0].keyframe);
-    assert_eq!(got[0].data, sent[30].1, "the cached keyframe is the latest complete one (frame 30)");
+    assert_eq!(
+        got[0].data, sent[30].1,
+        "the cached keyframe is the latest complete one (frame 30)"
+    );
     let more = stream(&mut sim, p, 45..70);
     sim.run_for(Duration::from_millis(200));
     let got = &sim.clients[v].frames;
     // P-frames 45..59 reference pictures the viewer never had: skipped until the next IDR.
-    assert_eq!(got[1].data, more[15].1, "after the cached keyframe, playback resumes at the next IDR");
-    assert_eq!(got[1].seq_start, got[0].seq_end + 1, "sequence numbers stay continuous");
+    assert_eq!(
+        got[1].data, more[15].1,
+        "after the cached keyframe, playback resumes at the next IDR"
+    );
+    assert_eq!(
+        got[1].seq_start,
+        got[0].seq_end + 1,
+        "sequence numbers stay continuous"
+    );
     assert!(got[1].rtp_time > got[0].rtp_time);
 }
 
@@ -84,12 +109,28 @@ fn publisher_delete_frees_every_peer_index_and_timer() {
     assert!(sim.close(p, true), "DELETE of the publisher session");
     sim.run_for(Duration::from_millis(100));
     let s = sim.stats();
-    assert_eq!((s.peers, s.demux_addrs, s.demux_ufrags, s.deadlines, s.live_broadcasts), (0, 0, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (
+            s.peers,
+            s.demux_addrs,
+            s.demux_ufrags,
+            s.deadlines,
+            s.live_broadcasts
+        ),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
     assert!(sim.events.contains(&EngineEvent::BroadcastEnded(B)));
     let viewer_session = sim.clients[v].session.clone().unwrap();
-    assert!(sim.events.contains(&EngineEvent::SessionClosed { session: viewer_session, reason: CloseReason::BroadcastEnded }));
+    assert!(sim.events.contains(&EngineEvent::SessionClosed {
+        session: viewer_session,
+        reason: CloseReason::BroadcastEnded
+    }));
     assert!(!sim.close(p, true), "a second DELETE finds nothing");
-    assert!(matches!(sim.view(B), Err(Outcome::Described(None))), "no publisher: a viewer is told it is not live");
+    assert!(
+        matches!(sim.view(B), Err(Outcome::Described(None))),
+        "no publisher: a viewer is told it is not live"
+    );
 }
 
 #[test]
@@ -98,8 +139,14 @@ fn viewer_session_url_cannot_stop_the_publisher() {
     let p = connected_publisher(&mut sim);
     let v = sim.view(B).unwrap();
     sim.run_for(Duration::from_millis(300));
-    assert!(!sim.close(v, true), "viewer session ID in the publisher URL space");
-    assert!(!sim.close(p, false), "publisher session ID in the viewer URL space");
+    assert!(
+        !sim.close(v, true),
+        "viewer session ID in the publisher URL space"
+    );
+    assert!(
+        !sim.close(p, false),
+        "publisher session ID in the viewer URL space"
+    );
     assert_eq!(sim.stats().peers, 2);
 }
 
@@ -122,8 +169,14 @@ fn datagrams_from_unknown_or_spoofed_sources_are_dropped() {
     assert_eq!(sim.stats().datagrams_dropped, before + 3);
     let sent = stream(&mut sim, p, 0..31);
     sim.run_for(Duration::from_millis(200));
-    assert!(sim.clients[v].frames.len() >= 25, "real media keeps flowing");
-    assert_eq!(sim.clients[v].frames.last().unwrap().data, sent.last().unwrap().1);
+    assert!(
+        sim.clients[v].frames.len() >= 25,
+        "real media keeps flowing"
+    );
+    assert_eq!(
+        sim.clients[v].frames.last().unwrap().data,
+        sent.last().unwrap().1
+    );
     assert_eq!(sim.stats().peers, 2);
 }
 
@@ -134,7 +187,10 @@ fn oldest_viewer_is_evicted_when_full() {
     let viewers: Vec<usize> = (0..4).map(|_| sim.view(B).unwrap()).collect();
     sim.run_for(Duration::from_millis(300));
     let oldest = sim.clients[viewers[0]].session.clone().unwrap();
-    assert!(sim.events.contains(&EngineEvent::SessionClosed { session: oldest, reason: CloseReason::Evicted }));
+    assert!(sim.events.contains(&EngineEvent::SessionClosed {
+        session: oldest,
+        reason: CloseReason::Evicted
+    }));
     let s = sim.stats();
     assert_eq!((s.viewers, s.evictions), (3, 1));
     assert!(viewers[1..].iter().all(|v| sim.clients[*v].connected));
@@ -146,9 +202,15 @@ fn publishing_fails_when_every_slot_is_taken() {
     sim.publish(BroadcastKey(1)).unwrap();
     sim.publish(BroadcastKey(2)).unwrap();
     let third = sim.publish(BroadcastKey(3));
-    assert!(matches!(third, Err(Outcome::Published(Err(whipcast::engine::CommandError::NoFreeSlot)))));
+    assert!(matches!(
+        third,
+        Err(Outcome::Published(Err(
+            whipcast::engine::CommandError::NoFreeSlot
+        )))
+    ));
     // A live broadcast's own reconnect is not refused: it already holds its slot.
-    sim.publish(BroadcastKey(1)).expect("replacement of a live publisher");
+    sim.publish(BroadcastKey(1))
+        .expect("replacement of a live publisher");
 }
 
 #[test]
@@ -169,12 +231,22 @@ fn resumed_publisher_is_spliced_into_the_same_viewer_sessions() {
     let sent = stream(&mut sim, p2, 0..31);
     sim.run_for(Duration::from_millis(200));
     let after = &sim.clients[v].frames[before.len()..];
-    assert!(!after.is_empty(), "media continues in the same viewer session");
+    assert!(
+        !after.is_empty(),
+        "media continues in the same viewer session"
+    );
     assert!(after[0].keyframe);
     assert_eq!(after[0].data, sent[0].1);
     let last = before.last().unwrap();
-    assert_eq!(after[0].seq_start, last.seq_end + 1, "sequence numbers continue across the splice");
-    assert!(after[0].rtp_time > last.rtp_time, "timestamps keep increasing");
+    assert_eq!(
+        after[0].seq_start,
+        last.seq_end + 1,
+        "sequence numbers continue across the splice"
+    );
+    assert!(
+        after[0].rtp_time > last.rtp_time,
+        "timestamps keep increasing"
+    );
     assert_eq!(sim.stats().viewers, 1, "no new viewer session was made");
 }
 
@@ -189,9 +261,16 @@ fn viewers_are_ended_when_the_publisher_does_not_resume_in_time() {
     sim.run_for(Duration::from_secs(17 + 31));
     let session = sim.clients[v].session.clone().unwrap();
     assert!(sim.events.contains(&EngineEvent::BroadcastEnded(B)));
-    assert!(sim.events.contains(&EngineEvent::SessionClosed { session, reason: CloseReason::BroadcastEnded }));
+    assert!(sim.events.contains(&EngineEvent::SessionClosed {
+        session,
+        reason: CloseReason::BroadcastEnded
+    }));
     let s = sim.stats();
-    assert_eq!((s.peers, s.deadlines, s.demux_addrs, s.demux_ufrags), (0, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.peers, s.deadlines, s.demux_addrs, s.demux_ufrags),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
 }
 
 #[test]

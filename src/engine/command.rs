@@ -24,6 +24,12 @@ pub enum Command {
     Trickle { session: SessionId, publisher: bool },
     /// Counters for `/healthz`, `/metrics` and tests.
     Stats,
+    /// State of one broadcast, for the broadcaster's live panel.
+    Info(BroadcastKey),
+    /// Every broadcast holding a slot, for the status page.
+    Status,
+    /// Close every viewer session of a broadcast (the view ID was rotated).
+    RevokeViewers(BroadcastKey),
 }
 
 /// A peer built off the media loop (building an `Rtc` costs about 1 ms).
@@ -60,6 +66,9 @@ pub enum Outcome {
     Closed(bool),
     Trickled(bool),
     Stats(Stats),
+    Info(BroadcastInfo),
+    Status(Vec<(BroadcastKey, BroadcastInfo)>),
+    Revoked(usize),
 }
 
 /// Why the engine refused a command. Each variant names the condition.
@@ -84,9 +93,48 @@ pub struct Stats {
     pub demux_ufrags: usize,
     pub deadlines: usize,
     pub datagrams_dropped: u64,
+    /// RTP packets and payload bytes received from publishers.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Datagrams and bytes handed to the socket.
+    pub packets_out: u64,
+    pub bytes_out: u64,
     pub packets_forwarded: u64,
+    /// Keyframe requests sent to publishers, and received from viewers.
     pub plis_sent: u64,
+    pub plis_received: u64,
+    /// NACKs sent to publishers, and received from viewers (from str0m's periodic stats).
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
     pub evictions: u64,
+}
+
+/// Where a broadcast is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BroadcastState {
+    /// No publisher.
+    Idle,
+    /// A publisher is sending.
+    Live,
+    /// The publisher vanished without DELETE; viewers wait for it to resume.
+    Reconnecting,
+}
+
+/// What the engine knows of one broadcast.
+#[derive(Debug, Clone)]
+pub struct BroadcastInfo {
+    pub state: BroadcastState,
+    pub viewers: usize,
+    /// Ingest bitrate over the last second.
+    pub bitrate_bps: u64,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    /// Profile and size from the publisher's SPS (H.264 only).
+    pub sps: Option<crate::h264::SpsInfo>,
+    pub live_for: Option<std::time::Duration>,
+    /// Fraction of ingest packets lost, per str0m's receiver stats.
+    pub ingest_loss: Option<f32>,
 }
 
 /// Something that happened, for the HTTP layer (viewer counts, SSE) and logs.
@@ -98,9 +146,15 @@ pub enum EngineEvent {
     BroadcastReconnecting(BroadcastKey),
     /// The publisher stopped (or the grace ran out); every viewer session was closed.
     BroadcastEnded(BroadcastKey),
-    ViewerCountChanged { broadcast: BroadcastKey, viewers: usize },
+    ViewerCountChanged {
+        broadcast: BroadcastKey,
+        viewers: usize,
+    },
     /// A session ended, and why.
-    SessionClosed { session: SessionId, reason: CloseReason },
+    SessionClosed {
+        session: SessionId,
+        reason: CloseReason,
+    },
 }
 
 /// Why a session ended.
@@ -114,6 +168,8 @@ pub enum CloseReason {
     Replaced,
     /// The broadcast's publisher stopped.
     BroadcastEnded,
+    /// The broadcaster rotated the view ID.
+    Revoked,
     /// ICE/DTLS never completed in time, or consent was lost.
     TimedOut,
     /// The peer sent something str0m could not handle, or closed DTLS.

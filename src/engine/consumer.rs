@@ -47,7 +47,15 @@ pub(crate) struct SourcePacket {
 
 impl Consumer {
     pub(crate) fn new(mid: Mid, kind: MediaKind) -> Self {
-        Self { mid, kind, synced_to: None, seq_offset: 0, ts_offset: 0, last: None, pt_map: Vec::new() }
+        Self {
+            mid,
+            kind,
+            synced_to: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last: None,
+            pt_map: Vec::new(),
+        }
     }
 
     /// The (sequence number, timestamp) to write for `pkt`, or `None` to skip it.
@@ -99,7 +107,10 @@ impl Consumer {
     }
 
     pub(crate) fn mapped_pt(&self, publisher_pt: Pt) -> Option<Pt> {
-        self.pt_map.iter().find(|(p, _)| *p == publisher_pt).map(|(_, v)| *v)
+        self.pt_map
+            .iter()
+            .find(|(p, _)| *p == publisher_pt)
+            .map(|(_, v)| *v)
     }
 
     pub(crate) fn remember_pt(&mut self, publisher_pt: Pt, viewer_pt: Pt) {
@@ -125,7 +136,13 @@ mod tests {
     use super::*;
 
     fn pkt(epoch: u32, seq: u64, ts: u32, sync_point: bool) -> SourcePacket {
-        SourcePacket { epoch, seq, ts, sync_point, clock_rate: 90_000 }
+        SourcePacket {
+            epoch,
+            seq,
+            ts,
+            sync_point,
+            clock_rate: 90_000,
+        }
     }
 
     #[test]
@@ -133,8 +150,14 @@ mod tests {
         let now = Instant::now();
         let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
         assert_eq!(c.rewrite(pkt(0, 500, 1000, false), now), None);
-        assert_eq!(c.rewrite(pkt(0, 501, 4000, true), now), Some((FIRST_SEQ, FIRST_TS)));
-        assert_eq!(c.rewrite(pkt(0, 502, 7000, false), now), Some((FIRST_SEQ + 1, FIRST_TS + 3000)));
+        assert_eq!(
+            c.rewrite(pkt(0, 501, 4000, true), now),
+            Some((FIRST_SEQ, FIRST_TS))
+        );
+        assert_eq!(
+            c.rewrite(pkt(0, 502, 7000, false), now),
+            Some((FIRST_SEQ + 1, FIRST_TS + 3000))
+        );
     }
 
     #[test]
@@ -148,8 +171,15 @@ mod tests {
         assert_eq!(c.rewrite(pkt(1, 0, 0, false), t1), None);
         let (seq, ts) = c.rewrite(pkt(1, 1, 0, true), t1).unwrap();
         assert_eq!(seq, last_seq + 1);
-        assert_eq!(ts, last_ts + 45_000, "500 ms at 90 kHz after the last frame");
-        assert_eq!(c.rewrite(pkt(1, 2, 3000, false), t1), Some((seq + 1, ts + 3000)));
+        assert_eq!(
+            ts,
+            last_ts + 45_000,
+            "500 ms at 90 kHz after the last frame"
+        );
+        assert_eq!(
+            c.rewrite(pkt(1, 2, 3000, false), t1),
+            Some((seq + 1, ts + 3000))
+        );
     }
 
     #[test]
@@ -160,6 +190,9 @@ mod tests {
         assert_eq!(c.rewrite(pkt(0, 98, 0, false), now), None);
         // A retransmission after the sync point keeps its place.
         c.rewrite(pkt(0, 103, 0, false), now).unwrap();
-        assert_eq!(c.rewrite(pkt(0, 102, 0, false), now), Some((FIRST_SEQ + 2, FIRST_TS)));
+        assert_eq!(
+            c.rewrite(pkt(0, 102, 0, false), now),
+            Some((FIRST_SEQ + 2, FIRST_TS))
+        );
     }
 }

@@ -54,13 +54,23 @@ mod tests {
     #[test]
     fn earliest_deadline_wins_and_updates_replace() {
         let t0 = Instant::now();
-        let a = PeerKey { index: 0, generation: 1 };
-        let b = PeerKey { index: 1, generation: 2 };
+        let a = PeerKey {
+            index: 0,
+            generation: 1,
+        };
+        let b = PeerKey {
+            index: 1,
+            generation: 2,
+        };
         let mut d = Deadlines::default();
         d.update(a, None, Some(t0 + Duration::from_millis(50)));
         d.update(b, None, Some(t0 + Duration::from_millis(10)));
         assert_eq!(d.earliest(), Some(t0 + Duration::from_millis(10)));
-        d.update(b, Some(t0 + Duration::from_millis(10)), Some(t0 + Duration::from_millis(90)));
+        d.update(
+            b,
+            Some(t0 + Duration::from_millis(10)),
+            Some(t0 + Duration::from_millis(90)),
+        );
         assert_eq!(d.len(), 2);
         let mut due = Vec::new();
         d.pop_due(t0 + Duration::from_millis(60), &mut due);

@@ -38,7 +38,12 @@ impl Demux {
 
     /// Records that `key` talks from `src`. `addrs` is the peer's own list of its addresses;
     /// the oldest is forgotten past the cap so a peer cannot grow the index.
-    pub(crate) fn insert_addr(&mut self, src: SocketAddr, key: PeerKey, addrs: &mut Vec<SocketAddr>) {
+    pub(crate) fn insert_addr(
+        &mut self,
+        src: SocketAddr,
+        key: PeerKey,
+        addrs: &mut Vec<SocketAddr>,
+    ) {
         if addrs.len() >= MAX_ADDRS_PER_PEER {
             let old = addrs.remove(0);
             self.by_addr.remove(&old);
@@ -122,7 +127,10 @@ mod tests {
 
     #[test]
     fn local_ufrag_is_read_from_username() {
-        assert_eq!(stun_local_ufrag(&binding_request("ours:theirs")), Some("ours"));
+        assert_eq!(
+            stun_local_ufrag(&binding_request("ours:theirs")),
+            Some("ours")
+        );
     }
 
     #[test]
@@ -139,7 +147,10 @@ mod tests {
     #[test]
     fn addresses_per_peer_are_capped() {
         let mut demux = Demux::default();
-        let key = PeerKey { index: 0, generation: 1 };
+        let key = PeerKey {
+            index: 0,
+            generation: 1,
+        };
         let mut addrs = Vec::new();
         for port in 1..=10 {
             demux.insert_addr(SocketAddr::from(([127, 0, 0, 1], port)), key, &mut addrs);

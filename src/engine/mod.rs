@@ -38,8 +38,8 @@ use str0m::{Event, IceConnectionState, Input, Output};
 use tracing::{debug, info, trace};
 
 pub use self::command::{
-    CloseReason, Command, CommandError, EngineEvent, IngestTrack, NewPeer, Outcome, Stats,
-    ViewerTrack,
+    BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, IngestTrack,
+    NewPeer, Outcome, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PeerKey, SessionId};
@@ -92,8 +92,15 @@ pub struct Engine {
 #[derive(Default)]
 struct Counters {
     datagrams_dropped: u64,
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
     packets_forwarded: u64,
     plis_sent: u64,
+    plis_received: u64,
+    nacks_sent: u64,
+    nacks_received: u64,
     evictions: u64,
 }
 
@@ -149,7 +156,10 @@ impl Engine {
         if !self.demux.is_known_addr(src) {
             // Accepted means STUN with a valid MESSAGE-INTEGRITY for this peer's ufrag (or
             // traffic from its nominated address): safe to index.
-            let peer = self.peers.get_mut(key.index as usize).expect("peer checked above");
+            let peer = self
+                .peers
+                .get_mut(key.index as usize)
+                .expect("peer checked above");
             self.demux.insert_addr(src, key, &mut peer.addrs);
         }
         self.drain(now, key);
@@ -162,10 +172,16 @@ impl Engine {
         due.clear();
         self.deadlines.pop_due(now, &mut due);
         for &key in &due {
-            let Some(peer) = self.peer_mut(key) else { continue };
+            let Some(peer) = self.peer_mut(key) else {
+                continue;
+            };
             peer.deadline = None;
             if peer.expires.is_some_and(|t| t <= now) {
-                let reason = if peer.connected { CloseReason::BroadcastEnded } else { CloseReason::TimedOut };
+                let reason = if peer.connected {
+                    CloseReason::BroadcastEnded
+                } else {
+                    CloseReason::TimedOut
+                };
                 self.expire(now, key, reason);
                 continue;
             }
@@ -179,13 +195,28 @@ impl Engine {
     pub fn handle_command(&mut self, now: Instant, command: Command) -> Outcome {
         let outcome = match command {
             Command::Publish(peer, tracks) => Outcome::Published(self.publish(now, peer, tracks)),
-            Command::Subscribe(peer, tracks) => Outcome::Subscribed(self.subscribe(now, peer, tracks)),
+            Command::Subscribe(peer, tracks) => {
+                Outcome::Subscribed(self.subscribe(now, peer, tracks))
+            }
             Command::Describe(b) => Outcome::Described(self.describe(b)),
-            Command::Close { session, publisher } => Outcome::Closed(self.close_session(now, &session, publisher)),
+            Command::Close { session, publisher } => {
+                Outcome::Closed(self.close_session(now, &session, publisher))
+            }
             Command::Trickle { session, publisher } => Outcome::Trickled(
-                self.sessions.get(&session).and_then(|k| self.peers.get(k.index as usize)).is_some_and(|p| p.is_publisher() == publisher),
+                self.sessions
+                    .get(&session)
+                    .and_then(|k| self.peers.get(k.index as usize))
+                    .is_some_and(|p| p.is_publisher() == publisher),
             ),
             Command::Stats => Outcome::Stats(self.stats()),
+            Command::Info(b) => Outcome::Info(self.info(now, b)),
+            Command::Status => Outcome::Status(
+                self.router
+                    .holding_slots()
+                    .map(|b| (b, self.info(now, b)))
+                    .collect(),
+            ),
+            Command::RevokeViewers(b) => Outcome::Revoked(self.revoke_viewers(now, b)),
         };
         self.flush_deferred(now);
         outcome
@@ -220,18 +251,33 @@ impl Engine {
             demux_ufrags,
             deadlines: self.deadlines.len(),
             datagrams_dropped: self.counters.datagrams_dropped,
+            packets_in: self.counters.packets_in,
+            bytes_in: self.counters.bytes_in,
+            packets_out: self.counters.packets_out,
+            bytes_out: self.counters.bytes_out,
             packets_forwarded: self.counters.packets_forwarded,
             plis_sent: self.counters.plis_sent,
+            plis_received: self.counters.plis_received,
+            nacks_sent: self.counters.nacks_sent,
+            nacks_received: self.counters.nacks_received,
             evictions: self.counters.evictions,
         }
     }
 
     // ---------------------------------------------------------------- commands
 
-    fn publish(&mut self, now: Instant, new: NewPeer, tracks: Vec<IngestTrack>) -> Result<(), CommandError> {
+    fn publish(
+        &mut self,
+        now: Instant,
+        new: NewPeer,
+        tracks: Vec<IngestTrack>,
+    ) -> Result<(), CommandError> {
         let b = new.broadcast;
         let old = self.router.route(b).and_then(|r| r.publisher);
-        let holds_slot = self.router.route(b).is_some_and(|r| r.publisher.is_some() || r.lost_at.is_some());
+        let holds_slot = self
+            .router
+            .route(b)
+            .is_some_and(|r| r.publisher.is_some() || r.lost_at.is_some());
         if !holds_slot && self.router.slots_in_use() >= self.config.max_live_broadcasts {
             return Err(CommandError::NoFreeSlot);
         }
@@ -258,7 +304,12 @@ impl Engine {
         Ok(())
     }
 
-    fn subscribe(&mut self, now: Instant, new: NewPeer, tracks: Vec<ViewerTrack>) -> Result<(), CommandError> {
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        new: NewPeer,
+        tracks: Vec<ViewerTrack>,
+    ) -> Result<(), CommandError> {
         let b = new.broadcast;
         let Some(route) = self.router.route(b).filter(|r| r.publisher.is_some()) else {
             return Err(CommandError::NotLive);
@@ -282,7 +333,10 @@ impl Engine {
         let route = self.router.entry(b);
         route.viewers.push(key);
         let viewers = route.viewers.len();
-        self.events.push_back(EngineEvent::ViewerCountChanged { broadcast: b, viewers });
+        self.events.push_back(EngineEvent::ViewerCountChanged {
+            broadcast: b,
+            viewers,
+        });
         info!(broadcast = %b, peer = %key, viewers, "viewer session created");
         Ok(())
     }
@@ -294,14 +348,69 @@ impl Engine {
             route
                 .tracks
                 .iter()
-                .map(|t| IngestTrack { mid: t.mid, kind: t.kind, params: t.params.clone() })
+                .map(|t| IngestTrack {
+                    mid: t.mid,
+                    kind: t.kind,
+                    params: t.params.clone(),
+                })
                 .collect(),
         )
     }
 
+    fn info(&self, now: Instant, b: BroadcastKey) -> BroadcastInfo {
+        let route = self.router.route(b);
+        let state = match route {
+            Some(r) if r.publisher.is_some() => BroadcastState::Live,
+            Some(r) if r.lost_at.is_some() => BroadcastState::Reconnecting,
+            _ => BroadcastState::Idle,
+        };
+        let codec = |kind: MediaKind| {
+            route?
+                .tracks
+                .iter()
+                .find(|t| t.kind == kind)?
+                .params
+                .first()
+                .map(|p| format!("{:?}", p.spec().codec).to_uppercase())
+        };
+        BroadcastInfo {
+            state,
+            viewers: route.map_or(0, |r| r.viewers.len()),
+            bitrate_bps: route.map_or(0, |r| r.ingest.bps(now)),
+            video_codec: codec(MediaKind::Video),
+            audio_codec: codec(MediaKind::Audio),
+            sps: route.and_then(|r| r.sps),
+            live_for: route
+                .and_then(|r| r.live_since)
+                .map(|t| now.saturating_duration_since(t)),
+            ingest_loss: route.and_then(|r| r.ingest_loss),
+        }
+    }
+
+    fn revoke_viewers(&mut self, now: Instant, b: BroadcastKey) -> usize {
+        let Some(route) = self.router.route_mut(b) else {
+            return 0;
+        };
+        let viewers = std::mem::take(&mut route.viewers);
+        let n = viewers.len();
+        for v in viewers {
+            self.remove_peer(now, v, CloseReason::Revoked);
+        }
+        self.events.push_back(EngineEvent::ViewerCountChanged {
+            broadcast: b,
+            viewers: 0,
+        });
+        self.router.gc(b);
+        n
+    }
+
     fn close_session(&mut self, now: Instant, session: &SessionId, publisher: bool) -> bool {
-        let Some(&key) = self.sessions.get(session) else { return false };
-        let Some(peer) = self.peer_mut(key) else { return false };
+        let Some(&key) = self.sessions.get(session) else {
+            return false;
+        };
+        let Some(peer) = self.peer_mut(key) else {
+            return false;
+        };
         if peer.is_publisher() != publisher {
             return false;
         }
@@ -319,8 +428,16 @@ impl Engine {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let entry = self.peers.vacant_entry();
-        let key = PeerKey { index: entry.key() as u32, generation };
-        let NewPeer { broadcast, session, ufrag, rtc } = new;
+        let key = PeerKey {
+            index: entry.key() as u32,
+            generation,
+        };
+        let NewPeer {
+            broadcast,
+            session,
+            ufrag,
+            rtc,
+        } = new;
         self.demux.insert_ufrag(ufrag.clone(), key);
         self.sessions.insert(session.clone(), key);
         entry.insert(Peer {
@@ -335,18 +452,23 @@ impl Engine {
             rtc_deadline: None,
             expires: Some(now + self.config.handshake_timeout),
             deadline: None,
+            nacks_seen: 0,
         });
         self.drain(now, key);
         key
     }
 
     fn peer_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
-        self.peers.get_mut(key.index as usize).filter(|p| p.generation == key.generation)
+        self.peers
+            .get_mut(key.index as usize)
+            .filter(|p| p.generation == key.generation)
     }
 
     /// Feeds the `Rtc` the current time and drains it.
     fn tick(&mut self, now: Instant, key: PeerKey) {
-        let Some(peer) = self.peer_mut(key) else { return };
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
             debug!(peer = %key, error = %e, "peer timeout failed");
             self.close_peer(now, key, CloseReason::PeerFailed);
@@ -358,14 +480,20 @@ impl Engine {
     /// Drains a peer's `Rtc` until it asks for a timeout, acting on every output.
     fn drain(&mut self, now: Instant, key: PeerKey) {
         loop {
-            let Some(peer) = self.peer_mut(key) else { return };
+            let Some(peer) = self.peer_mut(key) else {
+                return;
+            };
             match peer.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     peer.rtc_deadline = Some(t);
                     self.reschedule(key);
                     return;
                 }
-                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Transmit(t)) => {
+                    self.counters.packets_out += 1;
+                    self.counters.bytes_out += t.contents.len() as u64;
+                    self.transmits.push_back(t);
+                }
                 Ok(Output::Event(e)) => self.on_event(now, key, e),
                 Err(e) => {
                     debug!(peer = %key, error = %e, "peer output failed");
@@ -377,7 +505,9 @@ impl Engine {
     }
 
     fn reschedule(&mut self, key: PeerKey) {
-        let Some(peer) = self.peer_mut(key) else { return };
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         let next = peer.next_deadline();
         let old = peer.deadline;
         peer.deadline = next;
@@ -386,19 +516,42 @@ impl Engine {
 
     fn on_event(&mut self, now: Instant, key: PeerKey, event: Event) {
         match event {
-            Event::Connected => self.on_connected(key),
+            Event::Connected => self.on_connected(now, key),
             Event::RtpPacket(pkt) => self.on_rtp(now, key, pkt),
+            Event::MediaIngressStats(s) => {
+                let Some(peer) = self.peers.get_mut(key.index as usize) else {
+                    return;
+                };
+                let delta = s.nacks.saturating_sub(peer.nacks_seen);
+                peer.nacks_seen = peer.nacks_seen.max(s.nacks);
+                self.counters.nacks_sent += delta;
+                let b = peer.broadcast;
+                if let (Some(loss), Some(route)) = (s.loss, self.router.route_mut(b)) {
+                    route.ingest_loss = Some(loss);
+                }
+            }
+            Event::MediaEgressStats(s) => {
+                let Some(peer) = self.peers.get_mut(key.index as usize) else {
+                    return;
+                };
+                let delta = s.nacks.saturating_sub(peer.nacks_seen);
+                peer.nacks_seen = peer.nacks_seen.max(s.nacks);
+                self.counters.nacks_received += delta;
+            }
             Event::KeyframeRequest(req) => {
-                let Some(peer) = self.peer_mut(key) else { return };
+                self.counters.plis_received += 1;
+                let Some(peer) = self.peer_mut(key) else {
+                    return;
+                };
                 let b = peer.broadcast;
                 let kind = match &peer.role {
                     Role::Viewer(cs) => cs.iter().find(|c| c.mid == req.mid).map(|c| c.kind),
                     Role::Publisher(_) => None,
                 };
-                if let (Some(kind), Some(route)) = (kind, self.router.route(b)) {
-                    if let Some(i) = route.tracks.iter().position(|t| t.kind == kind) {
-                        self.pending_plis.push((b, i));
-                    }
+                if let (Some(kind), Some(route)) = (kind, self.router.route(b))
+                    && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
+                {
+                    self.pending_plis.push((b, i));
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -411,8 +564,10 @@ impl Engine {
         }
     }
 
-    fn on_connected(&mut self, key: PeerKey) {
-        let Some(peer) = self.peer_mut(key) else { return };
+    fn on_connected(&mut self, now: Instant, key: PeerKey) {
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         peer.connected = true;
         peer.expires = None;
         let b = peer.broadcast;
@@ -420,15 +575,18 @@ impl Engine {
         if publisher {
             // Video RTX caches are sized in `http` when building; nothing to do here.
             info!(broadcast = %b, peer = %key, "publisher connected");
+            if let Some(route) = self.router.route_mut(b) {
+                route.live_since.get_or_insert(now);
+            }
             self.events.push_back(EngineEvent::BroadcastLive(b));
         } else {
             info!(broadcast = %b, peer = %key, "viewer connected");
             self.pending_starts.push(key);
             // Ask for a fresh keyframe too: the cached one may be a while old.
-            if let Some(route) = self.router.route(b) {
-                if let Some(i) = route.tracks.iter().position(|t| t.kind == MediaKind::Video) {
-                    self.pending_plis.push((b, i));
-                }
+            if let Some(route) = self.router.route(b)
+                && let Some(i) = route.tracks.iter().position(|t| t.kind == MediaKind::Video)
+            {
+                self.pending_plis.push((b, i));
             }
         }
         self.reschedule(key);
@@ -437,15 +595,39 @@ impl Engine {
     // ---------------------------------------------------------------- media
 
     fn on_rtp(&mut self, now: Instant, key: PeerKey, pkt: RtpPacket) {
-        let Some(peer) = self.peer_mut(key) else { return };
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         let b = peer.broadcast;
-        let Role::Publisher(ingest) = &mut peer.role else { return };
-        let Some(mid) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else { return };
-        let Some(route) = self.router.route_mut(b) else { return };
+        let Role::Publisher(ingest) = &mut peer.role else {
+            return;
+        };
+        let Some(mid) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else {
+            return;
+        };
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
         if route.publisher != Some(key) {
             return;
         }
-        let Some(ti) = route.track_index(mid) else { return };
+        let Some(ti) = route.track_index(mid) else {
+            return;
+        };
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += pkt.payload.len() as u64;
+        route
+            .ingest
+            .add(now, pkt.payload.len() + pkt.header.header_len);
+        if route.tracks[ti].kind == MediaKind::Video
+            && pkt
+                .payload
+                .first()
+                .is_some_and(|b| matches!(b & 0x1f, 7 | 24))
+            && let Some(sps) = crate::h264::sps_in_rtp_payload(&pkt.payload)
+        {
+            route.sps = Some(sps);
+        }
         let cached = CachedPacket::from_rtp(&pkt);
         let track = &mut route.tracks[ti];
         let arrival = track.observe(&cached);
@@ -460,7 +642,16 @@ impl Engine {
         viewers.clear();
         viewers.extend_from_slice(&route.viewers);
         for &v in &viewers {
-            self.write_to_viewer(now, v, b, ti, &burst, matches!(arrival, Arrival::KeyframeStarts), pkt.timestamp, &exts);
+            self.write_to_viewer(
+                now,
+                v,
+                b,
+                ti,
+                &burst,
+                matches!(arrival, Arrival::KeyframeStarts),
+                pkt.timestamp,
+                &exts,
+            );
         }
         self.scratch_keys = viewers;
         self.scratch_packets = burst;
@@ -481,20 +672,39 @@ impl Engine {
         wallclock: Instant,
         exts: &ExtensionValues,
     ) {
-        let Some(route) = self.router.route(b) else { return };
+        let Some(route) = self.router.route(b) else {
+            return;
+        };
         let epoch = route.epoch;
         let track = &route.tracks[ti];
-        let Some(peer) = self.peers.get_mut(v.index as usize).filter(|p| p.generation == v.generation) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(v.index as usize)
+            .filter(|p| p.generation == v.generation)
+        else {
             return;
         };
         if !peer.connected {
             return;
         }
         let kind = track.kind;
-        let Peer { rtc, role: Role::Viewer(consumers), .. } = peer else { return };
-        let Some(consumer) = consumers.iter_mut().find(|c| c.kind == kind) else { return };
+        let Peer {
+            rtc,
+            role: Role::Viewer(consumers),
+            ..
+        } = peer
+        else {
+            return;
+        };
+        let Some(consumer) = consumers.iter_mut().find(|c| c.kind == kind) else {
+            return;
+        };
         let is_audio = kind == MediaKind::Audio;
-        let from = if consumer.is_synced_to(epoch) && !is_audio { packets.len() - 1 } else { 0 };
+        let from = if consumer.is_synced_to(epoch) && !is_audio {
+            packets.len() - 1
+        } else {
+            0
+        };
         let mut wrote = false;
         for (i, p) in packets[from..].iter().enumerate() {
             let src = SourcePacket {
@@ -504,10 +714,16 @@ impl Engine {
                 sync_point: is_audio || (keyframe_starts && i == 0 && from == 0),
                 clock_rate: track.clock_rate(p.pt),
             };
-            let Some((seq, ts)) = consumer.rewrite(src, now) else { continue };
-            let Some(pt) = viewer_pt(consumer, rtc, track, p.pt) else { continue };
+            let Some((seq, ts)) = consumer.rewrite(src, now) else {
+                continue;
+            };
+            let Some(pt) = viewer_pt(consumer, rtc, track, p.pt) else {
+                continue;
+            };
             let mut api = rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(consumer.mid, None) else { continue };
+            let Some(tx) = api.stream_tx_by_mid(consumer.mid, None) else {
+                continue;
+            };
             tx.write_rtp(
                 RtpWrite::new(pt, seq.into(), ts, wallclock.min(now), p.payload.clone())
                     .marker(p.marker)
@@ -528,8 +744,13 @@ impl Engine {
     fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey) {
         let Some(peer) = self.peer_mut(v) else { return };
         let b = peer.broadcast;
-        let Some(route) = self.router.route(b) else { return };
-        let Some(ti) = route.tracks.iter().position(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty())
+        let Some(route) = self.router.route(b) else {
+            return;
+        };
+        let Some(ti) = route
+            .tracks
+            .iter()
+            .position(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty())
         else {
             return;
         };
@@ -537,8 +758,20 @@ impl Engine {
         burst.clear();
         burst.extend_from_slice(&route.tracks[ti].keyframe);
         debug!(peer = %v, packets = burst.len(), "sending cached keyframe");
-        self.write_to_viewer(now, v, b, ti, &burst, true, now, &ExtensionValues::default());
-        if let Some(c) = self.peer_mut(v).and_then(|p| p.consumer_mut(MediaKind::Video)) {
+        self.write_to_viewer(
+            now,
+            v,
+            b,
+            ti,
+            &burst,
+            true,
+            now,
+            &ExtensionValues::default(),
+        );
+        if let Some(c) = self
+            .peer_mut(v)
+            .and_then(|p| p.consumer_mut(MediaKind::Video))
+        {
             c.unsync();
         }
         self.scratch_packets = burst;
@@ -551,14 +784,22 @@ impl Engine {
             self.send_keyframe_cache(now, v);
         }
         while let Some((b, ti)) = self.pending_plis.pop() {
-            let Some(route) = self.router.route_mut(b) else { continue };
-            let Some(publisher) = route.publisher else { continue };
-            let Some(track) = route.tracks.get_mut(ti) else { continue };
+            let Some(route) = self.router.route_mut(b) else {
+                continue;
+            };
+            let Some(publisher) = route.publisher else {
+                continue;
+            };
+            let Some(track) = route.tracks.get_mut(ti) else {
+                continue;
+            };
             if !track.take_pli_slot(now) {
                 continue;
             }
             let mid = track.mid;
-            let Some(peer) = self.peer_mut(publisher) else { continue };
+            let Some(peer) = self.peer_mut(publisher) else {
+                continue;
+            };
             if !peer.connected {
                 continue;
             }
@@ -576,7 +817,9 @@ impl Engine {
     /// A peer failed or timed out. A publisher that vanishes keeps its viewers for the
     /// resume grace; anything else is simply removed.
     fn close_peer(&mut self, now: Instant, key: PeerKey, reason: CloseReason) {
-        let Some(peer) = self.peer_mut(key) else { return };
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         let b = peer.broadcast;
         if !peer.is_publisher() {
             self.remove_peer(now, key, reason);
@@ -584,7 +827,9 @@ impl Engine {
         }
         self.remove_peer(now, key, reason);
         let grace = now + self.config.resume_grace;
-        let Some(route) = self.router.route_mut(b) else { return };
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
         if route.viewers.is_empty() {
             self.events.push_back(EngineEvent::BroadcastEnded(b));
             self.router.gc(b);
@@ -604,9 +849,12 @@ impl Engine {
 
     /// An engine-level expiry: a handshake that never finished, or a resume grace that ran out.
     fn expire(&mut self, now: Instant, key: PeerKey, reason: CloseReason) {
-        let Some(peer) = self.peer_mut(key) else { return };
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         let b = peer.broadcast;
-        let waiting_for_resume = !peer.is_publisher() && self.router.route(b).is_some_and(|r| r.lost_at.is_some());
+        let waiting_for_resume =
+            !peer.is_publisher() && self.router.route(b).is_some_and(|r| r.lost_at.is_some());
         if waiting_for_resume {
             info!(broadcast = %b, "publisher did not resume in time");
             self.end_route(now, b);
@@ -617,14 +865,18 @@ impl Engine {
 
     /// The publisher stopped (DELETE): free it and its slot, close every viewer.
     fn end_broadcast(&mut self, now: Instant, publisher: PeerKey) {
-        let Some(peer) = self.peer_mut(publisher) else { return };
+        let Some(peer) = self.peer_mut(publisher) else {
+            return;
+        };
         let b = peer.broadcast;
         self.remove_peer(now, publisher, CloseReason::Deleted);
         self.end_route(now, b);
     }
 
     fn end_route(&mut self, now: Instant, b: BroadcastKey) {
-        let Some(route) = self.router.route_mut(b) else { return };
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
         route.lost_at = None;
         let viewers = std::mem::take(&mut route.viewers);
         for v in viewers {
@@ -636,7 +888,11 @@ impl Engine {
 
     /// Closes a peer's `Rtc` (DTLS close_notify goes out), then forgets it everywhere.
     fn remove_peer(&mut self, _now: Instant, key: PeerKey, reason: CloseReason) {
-        let Some(peer) = self.peers.get_mut(key.index as usize).filter(|p| p.generation == key.generation) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(key.index as usize)
+            .filter(|p| p.generation == key.generation)
+        else {
             return;
         };
         if peer.rtc.close().is_ok() {
@@ -661,14 +917,20 @@ impl Engine {
             route.viewers.retain(|v| *v != key);
             if route.viewers.len() != before {
                 let viewers = route.viewers.len();
-                self.events.push_back(EngineEvent::ViewerCountChanged { broadcast: b, viewers });
+                self.events.push_back(EngineEvent::ViewerCountChanged {
+                    broadcast: b,
+                    viewers,
+                });
             }
         }
         if reason != CloseReason::Deleted {
             debug!(peer = %key, ?reason, "session closed");
         }
         info!(broadcast = %b, peer = %key, ?reason, "session removed");
-        self.events.push_back(EngineEvent::SessionClosed { session: peer.session, reason });
+        self.events.push_back(EngineEvent::SessionClosed {
+            session: peer.session,
+            reason,
+        });
         self.router.gc(b);
     }
 
@@ -680,12 +942,22 @@ impl Engine {
         }
         // Behind 1:1 NAT or on a wildcard socket the local address is not what we advertised;
         // str0m needs the advertised one (notes/str0m.md §5).
-        cands.iter().find(|c| c.is_ipv4() == src.is_ipv4()).or(cands.first()).copied().unwrap_or(dst)
+        cands
+            .iter()
+            .find(|c| c.is_ipv4() == src.is_ipv4())
+            .or(cands.first())
+            .copied()
+            .unwrap_or(dst)
     }
 }
 
 /// The viewer's payload type for a publisher PT, cached per consumer.
-fn viewer_pt(consumer: &mut Consumer, rtc: &str0m::Rtc, track: &router::Track, pt: str0m::media::Pt) -> Option<str0m::media::Pt> {
+fn viewer_pt(
+    consumer: &mut Consumer,
+    rtc: &str0m::Rtc,
+    track: &router::Track,
+    pt: str0m::media::Pt,
+) -> Option<str0m::media::Pt> {
     if let Some(v) = consumer.mapped_pt(pt) {
         return Some(v);
     }

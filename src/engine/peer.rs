@@ -33,6 +33,8 @@ pub(crate) struct Peer {
     pub(crate) expires: Option<Instant>,
     /// What the deadline index currently holds for this peer.
     pub(crate) deadline: Option<Instant>,
+    /// The cumulative NACK count in this peer's last str0m stats event.
+    pub(crate) nacks_seen: u64,
 }
 
 pub(crate) enum Role {

@@ -29,6 +29,41 @@ pub(crate) struct Route {
     pub(crate) tracks: Vec<Track>,
     /// Viewers in join order: the first is the oldest (evicted first when full).
     pub(crate) viewers: Vec<PeerKey>,
+    pub(crate) live_since: Option<Instant>,
+    pub(crate) ingest: RateMeter,
+    pub(crate) sps: Option<crate::h264::SpsInfo>,
+    pub(crate) ingest_loss: Option<f32>,
+}
+
+/// Bytes per second over windows of about a second.
+#[derive(Default)]
+pub(crate) struct RateMeter {
+    window_start: Option<Instant>,
+    bytes: u64,
+    bps: u64,
+    last: Option<Instant>,
+}
+
+impl RateMeter {
+    pub(crate) fn add(&mut self, now: Instant, bytes: usize) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            self.bps = self.bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
+            self.bytes = 0;
+            self.window_start = Some(now);
+        }
+        self.bytes += bytes as u64;
+        self.last = Some(now);
+    }
+
+    /// Bits per second, or 0 once nothing has arrived for a few seconds.
+    pub(crate) fn bps(&self, now: Instant) -> u64 {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < RATE_WINDOW * 3 => self.bps,
+            _ => 0,
+        }
+    }
 }
 
 /// One publisher track (m-line).
@@ -92,20 +127,35 @@ impl Router {
     /// Drops routes with neither publisher nor viewers, so the map stays as small as the
     /// set of active broadcasts.
     pub(crate) fn gc(&mut self, b: BroadcastKey) {
-        if let Some(r) = self.routes.get(&b) {
-            if r.publisher.is_none() && r.lost_at.is_none() && r.viewers.is_empty() {
-                self.routes.remove(&b);
-            }
+        if let Some(r) = self.routes.get(&b)
+            && r.publisher.is_none()
+            && r.lost_at.is_none()
+            && r.viewers.is_empty()
+        {
+            self.routes.remove(&b);
         }
     }
 
     /// Broadcasts holding a slot: live, or waiting for their publisher to resume.
     pub(crate) fn slots_in_use(&self) -> usize {
-        self.routes.values().filter(|r| r.publisher.is_some() || r.lost_at.is_some()).count()
+        self.routes
+            .values()
+            .filter(|r| r.publisher.is_some() || r.lost_at.is_some())
+            .count()
+    }
+
+    pub(crate) fn holding_slots(&self) -> impl Iterator<Item = BroadcastKey> + '_ {
+        self.routes
+            .iter()
+            .filter(|(_, r)| r.publisher.is_some() || r.lost_at.is_some())
+            .map(|(b, _)| *b)
     }
 
     pub(crate) fn live(&self) -> usize {
-        self.routes.values().filter(|r| r.publisher.is_some()).count()
+        self.routes
+            .values()
+            .filter(|r| r.publisher.is_some())
+            .count()
     }
 }
 
@@ -114,6 +164,9 @@ impl Route {
     pub(crate) fn start_epoch(&mut self, publisher: PeerKey, tracks: &[IngestTrack]) {
         self.publisher = Some(publisher);
         self.lost_at = None;
+        self.ingest = RateMeter::default();
+        self.sps = None;
+        self.ingest_loss = None;
         self.epoch = self.epoch.wrapping_add(1);
         self.tracks = tracks.iter().map(Track::new).collect();
     }
@@ -183,7 +236,9 @@ impl Track {
     }
 
     pub(crate) fn clock_rate(&self, pt: Pt) -> u32 {
-        self.codec(pt).map(|p| p.spec().clock_rate.get()).unwrap_or(90_000)
+        self.codec(pt)
+            .map(|p| p.spec().clock_rate.get())
+            .unwrap_or(90_000)
     }
 
     fn is_keyframe_packet(&self, pkt: &CachedPacket) -> bool {
@@ -202,6 +257,7 @@ impl Track {
     }
 }
 
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// At most one keyframe request per track per second (DESIGN.md §5).
 const PLI_INTERVAL: Duration = Duration::from_secs(1);
 /// A 1080p IDR at high bitrate is a few hundred packets; past this a "frame" is garbage.

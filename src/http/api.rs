@@ -1,13 +1,13 @@
 //! The JSON API: `POST /api/broadcasts` issues a broadcast.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use serde::Serialize;
 use tracing::info;
 
-use super::{ApiError, AppState, HttpResponse, origin, read_body};
+use super::{ApiError, AppState, HttpResponse, call, origin, read_body};
+use crate::engine::{BroadcastInfo, BroadcastState, Command, Outcome};
+use crate::io::unix_now;
 use crate::secret;
 
 #[derive(Serialize)]
@@ -18,7 +18,10 @@ struct CreatedBroadcast {
     viewer_url: String,
 }
 
-pub(super) async fn create_broadcast(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn create_broadcast(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     if let Some(token) = &state.config.create_token {
         let given = req
             .headers()
@@ -32,15 +35,16 @@ pub(super) async fn create_broadcast(state: &AppState, req: Request<Incoming>) -
     }
     let origin = origin(&req);
     let _ = read_body(req).await?; // empty or `{}`; nothing in it is used yet
-    let created = state
-        .registry
-        .lock()
-        .expect("registry lock")
-        .create(unix_now())
-        .map_err(|e| {
+    let created = {
+        let mut registry = state.registry.lock().expect("registry lock");
+        let saved = registry
+            .expire(unix_now(), state.config.id_ttl)
+            .and_then(|_| registry.create(unix_now()));
+        saved.map_err(|e| {
             tracing::error!(error = %e, "cannot save the state file");
             ApiError::ShuttingDown
-        })?;
+        })?
+    };
     info!(broadcast = %secret::log_label(&created.broadcast_id), "broadcast created");
     let body = CreatedBroadcast {
         whip_url: format!("{origin}/broadcast?id={}", created.broadcast_id),
@@ -48,15 +52,278 @@ pub(super) async fn create_broadcast(state: &AppState, req: Request<Incoming>) -
         broadcast_id: created.broadcast_id,
         view_id: created.view_id,
     };
+    Ok(json(StatusCode::CREATED, &body))
+}
+
+/// The broadcaster's live panel: `GET /api/broadcasts/<broadcast ID>`.
+#[derive(Serialize)]
+struct BroadcastPanel {
+    state: BroadcastState,
+    viewers: usize,
+    max_viewers: usize,
+    bitrate_kbps: u64,
+    video_codec: Option<String>,
+    audio_codec: Option<String>,
+    resolution: Option<String>,
+    h264_profile: Option<&'static str>,
+    live_for_s: Option<u64>,
+    ingest_loss_percent: Option<f32>,
+    view_id: String,
+    viewer_url: String,
+    /// OBS "Server" when the broadcast ID goes in "Bearer Token".
+    whip_server: String,
+    /// OBS "Server" with an empty Bearer Token.
+    whip_url: String,
+    slots_used: usize,
+    slots_total: usize,
+    /// Not live, and no slot free: OBS would get 503 now.
+    server_full: bool,
+    warnings: Vec<String>,
+}
+
+pub(super) async fn broadcast_panel(
+    state: &AppState,
+    req: Request<Incoming>,
+    broadcast_id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let (key, view_id) = {
+        let registry = state.registry.lock().expect("registry lock");
+        let key = registry
+            .by_broadcast_id(broadcast_id)
+            .ok_or(ApiError::UnknownBroadcast)?;
+        (key, registry.view_id(key).unwrap_or_default().to_owned())
+    };
+    let info = match call(state, Command::Info(key)).await? {
+        Outcome::Info(i) => i,
+        _ => unreachable!("Info is answered with Info"),
+    };
+    let slots_used = match call(state, Command::Status).await? {
+        Outcome::Status(s) => s.len(),
+        _ => unreachable!("Status is answered with Status"),
+    };
+    let slots_total = state.config.max_live_broadcasts;
+    let origin = origin(&req);
+    let panel = BroadcastPanel {
+        warnings: warnings(&info),
+        state: info.state,
+        viewers: info.viewers,
+        max_viewers: state.config.max_viewers,
+        bitrate_kbps: info.bitrate_bps / 1000,
+        video_codec: info.video_codec,
+        audio_codec: info.audio_codec,
+        resolution: info.sps.map(|s| format!("{}x{}", s.width, s.height)),
+        h264_profile: info.sps.map(|s| s.profile_name()),
+        live_for_s: info.live_for.map(|d| d.as_secs()),
+        ingest_loss_percent: info.ingest_loss.map(|l| l * 100.0),
+        viewer_url: format!("{origin}/stream?id={view_id}"),
+        view_id,
+        whip_server: format!("{origin}/broadcast"),
+        whip_url: format!("{origin}/broadcast?id={broadcast_id}"),
+        slots_used,
+        slots_total,
+        server_full: info.state == BroadcastState::Idle && slots_used >= slots_total,
+    };
+    Ok(json(StatusCode::OK, &panel))
+}
+
+/// One-line fixes for what the publisher sends, shown on the broadcaster page.
+fn warnings(info: &BroadcastInfo) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(sps) = info.sps
+        && sps.profile_idc != 66
+    {
+        w.push(format!(
+                "OBS sends H.264 {} profile but announces Baseline; some browsers may not play it. In OBS set Output → Profile to \"baseline\".",
+                sps.profile_name()
+            ));
+    }
+    if info.ingest_loss.is_some_and(|l| l > 0.02) {
+        w.push(
+            "More than 2 % of OBS's packets are lost on the way here; lower the bitrate in OBS."
+                .into(),
+        );
+    }
+    w
+}
+
+/// `POST /api/broadcasts/<broadcast ID>/view-id`: a new viewer link; current viewers are
+/// disconnected and told why.
+pub(super) async fn rotate_view_id(
+    state: &AppState,
+    req: Request<Incoming>,
+    broadcast_id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let origin = origin(&req);
+    let (key, view_id) = {
+        let mut registry = state.registry.lock().expect("registry lock");
+        let key = registry
+            .by_broadcast_id(broadcast_id)
+            .ok_or(ApiError::UnknownBroadcast)?;
+        let fresh = registry.rotate_view_id(key).map_err(|e| {
+            tracing::error!(error = %e, "cannot save the state file");
+            ApiError::ShuttingDown
+        })?;
+        (key, fresh.ok_or(ApiError::UnknownBroadcast)?)
+    };
+    let _ = call(state, Command::RevokeViewers(key)).await?;
+    info!(broadcast = %secret::log_label(broadcast_id), "view ID rotated");
+    #[derive(Serialize)]
+    struct Rotated {
+        view_id: String,
+        viewer_url: String,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Rotated {
+            viewer_url: format!("{origin}/stream?id={view_id}"),
+            view_id,
+        },
+    ))
+}
+
+/// `GET /api/status`: slots and live broadcasts, with opaque labels and no IDs.
+#[derive(Serialize)]
+struct ServerStatus {
+    slots_used: usize,
+    slots_total: usize,
+    broadcasts: Vec<LiveBroadcast>,
+}
+
+#[derive(Serialize)]
+struct LiveBroadcast {
+    label: String,
+    state: BroadcastState,
+    viewers: usize,
+    max_viewers: usize,
+    bitrate_kbps: u64,
+    uptime_s: u64,
+}
+
+pub(super) async fn server_status(state: &AppState) -> Result<HttpResponse, ApiError> {
+    let live = match call(state, Command::Status).await? {
+        Outcome::Status(s) => s,
+        _ => unreachable!("Status is answered with Status"),
+    };
+    let registry = state.registry.lock().expect("registry lock");
+    let mut broadcasts: Vec<LiveBroadcast> = live
+        .into_iter()
+        .map(|(key, i)| LiveBroadcast {
+            label: registry.label(key).unwrap_or("broadcast").to_owned(),
+            state: i.state,
+            viewers: i.viewers,
+            max_viewers: state.config.max_viewers,
+            bitrate_kbps: i.bitrate_bps / 1000,
+            uptime_s: i.live_for.map_or(0, |d| d.as_secs()),
+        })
+        .collect();
+    broadcasts.sort_by_key(|b| std::cmp::Reverse(b.uptime_s));
+    let status = ServerStatus {
+        slots_used: broadcasts.len(),
+        slots_total: state.config.max_live_broadcasts,
+        broadcasts,
+    };
+    Ok(json(StatusCode::OK, &status))
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
+    let stats = match call(state, Command::Stats).await? {
+        Outcome::Stats(s) => s,
+        _ => unreachable!("Stats is answered with Stats"),
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP whipcast_{name} {help}\n# TYPE whipcast_{name} {kind}\nwhipcast_{name} {value}\n"));
+    };
+    metric(
+        "broadcasts_live",
+        "gauge",
+        "Broadcasts with a publisher.",
+        stats.live_broadcasts as u64,
+    );
+    metric(
+        "broadcast_slots",
+        "gauge",
+        "Configured live-broadcast slots.",
+        state.config.max_live_broadcasts as u64,
+    );
+    metric(
+        "publishers",
+        "gauge",
+        "Publisher sessions.",
+        stats.publishers as u64,
+    );
+    metric("viewers", "gauge", "Viewer sessions.", stats.viewers as u64);
+    metric(
+        "packets_in_total",
+        "counter",
+        "RTP packets received from publishers.",
+        stats.packets_in,
+    );
+    metric(
+        "bytes_in_total",
+        "counter",
+        "RTP payload bytes received from publishers.",
+        stats.bytes_in,
+    );
+    metric(
+        "packets_out_total",
+        "counter",
+        "Datagrams sent.",
+        stats.packets_out,
+    );
+    metric("bytes_out_total", "counter", "Bytes sent.", stats.bytes_out);
+    metric(
+        "nacks_sent_total",
+        "counter",
+        "NACKs sent to publishers.",
+        stats.nacks_sent,
+    );
+    metric(
+        "nacks_received_total",
+        "counter",
+        "NACKs received from viewers.",
+        stats.nacks_received,
+    );
+    metric(
+        "plis_sent_total",
+        "counter",
+        "Keyframe requests sent to publishers.",
+        stats.plis_sent,
+    );
+    metric(
+        "plis_received_total",
+        "counter",
+        "Keyframe requests received from viewers.",
+        stats.plis_received,
+    );
+    metric(
+        "evictions_total",
+        "counter",
+        "Viewers evicted to make room for a newer one.",
+        stats.evictions,
+    );
+    metric(
+        "datagrams_dropped_total",
+        "counter",
+        "Datagrams dropped (unknown source or rejected).",
+        stats.datagrams_dropped,
+    );
     Ok(Response::builder()
-        .status(StatusCode::CREATED)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(serde_json::to_vec(&body).expect("serialises"))))
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(super::full(out))
         .expect("valid headers"))
 }
 
-#[allow(clippy::disallowed_methods)] // wall-clock date for the state file, not media timing
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(super::full(serde_json::to_vec(body).expect("serialises")))
+        .expect("valid headers")
 }

@@ -5,6 +5,7 @@
 
 mod api;
 mod problem;
+mod sse;
 mod whep;
 mod whip;
 
@@ -12,6 +13,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 pub use self::problem::ApiError;
+pub use self::sse::Hub;
 use crate::config::Config;
 use crate::engine::{Command, Outcome, SessionId};
 use crate::io::EngineHandle;
@@ -35,12 +38,22 @@ pub struct AppState {
     pub registry: Mutex<Registry>,
     pub engine: EngineHandle,
     pub setup: SessionSetup,
+    pub hub: Hub,
 }
 
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<BoxBody<Bytes, Infallible>>;
+
+/// A complete body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
+    Full::new(bytes.into()).boxed()
+}
 
 /// Accepts connections until `shutdown` changes.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -85,8 +98,14 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
         Err(e) => e.response(),
     };
     let h = response.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, header::HeaderValue::from_static("Location, ETag, Link, Retry-After"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::HeaderValue::from_static("Location, ETag, Link, Retry-After"),
+    );
     response
 }
 
@@ -96,22 +115,43 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
     if method == Method::OPTIONS {
         return Ok(preflight(&path));
     }
-    let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed { method: method.to_string(), allow };
+    let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    };
     match path.as_str() {
         "/" => match method {
             Method::GET | Method::HEAD => Ok(page(INDEX_HTML)),
             _ => Err(not_allowed("GET")),
         },
         "/healthz" => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")),
-        "/assets/player.js" => Ok(text(StatusCode::OK, "text/javascript; charset=utf-8", PLAYER_JS)),
+        "/metrics" => api::metrics(state).await,
+        "/status" => Ok(page(STATUS_HTML)),
+        "/api/status" => api::server_status(state).await,
+        "/assets/player.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            PLAYER_JS,
+        )),
+        "/assets/broadcast.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            BROADCAST_JS,
+        )),
+        "/assets/status.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            STATUS_JS,
+        )),
         "/assets/style.css" => Ok(text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS)),
         "/api/broadcasts" => match method {
             Method::POST => api::create_broadcast(state, req).await,
             _ => Err(not_allowed("POST, OPTIONS")),
         },
         "/broadcast" => match method {
+            Method::GET | Method::HEAD => Ok(page(BROADCAST_HTML)),
             Method::POST => whip::publish(state, req).await,
-            _ => Err(not_allowed("POST, OPTIONS")),
+            _ => Err(not_allowed("GET, POST, OPTIONS")),
         },
         "/stream" => match method {
             Method::GET | Method::HEAD => Ok(page(STREAM_HTML)),
@@ -122,8 +162,19 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             if let Some(id) = path.strip_prefix("/broadcast/session/") {
                 return session(state, req, id, true).await;
             }
-            if let Some(id) = path.strip_prefix("/stream/session/") {
-                return session(state, req, id, false).await;
+            if let Some(rest) = path.strip_prefix("/stream/session/") {
+                if let Some(id) = rest.strip_suffix("/sse") {
+                    return events(state, req, id).await;
+                }
+                return session(state, req, rest, false).await;
+            }
+            if let Some(rest) = path.strip_prefix("/api/broadcasts/") {
+                return match (method.clone(), rest.strip_suffix("/view-id")) {
+                    (Method::GET, None) => api::broadcast_panel(state, req, rest).await,
+                    (Method::POST, Some(id)) => api::rotate_view_id(state, req, id).await,
+                    (_, None) => Err(not_allowed("GET")),
+                    (_, Some(_)) => Err(not_allowed("POST")),
+                };
             }
             Err(ApiError::NotFound)
         }
@@ -131,7 +182,12 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
 }
 
 /// DELETE and PATCH on a WHIP or WHEP session URL.
-async fn session(state: &AppState, req: Request<Incoming>, id: &str, publisher: bool) -> Result<HttpResponse, ApiError> {
+async fn session(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: &str,
+    publisher: bool,
+) -> Result<HttpResponse, ApiError> {
     let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
     match *req.method() {
         // RFC 9725 §4.2: 200 OK. OBS treats anything else, 204 included, as a failure.
@@ -149,46 +205,128 @@ async fn session(state: &AppState, req: Request<Incoming>, id: &str, publisher: 
             match call(state, Command::Trickle { session, publisher }).await? {
                 // We are ICE-lite: the peer's candidates are learnt from its own checks, so a
                 // trickled candidate needs no action beyond acknowledging it (RFC 9725 §4.3.1).
-                Outcome::Trickled(true) => Ok(Response::builder().status(StatusCode::NO_CONTENT).body(Full::new(Bytes::new())).expect("valid")),
+                Outcome::Trickled(true) => Ok(Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(full(Bytes::new()))
+                    .expect("valid")),
                 _ => Err(ApiError::UnknownSession),
             }
         }
-        _ => Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allow: "DELETE, PATCH, OPTIONS" }),
+        _ => Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: "DELETE, PATCH, OPTIONS",
+        }),
+    }
+}
+
+/// The WHEP SSE extension: `POST` the wanted events (a JSON list) to get the stream URL,
+/// `GET` it as `text/event-stream`.
+async fn events(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
+    match *req.method() {
+        Method::POST => {
+            if !state.hub.knows(&session) {
+                return Err(ApiError::UnknownSession);
+            }
+            let body = read_body(req).await?;
+            let wanted: Vec<String> = if body.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_slice(&body).map_err(|_| ApiError::BadEventList)?
+            };
+            if let Some(unknown) = wanted.iter().find(|e| !sse::EVENTS.contains(&e.as_str())) {
+                return Err(ApiError::UnknownEvent(unknown.clone()));
+            }
+            Ok(Response::builder()
+                .status(StatusCode::CREATED)
+                .header(header::LOCATION, format!("/stream/session/{id}/sse"))
+                .body(full(Bytes::new()))
+                .expect("valid headers"))
+        }
+        Method::GET => {
+            let body = state.hub.open(&session).ok_or(ApiError::UnknownSession)?;
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                // nginx buffers responses unless told otherwise.
+                .header("X-Accel-Buffering", "no")
+                .body(BodyExt::boxed(body))
+                .expect("valid headers"))
+        }
+        _ => Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: "GET, POST, OPTIONS",
+        }),
     }
 }
 
 pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, ApiError> {
-    state.engine.call(command).await.map_err(|_| ApiError::ShuttingDown)
+    state
+        .engine
+        .call(command)
+        .await
+        .map_err(|_| ApiError::ShuttingDown)
 }
 
 /// CORS preflight for every WHIP/WHEP URL (RFC 9725 §4.1 requires it).
 fn preflight(path: &str) -> HttpResponse {
-    let methods = if path.contains("/session/") { "DELETE, PATCH, OPTIONS" } else { "GET, POST, OPTIONS" };
+    let methods = if path.ends_with("/sse") {
+        "GET, POST, OPTIONS"
+    } else if path.contains("/session/") {
+        "DELETE, PATCH, OPTIONS"
+    } else {
+        "GET, POST, OPTIONS"
+    };
     Response::builder()
         .status(StatusCode::NO_CONTENT)
         .header(header::ACCESS_CONTROL_ALLOW_METHODS, methods)
-        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type, Authorization, If-Match")
+        .header(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "Content-Type, Authorization, If-Match",
+        )
         .header(header::ACCESS_CONTROL_MAX_AGE, "86400")
         .header("Accept-Post", "application/sdp")
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
         .expect("static headers are valid")
 }
 
-pub(crate) fn require_content_type(req: &Request<Incoming>, expected: &'static str) -> Result<(), ApiError> {
+pub(crate) fn require_content_type(
+    req: &Request<Incoming>,
+    expected: &'static str,
+) -> Result<(), ApiError> {
     let ok = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected));
-    if ok { Ok(()) } else { Err(ApiError::UnsupportedMediaType { expected }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType { expected })
+    }
 }
 
 /// Reads a body up to [`MAX_BODY_BYTES`].
 pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit: MAX_BODY_BYTES }),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::BodyTooLarge {
+                limit: MAX_BODY_BYTES,
+            })
+        }
         Err(_) => Err(ApiError::BodyUnreadable),
     }
 }
@@ -203,24 +341,40 @@ pub(crate) fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<
 
 /// `http://host` as the client addressed us, for the URLs we hand out.
 pub(crate) fn origin(req: &Request<Incoming>) -> String {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let proto = req.headers().get("x-forwarded-proto").and_then(|h| h.to_str().ok()).filter(|p| *p == "https").unwrap_or("http");
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
     format!("{proto}://{host}")
 }
 
-pub(crate) fn text(status: StatusCode, content_type: &'static str, body: &'static str) -> HttpResponse {
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &'static str,
+) -> HttpResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(full(Bytes::from_static(body.as_bytes())))
         .expect("static headers are valid")
 }
 
 fn page(html: &'static str) -> HttpResponse {
     let mut r = text(StatusCode::OK, "text/html; charset=utf-8", html);
     // Pages hold capabilities in their URL; never leak it to other origins.
-    r.headers_mut().insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
@@ -232,6 +386,10 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const INDEX_HTML: &str = include_str!("../../www/index.html");
+const BROADCAST_HTML: &str = include_str!("../../www/broadcast.html");
+const BROADCAST_JS: &str = include_str!("../../www/broadcast.js");
+const STATUS_HTML: &str = include_str!("../../www/status.html");
+const STATUS_JS: &str = include_str!("../../www/status.js");
 const STREAM_HTML: &str = include_str!("../../www/stream.html");
 const PLAYER_JS: &str = include_str!("../../www/player.js");
 const STYLE_CSS: &str = include_str!("../../www/style.css");

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 use serde::Serialize;
 
@@ -22,7 +21,9 @@ pub enum ApiError {
     BodyUnreadable,
     #[error(transparent)]
     Offer(#[from] OfferError),
-    #[error("a broadcast ID is needed: send it as ?id=<broadcast ID> or as \"Authorization: Bearer <broadcast ID>\"")]
+    #[error(
+        "a broadcast ID is needed: send it as ?id=<broadcast ID> or as \"Authorization: Bearer <broadcast ID>\""
+    )]
     MissingBroadcastId,
     #[error("this broadcast ID is not valid; get one at /broadcast")]
     UnknownBroadcast,
@@ -44,6 +45,12 @@ pub enum ApiError {
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("there is nothing at this address")]
     NotFound,
+    #[error("send the wanted events as a JSON list of strings, e.g. [\"active\",\"inactive\"]")]
+    BadEventList,
+    #[error(
+        "unknown event \"{0}\"; this server sends active, inactive, viewercount, reconnect, reconnecting, evicted and revoked"
+    )]
+    UnknownEvent(String),
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -72,13 +79,23 @@ impl ApiError {
         match self {
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyUnreadable => StatusCode::BAD_REQUEST,
-            Self::Offer(O::Malformed(_) | O::TooManyMedia(_) | O::NoMedia(_) | O::Negotiation(_)) => StatusCode::BAD_REQUEST,
-            Self::Offer(O::UnsupportedCodecs | O::CannotDecode(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MissingBroadcastId | Self::UnknownBroadcast | Self::CreateTokenRequired => StatusCode::UNAUTHORIZED,
+            Self::BodyUnreadable | Self::BadEventList | Self::UnknownEvent(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Offer(
+                O::Malformed(_) | O::TooManyMedia(_) | O::NoMedia(_) | O::Negotiation(_),
+            ) => StatusCode::BAD_REQUEST,
+            Self::Offer(O::UnsupportedCodecs | O::CannotDecode(_)) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::MissingBroadcastId | Self::UnknownBroadcast | Self::CreateTokenRequired => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::UnknownView | Self::UnknownSession | Self::NotFound => StatusCode::NOT_FOUND,
             Self::NotLive => StatusCode::CONFLICT,
-            Self::NoFreeSlot | Self::ViewerLimitReached | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoFreeSlot | Self::ViewerLimitReached | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -94,7 +111,7 @@ impl ApiError {
         }
     }
 
-    pub fn response(&self) -> Response<Full<Bytes>> {
+    pub fn response(&self) -> super::HttpResponse {
         let status = self.status();
         let problem = Problem {
             r#type: "about:blank",
@@ -103,7 +120,9 @@ impl ApiError {
             detail: self.to_string(),
         };
         let body = serde_json::to_vec(&problem).expect("a problem serialises");
-        let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, "application/problem+json");
+        let mut builder = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/problem+json");
         if let Some(after) = self.retry_after() {
             builder = builder.header(header::RETRY_AFTER, after.as_secs());
         }
@@ -114,6 +133,8 @@ impl ApiError {
             }
             _ => {}
         }
-        builder.body(Full::new(Bytes::from(body))).expect("static headers are valid")
+        builder
+            .body(super::full(Bytes::from(body)))
+            .expect("static headers are valid")
     }
 }

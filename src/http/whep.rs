@@ -9,12 +9,21 @@ use super::{ApiError, AppState, HttpResponse, call, query_param, read_body, requ
 use crate::engine::{Command, NewPeer, Outcome, SessionId};
 use crate::io::now;
 
-pub(super) async fn subscribe(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn subscribe(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
     let view_id = query_param(&req, "id").unwrap_or_default();
-    let broadcast = state.registry.lock().expect("registry lock").by_view_id(view_id).ok_or(ApiError::UnknownView)?;
+    let broadcast = state
+        .registry
+        .lock()
+        .expect("registry lock")
+        .by_view_id(view_id)
+        .ok_or(ApiError::UnknownView)?;
     let body = read_body(req).await?;
-    let offer = std::str::from_utf8(&body).map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
     let publisher = match call(state, Command::Describe(broadcast)).await? {
         Outcome::Described(Some(tracks)) => tracks,
         Outcome::Described(None) => return Err(ApiError::NotLive),
@@ -22,12 +31,32 @@ pub(super) async fn subscribe(state: &AppState, req: Request<Incoming>) -> Resul
     };
     let accepted = state.setup.accept_viewer(now(), offer, &publisher)?;
     let session = SessionId::random();
-    let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
+    let peer = NewPeer {
+        broadcast,
+        session: session.clone(),
+        ufrag: accepted.ufrag,
+        rtc: accepted.rtc,
+    };
     match call(state, Command::Subscribe(peer, accepted.tracks)).await? {
         Outcome::Subscribed(Ok(())) => {}
         Outcome::Subscribed(Err(e)) => return Err(e.into()),
         _ => unreachable!("Subscribe is answered with Subscribed"),
     }
     info!(broadcast = %broadcast, session = %session, "viewer session started");
-    Ok(sdp_created(&format!("/stream/session/{}", session.as_str()), accepted.answer))
+    state.hub.register(session.clone(), broadcast);
+    let mut response = sdp_created(
+        &format!("/stream/session/{}", session.as_str()),
+        accepted.answer,
+    );
+    let link = format!(
+        "</stream/session/{}/sse>; rel=\"urn:ietf:params:whep:ext:core:server-sent-events\"; events=\"{}\"",
+        session.as_str(),
+        super::sse::EVENTS.join(",")
+    );
+    response.headers_mut().insert(
+        hyper::header::LINK,
+        link.parse()
+            .expect("a token and fixed text form a valid header"),
+    );
+    Ok(response)
 }

@@ -2,7 +2,6 @@
 //! token, answered with `201`, the SDP answer and an absolute-path `Location`.
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use tracing::info;
@@ -12,22 +11,45 @@ use crate::engine::{Command, NewPeer, Outcome, SessionId};
 use crate::io::now;
 use crate::secret;
 
-pub(super) async fn publish(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn publish(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
-    let broadcast_id = broadcast_id(&req).ok_or(ApiError::MissingBroadcastId)?.to_owned();
-    let broadcast = state.registry.lock().expect("registry lock").by_broadcast_id(&broadcast_id).ok_or(ApiError::UnknownBroadcast)?;
+    let broadcast_id = broadcast_id(&req)
+        .ok_or(ApiError::MissingBroadcastId)?
+        .to_owned();
+    let broadcast = {
+        let mut registry = state.registry.lock().expect("registry lock");
+        let key = registry
+            .by_broadcast_id(&broadcast_id)
+            .ok_or(ApiError::UnknownBroadcast)?;
+        if let Err(e) = registry.touch(key, crate::io::unix_now()) {
+            tracing::warn!(error = %e, "cannot save the state file");
+        }
+        key
+    };
     let body = read_body(req).await?;
-    let offer = std::str::from_utf8(&body).map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
     let accepted = state.setup.accept_publisher(now(), offer)?;
     let session = SessionId::random();
-    let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
+    let peer = NewPeer {
+        broadcast,
+        session: session.clone(),
+        ufrag: accepted.ufrag,
+        rtc: accepted.rtc,
+    };
     match call(state, Command::Publish(peer, accepted.tracks)).await? {
         Outcome::Published(Ok(())) => {}
         Outcome::Published(Err(e)) => return Err(e.into()),
         _ => unreachable!("Publish is answered with Published"),
     }
     info!(broadcast = %secret::log_label(&broadcast_id), session = %session, "publisher session started");
-    Ok(sdp_created(&format!("/broadcast/session/{}", session.as_str()), accepted.answer))
+    Ok(sdp_created(
+        &format!("/broadcast/session/{}", session.as_str()),
+        accepted.answer,
+    ))
 }
 
 /// `201 Created` with an SDP answer and the session URL.
@@ -37,7 +59,7 @@ pub(super) fn sdp_created(location: &str, answer: String) -> HttpResponse {
         .header(header::CONTENT_TYPE, "application/sdp")
         // An absolute path: OBS resolves relative ones wrongly (notes/whip-whep-obs.md §B.3).
         .header(header::LOCATION, location)
-        .body(Full::new(Bytes::from(answer)))
+        .body(super::full(Bytes::from(answer)))
         .expect("valid headers")
 }
 
@@ -48,5 +70,8 @@ fn broadcast_id(req: &Request<Incoming>) -> Option<&str> {
     }
     let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }

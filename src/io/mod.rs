@@ -13,13 +13,22 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::engine::{Command, Engine, EngineEvent, Outcome};
 use self::udp::MediaSocket;
+use crate::engine::{Command, Engine, EngineEvent, Outcome};
 
 /// The single clock read of the media path: the engine itself takes `now` as an argument.
 #[allow(clippy::disallowed_methods)] // this is the one place allowed to read the clock
 pub fn now() -> Instant {
     Instant::now()
+}
+
+/// Wall-clock seconds since the Unix epoch, for dates in the state file (never media timing).
+#[allow(clippy::disallowed_methods)] // the one wall-clock read
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A command plus where its outcome goes.
@@ -46,7 +55,10 @@ impl EngineHandle {
 
     pub async fn call(&self, command: Command) -> Result<Outcome, EngineGone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { command, reply }).await.map_err(|_| EngineGone)?;
+        self.tx
+            .send(Request { command, reply })
+            .await
+            .map_err(|_| EngineGone)?;
         rx.await.map_err(|_| EngineGone)
     }
 }
@@ -114,7 +126,11 @@ fn receive(engine: &mut Engine, socket: &mut MediaSocket) {
 }
 
 /// Sends every pending transmit and hands events on.
-async fn flush(engine: &mut Engine, socket: &MediaSocket, events: &mpsc::UnboundedSender<EngineEvent>) {
+async fn flush(
+    engine: &mut Engine,
+    socket: &MediaSocket,
+    events: &mpsc::UnboundedSender<EngineEvent>,
+) {
     while let Some(t) = engine.poll_transmit() {
         loop {
             match socket.try_send(t.destination, &t.contents) {

@@ -44,10 +44,21 @@ impl MediaSocket {
 
     /// Receives one batch without blocking and hands each datagram to `f(src, dst, bytes)`.
     /// Returns how many datagrams were delivered; `WouldBlock` when there were none.
-    pub(crate) fn try_recv_batch(&mut self, mut f: impl FnMut(SocketAddr, SocketAddr, &[u8])) -> io::Result<usize> {
-        let Self { socket, state, local, bufs, metas } = self;
+    pub(crate) fn try_recv_batch(
+        &mut self,
+        mut f: impl FnMut(SocketAddr, SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
+        let Self {
+            socket,
+            state,
+            local,
+            bufs,
+            metas,
+        } = self;
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let n = socket.try_io(Interest::READABLE, || state.recv(UdpSockRef::from(&*socket), &mut slices, metas))?;
+        let n = socket.try_io(Interest::READABLE, || {
+            state.recv(UdpSockRef::from(&*socket), &mut slices, metas)
+        })?;
         let mut delivered = 0;
         for (meta, buf) in metas.iter().zip(slices.iter()).take(n) {
             let dst = match meta.dst_ip {
@@ -65,8 +76,17 @@ impl MediaSocket {
 
     /// Sends one datagram without blocking; `WouldBlock` means: wait for `writable`, retry.
     pub(crate) fn try_send(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
-        let transmit = quinn_udp::Transmit { destination, ecn: None, contents, segment_size: None, src_ip: None };
-        self.socket.try_io(Interest::WRITABLE, || self.state.try_send(UdpSockRef::from(&self.socket), &transmit))
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.socket.try_io(Interest::WRITABLE, || {
+            self.state
+                .try_send(UdpSockRef::from(&self.socket), &transmit)
+        })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {

@@ -78,7 +78,10 @@ pub fn engine_config() -> EngineConfig {
 impl Sim {
     pub fn new(config: EngineConfig) -> Self {
         if std::env::var("SIMDEBUG").is_ok() {
-            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
         }
         let setup = SessionSetup::new(config.candidates.clone());
         Self {
@@ -97,6 +100,7 @@ impl Sim {
 
     /// An OBS-shaped publisher: H264 PT 96 `42e01f` and Opus PT 111, no RTX, no candidates in
     /// the offer, `a=group:LS`. Returns the client index.
+    #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn publish(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
         let mut cfg = RtcConfig::new().clear_codecs();
         cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
@@ -109,10 +113,21 @@ impl Sim {
         client.audio_mid = Some(audio);
         client.video_mid = Some(video);
         let sdp = obs_shape(&offer.to_sdp_string());
-        let accepted = self.setup.accept_publisher(self.now, &sdp).expect("OBS offer accepted");
+        let accepted = self
+            .setup
+            .accept_publisher(self.now, &sdp)
+            .expect("OBS offer accepted");
         let session = SessionId::random();
-        let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
-        match self.engine.handle_command(self.now, Command::Publish(peer, accepted.tracks)) {
+        let peer = NewPeer {
+            broadcast,
+            session: session.clone(),
+            ufrag: accepted.ufrag,
+            rtc: accepted.rtc,
+        };
+        match self
+            .engine
+            .handle_command(self.now, Command::Publish(peer, accepted.tracks))
+        {
             Outcome::Published(Ok(())) => {}
             other => return Err(other),
         }
@@ -123,8 +138,13 @@ impl Sim {
     }
 
     /// A browser-shaped viewer (H264 with RTX, VP8, Opus; recvonly video then audio).
+    #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn view(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
-        let cfg = RtcConfig::new().clear_codecs().enable_h264(true).enable_vp8(true).enable_opus(true, false);
+        let cfg = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_opus(true, false);
         let mut client = self.new_client(cfg);
         let mut api = client.rtc.sdp_api();
         let video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
@@ -132,14 +152,28 @@ impl Sim {
         let (offer, pending) = api.apply().expect("an offer");
         client.video_mid = Some(video);
         client.audio_mid = Some(audio);
-        let tracks = match self.engine.handle_command(self.now, Command::Describe(broadcast)) {
+        let tracks = match self
+            .engine
+            .handle_command(self.now, Command::Describe(broadcast))
+        {
             Outcome::Described(Some(t)) => t,
             other => return Err(other),
         };
-        let accepted = self.setup.accept_viewer(self.now, &offer.to_sdp_string(), &tracks).expect("viewer offer accepted");
+        let accepted = self
+            .setup
+            .accept_viewer(self.now, &offer.to_sdp_string(), &tracks)
+            .expect("viewer offer accepted");
         let session = SessionId::random();
-        let peer = NewPeer { broadcast, session: session.clone(), ufrag: accepted.ufrag, rtc: accepted.rtc };
-        match self.engine.handle_command(self.now, Command::Subscribe(peer, accepted.tracks)) {
+        let peer = NewPeer {
+            broadcast,
+            session: session.clone(),
+            ufrag: accepted.ufrag,
+            rtc: accepted.rtc,
+        };
+        match self
+            .engine
+            .handle_command(self.now, Command::Subscribe(peer, accepted.tracks))
+        {
             Outcome::Subscribed(Ok(())) => {}
             other => return Err(other),
         }
@@ -151,7 +185,11 @@ impl Sim {
 
     pub fn close(&mut self, client: usize, publisher: bool) -> bool {
         let session = self.clients[client].session.clone().unwrap();
-        matches!(self.engine.handle_command(self.now, Command::Close { session, publisher }), Outcome::Closed(true))
+        matches!(
+            self.engine
+                .handle_command(self.now, Command::Close { session, publisher }),
+            Outcome::Closed(true)
+        )
     }
 
     pub fn stats(&mut self) -> whipcast::engine::Stats {
@@ -167,9 +205,22 @@ impl Sim {
         let video = c.video_mid.unwrap();
         let audio = c.audio_mid.unwrap();
         let pt = c.rtc.media(video).unwrap().remote_pts()[0];
-        c.rtc.writer(video).unwrap().write(pt, now, MediaTime::from_90khz(n * 3000), frame.clone()).unwrap();
+        c.rtc
+            .writer(video)
+            .unwrap()
+            .write(pt, now, MediaTime::from_90khz(n * 3000), frame.clone())
+            .unwrap();
         let apt = c.rtc.media(audio).unwrap().remote_pts()[0];
-        c.rtc.writer(audio).unwrap().write(apt, now, MediaTime::new(n * 1600, str0m::media::Frequency::FORTY_EIGHT_KHZ), vec![0xf8, 0xff, 0xfe]).unwrap();
+        c.rtc
+            .writer(audio)
+            .unwrap()
+            .write(
+                apt,
+                now,
+                MediaTime::new(n * 1600, str0m::media::Frequency::FORTY_EIGHT_KHZ),
+                vec![0xf8, 0xff, 0xfe],
+            )
+            .unwrap();
         frame
     }
 
@@ -206,26 +257,31 @@ impl Sim {
         }
         self.now = next.max(now);
         let due: Vec<InFlight> = {
-            let (due, later): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|f| f.at <= self.now);
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.wire.drain(..).partition(|f| f.at <= self.now);
             self.wire = later.into();
             due
         };
         let server: SocketAddr = SERVER.parse().unwrap();
         for f in due {
             if f.to == server {
-                self.engine.handle_datagram(self.now, f.from, server, &f.data);
-            } else if let Some(i) = self.clients.iter().position(|c| c.addr == f.to) {
-                if let Ok(r) = Receive::new(Protocol::Udp, f.from, f.to, &f.data) {
-                    // str0m's contract: drain after every input, before the next one.
-                    if self.clients[i].rtc.handle_input(Input::Receive(self.now, r)).is_ok() {
-                        self.drain_client(i);
-                    }
-                }
+                self.engine
+                    .handle_datagram(self.now, f.from, server, &f.data);
+            } else if let Some(i) = self.clients.iter().position(|c| c.addr == f.to)
+                && let Ok(r) = Receive::new(Protocol::Udp, f.from, f.to, &f.data)
+                // str0m's contract: drain after every input, before the next one.
+                && self.clients[i].rtc.handle_input(Input::Receive(self.now, r)).is_ok()
+            {
+                self.drain_client(i);
             }
         }
         self.engine.handle_timeout(self.now);
         for i in 0..self.clients.len() {
-            if self.clients[i].rtc.handle_input(Input::Timeout(self.now)).is_ok() {
+            if self.clients[i]
+                .rtc
+                .handle_input(Input::Timeout(self.now))
+                .is_ok()
+            {
                 self.drain_client(i);
             }
         }
@@ -262,17 +318,26 @@ impl Sim {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
-        let unplugged = self.clients.iter().any(|c| c.unplugged && (c.addr == from || c.addr == to));
+        let unplugged = self
+            .clients
+            .iter()
+            .any(|c| c.unplugged && (c.addr == from || c.addr == to));
         self.counter += 1;
-        if unplugged || (self.drop_every > 0 && self.counter % self.drop_every == 0) {
+        if unplugged || (self.drop_every > 0 && self.counter.is_multiple_of(self.drop_every)) {
             return;
         }
-        self.wire.push_back(InFlight { at: self.now + self.latency, from, to, data });
+        self.wire.push_back(InFlight {
+            at: self.now + self.latency,
+            from,
+            to,
+            data,
+        });
     }
 
     /// Injects a raw datagram at the server, as if from `from`.
     pub fn inject(&mut self, from: SocketAddr, data: &[u8]) {
-        self.engine.handle_datagram(self.now, from, SERVER.parse().unwrap(), data);
+        self.engine
+            .handle_datagram(self.now, from, SERVER.parse().unwrap(), data);
     }
 
     fn new_client(&mut self, cfg: RtcConfig) -> Client {
@@ -335,10 +400,16 @@ pub fn synthetic_frame(n: u64, keyframe: bool) -> Vec<u8> {
 
 /// Whether an Annex-B access unit has an IDR slice.
 pub fn is_keyframe(data: &[u8]) -> bool {
-    data.windows(4).any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+    data.windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
 /// The offer codec check used by tests of the 422 path.
 pub fn codec_of(offer: &SdpOffer) -> Vec<Codec> {
-    offer.media_lines.iter().flat_map(|l| l.rtp_params()).map(|p| p.spec().codec).collect()
+    offer
+        .media_lines
+        .iter()
+        .flat_map(|l| l.rtp_params())
+        .map(|p| p.spec().codec)
+        .collect()
 }

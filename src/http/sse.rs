@@ -1,0 +1,228 @@
+//! Server-sent events for viewers (the WHEP "core extensions" SSE extension): `active`,
+//! `inactive`, `viewercount`, plus our `reconnecting`, `evicted` and `revoked`.
+//!
+//! Engine events arrive on one channel; the [`Hub`] turns them into per-session event streams.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use crate::engine::{BroadcastKey, BroadcastState, CloseReason, EngineEvent, SessionId};
+
+/// Event names a player may ask for, in the order of the `Link` header.
+pub const EVENTS: &[&str] = &[
+    "active",
+    "inactive",
+    "viewercount",
+    "reconnect",
+    "reconnecting",
+    "evicted",
+    "revoked",
+];
+
+/// One event on the wire.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub name: &'static str,
+    pub data: String,
+}
+
+/// Per-session event streams, fed from engine events.
+#[derive(Default)]
+pub struct Hub {
+    state: Mutex<HubState>,
+}
+
+#[derive(Default)]
+struct HubState {
+    sessions: HashMap<SessionId, Watcher>,
+    broadcasts: HashMap<BroadcastKey, (BroadcastState, usize)>,
+}
+
+struct Watcher {
+    broadcast: BroadcastKey,
+    tx: Option<mpsc::UnboundedSender<SseEvent>>,
+}
+
+impl Hub {
+    /// A viewer session was created (WHEP 201).
+    pub fn register(&self, session: SessionId, broadcast: BroadcastKey) {
+        let mut s = self.state.lock().expect("hub lock");
+        if s.sessions.len() < MAX_WATCHERS {
+            s.sessions.insert(
+                session,
+                Watcher {
+                    broadcast,
+                    tx: None,
+                },
+            );
+        }
+    }
+
+    pub fn knows(&self, session: &SessionId) -> bool {
+        self.state
+            .lock()
+            .expect("hub lock")
+            .sessions
+            .contains_key(session)
+    }
+
+    /// Opens the event stream of a session, starting with the current state. `None` for a
+    /// session that does not exist (any more).
+    pub fn open(&self, session: &SessionId) -> Option<SseBody> {
+        let mut s = self.state.lock().expect("hub lock");
+        let (state, viewers) = {
+            let b = s.sessions.get(session)?.broadcast;
+            s.broadcasts
+                .get(&b)
+                .copied()
+                .unwrap_or((BroadcastState::Live, 0))
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first = match state {
+            BroadcastState::Live => "active",
+            BroadcastState::Reconnecting => "reconnecting",
+            BroadcastState::Idle => "inactive",
+        };
+        let _ = tx.send(SseEvent {
+            name: first,
+            data: "{}".into(),
+        });
+        let _ = tx.send(viewercount(viewers));
+        s.sessions.get_mut(session)?.tx = Some(tx);
+        Some(SseBody::new(rx))
+    }
+
+    /// Applies one engine event. `max_viewers` goes into `evicted` so the page can say why.
+    pub fn apply(&self, event: &EngineEvent, max_viewers: usize) {
+        let mut s = self.state.lock().expect("hub lock");
+        match event {
+            EngineEvent::BroadcastLive(b) => {
+                s.broadcasts
+                    .entry(*b)
+                    .or_insert((BroadcastState::Live, 0))
+                    .0 = BroadcastState::Live;
+                s.send_to_broadcast(*b, || SseEvent {
+                    name: "active",
+                    data: "{}".into(),
+                });
+            }
+            EngineEvent::BroadcastReconnecting(b) => {
+                s.broadcasts
+                    .entry(*b)
+                    .or_insert((BroadcastState::Reconnecting, 0))
+                    .0 = BroadcastState::Reconnecting;
+                s.send_to_broadcast(*b, || SseEvent {
+                    name: "reconnecting",
+                    data: "{}".into(),
+                });
+            }
+            EngineEvent::BroadcastEnded(b) => {
+                s.broadcasts.remove(b);
+                s.send_to_broadcast(*b, || SseEvent {
+                    name: "inactive",
+                    data: "{}".into(),
+                });
+            }
+            EngineEvent::ViewerCountChanged { broadcast, viewers } => {
+                s.broadcasts
+                    .entry(*broadcast)
+                    .or_insert((BroadcastState::Live, 0))
+                    .1 = *viewers;
+                s.send_to_broadcast(*broadcast, || viewercount(*viewers));
+            }
+            EngineEvent::SessionClosed { session, reason } => {
+                let Some(w) = s.sessions.remove(session) else {
+                    return;
+                };
+                let last = match reason {
+                    CloseReason::Evicted => Some(SseEvent {
+                        name: "evicted",
+                        data: format!("{{\"max_viewers\":{max_viewers}}}"),
+                    }),
+                    CloseReason::BroadcastEnded => Some(SseEvent {
+                        name: "inactive",
+                        data: "{}".into(),
+                    }),
+                    CloseReason::Revoked => Some(SseEvent {
+                        name: "revoked",
+                        data: "{}".into(),
+                    }),
+                    _ => None,
+                };
+                if let (Some(tx), Some(e)) = (w.tx, last) {
+                    let _ = tx.send(e);
+                }
+            }
+        }
+    }
+}
+
+impl HubState {
+    fn send_to_broadcast(&mut self, b: BroadcastKey, event: impl Fn() -> SseEvent) {
+        for w in self.sessions.values().filter(|w| w.broadcast == b) {
+            if let Some(tx) = &w.tx {
+                let _ = tx.send(event());
+            }
+        }
+    }
+}
+
+fn viewercount(n: usize) -> SseEvent {
+    SseEvent {
+        name: "viewercount",
+        data: format!("{{\"viewercount\":{n}}}"),
+    }
+}
+
+/// A `text/event-stream` body: events as they come, a comment every [`KEEPALIVE`] so proxies
+/// keep the connection, and the end of the stream when the session ends.
+pub struct SseBody {
+    rx: mpsc::UnboundedReceiver<SseEvent>,
+    keepalive: tokio::time::Interval,
+}
+
+impl SseBody {
+    fn new(rx: mpsc::UnboundedReceiver<SseEvent>) -> Self {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.reset();
+        Self { rx, keepalive }
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(e)) => {
+                let text = format!("event: {}\ndata: {}\n\n", e.name, e.data);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(text)))));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if self.keepalive.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b": keepalive\n\n",
+            )))));
+        }
+        Poll::Pending
+    }
+}
+
+/// Proxies commonly drop idle connections after 30–60 s.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Bounds the map by the number of sessions the engine can hold anyway, with room.
+const MAX_WATCHERS: usize = 100_000;
