@@ -413,3 +413,31 @@ pub fn codec_of(offer: &SdpOffer) -> Vec<Codec> {
         .map(|p| p.spec().codec)
         .collect()
 }
+
+/// An OBS-shaped WHIP offer from a throwaway str0m peer (for HTTP-level tests that never
+/// connect media).
+pub fn obs_offer() -> String {
+    let mut cfg = RtcConfig::new().clear_codecs();
+    cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
+    cfg.codec_config().enable_opus(true, false);
+    let mut rtc = cfg.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host("127.0.0.1:9".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, _) = api.apply().expect("an offer");
+    obs_shape(&offer.to_sdp_string())
+}
+
+/// A browser-shaped WHEP offer with only the given video codec (to test 422).
+pub fn viewer_offer(vp8_only: bool) -> String {
+    let cfg = RtcConfig::new().clear_codecs().enable_opus(true, false);
+    let cfg = if vp8_only { cfg.enable_vp8(true) } else { cfg.enable_h264(true).enable_vp8(true) };
+    let mut rtc = cfg.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host("127.0.0.1:9".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, _) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}

@@ -1,0 +1,109 @@
+// The broadcaster page: issue a broadcast ID, show the OBS settings and a live status panel
+// that polls GET /api/broadcasts/<broadcast ID> once a second.
+
+const $ = (id) => document.getElementById(id);
+const show = (id, on) => $(id).classList.toggle('hidden', !on);
+let broadcastId = new URLSearchParams(location.search).get('id');
+
+async function createBroadcast(errorBox) {
+  const res = await fetch('/api/broadcasts', { method: 'POST' });
+  if (res.status !== 201) {
+    const problem = await res.json().catch(() => ({}));
+    if (errorBox) {
+      errorBox.textContent = problem.detail || `The server answered ${res.status}.`;
+      errorBox.classList.remove('hidden');
+    }
+    return;
+  }
+  const created = await res.json();
+  broadcastId = created.broadcast_id;
+  // Replace, not push: the ID stays only in this tab's own address.
+  history.replaceState(null, '', `/broadcast?id=${encodeURIComponent(broadcastId)}`);
+  showPanel();
+}
+
+function formatDuration(s) {
+  if (s == null) return '–';
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+}
+
+const STATE_TEXT = {
+  idle: 'Waiting for OBS. Press Start Streaming in OBS with the settings below.',
+  live: 'OBS is live. Viewers with the link see it now.',
+  reconnecting: 'OBS dropped without stopping. Viewers are kept and see "reconnecting" until OBS comes back.',
+};
+
+function render(p) {
+  $('state').textContent = p.state;
+  $('state').className = `badge ${p.state}`;
+  $('state-text').textContent = STATE_TEXT[p.state] || '';
+  $('viewers').textContent = `${p.viewers} / ${p.max_viewers}`;
+  $('bitrate').textContent = p.state === 'idle' ? '–' : `${p.bitrate_kbps} kb/s`;
+  $('codec').textContent = [p.video_codec, p.h264_profile].filter(Boolean).join(' · ') || '–';
+  $('resolution').textContent = p.resolution || '–';
+  $('uptime').textContent = p.state === 'idle' ? '–' : formatDuration(p.live_for_s);
+  $('loss').textContent = p.ingest_loss_percent == null ? '–' : `${p.ingest_loss_percent.toFixed(1)} %`;
+  $('viewer-url').textContent = p.viewer_url;
+  $('whip-server').textContent = p.whip_server;
+  $('whip-url').textContent = p.whip_url;
+  $('token').textContent = broadcastId;
+  show('full', p.server_full);
+  const warnings = $('warnings');
+  warnings.replaceChildren(...p.warnings.map((w) => {
+    const div = document.createElement('div');
+    div.className = 'warn';
+    div.textContent = w;
+    return div;
+  }));
+}
+
+async function poll() {
+  try {
+    const res = await fetch(`/api/broadcasts/${encodeURIComponent(broadcastId)}`, { cache: 'no-store' });
+    if (res.status === 401 || res.status === 404) {
+      show('panel', false);
+      show('invalid', true);
+      return;
+    }
+    if (res.ok) render(await res.json());
+  } catch (_) {
+    $('state-text').textContent = 'Cannot reach the server; retrying…';
+  }
+  setTimeout(poll, 1000);
+}
+
+function showPanel() {
+  show('start', false);
+  show('invalid', false);
+  show('panel', true);
+  $('token').textContent = broadcastId;
+  poll();
+}
+
+document.addEventListener('click', async (e) => {
+  const target = e.target.closest('[data-copy]');
+  if (!target) return;
+  const text = $(target.dataset.copy).textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    target.textContent = 'Copied';
+  } catch (_) {
+    const range = document.createRange();
+    range.selectNodeContents($(target.dataset.copy));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    target.textContent = 'Selected';
+  }
+  setTimeout(() => { target.textContent = 'Copy'; }, 1500);
+});
+
+$('create').addEventListener('click', () => createBroadcast($('create-error')));
+$('create-again').addEventListener('click', () => createBroadcast(null));
+$('rotate').addEventListener('click', async () => {
+  if (!confirm('Make a new viewer link? The current link stops working and current viewers are disconnected.')) return;
+  const res = await fetch(`/api/broadcasts/${encodeURIComponent(broadcastId)}/view-id`, { method: 'POST' });
+  if (res.ok) $('viewer-url').textContent = (await res.json()).viewer_url;
+});
+
+if (broadcastId) showPanel(); else show('start', true);
