@@ -55,6 +55,20 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_ID_TTL", default_value = "30d", value_parser = parse_duration)]
     pub id_ttl: Duration,
 
+    /// Open HTTP connections allowed from one IP address; more get `429`. Browsers open six
+    /// per host, so 64 leaves room for a household behind one NAT.
+    #[arg(long, env = "WHIPCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+
+    /// A client must send its request headers within this time, or the connection is closed
+    /// (slowloris). Units: s, m.
+    #[arg(long, env = "WHIPCAST_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A new session that has not finished ICE and DTLS by then is freed. Units: s, m.
+    #[arg(long, env = "WHIPCAST_HANDSHAKE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// If set, `POST /api/broadcasts` requires `Authorization: Bearer <token>`, so a public
     /// server does not hand out broadcasts to anyone.
     #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]

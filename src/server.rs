@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig, EngineEvent};
+use crate::engine::{Command, Engine, EngineConfig, EngineEvent};
 use crate::http::{self, AppState, Hub};
 use crate::io::{self, EngineHandle};
 use crate::offer::SessionSetup;
@@ -26,6 +26,7 @@ pub struct Server {
     media_thread: Option<JoinHandle<()>>,
     stop_http: watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
+    engine: Option<EngineHandle>,
 }
 
 /// Why the server could not start.
@@ -81,7 +82,7 @@ impl Server {
             max_viewers: config.max_viewers,
             when_full: config.when_full,
             resume_grace: config.resume_grace,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
+            handshake_timeout: config.handshake_timeout,
         });
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<EngineEvent>();
@@ -102,10 +103,11 @@ impl Server {
                 }
             })
             .map_err(StartError::Thread)?;
+        let engine_handle = EngineHandle::new(command_tx);
         let state = Arc::new(AppState {
             setup: SessionSetup::new(advertised.clone()),
             registry: Mutex::new(registry),
-            engine: EngineHandle::new(command_tx),
+            engine: engine_handle.clone(),
             hub: Hub::default(),
             config,
         });
@@ -129,11 +131,19 @@ impl Server {
             media_thread: Some(media_thread),
             stop_http,
             http_task,
+            engine: Some(engine_handle),
         })
     }
 
-    /// Stops accepting, stops the media loop and waits for both.
+    /// Graceful stop: every session is closed (viewers get `inactive`, peers a DTLS
+    /// close_notify), then HTTP stops accepting and the media loop ends. The state file is
+    /// already on disk: every change was saved when it happened.
     pub async fn shutdown(mut self) {
+        if let Some(engine) = &self.engine {
+            let _ = engine.call(Command::Shutdown).await;
+            // Let the SSE streams carry `inactive` before the connections go.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let _ = self.stop_http.send(true);
         let _ = (&mut self.http_task).await;
         if let Some(stop) = self.stop_media.take() {
@@ -154,8 +164,5 @@ impl Drop for Server {
     }
 }
 
-/// ICE + DTLS take well under a second on a working path; a session still not connected after
-/// this never will be, and must not hold resources.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// HTTP requests waiting for the engine; beyond this, requests wait (back-pressure).
 const COMMAND_QUEUE: usize = 1024;

@@ -99,6 +99,28 @@ async fn whip_accepts_an_obs_offer_with_201_answer_and_absolute_location() {
 }
 
 #[tokio::test]
+async fn real_obs_and_chromium_offer_texts_are_accepted() {
+    let r = start(&[]).await;
+    let (id, view) = create(&r).await;
+    // libdatachannel's layout as OBS 31 sends it: ICE and DTLS attributes per m-line,
+    // a=group:LS, no candidates, SSRC lines, no RTX.
+    let obs = include_str!("fixtures/obs-31-offer.sdp");
+    let res = whip(&r, Some(&id), "application/sdp", obs).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let answer = res.text().await.unwrap();
+    assert!(answer.contains("a=rtpmap:96 H264/90000") && answer.contains("a=rtpmap:111 opus/48000/2"), "{answer}");
+    assert!(answer.contains("a=setup:passive"));
+    // Chromium's own recvonly offer (captured from the Chromium in CI), with RTX and TWCC.
+    let chromium = include_str!("fixtures/chromium-recvonly-offer.sdp");
+    let res = r.http.post(format!("{}/stream?id={view}", r.base)).header(header::CONTENT_TYPE, "application/sdp").body(chromium).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let answer = res.text().await.unwrap();
+    assert!(answer.contains("H264/90000") && answer.contains("profile-level-id=42e01f"), "{answer}");
+    assert!(answer.contains("rtx/90000"), "viewer NACKs are answered from RTX: {answer}");
+    r.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn whip_rejects_bad_requests_with_problem_json() {
     let r = start(&[]).await;
     let (id, view) = create(&r).await;
@@ -258,4 +280,74 @@ async fn rotating_the_view_id_revokes_the_old_viewer_link() {
     problem(post(&view).await.unwrap(), StatusCode::NOT_FOUND).await;
     problem(post(fresh).await.unwrap(), StatusCode::CONFLICT).await;
     r.server.shutdown().await;
+}
+
+mod limits {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn read_some(stream: &mut TcpStream) -> Vec<u8> {
+        let mut buf = vec![0; 4096];
+        // A guard against "never happened", not a timing assertion.
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(n)) => buf[..n].to_vec(),
+            Ok(Err(_)) => Vec::new(),
+            Err(_) => panic!("the server neither answered nor closed the connection"),
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_headers_are_cut_off() {
+        let r = start(&["--http-header-timeout", "1s"]).await;
+        let mut s = TcpStream::connect(r.server.http_addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
+        let answer = read_some(&mut s).await;
+        assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+        r.server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn too_many_connections_from_one_address_get_429() {
+        let r = start(&["--max-connections-per-ip", "3"]).await;
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(r.server.http_addr).await.unwrap();
+            // A complete request keeps the connection counted while it stays open.
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            assert!(read_some(&mut s).await.starts_with(b"HTTP/1.1 200"));
+            idle.push(s);
+        }
+        let mut extra = TcpStream::connect(r.server.http_addr).await.unwrap();
+        let answer = read_some(&mut extra).await;
+        assert!(answer.starts_with(b"HTTP/1.1 429"), "{}", String::from_utf8_lossy(&answer));
+        assert!(String::from_utf8_lossy(&answer).contains("application/problem+json"));
+        drop(idle);
+        // Once they close, the address may connect again.
+        let mut ok = false;
+        for _ in 0..50 {
+            if let Ok(res) = r.http.get(format!("{}/healthz", r.base)).send().await
+                && res.status() == StatusCode::OK
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "connections are released when closed");
+        r.server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn huge_headers_are_refused_and_the_server_stays_healthy() {
+        let r = start(&[]).await;
+        let big = "x".repeat(64 * 1024);
+        let res = r.http.get(format!("{}/healthz", r.base)).header("x-big", big).send().await;
+        if let Ok(res) = res {
+            assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        } // or the connection was closed: both refuse it
+        assert_eq!(r.http.get(format!("{}/healthz", r.base)).send().await.unwrap().status(), StatusCode::OK);
+        r.server.shutdown().await;
+    }
 }

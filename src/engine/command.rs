@@ -30,6 +30,8 @@ pub enum Command {
     Status,
     /// Close every viewer session of a broadcast (the view ID was rotated).
     RevokeViewers(BroadcastKey),
+    /// The server is stopping: end every broadcast and close every session.
+    Shutdown,
 }
 
 /// A peer built off the media loop (building an `Rtc` costs about 1 ms).
@@ -69,6 +71,7 @@ pub enum Outcome {
     Info(BroadcastInfo),
     Status(Vec<(BroadcastKey, BroadcastInfo)>),
     Revoked(usize),
+    ShutDown(usize),
 }
 
 /// Why the engine refused a command. Each variant names the condition.

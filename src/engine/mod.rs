@@ -47,8 +47,8 @@ pub use self::key::{BroadcastKey, PeerKey, SessionId};
 use self::consumer::{Consumer, SourcePacket};
 use self::deadline::Deadlines;
 use self::demux::Demux;
-use self::peer::{Ingest, Peer, Role};
-use self::router::{Arrival, CachedPacket, Router};
+use self::peer::{Ingest, Peer, Role, contained};
+use self::router::{CachedPacket, Router};
 use crate::config::WhenFull;
 
 /// Limits and policies the engine enforces.
@@ -148,7 +148,7 @@ impl Engine {
             trace!(peer = %key, "datagram not accepted by peer");
             return;
         }
-        if let Err(e) = peer.rtc.handle_input(input) {
+        if let Err(e) = contained(|| peer.rtc.handle_input(input)) {
             debug!(peer = %key, error = %e, "peer input failed");
             self.close_peer(now, key, CloseReason::PeerFailed);
             return;
@@ -217,6 +217,7 @@ impl Engine {
                     .collect(),
             ),
             Command::RevokeViewers(b) => Outcome::Revoked(self.revoke_viewers(now, b)),
+            Command::Shutdown => Outcome::ShutDown(self.shut_down(now)),
         };
         self.flush_deferred(now);
         outcome
@@ -387,6 +388,26 @@ impl Engine {
         }
     }
 
+    fn shut_down(&mut self, now: Instant) -> usize {
+        let n = self.peers.len();
+        let publishers: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.is_publisher())
+            .map(|(i, p)| PeerKey { index: i as u32, generation: p.generation })
+            .collect();
+        for p in publishers {
+            self.end_broadcast(now, p);
+        }
+        // Viewers waiting for a publisher to resume.
+        let rest: Vec<PeerKey> = self.peers.iter().map(|(i, p)| PeerKey { index: i as u32, generation: p.generation }).collect();
+        for v in rest {
+            self.remove_peer(now, v, CloseReason::BroadcastEnded);
+        }
+        info!(sessions = n, "all sessions closed for shutdown");
+        n
+    }
+
     fn revoke_viewers(&mut self, now: Instant, b: BroadcastKey) -> usize {
         let Some(route) = self.router.route_mut(b) else {
             return 0;
@@ -469,7 +490,7 @@ impl Engine {
         let Some(peer) = self.peer_mut(key) else {
             return;
         };
-        if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+        if let Err(e) = contained(|| peer.rtc.handle_input(Input::Timeout(now))) {
             debug!(peer = %key, error = %e, "peer timeout failed");
             self.close_peer(now, key, CloseReason::PeerFailed);
             return;
@@ -483,7 +504,7 @@ impl Engine {
             let Some(peer) = self.peer_mut(key) else {
                 return;
             };
-            match peer.rtc.poll_output() {
+            match contained(|| peer.rtc.poll_output()) {
                 Ok(Output::Timeout(t)) => {
                     peer.rtc_deadline = Some(t);
                     self.reschedule(key);
@@ -629,37 +650,38 @@ impl Engine {
             route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
-        let track = &mut route.tracks[ti];
-        let arrival = track.observe(&cached);
-        let mut burst = std::mem::take(&mut self.scratch_packets);
-        burst.clear();
-        if let Arrival::KeyframeStarts = arrival {
-            burst.extend_from_slice(track.frame_prefix());
-        }
-        burst.push(cached);
+        let keyframe_completed = route.tracks[ti].observe(&cached);
+        let mut packets = std::mem::take(&mut self.scratch_packets);
+        packets.clear();
+        packets.push(cached);
         let exts = fresh_extensions(&pkt.header.ext_vals);
         let mut viewers = std::mem::take(&mut self.scratch_keys);
         viewers.clear();
         viewers.extend_from_slice(&route.viewers);
+        let mut waiting = Vec::new();
         for &v in &viewers {
-            self.write_to_viewer(
-                now,
-                v,
-                b,
-                ti,
-                &burst,
-                matches!(arrival, Arrival::KeyframeStarts),
-                pkt.timestamp,
-                &exts,
-            );
+            if !self.write_to_viewer(now, v, b, ti, &packets, Start::IfSynced, pkt.timestamp, &exts) && keyframe_completed {
+                waiting.push(v);
+            }
+        }
+        if !waiting.is_empty() {
+            // Viewers waiting for a place to start get the whole keyframe that just completed.
+            packets.clear();
+            if let Some(route) = self.router.route(b) {
+                packets.extend_from_slice(&route.tracks[ti].keyframe);
+            }
+            for v in waiting {
+                let _ = self.write_to_viewer(now, v, b, ti, &packets, Start::Here, pkt.timestamp, &exts);
+            }
         }
         self.scratch_keys = viewers;
-        self.scratch_packets = burst;
+        self.scratch_packets = packets;
     }
 
-    /// Writes `packets` of track `ti` to viewer `v`. The first packet is a sync point when
-    /// `keyframe_starts` (or for audio); a viewer that is already synced gets only the last
-    /// packet (it has the earlier ones already).
+    /// Writes `packets` of track `ti` to viewer `v`. With [`Start::Here`] the first packet is
+    /// where the viewer (re)starts; with [`Start::IfSynced`] video goes only to viewers that
+    /// are synced to the current publisher. Returns false if the viewer is waiting for a
+    /// keyframe.
     #[allow(clippy::too_many_arguments)] // the per-packet path; a struct would be rebuilt per viewer
     fn write_to_viewer(
         &mut self,
@@ -668,50 +690,39 @@ impl Engine {
         b: BroadcastKey,
         ti: usize,
         packets: &[CachedPacket],
-        keyframe_starts: bool,
+        start: Start,
         wallclock: Instant,
         exts: &ExtensionValues,
-    ) {
+    ) -> bool {
         let Some(route) = self.router.route(b) else {
-            return;
+            return true;
         };
         let epoch = route.epoch;
         let track = &route.tracks[ti];
-        let Some(peer) = self
-            .peers
-            .get_mut(v.index as usize)
-            .filter(|p| p.generation == v.generation)
-        else {
-            return;
+        let Some(peer) = self.peers.get_mut(v.index as usize).filter(|p| p.generation == v.generation) else {
+            return true;
         };
         if !peer.connected {
-            return;
+            return true;
         }
         let kind = track.kind;
-        let Peer {
-            rtc,
-            role: Role::Viewer(consumers),
-            ..
-        } = peer
-        else {
-            return;
+        let Peer { rtc, role: Role::Viewer(consumers), .. } = peer else {
+            return true;
         };
         let Some(consumer) = consumers.iter_mut().find(|c| c.kind == kind) else {
-            return;
+            return true;
         };
         let is_audio = kind == MediaKind::Audio;
-        let from = if consumer.is_synced_to(epoch) && !is_audio {
-            packets.len() - 1
-        } else {
-            0
-        };
-        let mut wrote = false;
-        for (i, p) in packets[from..].iter().enumerate() {
+        if start == Start::IfSynced && !is_audio && !consumer.is_synced_to(epoch) {
+            return false;
+        }
+        let (mut wrote, mut failed) = (false, false);
+        for (i, p) in packets.iter().enumerate() {
             let src = SourcePacket {
                 epoch,
                 seq: p.seq,
                 ts: p.ts,
-                sync_point: is_audio || (keyframe_starts && i == 0 && from == 0),
+                sync_point: is_audio || (start == Start::Here && i == 0),
                 clock_rate: track.clock_rate(p.pt),
             };
             let Some((seq, ts)) = consumer.rewrite(src, now) else {
@@ -724,18 +735,30 @@ impl Engine {
             let Some(tx) = api.stream_tx_by_mid(consumer.mid, None) else {
                 continue;
             };
-            tx.write_rtp(
-                RtpWrite::new(pt, seq.into(), ts, wallclock.min(now), p.payload.clone())
-                    .marker(p.marker)
-                    .ext_vals(exts.clone())
-                    .nackable(!is_audio),
-            );
+            let write = RtpWrite::new(pt, seq.into(), ts, wallclock.min(now), p.payload.clone())
+                .marker(p.marker)
+                .ext_vals(exts.clone())
+                .nackable(!is_audio);
+            if contained(|| {
+                tx.write_rtp(write);
+                Ok(())
+            })
+            .is_err()
+            {
+                failed = true;
+                break;
+            }
             wrote = true;
             self.counters.packets_forwarded += 1;
+        }
+        if failed {
+            self.close_peer(now, v, CloseReason::PeerFailed);
+            return true;
         }
         if wrote {
             self.tick(now, v);
         }
+        true
     }
 
     /// Sends the last complete keyframe to a viewer that just connected, so the first frame
@@ -758,13 +781,13 @@ impl Engine {
         burst.clear();
         burst.extend_from_slice(&route.tracks[ti].keyframe);
         debug!(peer = %v, packets = burst.len(), "sending cached keyframe");
-        self.write_to_viewer(
+        let _ = self.write_to_viewer(
             now,
             v,
             b,
             ti,
             &burst,
-            true,
+            Start::Here,
             now,
             &ExtensionValues::default(),
         );
@@ -895,9 +918,9 @@ impl Engine {
         else {
             return;
         };
-        if peer.rtc.close().is_ok() {
+        if contained(|| peer.rtc.close()).is_ok() {
             for _ in 0..MAX_CLOSE_OUTPUTS {
-                match peer.rtc.poll_output() {
+                match contained(|| peer.rtc.poll_output()) {
                     Ok(Output::Transmit(t)) => self.transmits.push_back(t),
                     Ok(Output::Event(_)) => {}
                     Ok(Output::Timeout(_)) | Err(_) => break,
@@ -949,6 +972,15 @@ impl Engine {
             .copied()
             .unwrap_or(dst)
     }
+}
+
+/// Where a write may start a viewer's stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The packets begin a complete keyframe: a waiting viewer starts at the first.
+    Here,
+    /// Live packets: video only for viewers already synced to this publisher.
+    IfSynced,
 }
 
 /// The viewer's payload type for a publisher PT, cached per consumer.

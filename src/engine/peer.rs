@@ -90,5 +90,15 @@ impl Ingest {
     }
 }
 
+/// Runs `f` on one peer's `Rtc` and contains a panic inside str0m (which treats panics as
+/// its own bugs) to that peer: the caller closes it, every other peer keeps going.
+pub(crate) fn contained<T>(f: impl FnOnce() -> Result<T, str0m::RtcError>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("str0m panicked on this peer's input".into()),
+    }
+}
+
 /// Audio + video, with room for simulcast layers and RTX.
 const MAX_SSRCS: usize = 16;

@@ -71,11 +71,15 @@ pub(crate) struct Track {
     pub(crate) mid: Mid,
     pub(crate) kind: MediaKind,
     pub(crate) params: Vec<PayloadParams>,
-    /// Packets of the frame being received (same RTP timestamp), shared `Arc` payloads.
+    /// Packets of the newest frame (same RTP timestamp), shared `Arc` payloads, any order.
     frame: Vec<CachedPacket>,
     frame_ts: Option<u32>,
     frame_is_key: bool,
-    /// The last complete keyframe (SPS/PPS included), sent to a new viewer at once.
+    /// The sequence number the newest frame should start at (after the last marker bit).
+    frame_start: Option<u64>,
+    last_marker: Option<u64>,
+    /// The last complete keyframe (SPS/PPS included), in sequence order: sent to a new viewer
+    /// at once, and where a waiting viewer starts.
     pub(crate) keyframe: Vec<CachedPacket>,
     last_pli: Option<Instant>,
 }
@@ -100,15 +104,6 @@ impl CachedPacket {
             payload: pkt.payload.clone(),
         }
     }
-}
-
-/// What a new packet means for viewers that still wait for a place to start.
-pub(crate) enum Arrival {
-    /// Audio, or video in the middle of things.
-    Continue,
-    /// This packet revealed that the current frame is a keyframe: a waiting viewer starts
-    /// with the frame's earlier packets (`Track::frame_prefix`) and then this one.
-    KeyframeStarts,
 }
 
 impl Router {
@@ -185,6 +180,8 @@ impl Track {
             frame: Vec::new(),
             frame_ts: None,
             frame_is_key: false,
+            frame_start: None,
+            last_marker: None,
             keyframe: Vec::new(),
             last_pli: None,
         }
@@ -194,33 +191,63 @@ impl Track {
         self.params.iter().find(|p| p.pt() == pt)
     }
 
-    /// Records an arriving packet in the frame state and keyframe cache.
-    pub(crate) fn observe(&mut self, pkt: &CachedPacket) -> Arrival {
+    /// Records an arriving video packet. Returns true when it completes a keyframe: every
+    /// packet from the frame's first (right after the previous frame's marker) to its marker,
+    /// none missing. Only then may a waiting viewer start, so it never gets an IDR without its
+    /// SPS/PPS, whatever was lost or reordered on the way in.
+    pub(crate) fn observe(&mut self, pkt: &CachedPacket) -> bool {
         if self.kind == MediaKind::Audio {
-            return Arrival::Continue;
+            return false;
         }
-        if self.frame_ts != Some(pkt.ts) {
-            self.frame.clear();
-            self.frame_ts = Some(pkt.ts);
-            self.frame_is_key = false;
+        match self.frame_ts {
+            Some(ts) if ts == pkt.ts => {}
+            // A late packet of an older frame: forwarded, but not part of the newest frame.
+            Some(ts) if (pkt.ts.wrapping_sub(ts) as i32) < 0 => return false,
+            _ => {
+                self.frame.clear();
+                self.frame_ts = Some(pkt.ts);
+                self.frame_is_key = false;
+                self.frame_start = self.last_marker.map(|m| m + 1);
+            }
         }
-        if self.frame.len() < MAX_FRAME_PACKETS {
-            self.frame.push(pkt.clone());
+        if pkt.marker && self.last_marker.is_none_or(|m| pkt.seq > m) {
+            self.last_marker = Some(pkt.seq);
         }
-        let mut arrival = Arrival::Continue;
-        if !self.frame_is_key && self.is_keyframe_packet(pkt) {
-            self.frame_is_key = true;
-            arrival = Arrival::KeyframeStarts;
+        if self.frame.len() >= MAX_FRAME_PACKETS || self.frame.iter().any(|p| p.seq == pkt.seq) {
+            return false;
         }
-        if pkt.marker && self.frame_is_key {
-            self.keyframe.clone_from(&self.frame);
+        self.frame.push(pkt.clone());
+        self.frame_is_key |= self.is_keyframe_packet(pkt);
+        if !self.frame_is_key || !self.frame_complete() {
+            return false;
         }
-        arrival
+        self.frame.sort_by_key(|p| p.seq);
+        self.keyframe.clone_from(&self.frame);
+        // Complete once: later duplicates of this frame must not report it again.
+        self.frame_is_key = false;
+        true
     }
 
-    /// The packets of the current frame before the newest one.
-    pub(crate) fn frame_prefix(&self) -> &[CachedPacket] {
-        &self.frame[..self.frame.len().saturating_sub(1)]
+    fn frame_complete(&self) -> bool {
+        let (Some(first), Some(last)) = (self.frame.iter().map(|p| p.seq).min(), self.frame.iter().map(|p| p.seq).max())
+        else {
+            return false;
+        };
+        let ends = self.frame.iter().any(|p| p.seq == last && p.marker);
+        let contiguous = (last - first + 1) as usize == self.frame.len();
+        let starts = match self.frame_start {
+            Some(start) => first == start,
+            // No marker seen yet (stream start): the first packet must itself begin the frame.
+            None => self.frame.iter().find(|p| p.seq == first).is_some_and(|p| self.begins_frame(p)),
+        };
+        ends && contiguous && starts
+    }
+
+    /// Whether a packet can be the first of a keyframe: it carries the SPS or the keyframe
+    /// start.
+    fn begins_frame(&self, pkt: &CachedPacket) -> bool {
+        let h264 = self.codec(pkt.pt).is_some_and(|p| p.spec().codec == Codec::H264);
+        (h264 && str0m::format::detect_h264_nalu(&pkt.payload, 7)) || self.is_keyframe_packet(pkt)
     }
 
     /// Whether a keyframe request may go to the publisher now (at most one per

@@ -9,7 +9,9 @@ mod sse;
 mod whep;
 mod whip;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -48,14 +50,12 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
     Full::new(bytes.into()).boxed()
 }
 
-/// Accepts connections until `shutdown` changes.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Accepts connections until `shutdown` changes, at most `--max-connections-per-ip` at once
+/// from one address.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -65,16 +65,34 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let ip = peer.ip();
+        {
+            let mut counts = per_ip.lock().expect("connection count lock");
+            let n = counts.entry(ip).or_default();
+            if *n >= state.config.max_connections_per_ip {
+                drop(counts);
+                debug!(%ip, "too many connections from one address");
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                    let _ = stream.shutdown().await;
+                });
+                continue;
+            }
+            *n += 1;
+        }
         let state = state.clone();
+        let per_ip = per_ip.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let service_state = state.clone();
             let service = service_fn(move |req| {
-                let state = state.clone();
+                let state = service_state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let conn = http1::Builder::new()
                 .max_buf_size(MAX_HEADER_BYTES)
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(state.config.http_header_timeout)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -85,6 +103,13 @@ pub async fn serve(
                     }
                 }
                 _ = conn_shutdown.changed() => conn.as_mut().graceful_shutdown(),
+            }
+            let mut counts = per_ip.lock().expect("connection count lock");
+            if let Some(n) = counts.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&ip);
+                }
             }
         });
     }
@@ -382,8 +407,8 @@ fn page(html: &'static str) -> HttpResponse {
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Total header bytes per request (hyper's read buffer); larger requests get 431.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// A client that has not finished sending its headers by then is cut off (slowloris).
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The answer to one connection too many from an address (written raw: hyper never sees it).
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 118\r\n\r\n{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":429,\"detail\":\"too many open connections from your address\"}";
 
 const INDEX_HTML: &str = include_str!("../../www/index.html");
 const BROADCAST_HTML: &str = include_str!("../../www/broadcast.html");

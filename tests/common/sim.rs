@@ -33,6 +33,8 @@ pub struct Client {
     pub rtc: Rtc,
     pub addr: SocketAddr,
     pub session: Option<SessionId>,
+    /// The ufrag the server gave this session (what its STUN USERNAME starts with).
+    pub server_ufrag: String,
     pub connected: bool,
     pub video_mid: Option<Mid>,
     pub audio_mid: Option<Mid>,
@@ -59,6 +61,11 @@ pub struct Sim {
     pub latency: Duration,
     /// Drop every n-th datagram in each direction (0: no loss).
     pub drop_every: usize,
+    /// Extra per-datagram delay, uniformly up to this much (reorders packets).
+    pub jitter: Duration,
+    /// Deliver every n-th datagram twice (0: never).
+    pub duplicate_every: usize,
+    rng: u64,
     counter: usize,
     wire: VecDeque<InFlight>,
     next_port: u16,
@@ -92,6 +99,9 @@ impl Sim {
             events: Vec::new(),
             latency: Duration::from_millis(5),
             drop_every: 0,
+            jitter: Duration::ZERO,
+            duplicate_every: 0,
+            rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
             wire: VecDeque::new(),
             next_port: 40_000,
@@ -118,6 +128,7 @@ impl Sim {
             .accept_publisher(self.now, &sdp)
             .expect("OBS offer accepted");
         let session = SessionId::random();
+        client.server_ufrag = accepted.ufrag.clone();
         let peer = NewPeer {
             broadcast,
             session: session.clone(),
@@ -164,6 +175,7 @@ impl Sim {
             .accept_viewer(self.now, &offer.to_sdp_string(), &tracks)
             .expect("viewer offer accepted");
         let session = SessionId::random();
+        client.server_ufrag = accepted.ufrag.clone();
         let peer = NewPeer {
             broadcast,
             session: session.clone(),
@@ -326,12 +338,16 @@ impl Sim {
         if unplugged || (self.drop_every > 0 && self.counter.is_multiple_of(self.drop_every)) {
             return;
         }
-        self.wire.push_back(InFlight {
-            at: self.now + self.latency,
-            from,
-            to,
-            data,
-        });
+        // xorshift: deterministic jitter, so a failing run can be replayed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let extra = self.jitter.mul_f64((self.rng % 1000) as f64 / 1000.0);
+        let at = self.now + self.latency + extra;
+        if self.duplicate_every > 0 && self.counter.is_multiple_of(self.duplicate_every) {
+            self.wire.push_back(InFlight { at: at + self.latency, from, to, data: data.clone() });
+        }
+        self.wire.push_back(InFlight { at, from, to, data });
     }
 
     /// Injects a raw datagram at the server, as if from `from`.
@@ -349,6 +365,7 @@ impl Sim {
             rtc,
             addr,
             session: None,
+            server_ufrag: String::new(),
             connected: false,
             video_mid: None,
             audio_mid: None,

@@ -1,0 +1,92 @@
+//! The real `whipcast` binary as a process: signals, exit codes, and what it writes to its logs.
+
+#![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sim::{obs_offer, viewer_offer};
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+/// Starts the binary on free loopback ports and waits for its "open http://…" line.
+fn spawn(log: &str) -> Proc {
+    let dir = std::env::temp_dir().join(format!("whipcast-proc-{}", whipcast::secret::random_token()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whipcast"))
+        .args(["--http-listen", "127.0.0.1:0", "--udp-listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()])
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| panic!("no address in {line:?}")).to_owned();
+    child.stdout = Some(stdout.into_inner());
+    Proc { child, base: format!("http://{addr}") }
+}
+
+fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
+    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_closes_sessions_and_exits_0() {
+    let mut p = spawn("info");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let created: serde_json::Value = http.post(format!("{}/api/broadcasts", p.base)).send().await.unwrap().json().await.unwrap();
+        let id = created["broadcast_id"].as_str().unwrap();
+        let res = http.post(format!("{}/broadcast?id={id}", p.base)).header("content-type", "application/sdp").body(obs_offer()).send().await.unwrap();
+        assert_eq!(res.status(), 201);
+    });
+    let status = sigterm(&mut p);
+    assert!(status.success(), "exit status {status:?}");
+    let mut logs = String::new();
+    p.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("all sessions closed for shutdown"), "{logs}");
+}
+
+#[test]
+fn logs_never_contain_a_broadcast_id() {
+    let mut p = spawn("trace");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let created: serde_json::Value = http.post(format!("{}/api/broadcasts", p.base)).send().await.unwrap().json().await.unwrap();
+        let id = created["broadcast_id"].as_str().unwrap().to_owned();
+        let view = created["view_id"].as_str().unwrap().to_owned();
+        let sdp = |body: String| http.post(format!("{}/broadcast", p.base)).header("content-type", "application/sdp").bearer_auth(&id).body(body);
+        assert_eq!(sdp(obs_offer()).send().await.unwrap().status(), 201);
+        let res = http.post(format!("{}/broadcast?id={id}", p.base)).header("content-type", "application/sdp").body(obs_offer()).send().await.unwrap();
+        assert_eq!(res.status(), 201);
+        let res = http.post(format!("{}/stream?id={view}", p.base)).header("content-type", "application/sdp").body(viewer_offer(false)).send().await.unwrap();
+        assert_eq!(res.status(), 201);
+        assert_eq!(http.get(format!("{}/api/broadcasts/{id}", p.base)).send().await.unwrap().status(), 200);
+        assert_eq!(http.post(format!("{}/api/broadcasts/{id}/view-id", p.base)).send().await.unwrap().status(), 200);
+        id
+    });
+    sigterm(&mut p);
+    let mut logs = String::new();
+    p.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    p.child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("publisher session started"), "the log was captured: {}", &logs[..logs.len().min(2000)]);
+    assert!(!logs.contains(&id), "a broadcast ID appeared in the logs");
+}
