@@ -153,6 +153,36 @@ async fn whip_rejects_bad_requests_with_problem_json() {
 }
 
 #[tokio::test]
+async fn odd_but_legal_offers_work_and_broken_ones_get_a_clear_4xx() {
+    let r = start(&[]).await;
+    let (id, _) = create(&r).await;
+    let obs = include_str!("fixtures/obs-31-offer.sdp");
+    // setup:active: the client insists on being the DTLS client; we are passive anyway.
+    let active = obs.replace("a=setup:actpass", "a=setup:active");
+    let res = whip(&r, Some(&id), "application/sdp", active).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(res.text().await.unwrap().contains("a=setup:passive"));
+    // setup:passive: str0m takes the DTLS client role instead.
+    let passive = obs.replace("a=setup:actpass", "a=setup:passive");
+    let res = whip(&r, Some(&id), "application/sdp", passive).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(res.text().await.unwrap().contains("a=setup:active"));
+    // The same offer twice (same client ufrag): the second publisher replaces the first.
+    assert_eq!(whip(&r, Some(&id), "application/sdp", obs).await.status(), StatusCode::CREATED);
+    assert_eq!(whip(&r, Some(&id), "application/sdp", obs).await.status(), StatusCode::CREATED);
+    // Too many m-lines.
+    let video = &obs[obs.find("m=video").unwrap()..];
+    let mut many = obs.to_owned();
+    for i in 2..20 {
+        many.push_str(&video.replace("a=mid:1", &format!("a=mid:{i}")));
+    }
+    let (_, detail) = problem(whip(&r, Some(&id), "application/sdp", many).await, StatusCode::BAD_REQUEST).await;
+    assert!(detail.contains("media sections"), "{detail}");
+    assert_eq!(r.http.get(format!("{}/healthz", r.base)).send().await.unwrap().status(), StatusCode::OK);
+    r.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn whep_answers_404_409_and_422_as_the_design_says() {
     let r = start(&[]).await;
     let (id, view) = create(&r).await;
