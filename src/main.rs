@@ -8,7 +8,9 @@ fn main() -> std::process::ExitCode {
     use std::io::IsTerminal as _;
     // Logs go to stderr, so stdout carries only the one line that says where to connect.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

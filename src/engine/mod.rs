@@ -83,6 +83,12 @@ pub struct Engine {
     /// its final DTLS flight must leave before the first SRTP packet, or the browser cannot
     /// decrypt that packet yet.
     pending_starts: Vec<PeerKey>,
+    /// Viewers with written but not yet released packets. One tick per viewer releases every
+    /// packet written to it since, so a burst (a keyframe is dozens of packets, and the io
+    /// loop feeds a whole receive batch before polling) costs one tick, not one per packet.
+    dirty: Vec<PeerKey>,
+    /// The latest `now` seen, for work deferred to `poll_transmit`.
+    last_now: Option<Instant>,
     /// Reused buffers, so the per-packet path does not allocate.
     scratch_keys: Vec<PeerKey>,
     scratch_packets: Vec<CachedPacket>,
@@ -118,6 +124,8 @@ impl Engine {
             events: VecDeque::new(),
             pending_plis: Vec::new(),
             pending_starts: Vec::new(),
+            dirty: Vec::new(),
+            last_now: None,
             scratch_keys: Vec::new(),
             scratch_packets: Vec::new(),
             counters: Counters::default(),
@@ -128,6 +136,7 @@ impl Engine {
 
     /// Feeds one UDP datagram received from `src` on local address `dst`.
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        self.last_now = Some(now);
         let Some(key) = self.demux.route(src, data) else {
             self.counters.datagrams_dropped += 1;
             trace!(len = data.len(), "dropping datagram from unknown source");
@@ -168,6 +177,8 @@ impl Engine {
 
     /// Advances every peer whose deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
+        self.flush_writes();
         let mut due = std::mem::take(&mut self.scratch_keys);
         due.clear();
         self.deadlines.pop_due(now, &mut due);
@@ -193,6 +204,7 @@ impl Engine {
 
     /// Executes a command from the HTTP layer.
     pub fn handle_command(&mut self, now: Instant, command: Command) -> Outcome {
+        self.last_now = Some(now);
         let outcome = match command {
             Command::Publish(peer, tracks) => Outcome::Published(self.publish(now, peer, tracks)),
             Command::Subscribe(peer, tracks) => {
@@ -227,6 +239,9 @@ impl Engine {
 
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.transmits.is_empty() {
+            self.flush_writes();
+        }
         self.transmits.pop_front()
     }
 
@@ -237,7 +252,11 @@ impl Engine {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.earliest()
+        match self.last_now {
+            // Written packets wait for a tick: at once.
+            Some(now) if !self.dirty.is_empty() => Some(now),
+            _ => self.deadlines.earliest(),
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -394,13 +413,23 @@ impl Engine {
             .peers
             .iter()
             .filter(|(_, p)| p.is_publisher())
-            .map(|(i, p)| PeerKey { index: i as u32, generation: p.generation })
+            .map(|(i, p)| PeerKey {
+                index: i as u32,
+                generation: p.generation,
+            })
             .collect();
         for p in publishers {
             self.end_broadcast(now, p);
         }
         // Viewers waiting for a publisher to resume.
-        let rest: Vec<PeerKey> = self.peers.iter().map(|(i, p)| PeerKey { index: i as u32, generation: p.generation }).collect();
+        let rest: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .map(|(i, p)| PeerKey {
+                index: i as u32,
+                generation: p.generation,
+            })
+            .collect();
         for v in rest {
             self.remove_peer(now, v, CloseReason::BroadcastEnded);
         }
@@ -474,6 +503,7 @@ impl Engine {
             expires: Some(now + self.config.handshake_timeout),
             deadline: None,
             nacks_seen: 0,
+            dirty: false,
         });
         self.drain(now, key);
         key
@@ -660,7 +690,17 @@ impl Engine {
         viewers.extend_from_slice(&route.viewers);
         let mut waiting = Vec::new();
         for &v in &viewers {
-            if !self.write_to_viewer(now, v, b, ti, &packets, Start::IfSynced, pkt.timestamp, &exts) && keyframe_completed {
+            if !self.write_to_viewer(
+                now,
+                v,
+                b,
+                ti,
+                &packets,
+                Start::IfSynced,
+                pkt.timestamp,
+                &exts,
+            ) && keyframe_completed
+            {
                 waiting.push(v);
             }
         }
@@ -671,7 +711,16 @@ impl Engine {
                 packets.extend_from_slice(&route.tracks[ti].keyframe);
             }
             for v in waiting {
-                let _ = self.write_to_viewer(now, v, b, ti, &packets, Start::Here, pkt.timestamp, &exts);
+                let _ = self.write_to_viewer(
+                    now,
+                    v,
+                    b,
+                    ti,
+                    &packets,
+                    Start::Here,
+                    pkt.timestamp,
+                    &exts,
+                );
             }
         }
         self.scratch_keys = viewers;
@@ -699,14 +748,23 @@ impl Engine {
         };
         let epoch = route.epoch;
         let track = &route.tracks[ti];
-        let Some(peer) = self.peers.get_mut(v.index as usize).filter(|p| p.generation == v.generation) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(v.index as usize)
+            .filter(|p| p.generation == v.generation)
+        else {
             return true;
         };
         if !peer.connected {
             return true;
         }
         let kind = track.kind;
-        let Peer { rtc, role: Role::Viewer(consumers), .. } = peer else {
+        let Peer {
+            rtc,
+            role: Role::Viewer(consumers),
+            ..
+        } = peer
+        else {
             return true;
         };
         let Some(consumer) = consumers.iter_mut().find(|c| c.kind == kind) else {
@@ -755,10 +813,29 @@ impl Engine {
             self.close_peer(now, v, CloseReason::PeerFailed);
             return true;
         }
-        if wrote {
-            self.tick(now, v);
+        if wrote && !peer_dirty(&mut self.peers, v) {
+            self.dirty.push(v);
         }
         true
+    }
+
+    /// Ticks every viewer that had packets written, releasing them as transmits.
+    fn flush_writes(&mut self) {
+        let Some(now) = self.last_now else { return };
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for v in &dirty {
+                if let Some(p) = self.peer_mut(*v) {
+                    p.dirty = false;
+                    self.tick(now, *v);
+                }
+            }
+            self.flush_deferred(now);
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+                self.dirty.clear();
+            }
+        }
     }
 
     /// Sends the last complete keyframe to a viewer that just connected, so the first frame
@@ -971,6 +1048,17 @@ impl Engine {
             .or(cands.first())
             .copied()
             .unwrap_or(dst)
+    }
+}
+
+/// Marks a peer dirty; returns whether it already was.
+fn peer_dirty(peers: &mut Slab<Peer>, key: PeerKey) -> bool {
+    match peers
+        .get_mut(key.index as usize)
+        .filter(|p| p.generation == key.generation)
+    {
+        Some(p) => std::mem::replace(&mut p.dirty, true),
+        None => true,
     }
 }
 

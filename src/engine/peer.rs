@@ -35,6 +35,8 @@ pub(crate) struct Peer {
     pub(crate) deadline: Option<Instant>,
     /// The cumulative NACK count in this peer's last str0m stats event.
     pub(crate) nacks_seen: u64,
+    /// Packets were written since the last tick (see `Engine::flush_writes`).
+    pub(crate) dirty: bool,
 }
 
 pub(crate) enum Role {

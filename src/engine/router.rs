@@ -229,8 +229,10 @@ impl Track {
     }
 
     fn frame_complete(&self) -> bool {
-        let (Some(first), Some(last)) = (self.frame.iter().map(|p| p.seq).min(), self.frame.iter().map(|p| p.seq).max())
-        else {
+        let (Some(first), Some(last)) = (
+            self.frame.iter().map(|p| p.seq).min(),
+            self.frame.iter().map(|p| p.seq).max(),
+        ) else {
             return false;
         };
         let ends = self.frame.iter().any(|p| p.seq == last && p.marker);
@@ -238,7 +240,11 @@ impl Track {
         let starts = match self.frame_start {
             Some(start) => first == start,
             // No marker seen yet (stream start): the first packet must itself begin the frame.
-            None => self.frame.iter().find(|p| p.seq == first).is_some_and(|p| self.begins_frame(p)),
+            None => self
+                .frame
+                .iter()
+                .find(|p| p.seq == first)
+                .is_some_and(|p| self.begins_frame(p)),
         };
         ends && contiguous && starts
     }
@@ -246,7 +252,9 @@ impl Track {
     /// Whether a packet can be the first of a keyframe: it carries the SPS or the keyframe
     /// start.
     fn begins_frame(&self, pkt: &CachedPacket) -> bool {
-        let h264 = self.codec(pkt.pt).is_some_and(|p| p.spec().codec == Codec::H264);
+        let h264 = self
+            .codec(pkt.pt)
+            .is_some_and(|p| p.spec().codec == Codec::H264);
         (h264 && str0m::format::detect_h264_nalu(&pkt.payload, 7)) || self.is_keyframe_packet(pkt)
     }
 
