@@ -69,6 +69,20 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_HANDSHAKE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// PEM certificate chain: serve HTTPS (and WHIP/WHEP over it) on --http-listen. Browsers
+    /// need HTTPS for camera publishing and on any non-localhost origin. Needs --tls-key.
+    #[arg(long, env = "WHIPCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WHIPCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Check the flags, the files they name and that the ports can be bound, print what the
+    /// server would do, and exit (0 if all is well).
+    #[arg(long)]
+    pub check_config: bool,
+
     /// If set, `POST /api/broadcasts` requires `Authorization: Bearer <token>`, so a public
     /// server does not hand out broadcasts to anyone.
     #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]

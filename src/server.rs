@@ -42,11 +42,17 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("cannot start the media thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] http::TlsError),
 }
 
 impl Server {
     /// Binds and starts everything. Call from inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let mut registry = Registry::open(&config.data_dir)?;
         let expired = registry.expire(io::unix_now(), config.id_ttl)?;
         if expired > 0 {
@@ -109,6 +115,7 @@ impl Server {
             registry: Mutex::new(registry),
             engine: engine_handle.clone(),
             hub: Hub::default(),
+            tls,
             config,
         });
         let events_state = state.clone();
@@ -153,6 +160,47 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
+
+/// What `--check-config` verifies: the state file parses, the TLS files load, both ports can
+/// be bound. Returns a human summary of what the server would do.
+pub fn check(config: &Config) -> Result<String, StartError> {
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        http::tls_acceptor(cert, key)?;
+    }
+    let registry = Registry::open(&config.data_dir)?;
+    let udp = UdpSocket::bind(config.udp_listen).map_err(|source| StartError::Bind {
+        what: "UDP media",
+        addr: config.udp_listen,
+        source,
+    })?;
+    let udp_addr = udp.local_addr().map_err(|source| StartError::Bind {
+        what: "UDP media",
+        addr: config.udp_listen,
+        source,
+    })?;
+    let tcp =
+        std::net::TcpListener::bind(config.http_listen).map_err(|source| StartError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            source,
+        })?;
+    drop((udp, tcp));
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!(
+        "configuration ok\n  {scheme} on {}\n  media on UDP {udp_addr}, advertised as {:?}\n  {} broadcasts in {}\n  {} live broadcasts × {} viewers ({:?} when full)\n",
+        config.http_listen,
+        config.advertised_addrs(udp_addr),
+        registry.len(),
+        config.data_dir.display(),
+        config.max_live_broadcasts,
+        config.max_viewers,
+        config.when_full,
+    ))
 }
 
 impl Drop for Server {

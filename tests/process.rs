@@ -17,9 +17,19 @@ struct Proc {
 
 /// Starts the binary on free loopback ports and waits for its "open http://…" line.
 fn spawn(log: &str) -> Proc {
-    let dir = std::env::temp_dir().join(format!("whipcast-proc-{}", whipcast::secret::random_token()));
+    let dir = std::env::temp_dir().join(format!(
+        "whipcast-proc-{}",
+        whipcast::secret::random_token()
+    ));
     let mut child = Command::new(env!("CARGO_BIN_EXE_whipcast"))
-        .args(["--http-listen", "127.0.0.1:0", "--udp-listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--udp-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
         .env("RUST_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -28,20 +38,34 @@ fn spawn(log: &str) -> Proc {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let addr = line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| panic!("no address in {line:?}")).to_owned();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
     child.stdout = Some(stdout.into_inner());
-    Proc { child, base: format!("http://{addr}") }
+    Proc {
+        child,
+        base: format!("http://{addr}"),
+    }
 }
 
 fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
-    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = p.child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -52,15 +76,33 @@ fn sigterm_closes_sessions_and_exits_0() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let created: serde_json::Value = http.post(format!("{}/api/broadcasts", p.base)).send().await.unwrap().json().await.unwrap();
+        let created: serde_json::Value = http
+            .post(format!("{}/api/broadcasts", p.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let id = created["broadcast_id"].as_str().unwrap();
-        let res = http.post(format!("{}/broadcast?id={id}", p.base)).header("content-type", "application/sdp").body(obs_offer()).send().await.unwrap();
+        let res = http
+            .post(format!("{}/broadcast?id={id}", p.base))
+            .header("content-type", "application/sdp")
+            .body(obs_offer())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
     });
     let status = sigterm(&mut p);
     assert!(status.success(), "exit status {status:?}");
     let mut logs = String::new();
-    p.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    p.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     assert!(logs.contains("all sessions closed for shutdown"), "{logs}");
 }
 
@@ -70,23 +112,113 @@ fn logs_never_contain_a_broadcast_id() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = rt.block_on(async {
         let http = reqwest::Client::new();
-        let created: serde_json::Value = http.post(format!("{}/api/broadcasts", p.base)).send().await.unwrap().json().await.unwrap();
+        let created: serde_json::Value = http
+            .post(format!("{}/api/broadcasts", p.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let id = created["broadcast_id"].as_str().unwrap().to_owned();
         let view = created["view_id"].as_str().unwrap().to_owned();
-        let sdp = |body: String| http.post(format!("{}/broadcast", p.base)).header("content-type", "application/sdp").bearer_auth(&id).body(body);
+        let sdp = |body: String| {
+            http.post(format!("{}/broadcast", p.base))
+                .header("content-type", "application/sdp")
+                .bearer_auth(&id)
+                .body(body)
+        };
         assert_eq!(sdp(obs_offer()).send().await.unwrap().status(), 201);
-        let res = http.post(format!("{}/broadcast?id={id}", p.base)).header("content-type", "application/sdp").body(obs_offer()).send().await.unwrap();
+        let res = http
+            .post(format!("{}/broadcast?id={id}", p.base))
+            .header("content-type", "application/sdp")
+            .body(obs_offer())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
-        let res = http.post(format!("{}/stream?id={view}", p.base)).header("content-type", "application/sdp").body(viewer_offer(false)).send().await.unwrap();
+        let res = http
+            .post(format!("{}/stream?id={view}", p.base))
+            .header("content-type", "application/sdp")
+            .body(viewer_offer(false))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
-        assert_eq!(http.get(format!("{}/api/broadcasts/{id}", p.base)).send().await.unwrap().status(), 200);
-        assert_eq!(http.post(format!("{}/api/broadcasts/{id}/view-id", p.base)).send().await.unwrap().status(), 200);
+        assert_eq!(
+            http.get(format!("{}/api/broadcasts/{id}", p.base))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            http.post(format!("{}/api/broadcasts/{id}/view-id", p.base))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
         id
     });
     sigterm(&mut p);
     let mut logs = String::new();
-    p.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-    p.child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
-    assert!(logs.contains("publisher session started"), "the log was captured: {}", &logs[..logs.len().min(2000)]);
+    p.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    p.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains("publisher session started"),
+        "the log was captured: {}",
+        &logs[..logs.len().min(2000)]
+    );
     assert!(!logs.contains(&id), "a broadcast ID appeared in the logs");
+}
+
+#[test]
+fn check_config_validates_files_and_exits() {
+    let dir = std::env::temp_dir().join(format!(
+        "whipcast-check-{}",
+        whipcast::secret::random_token()
+    ));
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_whipcast"))
+            .args([
+                "--check-config",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--udp-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration ok"));
+    std::fs::write(dir.join("broadcasts.json"), "{ corrupt").unwrap();
+    let bad = run(&[]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

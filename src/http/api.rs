@@ -33,7 +33,7 @@ pub(super) async fn create_broadcast(
             return Err(ApiError::CreateTokenRequired);
         }
     }
-    let origin = origin(&req);
+    let origin = origin(state, &req);
     let _ = read_body(req).await?; // empty or `{}`; nothing in it is used yet
     let created = {
         let mut registry = state.registry.lock().expect("registry lock");
@@ -102,7 +102,7 @@ pub(super) async fn broadcast_panel(
         _ => unreachable!("Status is answered with Status"),
     };
     let slots_total = state.config.max_live_broadcasts;
-    let origin = origin(&req);
+    let origin = origin(state, &req);
     let panel = BroadcastPanel {
         warnings: warnings(&info),
         state: info.state,
@@ -153,7 +153,7 @@ pub(super) async fn rotate_view_id(
     req: Request<Incoming>,
     broadcast_id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let origin = origin(&req);
+    let origin = origin(state, &req);
     let (key, view_id) = {
         let mut registry = state.registry.lock().expect("registry lock");
         let key = registry

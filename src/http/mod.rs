@@ -6,6 +6,7 @@
 mod api;
 mod problem;
 mod sse;
+mod tls;
 mod whep;
 mod whip;
 
@@ -28,6 +29,7 @@ use tracing::{debug, info};
 
 pub use self::problem::ApiError;
 pub use self::sse::Hub;
+pub use self::tls::{TlsError, acceptor as tls_acceptor};
 use crate::config::Config;
 use crate::engine::{Command, Outcome, SessionId};
 use crate::io::EngineHandle;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub engine: EngineHandle,
     pub setup: SessionSetup,
     pub hub: Hub,
+    /// Set when serving HTTPS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 pub type HttpResponse = Response<BoxBody<Bytes, Infallible>>;
@@ -94,19 +98,41 @@ pub async fn serve(
                 let state = service_state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
-            let conn = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
                 .max_buf_size(MAX_HEADER_BYTES)
                 .header_read_timeout(state.config.http_header_timeout)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "http connection ended");
+                .timer(hyper_util::rt::TokioTimer::new());
+            match &state.tls {
+                None => {
+                    serve_one(
+                        &builder,
+                        TokioIo::new(stream),
+                        service,
+                        &mut conn_shutdown,
+                        peer,
+                    )
+                    .await
+                }
+                Some(tls) => {
+                    // The handshake gets the same deadline as the headers (slowloris).
+                    match tokio::time::timeout(state.config.http_header_timeout, tls.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_one(
+                                &builder,
+                                TokioIo::new(stream),
+                                service,
+                                &mut conn_shutdown,
+                                peer,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
+                        Err(_) => debug!(%peer, "tls handshake timed out"),
                     }
                 }
-                _ = conn_shutdown.changed() => conn.as_mut().graceful_shutdown(),
             }
             let mut counts = per_ip.lock().expect("connection count lock");
             if let Some(n) = counts.get_mut(&ip) {
@@ -118,6 +144,30 @@ pub async fn serve(
         });
     }
     info!("http server stopped");
+}
+
+/// Serves one connection until it ends or the server shuts down.
+async fn serve_one<I, S>(
+    builder: &http1::Builder,
+    io: I,
+    service: S,
+    shutdown: &mut watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = BoxBody<Bytes, Infallible>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "http connection ended");
+            }
+        }
+        _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
+    }
 }
 
 /// Routes one request. Every response, error or not, carries the CORS headers.
@@ -369,18 +419,21 @@ pub(crate) fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<
 }
 
 /// `http://host` as the client addressed us, for the URLs we hand out.
-pub(crate) fn origin(req: &Request<Incoming>) -> String {
+pub(crate) fn origin(state: &AppState, req: &Request<Incoming>) -> String {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let proto = req
+    let forwarded_https = req
         .headers()
         .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
+        .is_some_and(|h| h.as_bytes() == b"https");
+    let proto = if forwarded_https || state.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     format!("{proto}://{host}")
 }
 
