@@ -116,6 +116,7 @@ impl Server {
             engine: engine_handle.clone(),
             hub: Hub::default(),
             tls,
+            agents: Default::default(),
             config,
         });
         let events_state = state.clone();

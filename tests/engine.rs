@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::sim::{Sim, engine_config, synthetic_frame};
+use common::sim::{HIGH_SPS, Sim, engine_config, synthetic_frame};
 use whipcast::engine::{BroadcastKey, CloseReason, EngineEvent, Outcome};
 
 const B: BroadcastKey = BroadcastKey(1);
@@ -305,12 +305,22 @@ fn viewers_keep_decoding_through_loss_reordering_and_duplication() {
     sim.run_for(Duration::from_secs(2));
     let got = &sim.clients[v].frames[before..];
     // NACK towards the publisher and RTX to the viewer repair what the links lose.
-    assert!(got.len() >= 108, "viewer decoded {} of 120 frames", got.len());
+    assert!(
+        got.len() >= 108,
+        "viewer decoded {} of 120 frames",
+        got.len()
+    );
     for g in got {
-        assert!(sent.iter().any(|(_, s)| *s == g.data), "every frame the viewer assembled is intact");
+        assert!(
+            sent.iter().any(|(_, s)| *s == g.data),
+            "every frame the viewer assembled is intact"
+        );
     }
     let s = sim.stats();
-    assert!(s.nacks_sent > 0 || s.nacks_received > 0, "loss was repaired with NACKs: {s:?}");
+    assert!(
+        s.nacks_sent > 0 || s.nacks_received > 0,
+        "loss was repaired with NACKs: {s:?}"
+    );
 }
 
 #[test]
@@ -322,10 +332,31 @@ fn a_flood_from_spoofed_sources_neither_grows_state_nor_stops_media() {
     let before = sim.stats();
     let ufrag = sim.clients[v].server_ufrag.clone();
     for i in 0..20_000u32 {
-        let from = std::net::SocketAddr::from(([10, 66, (i >> 8) as u8, i as u8], 1000 + (i % 50_000) as u16));
+        let from = std::net::SocketAddr::from((
+            [10, 66, (i >> 8) as u8, i as u8],
+            1000 + (i % 50_000) as u16,
+        ));
         match i % 4 {
             0 => sim.inject(from, &[0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1]), // DTLS-looking
-            1 => sim.inject(from, &[0x80, 0x60, (i >> 8) as u8, i as u8, 0, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad]),
+            1 => sim.inject(
+                from,
+                &[
+                    0x80,
+                    0x60,
+                    (i >> 8) as u8,
+                    i as u8,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0xde,
+                    0xad,
+                ],
+            ),
             // STUN naming a real peer's ufrag but without valid MESSAGE-INTEGRITY.
             _ => {
                 let username = format!("{ufrag}:evil");
@@ -345,10 +376,75 @@ fn a_flood_from_spoofed_sources_neither_grows_state_nor_stops_media() {
         }
     }
     let after = sim.stats();
-    assert_eq!(after.demux_addrs, before.demux_addrs, "no address from the flood was indexed");
+    assert_eq!(
+        after.demux_addrs, before.demux_addrs,
+        "no address from the flood was indexed"
+    );
     assert_eq!(after.peers, 2);
     assert!(after.datagrams_dropped >= before.datagrams_dropped + 20_000);
     let sent = stream(&mut sim, p, 0..31);
     sim.run_for(Duration::from_millis(200));
-    assert_eq!(sim.clients[v].frames.last().unwrap().data, sent.last().unwrap().1, "media keeps flowing");
+    assert_eq!(
+        sim.clients[v].frames.last().unwrap().data,
+        sent.last().unwrap().1,
+        "media keeps flowing"
+    );
+}
+
+fn info(sim: &mut Sim) -> whipcast::engine::BroadcastInfo {
+    match sim
+        .engine
+        .handle_command(sim.now, whipcast::engine::Command::Info(B))
+    {
+        Outcome::Info(i) => i,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_ingest_doctor_reads_profile_size_gop_and_frame_rate_from_the_stream() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    // High profile 720p (the SDP says 42e01f, as OBS always does), a keyframe every 5 s.
+    for n in 0..330 {
+        sim.send_frame_with(p, n, n, n % 150 == 0, HIGH_SPS);
+        sim.run_for(FRAME);
+    }
+    let i = info(&mut sim);
+    let sps = i.sps.expect("SPS parsed from the stream");
+    assert_eq!(
+        (sps.width, sps.height, sps.profile_name()),
+        (1280, 720, "High")
+    );
+    let gop = i
+        .keyframe_interval
+        .expect("two keyframes seen")
+        .as_secs_f32();
+    assert!((4.5..5.5).contains(&gop), "keyframe interval {gop}");
+    let fps = i.fps.expect("frame rate measured");
+    assert!((25.0..35.0).contains(&fps), "fps {fps}");
+    assert!(!i.b_frames);
+    assert!(i.bitrate_bps > 0);
+    assert_eq!(i.video_codec.as_deref(), Some("H264"));
+}
+
+#[test]
+fn the_ingest_doctor_notices_b_frames() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    // Decode order I P B P B …: every B-frame's timestamp is older than the P before it.
+    let mut n = 0;
+    for gop in 0..3u64 {
+        let base = gop * 30;
+        sim.send_frame_with(p, n, base, true, common::sim::BASELINE_SPS);
+        n += 1;
+        sim.run_for(FRAME);
+        for k in (2..30).step_by(2) {
+            sim.send_frame_with(p, n, base + k, false, common::sim::BASELINE_SPS);
+            sim.send_frame_with(p, n + 1, base + k - 1, false, common::sim::BASELINE_SPS);
+            n += 2;
+            sim.run_for(FRAME * 2);
+        }
+    }
+    assert!(info(&mut sim).b_frames);
 }

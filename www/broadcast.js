@@ -44,6 +44,9 @@ function render(p) {
   $('resolution').textContent = p.resolution || '–';
   $('uptime').textContent = p.state === 'idle' ? '–' : formatDuration(p.live_for_s);
   $('loss').textContent = p.ingest_loss_percent == null ? '–' : `${p.ingest_loss_percent.toFixed(1)} %`;
+  $('fps').textContent = p.fps == null ? '–' : `${p.fps}`;
+  $('gop').textContent = p.keyframe_interval_s == null ? '–' : `${p.keyframe_interval_s} s`;
+  $('agent').textContent = p.publisher_agent || '–';
   $('viewer-url').textContent = p.viewer_url;
   $('whip-server').textContent = p.whip_server;
   $('whip-url').textContent = p.whip_url;

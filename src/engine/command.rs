@@ -138,6 +138,12 @@ pub struct BroadcastInfo {
     pub live_for: Option<std::time::Duration>,
     /// Fraction of ingest packets lost, per str0m's receiver stats.
     pub ingest_loss: Option<f32>,
+    /// Video frames per second over the last couple of seconds.
+    pub fps: Option<f32>,
+    /// Time between the last two complete keyframes.
+    pub keyframe_interval: Option<std::time::Duration>,
+    /// Frames arrived in decode order different from presentation order (B-frames).
+    pub b_frames: bool,
 }
 
 /// Something that happened, for the HTTP layer (viewer counts, SSE) and logs.

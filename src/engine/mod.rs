@@ -393,6 +393,7 @@ impl Engine {
                 .first()
                 .map(|p| format!("{:?}", p.spec().codec).to_uppercase())
         };
+        let video = route.and_then(|r| r.tracks.iter().find(|t| t.kind == MediaKind::Video));
         BroadcastInfo {
             state,
             viewers: route.map_or(0, |r| r.viewers.len()),
@@ -404,6 +405,9 @@ impl Engine {
                 .and_then(|r| r.live_since)
                 .map(|t| now.saturating_duration_since(t)),
             ingest_loss: route.and_then(|r| r.ingest_loss),
+            fps: video.and_then(|t| t.doctor.fps),
+            keyframe_interval: video.and_then(|t| t.doctor.keyframe_interval),
+            b_frames: video.is_some_and(|t| t.doctor.b_frames(now)),
         }
     }
 
@@ -680,7 +684,7 @@ impl Engine {
             route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
-        let keyframe_completed = route.tracks[ti].observe(&cached);
+        let keyframe_completed = route.tracks[ti].observe(now, &cached);
         let mut packets = std::mem::take(&mut self.scratch_packets);
         packets.clear();
         packets.push(cached);

@@ -78,6 +78,10 @@ pub(crate) struct Track {
     /// The sequence number the newest frame should start at (after the last marker bit).
     frame_start: Option<u64>,
     last_marker: Option<u64>,
+    /// Highest sequence number seen, to tell B-frames (newer packets with older timestamps)
+    /// from late retransmissions.
+    max_seq: Option<u64>,
+    pub(crate) doctor: Doctor,
     /// The last complete keyframe (SPS/PPS included), in sequence order: sent to a new viewer
     /// at once, and where a waiting viewer starts.
     pub(crate) keyframe: Vec<CachedPacket>,
@@ -103,6 +107,42 @@ impl CachedPacket {
             marker: pkt.header.marker,
             payload: pkt.payload.clone(),
         }
+    }
+}
+
+/// What the broadcaster page's ingest doctor needs to know about a video track.
+#[derive(Default)]
+pub(crate) struct Doctor {
+    window_start: Option<Instant>,
+    window_frames: u32,
+    pub(crate) fps: Option<f32>,
+    last_keyframe: Option<Instant>,
+    pub(crate) keyframe_interval: Option<Duration>,
+    pub(crate) b_frame_at: Option<Instant>,
+}
+
+impl Doctor {
+    fn frame(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        self.window_frames += 1;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= FPS_WINDOW {
+            self.fps = Some(self.window_frames as f32 / elapsed.as_secs_f32());
+            self.window_start = Some(now);
+            self.window_frames = 0;
+        }
+    }
+
+    fn keyframe(&mut self, now: Instant) {
+        if let Some(last) = self.last_keyframe.replace(now) {
+            self.keyframe_interval = Some(now.saturating_duration_since(last));
+        }
+    }
+
+    /// B-frames were seen in the last minute.
+    pub(crate) fn b_frames(&self, now: Instant) -> bool {
+        self.b_frame_at
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60))
     }
 }
 
@@ -182,6 +222,8 @@ impl Track {
             frame_is_key: false,
             frame_start: None,
             last_marker: None,
+            max_seq: None,
+            doctor: Doctor::default(),
             keyframe: Vec::new(),
             last_pli: None,
         }
@@ -195,15 +237,26 @@ impl Track {
     /// packet from the frame's first (right after the previous frame's marker) to its marker,
     /// none missing. Only then may a waiting viewer start, so it never gets an IDR without its
     /// SPS/PPS, whatever was lost or reordered on the way in.
-    pub(crate) fn observe(&mut self, pkt: &CachedPacket) -> bool {
+    pub(crate) fn observe(&mut self, now: Instant, pkt: &CachedPacket) -> bool {
         if self.kind == MediaKind::Audio {
             return false;
         }
+        let newest = self.max_seq.is_none_or(|m| pkt.seq > m);
+        if newest {
+            self.max_seq = Some(pkt.seq);
+        }
         match self.frame_ts {
             Some(ts) if ts == pkt.ts => {}
-            // A late packet of an older frame: forwarded, but not part of the newest frame.
-            Some(ts) if (pkt.ts.wrapping_sub(ts) as i32) < 0 => return false,
+            // An older timestamp: a late packet of an older frame (forwarded, not cached), or,
+            // if it is also the newest packet, a B-frame (sent in decode order).
+            Some(ts) if (pkt.ts.wrapping_sub(ts) as i32) < 0 => {
+                if newest {
+                    self.doctor.b_frame_at = Some(now);
+                }
+                return false;
+            }
             _ => {
+                self.doctor.frame(now);
                 self.frame.clear();
                 self.frame_ts = Some(pkt.ts);
                 self.frame_is_key = false;
@@ -223,6 +276,7 @@ impl Track {
         }
         self.frame.sort_by_key(|p| p.seq);
         self.keyframe.clone_from(&self.frame);
+        self.doctor.keyframe(now);
         // Complete once: later duplicates of this frame must not report it again.
         self.frame_is_key = false;
         true
@@ -293,6 +347,8 @@ impl Track {
 }
 
 const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// Frame rate over two seconds: steady enough to read, quick to follow a change in OBS.
+const FPS_WINDOW: Duration = Duration::from_secs(2);
 /// At most one keyframe request per track per second (DESIGN.md §5).
 const PLI_INTERVAL: Duration = Duration::from_secs(1);
 /// A 1080p IDR at high bitrate is a few hundred packets; past this a "frame" is garbage.

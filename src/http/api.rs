@@ -68,6 +68,11 @@ struct BroadcastPanel {
     h264_profile: Option<&'static str>,
     live_for_s: Option<u64>,
     ingest_loss_percent: Option<f32>,
+    fps: Option<f32>,
+    keyframe_interval_s: Option<f32>,
+    b_frames: bool,
+    /// The publisher's client, from the User-Agent of its WHIP POST (e.g. "OBS-Studio/31.0.2").
+    publisher_agent: Option<String>,
     view_id: String,
     viewer_url: String,
     /// OBS "Server" when the broadcast ID goes in "Bearer Token".
@@ -115,6 +120,12 @@ pub(super) async fn broadcast_panel(
         h264_profile: info.sps.map(|s| s.profile_name()),
         live_for_s: info.live_for.map(|d| d.as_secs()),
         ingest_loss_percent: info.ingest_loss.map(|l| l * 100.0),
+        fps: info.fps.map(|f| (f * 10.0).round() / 10.0),
+        keyframe_interval_s: info
+            .keyframe_interval
+            .map(|d| (d.as_secs_f32() * 10.0).round() / 10.0),
+        b_frames: info.b_frames,
+        publisher_agent: state.agents.lock().expect("agents lock").get(&key).cloned(),
         viewer_url: format!("{origin}/stream?id={view_id}"),
         view_id,
         whip_server: format!("{origin}/broadcast"),
@@ -136,6 +147,15 @@ fn warnings(info: &BroadcastInfo) -> Vec<String> {
                 "OBS sends H.264 {} profile but announces Baseline; some browsers may not play it. In OBS set Output → Profile to \"baseline\".",
                 sps.profile_name()
             ));
+    }
+    if let Some(interval) = info.keyframe_interval.filter(|d| d.as_secs_f32() > 4.5) {
+        w.push(format!(
+            "Keyframes come every {:.0} s; new viewers and reconnects wait for one. In OBS set Output → Keyframe Interval to 1 s.",
+            interval.as_secs_f32()
+        ));
+    }
+    if info.b_frames {
+        w.push("The stream has B-frames, which add delay and stutter in browsers. In OBS set B-frames to 0 (or use the x264 tune \"zerolatency\").".into());
     }
     if info.ingest_loss.is_some_and(|l| l > 0.02) {
         w.push(

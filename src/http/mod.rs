@@ -45,6 +45,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Set when serving HTTPS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The publisher's client per broadcast (from its WHIP User-Agent), for the doctor.
+    pub agents: Mutex<HashMap<crate::engine::BroadcastKey, String>>,
 }
 
 pub type HttpResponse = Response<BoxBody<Bytes, Infallible>>;

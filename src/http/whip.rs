@@ -29,6 +29,7 @@ pub(super) async fn publish(
         }
         key
     };
+    let agent = publisher_agent(&req);
     let body = read_body(req).await?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
@@ -45,7 +46,14 @@ pub(super) async fn publish(
         Outcome::Published(Err(e)) => return Err(e.into()),
         _ => unreachable!("Publish is answered with Published"),
     }
-    info!(broadcast = %secret::log_label(&broadcast_id), session = %session, "publisher session started");
+    info!(broadcast = %secret::log_label(&broadcast_id), session = %session, agent = agent.as_deref().unwrap_or("-"), "publisher session started");
+    if let Some(agent) = agent {
+        state
+            .agents
+            .lock()
+            .expect("agents lock")
+            .insert(broadcast, agent);
+    }
     Ok(sdp_created(
         &format!("/broadcast/session/{}", session.as_str()),
         accepted.answer,
@@ -74,4 +82,17 @@ fn broadcast_id(req: &Request<Incoming>) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// The client named in the User-Agent: OBS sends "Mozilla/5.0 (OBS-Studio/31.0.2; Windows
+/// x86_64; en-US)"; other clients' agents are kept as given, shortened.
+fn publisher_agent(req: &Request<Incoming>) -> Option<String> {
+    let ua = req.headers().get(header::USER_AGENT)?.to_str().ok()?;
+    if let Some(rest) = ua.split("OBS-Studio/").nth(1) {
+        let mut parts = rest.trim_end_matches(')').split(';').map(str::trim);
+        let version = parts.next()?;
+        let os = parts.next().unwrap_or("");
+        return Some(format!("OBS Studio {version} {os}").trim().to_owned());
+    }
+    Some(ua.chars().take(80).collect())
 }

@@ -211,7 +211,19 @@ impl Sim {
     /// Sends one synthetic H264 access unit (SPS+PPS+IDR when `keyframe`) and one Opus frame
     /// from a publisher. `n` numbers the frame (30 fps media time).
     pub fn send_frame(&mut self, publisher: usize, n: u64, keyframe: bool) -> Vec<u8> {
-        let frame = synthetic_frame(n, keyframe);
+        self.send_frame_with(publisher, n, n, keyframe, BASELINE_SPS)
+    }
+
+    /// Sends frame `n` stamped with media time `t` (frames), with `sps` in keyframes.
+    pub fn send_frame_with(
+        &mut self,
+        publisher: usize,
+        n: u64,
+        t: u64,
+        keyframe: bool,
+        sps: &[u8],
+    ) -> Vec<u8> {
+        let frame = frame_with_sps(n, keyframe, sps);
         let now = self.now;
         let c = &mut self.clients[publisher];
         let video = c.video_mid.unwrap();
@@ -220,7 +232,7 @@ impl Sim {
         c.rtc
             .writer(video)
             .unwrap()
-            .write(pt, now, MediaTime::from_90khz(n * 3000), frame.clone())
+            .write(pt, now, MediaTime::from_90khz(t * 3000), frame.clone())
             .unwrap();
         let apt = c.rtc.media(audio).unwrap().remote_pts()[0];
         c.rtc
@@ -345,7 +357,12 @@ impl Sim {
         let extra = self.jitter.mul_f64((self.rng % 1000) as f64 / 1000.0);
         let at = self.now + self.latency + extra;
         if self.duplicate_every > 0 && self.counter.is_multiple_of(self.duplicate_every) {
-            self.wire.push_back(InFlight { at: at + self.latency, from, to, data: data.clone() });
+            self.wire.push_back(InFlight {
+                at: at + self.latency,
+                from,
+                to,
+                data: data.clone(),
+            });
         }
         self.wire.push_back(InFlight { at, from, to, data });
     }
@@ -402,9 +419,26 @@ pub fn obs_shape(sdp: &str) -> String {
 /// frame number in the payload so frames are distinguishable. Large enough to be split into
 /// several RTP packets (FU-A).
 pub fn synthetic_frame(n: u64, keyframe: bool) -> Vec<u8> {
+    frame_with_sps(n, keyframe, BASELINE_SPS)
+}
+
+/// x264's SPS for 320x240 Constrained Baseline.
+pub const BASELINE_SPS: &[u8] = &[
+    0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00,
+    0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0xa4, 0x80,
+];
+/// x264's SPS for 1280x720 High.
+pub const HIGH_SPS: &[u8] = &[
+    0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
+    0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
+];
+
+/// Like [`synthetic_frame`], with a given SPS in keyframes.
+pub fn frame_with_sps(n: u64, keyframe: bool, sps: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     if keyframe {
-        f.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x01, 0x40]);
+        f.extend_from_slice(&[0, 0, 0, 1]);
+        f.extend_from_slice(sps);
         f.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
         f.extend_from_slice(&[0, 0, 0, 1, 0x65]);
     } else {
@@ -449,7 +483,11 @@ pub fn obs_offer() -> String {
 /// A browser-shaped WHEP offer with only the given video codec (to test 422).
 pub fn viewer_offer(vp8_only: bool) -> String {
     let cfg = RtcConfig::new().clear_codecs().enable_opus(true, false);
-    let cfg = if vp8_only { cfg.enable_vp8(true) } else { cfg.enable_h264(true).enable_vp8(true) };
+    let cfg = if vp8_only {
+        cfg.enable_vp8(true)
+    } else {
+        cfg.enable_h264(true).enable_vp8(true)
+    };
     let mut rtc = cfg.build(Instant::now());
     rtc.add_local_candidate(Candidate::host("127.0.0.1:9".parse().unwrap(), "udp").unwrap());
     let mut api = rtc.sdp_api();
