@@ -15,6 +15,14 @@ struct Proc {
     base: String,
 }
 
+impl Drop for Proc {
+    /// A failed assertion must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts the binary on free loopback ports and waits for its "open http://…" line.
 fn spawn(log: &str) -> Proc {
     let dir = std::env::temp_dir().join(format!(
@@ -37,7 +45,10 @@ fn spawn(log: &str) -> Proc {
         .expect("the binary starts");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    if stdout.read_line(&mut line).is_err() || line.is_empty() {
+        let _ = child.kill();
+        panic!("the server printed no address");
+    }
     let addr = line
         .split("http://")
         .nth(1)
