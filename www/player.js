@@ -17,8 +17,7 @@ function show(state, title, detail = '', { spinner = false, rejoin = false } = {
   $('title').textContent = title;
   $('detail').textContent = detail;
   $('spinner').classList.toggle('hidden', !spinner);
-  $('spinner').style.display = spinner ? '' : 'none';
-  $('rejoin').style.display = rejoin ? '' : 'none';
+  $('rejoin').classList.toggle('hidden', !rejoin);
   // Reconnecting keeps the last frame visible under a small notice; live shows only video.
   $('overlay').classList.toggle('hidden', !OVERLAY_STATES.has(state) && state !== 'reconnecting');
   $('overlay').style.background = state === 'reconnecting' ? 'rgba(8,10,16,.45)' : '';
@@ -31,6 +30,7 @@ function teardown() {
   player.events = null;
   player.pc = null;
   player.session = null;
+  $('viewers').textContent = '';
 }
 
 function retry(ms) {

@@ -132,6 +132,7 @@ const MIN_TS_STEP: Duration = Duration::from_millis(1);
 const MAX_PT_MAP: usize = 8;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick their own start instant
 mod tests {
     use super::*;
 

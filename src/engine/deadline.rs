@@ -47,6 +47,7 @@ impl Deadlines {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick their own start instant
 mod tests {
     use super::*;
     use std::time::Duration;

@@ -1,0 +1,279 @@
+//! Headless Chromium through chromedriver (W3C WebDriver over HTTP on loopback). Debian's
+//! `chromium` and `chromium-driver` must be installed: tests fail, never skip, without them.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::udp_client::http;
+
+pub struct Browser {
+    driver: Child,
+    url: String,
+    session: String,
+    _profile: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium with a fake camera and microphone, allowed
+    /// to use loopback for WebRTC.
+    pub fn start() -> Self {
+        for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} is missing: apt-get install chromium chromium-driver"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = TempDir(std::env::temp_dir().join(format!(
+            "whipcast-chromium-{}",
+            whipcast::secret::random_token()
+        )));
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required",
+            "--window-size=1280,800",
+        ];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.0.display()));
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
+        let mut browser = Self {
+            driver,
+            url,
+            session: String::new(),
+            _profile: profile,
+        };
+        let v = browser.call("POST", "/session", caps);
+        browser.session = v["sessionId"]
+            .as_str()
+            .expect("a WebDriver session")
+            .to_owned();
+        browser
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (status, _, text) = http(
+            method,
+            &format!("{}{path}", self.url),
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("chromedriver said {status}: {text}"));
+        assert_eq!(status, 200, "WebDriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    pub fn goto(&self, url: &str) {
+        self.call(
+            "POST",
+            &format!("/session/{}/url", self.session),
+            json!({ "url": url }),
+        );
+    }
+
+    pub fn current_url(&self) -> String {
+        self.call(
+            "GET",
+            &format!("/session/{}/url", self.session),
+            Value::Null,
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+    pub fn js(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            &format!("/session/{}/execute/sync", self.session),
+            json!({ "script": script, "args": args }),
+        )
+    }
+
+    /// Runs an async script: it must call `arguments[arguments.length - 1](value)`.
+    pub fn js_async(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            &format!("/session/{}/execute/async", self.session),
+            json!({ "script": script, "args": args }),
+        )
+    }
+
+    pub fn click(&self, css: &str) {
+        self.js("document.querySelector(arguments[0]).click()", json!([css]));
+    }
+
+    pub fn text(&self, css: &str) -> String {
+        self.js(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
+            json!([css]),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    /// Saves a screenshot to `target/screenshots/<name>.png` for people to look at.
+    pub fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let png = self.call(
+            "GET",
+            &format!("/session/{}/screenshot", self.session),
+            Value::Null,
+        );
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+
+    /// Polls `f` until it returns Some (bounded: a guard against "never happened").
+    pub fn wait<T>(&self, what: &str, mut f: impl FnMut(&Self) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The viewer page's state (`window.whipcast.state`).
+    pub fn player_state(&self) -> String {
+        self.js(
+            "return window.whipcast ? window.whipcast.state : null",
+            json!([]),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    /// Frames decoded so far by the viewer page's peer connection.
+    pub fn frames_decoded(&self) -> u64 {
+        self.js_async(FRAMES_DECODED, json!([]))
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Mean luma and its spread over the `<video>` picture, drawn to a canvas.
+    pub fn picture(&self) -> (f64, f64) {
+        let v = self.js(PICTURE, json!([]));
+        (
+            v["mean"].as_f64().unwrap_or(0.0),
+            v["spread"].as_f64().unwrap_or(0.0),
+        )
+    }
+
+    /// Waits until the page has decoded more frames than it had, twice in a row.
+    pub fn wait_decoding(&self, what: &str) -> u64 {
+        let start = self.frames_decoded();
+        self.wait(what, |b| {
+            let n = b.frames_decoded();
+            (n > start + 10).then_some(n)
+        })
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = http(
+                "DELETE",
+                &format!("{}/session/{}", self.url, self.session),
+                &[],
+                "",
+            );
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const FRAMES_DECODED: &str = "
+const done = arguments[arguments.length - 1];
+const pc = window.whipcast && window.whipcast.pc;
+if (!pc) return done(0);
+pc.getStats().then(stats => {
+  let n = 0;
+  stats.forEach(r => { if (r.type === 'inbound-rtp' && r.kind === 'video') n = r.framesDecoded || 0; });
+  done(n);
+}).catch(() => done(0));";
+
+const PICTURE: &str = "
+const v = document.querySelector('video');
+if (!v || !v.videoWidth) return { mean: 0, spread: 0 };
+const c = document.createElement('canvas');
+c.width = 64; c.height = 36;
+const g = c.getContext('2d');
+g.drawImage(v, 0, 0, c.width, c.height);
+const d = g.getImageData(0, 0, c.width, c.height).data;
+let sum = 0, sq = 0, n = 0;
+for (let i = 0; i < d.length; i += 4) { const y = 0.2126 * d[i] + 0.7152 * d[i + 1] + 0.0722 * d[i + 2]; sum += y; sq += y * y; n++; }
+const mean = sum / n;
+return { mean, spread: Math.sqrt(Math.max(0, sq / n - mean * mean)) };";
+
+/// Publishes the page's fake camera and microphone over WHIP from inside the browser.
+pub const PUBLISH_FAKE_CAMERA: &str = "
+const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+  const pc = new RTCPeerConnection();
+  for (const t of media.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => setTimeout(r, 500));
+  const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+  const text = await res.text();
+  if (res.status !== 201) return done('refused ' + res.status + ': ' + text);
+  window.publisher = { pc, location: res.headers.get('Location') };
+  await pc.setRemoteDescription({ type: 'answer', sdp: text });
+  done('ok');
+})().catch(e => done('error ' + e));";

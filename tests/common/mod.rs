@@ -1,0 +1,6 @@
+#![allow(dead_code)] // each test binary uses a different part of the helpers
+
+pub mod annexb;
+pub mod chromium;
+pub mod sim;
+pub mod udp_client;

@@ -1,0 +1,397 @@
+//! str0m clients over real loopback UDP, each on its own thread: an OBS-shaped WHIP
+//! publisher streaming the H.264 fixture plus Opus, and a WHEP viewer that keeps what it
+//! decodes. HTTP is a tiny blocking client (the tests talk to 127.0.0.1 only).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+use super::annexb::{AccessUnit, fixture};
+use super::sim::obs_shape;
+
+/// A blocking HTTP/1.1 exchange: (status, headers, body).
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(host).expect("server reachable");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "{method} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        if path.is_empty() { "/" } else { path },
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    // Read the head, then exactly Content-Length bytes: chromedriver keeps connections open.
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).expect("an HTTP answer");
+        assert!(n > 0, "connection closed before the headers ended");
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    match length {
+        Some(len) => {
+            while raw.len() < head_end + len {
+                let n = s.read(&mut chunk).expect("the body");
+                assert!(n > 0, "connection closed in the body");
+                raw.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            let _ = s.read_to_end(&mut raw);
+        }
+    }
+    let body = String::from_utf8_lossy(&raw[head_end..]).into_owned();
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A decoded video frame as a viewer got it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct Shared {
+    pub connected: bool,
+    /// Video frames sent (publisher) or received (viewer), in order.
+    pub frames: Vec<Received>,
+    pub audio_frames: usize,
+}
+
+/// One client: its thread and what it shares with the test.
+pub struct Client {
+    pub location: String,
+    pub shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    base: String,
+}
+
+/// Why a viewer could not join: the HTTP status and body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Client {
+    /// An OBS-shaped publisher (Opus 111, H264 96 `42e01f`, no RTX, no candidates in the offer,
+    /// `a=group:LS`) streaming the fixture in a loop at 30 fps.
+    pub fn publish(base: &str, broadcast_id: &str) -> Result<Self, Refused> {
+        let mut cfg = RtcConfig::new().clear_codecs();
+        cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
+        cfg.codec_config().enable_opus(true, false);
+        let (rtc, socket, audio, video, pending_offer) = offer(
+            cfg,
+            Direction::SendOnly,
+            [MediaKind::Audio, MediaKind::Video],
+        );
+        let (mut rtc, pending, sdp) = (rtc, pending_offer.1, obs_shape(&pending_offer.0));
+        let url = format!("{base}/broadcast");
+        let auth = format!("Bearer {broadcast_id}");
+        let (status, headers, body) = http(
+            "POST",
+            &url,
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &auth),
+                (
+                    "User-Agent",
+                    "Mozilla/5.0 (OBS-Studio/31.0.2; Linux x86_64; en-US)",
+                ),
+            ],
+            &sdp,
+        );
+        if status != 201 {
+            return Err(Refused { status, body });
+        }
+        rtc.sdp_api()
+            .accept_answer(
+                pending,
+                SdpAnswer::from_sdp_string(&body).expect("answer parses"),
+            )
+            .expect("answer accepted");
+        Ok(Self::spawn(
+            base,
+            header(&headers, "location").unwrap_or_default(),
+            rtc,
+            socket,
+            Role::Publisher { audio, video },
+        ))
+    }
+
+    /// A browser-shaped viewer (H264 and VP8 with RTX, Opus).
+    pub fn view(base: &str, view_id: &str) -> Result<Self, Refused> {
+        let cfg = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_opus(true, false);
+        let (rtc, socket, video, audio, pending_offer) = offer(
+            cfg,
+            Direction::RecvOnly,
+            [MediaKind::Video, MediaKind::Audio],
+        );
+        let (mut rtc, pending, sdp) = (rtc, pending_offer.1, pending_offer.0);
+        let (status, headers, body) = http(
+            "POST",
+            &format!("{base}/stream?id={view_id}"),
+            &[("Content-Type", "application/sdp")],
+            &sdp,
+        );
+        if status != 201 {
+            return Err(Refused { status, body });
+        }
+        rtc.sdp_api()
+            .accept_answer(
+                pending,
+                SdpAnswer::from_sdp_string(&body).expect("answer parses"),
+            )
+            .expect("answer accepted");
+        Ok(Self::spawn(
+            base,
+            header(&headers, "location").unwrap_or_default(),
+            rtc,
+            socket,
+            Role::Viewer { video, audio },
+        ))
+    }
+
+    fn spawn(base: &str, location: &str, rtc: Rtc, socket: UdpSocket, role: Role) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || run(rtc, socket, role, &shared, &stop))
+        };
+        Self {
+            location: location.to_owned(),
+            shared,
+            stop,
+            thread: Some(thread),
+            base: base.to_owned(),
+        }
+    }
+
+    pub fn frames(&self) -> Vec<Received> {
+        self.shared.lock().unwrap().frames.clone()
+    }
+
+    pub fn audio_frames(&self) -> usize {
+        self.shared.lock().unwrap().audio_frames
+    }
+
+    /// Waits (bounded: a guard against "never happened", not a speed check) until `f` holds.
+    pub fn wait_for(&self, what: &str, f: impl Fn(&Shared) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f(&self.shared.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and sends DELETE to the session URL; returns the DELETE status.
+    pub fn stop(mut self) -> u16 {
+        self.halt();
+        http(
+            "DELETE",
+            &format!("{}{}", self.base, self.location),
+            &[],
+            "",
+        )
+        .0
+    }
+
+    /// Stops without DELETE, as a crashed OBS or a closed laptop.
+    pub fn vanish(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+enum Role {
+    Publisher { audio: Mid, video: Mid },
+    Viewer { video: Mid, audio: Mid },
+}
+
+type Offer = (String, str0m::change::SdpPendingOffer);
+
+fn offer(
+    cfg: RtcConfig,
+    dir: Direction,
+    kinds: [MediaKind; 2],
+) -> (Rtc, UdpSocket, Mid, Mid, Offer) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rtc = cfg.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(socket.local_addr().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let a = api.add_media(kinds[0], dir, None, None, None);
+    let b = api.add_media(kinds[1], dir, None, None, None);
+    let (offer, pending) = api.apply().expect("an offer");
+    (rtc, socket, a, b, (offer.to_sdp_string(), pending))
+}
+
+/// The client loop: drive the `Rtc` by the str0m contract, send media if publishing.
+fn run(mut rtc: Rtc, socket: UdpSocket, role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
+    let local = socket.local_addr().unwrap();
+    let units: Vec<AccessUnit> = fixture();
+    let start = Instant::now();
+    let mut next_frame = start;
+    let mut n: u64 = 0;
+    let mut buf = vec![0u8; 2000];
+    let deadline = start + Duration::from_secs(120);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let mut wake = Instant::now() + Duration::from_millis(50);
+        loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    wake = wake.min(t);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => on_event(e, &role, shared),
+                Err(_) => return,
+            }
+        }
+        let connected = shared.lock().unwrap().connected;
+        if let (Role::Publisher { audio, video }, true) = (&role, connected) {
+            if Instant::now() >= next_frame {
+                let unit = &units[(n as usize) % units.len()];
+                let now = Instant::now();
+                let vpt = rtc
+                    .media(*video)
+                    .and_then(|m| m.remote_pts().first().copied());
+                let apt = rtc
+                    .media(*audio)
+                    .and_then(|m| m.remote_pts().first().copied());
+                if let (Some(vpt), Some(apt)) = (vpt, apt) {
+                    let _ = rtc.writer(*video).map(|w| {
+                        w.write(vpt, now, MediaTime::from_90khz(n * 3000), unit.data.clone())
+                    });
+                    // Opus at 48 kHz: a 20 ms comfort-noise frame per video frame is enough to
+                    // keep audio flowing; nobody listens.
+                    let _ = rtc.writer(*audio).map(|w| {
+                        w.write(
+                            apt,
+                            now,
+                            MediaTime::new(n * 1600, Frequency::FORTY_EIGHT_KHZ),
+                            vec![0xf8, 0xff, 0xfe],
+                        )
+                    });
+                    shared.lock().unwrap().frames.push(Received {
+                        data: unit.data.clone(),
+                        keyframe: unit.keyframe,
+                        at: now,
+                    });
+                }
+                n += 1;
+                next_frame += Duration::from_micros(33_333);
+                continue;
+            }
+            wake = wake.min(next_frame);
+        }
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(wait)).unwrap();
+        match socket.recv_from(&mut buf) {
+            Ok((len, src)) => {
+                if let Ok(r) = Receive::new(Protocol::Udp, src, local, &buf[..len])
+                    && rtc.handle_input(Input::Receive(Instant::now(), r)).is_err()
+                {
+                    return;
+                }
+            }
+            Err(_) => {
+                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn on_event(e: Event, role: &Role, shared: &Mutex<Shared>) {
+    let mut s = shared.lock().unwrap();
+    match (e, role) {
+        (Event::Connected, _) => s.connected = true,
+        (Event::MediaData(d), Role::Viewer { video, audio }) => {
+            if d.mid == *video && d.params.spec().codec == Codec::H264 {
+                let keyframe = super::annexb::nal_units(&d.data)
+                    .iter()
+                    .any(|n| n.first().is_some_and(|b| b & 0x1f == 5));
+                s.frames.push(Received {
+                    data: d.data.to_vec(),
+                    keyframe,
+                    at: Instant::now(),
+                });
+            } else if d.mid == *audio {
+                s.audio_frames += 1;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The server's address for a base URL.
+pub fn addr_of(base: &str) -> SocketAddr {
+    base.trim_start_matches("http://").parse().unwrap()
+}

@@ -1,0 +1,200 @@
+//! Real server, real loopback UDP: str0m clients shaped like OBS and like a browser, the H.264
+//! fixture streamed through whipcast and compared on the way out.
+
+#![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
+
+mod common;
+
+use clap::Parser;
+use common::annexb::same_nal_units;
+use common::udp_client::{Client, http};
+use whipcast::{Config, Server};
+
+struct Running {
+    server: Server,
+    base: String,
+}
+
+async fn start(extra: &[&str]) -> Running {
+    let dir = std::env::temp_dir().join(format!(
+        "whipcast-loop-{}",
+        whipcast::secret::random_token()
+    ));
+    let d = dir.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "whipcast",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(Config::parse_from(args)).await.unwrap();
+    let base = format!("http://{}", server.http_addr);
+    Running { server, base }
+}
+
+fn create(base: &str) -> (String, String) {
+    let (status, _, body) = http("POST", &format!("{base}/api/broadcasts"), &[], "");
+    assert_eq!(status, 201);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (
+        v["broadcast_id"].as_str().unwrap().to_owned(),
+        v["view_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Runs blocking client code off the runtime the server lives on.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn obs_shaped_publisher_frames_reach_viewers_unchanged() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let publisher = Client::publish(&base, &id).expect("WHIP accepted");
+        let v1 = Client::view(&base, &view).expect("WHEP accepted");
+        let v2 = Client::view(&base, &view).expect("WHEP accepted");
+        for v in [&v1, &v2] {
+            v.wait_for("40 frames decoded", |s| s.frames.len() >= 40);
+            v.wait_for("audio", |s| s.audio_frames > 10);
+        }
+        let sent = publisher.frames();
+        for v in [&v1, &v2] {
+            let got = v.frames();
+            assert!(got[0].keyframe, "a viewer starts on a keyframe");
+            // Each received frame is a sent frame, byte for byte, in order. The first may be the
+            // cached keyframe; after it the viewer resumes at the next keyframe and from there
+            // every frame follows the one before.
+            let mut index = Vec::new();
+            let mut from = 0;
+            for g in got.iter().take(40) {
+                let i = (from..sent.len())
+                    .find(|&i| same_nal_units(&sent[i].data, &g.data))
+                    .expect("an unchanged sent frame, in order");
+                index.push(i);
+                from = i + 1;
+            }
+            assert!(
+                got[1].keyframe || index[1] == index[0] + 1,
+                "a resume happens at a keyframe"
+            );
+            for w in index[1..].windows(2) {
+                assert_eq!(w[1], w[0] + 1, "no frame is lost or reordered: {index:?}");
+            }
+        }
+        assert_eq!(publisher.stop(), 200);
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_is_refused_with_409_before_the_broadcast_is_live_and_404_for_a_bad_link() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (_, view) = create(&base);
+        assert_eq!(
+            Client::view(&base, &view).err().map(|e| e.status),
+            Some(409)
+        );
+        assert_eq!(
+            Client::view(&base, "AAAAAAAAAAAAAAAAAAAAAA")
+                .err()
+                .map(|e| e.status),
+            Some(404)
+        );
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_viewer_gets_the_cached_keyframe_first() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let publisher = Client::publish(&base, &id).unwrap();
+        // Join in the middle of a GOP (frames 45.. of a 30-frame GOP).
+        publisher.wait_for("45 frames sent", |s| s.frames.len() >= 45);
+        let v = Client::view(&base, &view).unwrap();
+        v.wait_for("a frame", |s| !s.frames.is_empty());
+        let first = &v.frames()[0];
+        assert!(
+            first.keyframe,
+            "the first frame a late viewer gets is a keyframe"
+        );
+        // It came from the cache: the publisher has not sent a newer keyframe since joining.
+        let sent = publisher.frames();
+        let at = sent
+            .iter()
+            .rposition(|s| same_nal_units(&s.data, &first.data))
+            .unwrap();
+        assert!(sent[at].at <= first.at);
+        v.wait_for("playback continues", |s| s.frames.len() >= 10);
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publisher_delete_ends_the_broadcast_and_the_same_id_publishes_again() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let publisher = Client::publish(&base, &id).unwrap();
+        let v = Client::view(&base, &view).unwrap();
+        v.wait_for("frames", |s| s.frames.len() >= 5);
+        assert_eq!(publisher.stop(), 200, "OBS needs 200 for DELETE");
+        assert_eq!(
+            Client::view(&base, &view).err().map(|e| e.status),
+            Some(409),
+            "not live any more"
+        );
+        let again = Client::publish(&base, &id).expect("the broadcast ID stays valid");
+        let v2 = Client::view(&base, &view).unwrap();
+        v2.wait_for("frames from the new publisher", |s| s.frames.len() >= 5);
+        assert_eq!(again.stop(), 200);
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn obs_reconnect_replaces_the_publisher_and_viewers_keep_their_session() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let first = Client::publish(&base, &id).unwrap();
+        let v = Client::view(&base, &view).unwrap();
+        v.wait_for("frames", |s| s.frames.len() >= 20);
+        first.vanish(); // OBS crashed: no DELETE
+        let before = v.frames().len();
+        let second =
+            Client::publish(&base, &id).expect("a new POST replaces the stale publisher at once");
+        v.wait_for("frames from the new publisher in the same session", |s| {
+            s.frames.len() >= before + 30
+        });
+        let got = v.frames();
+        let resumed = &got[before..];
+        assert!(resumed.iter().any(|f| f.keyframe));
+        let sent = second.frames();
+        let last = resumed.last().unwrap();
+        assert!(
+            sent.iter().any(|s| same_nal_units(&s.data, &last.data)),
+            "the new publisher's frames, unchanged"
+        );
+        assert_eq!(second.stop(), 200);
+    })
+    .await;
+    r.server.shutdown().await;
+}
