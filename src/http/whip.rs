@@ -94,5 +94,11 @@ fn publisher_agent(req: &Request<Incoming>) -> Option<String> {
         let os = parts.next().unwrap_or("");
         return Some(format!("OBS Studio {version} {os}").trim().to_owned());
     }
-    Some(ua.chars().take(80).collect())
+    for (marker, name) in [("Firefox/", "Firefox"), ("Edg/", "Edge"), ("Chrome/", "Chrome"), ("Safari/", "Safari")] {
+        if let Some(rest) = ua.split(marker).nth(1) {
+            let major = rest.split(['.', ' ']).next().unwrap_or("");
+            return Some(format!("{name} {major}"));
+        }
+    }
+    Some(ua.chars().take(40).collect())
 }
