@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::engine::{Command, Engine, EngineConfig, EngineEvent};
+use crate::engine::{Command, Engine, EngineConfig, EngineEvent, Outcome, Stats};
 use crate::http::{self, AppState, Hub};
 use crate::io::{self, EngineHandle};
 use crate::offer::SessionSetup;
@@ -141,6 +141,14 @@ impl Server {
             http_task,
             engine: Some(engine_handle),
         })
+    }
+
+    /// The engine's counters (peers, indices, timers, traffic).
+    pub async fn stats(&self) -> Option<Stats> {
+        match self.engine.as_ref()?.call(Command::Stats).await.ok()? {
+            Outcome::Stats(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Graceful stop: every session is closed (viewers get `inactive`, peers a DTLS

@@ -323,3 +323,30 @@ async fn the_same_broadcast_id_publishes_again_after_a_server_restart() {
     .await;
     r.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_page_shows_reconnecting_while_obs_is_gone_and_plays_on_when_it_returns() {
+    let r = start(&["--resume-grace", "60s"]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let first = Client::publish(&base, &id).unwrap();
+        let viewer = watch(&base, &view, "viewer-before-loss");
+        viewer.js("window.loadedOnce = true", json!([]));
+        first.vanish(); // OBS's Wi-Fi drops: no DELETE, no STUN; consent lapses after ~15 s
+        viewer.wait("the page says reconnecting", |b| {
+            (b.player_state() == "reconnecting").then_some(())
+        });
+        viewer.screenshot("viewer-reconnecting");
+        let _back = Client::publish(&base, &id).unwrap();
+        viewer.wait("live again", |b| (b.player_state() == "live").then_some(()));
+        viewer.wait_decoding("frames rise again in the same page");
+        assert_eq!(
+            viewer.js("return window.loadedOnce === true", json!([])),
+            true,
+            "no reload"
+        );
+    })
+    .await;
+    r.server.shutdown().await;
+}

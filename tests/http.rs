@@ -872,3 +872,47 @@ fn a_missing_certificate_is_a_clear_startup_error() {
         .expect("must not start");
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn when_full_reject_answers_503_and_viewer_delete_answers_200() {
+    let r = start(&["--max-viewers", "1", "--when-full", "reject"]).await;
+    let (id, view) = create(&r).await;
+    assert_eq!(
+        whip(&r, Some(&id), "application/sdp", obs_offer())
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let post = || {
+        r.http
+            .post(format!("{}/stream?id={view}", r.base))
+            .header(header::CONTENT_TYPE, "application/sdp")
+            .body(viewer_offer(false))
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let location = first.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (h, _) = problem(post().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(h.contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        r.http
+            .delete(format!("{}{location}", r.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post().await.unwrap().status(),
+        StatusCode::CREATED,
+        "the place is free again"
+    );
+    let stats = r.server.stats().await.unwrap();
+    assert_eq!((stats.publishers, stats.viewers), (1, 1));
+    r.server.shutdown().await;
+}

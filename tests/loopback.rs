@@ -198,3 +198,126 @@ async fn obs_reconnect_replaces_the_publisher_and_viewers_keep_their_session() {
     .await;
     r.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bounded_udp_flood_neither_stops_media_nor_grows_state() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    let udp = r.server.udp_addr;
+    let before = r.server.stats().await.unwrap();
+    let (publisher, viewer) = blocking(move || {
+        let (id, view) = create(&base);
+        let publisher = Client::publish(&base, &id).unwrap();
+        let viewer = Client::view(&base, &view).unwrap();
+        viewer.wait_for("playing", |s| s.frames.len() >= 10);
+        // 20 sources × 2,500 datagrams: garbage, RTP-looking, DTLS-looking and STUN naming
+        // nobody. Bounded in count; loopback only.
+        let sockets: Vec<std::net::UdpSocket> = (0..20)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let playing = viewer.frames().len();
+        for i in 0..2_500u32 {
+            for (k, s) in sockets.iter().enumerate() {
+                let junk: Vec<u8> = match (i + k as u32) % 4 {
+                    0 => vec![
+                        0x80,
+                        0x60,
+                        (i >> 8) as u8,
+                        i as u8,
+                        0,
+                        0,
+                        0,
+                        1,
+                        0,
+                        0,
+                        0,
+                        9,
+                        1,
+                        2,
+                        3,
+                    ],
+                    1 => vec![0x16, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 3, 1, 2, 3],
+                    2 => {
+                        let mut m = vec![0, 1, 0, 12, 0x21, 0x12, 0xa4, 0x42];
+                        m.extend_from_slice(&[5; 12]);
+                        m.extend_from_slice(&[0, 6, 0, 8]);
+                        m.extend_from_slice(b"nobody:x");
+                        m
+                    }
+                    _ => (0..64).map(|b| (b * 7 + i) as u8).collect(),
+                };
+                let _ = s.send_to(&junk, udp);
+            }
+        }
+        viewer.wait_for("media keeps flowing through the flood", |s| {
+            s.frames.len() >= playing + 30
+        });
+        (publisher, viewer)
+    })
+    .await;
+    let after = r.server.stats().await.unwrap();
+    assert_eq!(after.peers, 2);
+    assert!(
+        after.demux_addrs <= 4 * after.peers,
+        "no flood address was indexed: {after:?}"
+    );
+    // What the kernel did not drop for a full buffer reached the engine and was dropped there.
+    let dropped = after.datagrams_dropped - before.datagrams_dropped;
+    assert!(
+        dropped > 1_000,
+        "the flood reached the engine and was dropped: {after:?}"
+    );
+    eprintln!("flood: 50000 sent, {dropped} reached the engine and were dropped");
+    blocking(move || {
+        assert_eq!(viewer.stop(), 200, "a viewer leaves with DELETE");
+        assert_eq!(publisher.stop(), 200);
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_that_vanishes_is_freed_when_its_consent_expires() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    let publisher = blocking(move || {
+        let (id, view) = create(&base);
+        let publisher = Client::publish(&base, &id).unwrap();
+        let viewer = Client::view(&base, &view).unwrap();
+        viewer.wait_for("playing", |s| s.frames.len() >= 5);
+        viewer.vanish(); // a closed laptop: no DELETE, no more STUN
+        publisher
+    })
+    .await;
+    let mut freed = false;
+    // ICE-lite consent lapses after 15 s without a check from the viewer.
+    for _ in 0..250 {
+        let s = r.server.stats().await.unwrap();
+        if s.viewers == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the vanished viewer was never freed");
+    let s = r.server.stats().await.unwrap();
+    assert_eq!(
+        (s.peers, s.publishers),
+        (1, 1),
+        "only the publisher is left: {s:?}"
+    );
+    blocking(move || assert_eq!(publisher.stop(), 200)).await;
+    let s = r.server.stats().await.unwrap();
+    assert_eq!(
+        (
+            s.peers,
+            s.demux_addrs,
+            s.demux_ufrags,
+            s.deadlines,
+            s.live_broadcasts
+        ),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    r.server.shutdown().await;
+}

@@ -233,3 +233,61 @@ fn check_config_validates_files_and_exits() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sessions_leave_no_file_descriptors_or_peers_behind() {
+    use common::udp_client::{Client, http};
+    let p = spawn("warn");
+    let pid = p.child.id();
+    let (status, _, body) = http("POST", &format!("{}/api/broadcasts", p.base), &[], "");
+    assert_eq!(status, 201);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (id, view) = (
+        v["broadcast_id"].as_str().unwrap(),
+        v["view_id"].as_str().unwrap(),
+    );
+    // Warm up once (lazy allocations, thread pools), then measure a second full round.
+    for round in 0..2 {
+        let fds_before = open_fds(pid);
+        let publisher = Client::publish(&p.base, id).unwrap();
+        let viewers: Vec<Client> = (0..3)
+            .map(|_| Client::view(&p.base, view).unwrap())
+            .collect();
+        for v in &viewers {
+            v.wait_for("playing", |s| s.frames.len() >= 5);
+        }
+        for v in viewers {
+            assert_eq!(v.stop(), 200);
+        }
+        assert_eq!(publisher.stop(), 200);
+        let metrics = http("GET", &format!("{}/metrics", p.base), &[], "").2;
+        for line in [
+            "whipcast_publishers 0",
+            "whipcast_viewers 0",
+            "whipcast_broadcasts_live 0",
+        ] {
+            assert!(
+                metrics.contains(line),
+                "round {round}: {line} in\n{metrics}"
+            );
+        }
+        // HTTP connections close asynchronously; give them a moment (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open_fds(pid) > fds_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if round == 1 {
+            assert!(
+                open_fds(pid) <= fds_before,
+                "file descriptors leaked: {} > {fds_before}",
+                open_fds(pid)
+            );
+        }
+    }
+}

@@ -94,7 +94,12 @@ fn publisher_agent(req: &Request<Incoming>) -> Option<String> {
         let os = parts.next().unwrap_or("");
         return Some(format!("OBS Studio {version} {os}").trim().to_owned());
     }
-    for (marker, name) in [("Firefox/", "Firefox"), ("Edg/", "Edge"), ("Chrome/", "Chrome"), ("Safari/", "Safari")] {
+    for (marker, name) in [
+        ("Firefox/", "Firefox"),
+        ("Edg/", "Edge"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+    ] {
         if let Some(rest) = ua.split(marker).nth(1) {
             let major = rest.split(['.', ' ']).next().unwrap_or("");
             return Some(format!("{name} {major}"));
