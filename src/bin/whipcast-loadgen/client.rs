@@ -214,10 +214,11 @@ async fn run(
                     }
                     continue;
                 }
-                if let Ok(r) = Receive::new(Protocol::Udp, src, local, data) {
-                    if rtc.handle_input(Input::Receive(Instant::now(), r)).is_err() {
-                        return;
-                    }
+                if let Ok(r) = Receive::new(Protocol::Udp, src, local, data)
+                    && rtc.handle_input(Input::Receive(Instant::now(), r)).is_err()
+                {
+                    return;
+                }
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -271,7 +272,7 @@ fn on_event(
 /// each with a marker (frame number, send time) after the NAL header; Opus 20 ms frames.
 fn write_frame(rtc: &mut Rtc, audio: Mid, video: Mid, n: u64, epoch: Instant) {
     let now = Instant::now();
-    let keyframe = n % 60 == 0;
+    let keyframe = n.is_multiple_of(60);
     let mut f = Vec::with_capacity(90_000);
     if keyframe {
         f.extend_from_slice(&[0, 0, 0, 1]);
