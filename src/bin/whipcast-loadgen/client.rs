@@ -219,7 +219,6 @@ async fn run(
                 {
                     return;
                 }
-                }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
