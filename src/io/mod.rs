@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use self::udp::MediaSocket;
+use self::udp::{Batch, MediaSocket};
 use crate::engine::{Command, Engine, EngineEvent, Outcome};
 
 /// The single clock read of the media path: the engine itself takes `now` as an argument.
@@ -72,9 +72,10 @@ pub async fn drive(
     mut shutdown: oneshot::Receiver<()>,
 ) -> io::Result<()> {
     let mut socket = MediaSocket::new(socket)?;
+    let mut batch = Batch::new();
     debug!(addr = %socket.local_addr(), "media loop running");
     loop {
-        flush(&mut engine, &socket, &events).await;
+        flush(&mut engine, &socket, &mut batch, &events).await;
         let deadline = engine.poll_timeout();
         let sleep = async {
             match deadline {
@@ -103,7 +104,7 @@ pub async fn drive(
             engine.handle_timeout(now);
         }
     }
-    flush(&mut engine, &socket, &events).await;
+    flush(&mut engine, &socket, &mut batch, &events).await;
     Ok(())
 }
 
@@ -125,21 +126,46 @@ fn receive(engine: &mut Engine, socket: &mut MediaSocket) {
     }
 }
 
-/// Sends every pending transmit and hands events on.
+/// Sends every pending transmit (GSO-batched per destination) and hands events on.
 async fn flush(
     engine: &mut Engine,
     socket: &MediaSocket,
+    batch: &mut Batch,
     events: &mpsc::UnboundedSender<EngineEvent>,
 ) {
+    let max_segments = socket.max_gso_segments();
     while let Some(t) = engine.poll_transmit() {
+        if !batch.is_empty() && !batch.fits(t.destination, t.contents.len(), max_segments) {
+            send(socket, batch).await;
+        }
+        batch.push(t.destination, &t.contents);
+    }
+    if !batch.is_empty() {
+        send(socket, batch).await;
+    }
+    while let Some(e) = engine.poll_event() {
+        let _ = events.send(e); // nobody listening is fine
+    }
+}
+
+/// Sends a batch, waiting out back-pressure rather than dropping it.
+async fn send(socket: &MediaSocket, batch: &mut Batch) {
+    if let Some((destination, bytes, segment)) = batch.parts() {
         loop {
-            match socket.try_send(t.destination, &t.contents) {
+            match socket.try_send(destination, bytes, segment) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Keep the datagram rather than dropping it under back-pressure.
                     if socket.writable().await.is_err() {
                         break;
                     }
+                }
+                Err(e) if segment.is_some() => {
+                    // Some drivers refuse GSO (EIO/EINVAL): send the datagrams one by one.
+                    debug!(error = %e, "gso send refused; sending one by one");
+                    for d in batch.segments() {
+                        let _ = socket.try_send(destination, d, None);
+                    }
+                    break;
                 }
                 Err(e) => {
                     warn!(error = %e, "udp send failed");
@@ -148,9 +174,7 @@ async fn flush(
             }
         }
     }
-    while let Some(e) = engine.poll_event() {
-        let _ = events.send(e); // nobody listening is fine
-    }
+    batch.clear();
 }
 
 /// Datagrams per loop turn before commands and timers get their turn (quinn uses 160).
