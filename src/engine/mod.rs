@@ -520,16 +520,29 @@ impl Engine {
     }
 
     /// Feeds the `Rtc` the current time and drains it.
+    ///
+    /// A write is released in two steps (the tick schedules the send for `now`, a second tick
+    /// at `now` sends it), so a tick that leaves the peer due at once is followed by one more
+    /// right away: the packets leave in this turn, not the next.
     fn tick(&mut self, now: Instant, key: PeerKey) {
-        let Some(peer) = self.peer_mut(key) else {
-            return;
-        };
-        if let Err(e) = contained(|| peer.rtc.handle_input(Input::Timeout(now))) {
-            debug!(peer = %key, error = %e, "peer timeout failed");
-            self.close_peer(now, key, CloseReason::PeerFailed);
-            return;
+        for _ in 0..TICKS_PER_TURN {
+            let Some(peer) = self.peer_mut(key) else {
+                return;
+            };
+            if let Err(e) = contained(|| peer.rtc.handle_input(Input::Timeout(now))) {
+                debug!(peer = %key, error = %e, "peer timeout failed");
+                self.close_peer(now, key, CloseReason::PeerFailed);
+                return;
+            }
+            self.drain(now, key);
+            if self
+                .peer_mut(key)
+                .and_then(|p| p.rtc_deadline)
+                .is_none_or(|t| t > now)
+            {
+                return;
+            }
         }
-        self.drain(now, key);
     }
 
     /// Drains a peer's `Rtc` until it asks for a timeout, acting on every output.
@@ -1101,6 +1114,10 @@ fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
         ..Default::default()
     }
 }
+
+/// str0m releases a written packet on the second tick at the same instant; a third covers a
+/// pacer step. More would mean the `Rtc` keeps asking for `now`, which the next turn handles.
+const TICKS_PER_TURN: usize = 3;
 
 /// Enough for RTCP BYE plus DTLS close_notify; a closing `Rtc` never produces more at once.
 const MAX_CLOSE_OUTPUTS: usize = 16;

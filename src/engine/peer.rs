@@ -104,3 +104,15 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> Result<T, str0m::RtcError>) -> Re
 
 /// Audio + video, with room for simulcast layers and RTX.
 const MAX_SSRCS: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_str0m_becomes_an_error_for_that_peer() {
+        let r: Result<(), String> = contained(|| panic!("a str0m bug"));
+        assert!(r.is_err());
+        assert_eq!(contained(|| Ok::<_, str0m::RtcError>(7)), Ok(7));
+    }
+}

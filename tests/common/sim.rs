@@ -52,8 +52,44 @@ struct InFlight {
     data: Vec<u8>,
 }
 
-pub struct Sim {
-    pub engine: Engine,
+/// What the simulation needs of a server: whipcast's `Engine`, or a baseline to compare it
+/// with (benches/fanout.rs has a naive str0m SFU).
+pub trait Sfu {
+    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]);
+    fn handle_timeout(&mut self, now: Instant);
+    fn handle_command(&mut self, now: Instant, command: Command) -> Outcome;
+    fn poll_transmit(&mut self) -> Option<str0m::net::Transmit>;
+    fn poll_event(&mut self) -> Option<EngineEvent>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn stats(&self) -> whipcast::engine::Stats;
+}
+
+impl Sfu for Engine {
+    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        Engine::handle_datagram(self, now, src, dst, data)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Engine::handle_timeout(self, now)
+    }
+    fn handle_command(&mut self, now: Instant, command: Command) -> Outcome {
+        Engine::handle_command(self, now, command)
+    }
+    fn poll_transmit(&mut self) -> Option<str0m::net::Transmit> {
+        Engine::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<EngineEvent> {
+        Engine::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Engine::poll_timeout(self)
+    }
+    fn stats(&self) -> whipcast::engine::Stats {
+        Engine::stats(self)
+    }
+}
+
+pub struct Sim<S: Sfu = Engine> {
+    pub engine: S,
     pub setup: SessionSetup,
     pub now: Instant,
     pub clients: Vec<Client>,
@@ -82,17 +118,24 @@ pub fn engine_config() -> EngineConfig {
     }
 }
 
-impl Sim {
+impl Sim<Engine> {
     pub fn new(config: EngineConfig) -> Self {
+        let setup = SessionSetup::new(config.candidates.clone());
+        Sim::with_server(Engine::new(config), setup)
+    }
+}
+
+impl<S: Sfu> Sim<S> {
+    /// A simulation around any server.
+    pub fn with_server(engine: S, setup: SessionSetup) -> Self {
         if std::env::var("SIMDEBUG").is_ok() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
                 .with_test_writer()
                 .try_init();
         }
-        let setup = SessionSetup::new(config.candidates.clone());
         Self {
-            engine: Engine::new(config),
+            engine,
             setup,
             now: Instant::now(),
             clients: Vec::new(),
@@ -246,6 +289,53 @@ impl Sim {
             )
             .unwrap();
         frame
+    }
+
+    /// Has the publisher packetise one small P-frame (one RTP packet of about `size` bytes) and
+    /// returns its encrypted datagrams without delivering them: for benchmarks that time only
+    /// the server's part.
+    pub fn capture_publisher_packet(
+        &mut self,
+        publisher: usize,
+        n: u64,
+        size: usize,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut frame = vec![0, 0, 0, 1, 0x41];
+        frame.extend((0..size).map(|i| ((n as usize + i) % 251) as u8 | 1));
+        let now = self.now;
+        let c = &mut self.clients[publisher];
+        let video = c.video_mid.unwrap();
+        let pt = c.rtc.media(video).unwrap().remote_pts()[0];
+        c.rtc
+            .writer(video)
+            .unwrap()
+            .write(pt, now, MediaTime::from_90khz(n * 3000), frame)
+            .unwrap();
+        let _ = c.rtc.handle_input(Input::Timeout(now));
+        let mut out = Vec::new();
+        while let Ok(o) = c.rtc.poll_output() {
+            match o {
+                Output::Transmit(t) => out.push((c.addr, t.contents.to_vec())),
+                Output::Timeout(_) => break,
+                Output::Event(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Hands a datagram from the server straight to a client (for benchmarks that drain the
+    /// engine themselves).
+    pub fn deliver(&mut self, to: SocketAddr, data: &[u8]) {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        if let Some(i) = self.clients.iter().position(|c| c.addr == to)
+            && let Ok(r) = Receive::new(Protocol::Udp, server, to, data)
+            && self.clients[i]
+                .rtc
+                .handle_input(Input::Receive(self.now, r))
+                .is_ok()
+        {
+            self.drain_client(i);
+        }
     }
 
     /// Runs the simulation for `d` of virtual time.
