@@ -58,16 +58,7 @@ impl Server {
         if expired > 0 {
             info!(expired, "forgot broadcasts unused for longer than --id-ttl");
         }
-        let udp = UdpSocket::bind(config.udp_listen).map_err(|source| StartError::Bind {
-            what: "UDP media",
-            addr: config.udp_listen,
-            source,
-        })?;
-        let udp_addr = udp.local_addr().map_err(|source| StartError::Bind {
-            what: "UDP media",
-            addr: config.udp_listen,
-            source,
-        })?;
+        let (udp, udp_addr) = bind_udp(config.udp_listen)?;
         let advertised = config.advertised_addrs(udp_addr);
         let listener = TcpListener::bind(config.http_listen)
             .await
@@ -178,16 +169,7 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         http::tls_acceptor(cert, key)?;
     }
     let registry = Registry::open(&config.data_dir)?;
-    let udp = UdpSocket::bind(config.udp_listen).map_err(|source| StartError::Bind {
-        what: "UDP media",
-        addr: config.udp_listen,
-        source,
-    })?;
-    let udp_addr = udp.local_addr().map_err(|source| StartError::Bind {
-        what: "UDP media",
-        addr: config.udp_listen,
-        source,
-    })?;
+    let (udp, udp_addr) = bind_udp(config.udp_listen)?;
     let tcp =
         std::net::TcpListener::bind(config.http_listen).map_err(|source| StartError::Bind {
             what: "HTTP",
@@ -210,6 +192,18 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         config.max_viewers,
         config.when_full,
     ))
+}
+
+/// Binds the media socket; errors name the address.
+fn bind_udp(addr: SocketAddr) -> Result<(UdpSocket, SocketAddr), StartError> {
+    let bind_err = |source| StartError::Bind {
+        what: "UDP media",
+        addr,
+        source,
+    };
+    let udp = UdpSocket::bind(addr).map_err(bind_err)?;
+    let local = udp.local_addr().map_err(bind_err)?;
+    Ok((udp, local))
 }
 
 impl Drop for Server {

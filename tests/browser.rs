@@ -8,11 +8,11 @@ mod common;
 
 use std::sync::Mutex;
 
-use clap::Parser;
 use common::chromium::{Browser, PUBLISH_FAKE_CAMERA};
-use common::udp_client::{Client, http};
+use common::server::create;
+use common::udp_client::Client;
 use serde_json::json;
-use whipcast::{Config, Server};
+use whipcast::Server;
 
 /// One browser test at a time: each runs two or more Chromiums on a 2-core machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -23,38 +23,12 @@ struct Running {
 }
 
 async fn start(extra: &[&str]) -> Running {
-    let dir = std::env::temp_dir().join(format!(
-        "whipcast-browser-{}",
-        whipcast::secret::random_token()
-    ));
-    start_in(&dir, extra).await
+    start_in(&common::server::temp_dir("browser"), extra).await
 }
 
 async fn start_in(dir: &std::path::Path, extra: &[&str]) -> Running {
-    let d = dir.to_str().unwrap().to_owned();
-    let mut args = vec![
-        "whipcast",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--udp-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &d,
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(Config::parse_from(args)).await.unwrap();
-    let base = format!("http://{}", server.http_addr);
+    let (server, base) = common::server::start_in(dir, extra).await;
     Running { server, base }
-}
-
-fn create(base: &str) -> (String, String) {
-    let (status, _, body) = http("POST", &format!("{base}/api/broadcasts"), &[], "");
-    assert_eq!(status, 201);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    (
-        v["broadcast_id"].as_str().unwrap().to_owned(),
-        v["view_id"].as_str().unwrap().to_owned(),
-    )
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -19,29 +19,11 @@ struct Running {
 }
 
 async fn start(extra: &[&str]) -> Running {
-    let dir = std::env::temp_dir().join(format!(
-        "whipcast-http-{}",
-        whipcast::secret::random_token()
-    ));
-    start_in(dir, extra).await
+    start_in(common::server::temp_dir("http"), extra).await
 }
 
 async fn start_in(dir: std::path::PathBuf, extra: &[&str]) -> Running {
-    let mut args = vec![
-        "whipcast",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--udp-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ];
-    let d = dir.to_str().unwrap().to_owned();
-    args.push(&d);
-    args.extend_from_slice(extra);
-    let server = Server::start(Config::parse_from(args))
-        .await
-        .expect("server starts");
-    let base = format!("http://{}", server.http_addr);
+    let (server, base) = common::server::start_in(&dir, extra).await;
     Running {
         server,
         base,

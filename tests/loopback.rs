@@ -5,10 +5,10 @@
 
 mod common;
 
-use clap::Parser;
 use common::annexb::same_nal_units;
-use common::udp_client::{Client, http};
-use whipcast::{Config, Server};
+use common::server::create;
+use common::udp_client::Client;
+use whipcast::Server;
 
 struct Running {
     server: Server,
@@ -16,34 +16,8 @@ struct Running {
 }
 
 async fn start(extra: &[&str]) -> Running {
-    let dir = std::env::temp_dir().join(format!(
-        "whipcast-loop-{}",
-        whipcast::secret::random_token()
-    ));
-    let d = dir.to_str().unwrap().to_owned();
-    let mut args = vec![
-        "whipcast",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--udp-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &d,
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(Config::parse_from(args)).await.unwrap();
-    let base = format!("http://{}", server.http_addr);
+    let (server, base) = common::server::start_in(&common::server::temp_dir("loop"), extra).await;
     Running { server, base }
-}
-
-fn create(base: &str) -> (String, String) {
-    let (status, _, body) = http("POST", &format!("{base}/api/broadcasts"), &[], "");
-    assert_eq!(status, 201);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    (
-        v["broadcast_id"].as_str().unwrap().to_owned(),
-        v["view_id"].as_str().unwrap().to_owned(),
-    )
 }
 
 /// Runs blocking client code off the runtime the server lives on.

@@ -2,5 +2,6 @@
 
 pub mod annexb;
 pub mod chromium;
+pub mod server;
 pub mod sim;
 pub mod udp_client;

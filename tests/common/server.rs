@@ -1,0 +1,48 @@
+//! The real server, started in the test process on free loopback ports.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use whipcast::{Config, Server};
+
+use super::udp_client::http;
+
+/// A fresh data directory under the system temp dir.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "whipcast-{prefix}-{}",
+        whipcast::secret::random_token()
+    ))
+}
+
+/// Starts whipcast on 127.0.0.1:0 (HTTP and UDP) with `dir` as its data directory and
+/// `extra` flags; returns it with its base URL.
+pub async fn start_in(dir: &Path, extra: &[&str]) -> (Server, String) {
+    let d = dir.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "whipcast",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(Config::parse_from(args))
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.http_addr);
+    (server, base)
+}
+
+/// Creates a broadcast (blocking): (broadcast ID, view ID).
+pub fn create(base: &str) -> (String, String) {
+    let (status, _, body) = http("POST", &format!("{base}/api/broadcasts"), &[], "");
+    assert_eq!(status, 201);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (
+        v["broadcast_id"].as_str().unwrap().to_owned(),
+        v["view_id"].as_str().unwrap().to_owned(),
+    )
+}
