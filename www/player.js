@@ -154,8 +154,13 @@ async function subscribe(link) {
     show('ended', 'This viewer link was replaced', 'Ask the broadcaster for the new link.');
   });
   events.onerror = () => {
-    // The stream closes when the session ends; the named events above already said why.
-    if (events.readyState === EventSource.CLOSED && player.events === events) player.events = null;
+    // After a named final event the player has already moved on (player.events is null). An
+    // error on the live stream means the server went away (restart, network): start over.
+    if (player.events !== events) return;
+    events.close();
+    player.events = null;
+    show('reconnecting', 'Lost the connection to the server', 'Reconnecting…', { spinner: true });
+    retry(1000);
   };
 }
 
