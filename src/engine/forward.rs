@@ -1,0 +1,330 @@
+//! The media path: a publisher's RTP packet to every viewer of its broadcast, the keyframe
+//! cache burst for viewers that just connected, and keyframe requests back to publishers.
+
+use std::time::Instant;
+
+use slab::Slab;
+use str0m::media::{KeyframeRequestKind, MediaKind};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use tracing::{debug, trace};
+
+use super::consumer::{Consumer, SourcePacket};
+use super::peer::{Peer, Role, contained};
+use super::router::{self, CachedPacket};
+use super::{BroadcastKey, CloseReason, Engine, PeerKey};
+
+impl Engine {
+    pub(super) fn on_rtp(&mut self, now: Instant, key: PeerKey, pkt: RtpPacket) {
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
+        let b = peer.broadcast;
+        let Role::Publisher(ingest) = &mut peer.role else {
+            return;
+        };
+        let Some(mid) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else {
+            return;
+        };
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
+        if route.publisher != Some(key) {
+            return;
+        }
+        let Some(ti) = route.track_index(mid) else {
+            return;
+        };
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += pkt.payload.len() as u64;
+        route
+            .ingest
+            .add(now, pkt.payload.len() + pkt.header.header_len);
+        if route.tracks[ti].kind == MediaKind::Video
+            && pkt
+                .payload
+                .first()
+                .is_some_and(|b| matches!(b & 0x1f, 7 | 24))
+            && let Some(sps) = crate::h264::sps_in_rtp_payload(&pkt.payload)
+        {
+            route.sps = Some(sps);
+        }
+        let cached = CachedPacket::from_rtp(&pkt);
+        let keyframe_completed = route.tracks[ti].observe(now, &cached);
+        let mut packets = std::mem::take(&mut self.scratch_packets);
+        packets.clear();
+        packets.push(cached);
+        let exts = fresh_extensions(&pkt.header.ext_vals);
+        let mut viewers = std::mem::take(&mut self.scratch_keys);
+        viewers.clear();
+        viewers.extend_from_slice(&route.viewers);
+        let mut waiting = Vec::new();
+        for &v in &viewers {
+            if !self.write_to_viewer(
+                now,
+                v,
+                b,
+                ti,
+                &packets,
+                Start::IfSynced,
+                pkt.timestamp,
+                &exts,
+            ) && keyframe_completed
+            {
+                waiting.push(v);
+            }
+        }
+        if !waiting.is_empty() {
+            // Viewers waiting for a place to start get the whole keyframe that just completed.
+            packets.clear();
+            if let Some(route) = self.router.route(b) {
+                packets.extend_from_slice(&route.tracks[ti].keyframe);
+            }
+            for v in waiting {
+                let _ = self.write_to_viewer(
+                    now,
+                    v,
+                    b,
+                    ti,
+                    &packets,
+                    Start::Here,
+                    pkt.timestamp,
+                    &exts,
+                );
+            }
+        }
+        self.scratch_keys = viewers;
+        self.scratch_packets = packets;
+    }
+
+    /// Writes `packets` of track `ti` to viewer `v`. With [`Start::Here`] the first packet is
+    /// where the viewer (re)starts; with [`Start::IfSynced`] video goes only to viewers that
+    /// are synced to the current publisher. Returns false if the viewer is waiting for a
+    /// keyframe.
+    #[allow(clippy::too_many_arguments)] // the per-packet path; a struct would be rebuilt per viewer
+    fn write_to_viewer(
+        &mut self,
+        now: Instant,
+        v: PeerKey,
+        b: BroadcastKey,
+        ti: usize,
+        packets: &[CachedPacket],
+        start: Start,
+        wallclock: Instant,
+        exts: &ExtensionValues,
+    ) -> bool {
+        let Some(route) = self.router.route(b) else {
+            return true;
+        };
+        let epoch = route.epoch;
+        let track = &route.tracks[ti];
+        let Some(peer) = self
+            .peers
+            .get_mut(v.index as usize)
+            .filter(|p| p.generation == v.generation)
+        else {
+            return true;
+        };
+        if !peer.connected {
+            return true;
+        }
+        let kind = track.kind;
+        let Peer {
+            rtc,
+            role: Role::Viewer(consumers),
+            ..
+        } = peer
+        else {
+            return true;
+        };
+        let Some(consumer) = consumers.iter_mut().find(|c| c.kind == kind) else {
+            return true;
+        };
+        let is_audio = kind == MediaKind::Audio;
+        if start == Start::IfSynced && !is_audio && !consumer.is_synced_to(epoch) {
+            return false;
+        }
+        let (mut wrote, mut failed) = (false, false);
+        for (i, p) in packets.iter().enumerate() {
+            let src = SourcePacket {
+                epoch,
+                seq: p.seq,
+                ts: p.ts,
+                sync_point: is_audio || (start == Start::Here && i == 0),
+                clock_rate: track.clock_rate(p.pt),
+            };
+            let Some((seq, ts)) = consumer.rewrite(src, now) else {
+                continue;
+            };
+            let Some(pt) = viewer_pt(consumer, rtc, track, p.pt) else {
+                continue;
+            };
+            let mut api = rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(consumer.mid, None) else {
+                continue;
+            };
+            let write = RtpWrite::new(pt, seq.into(), ts, wallclock.min(now), p.payload.clone())
+                .marker(p.marker)
+                .ext_vals(exts.clone())
+                .nackable(!is_audio);
+            if contained(|| {
+                tx.write_rtp(write);
+                Ok(())
+            })
+            .is_err()
+            {
+                failed = true;
+                break;
+            }
+            wrote = true;
+            self.counters.packets_forwarded += 1;
+        }
+        if failed {
+            self.close_peer(now, v, CloseReason::PeerFailed);
+            return true;
+        }
+        if wrote && !peer_dirty(&mut self.peers, v) {
+            self.dirty.push(v);
+        }
+        true
+    }
+
+    /// Ticks every viewer that had packets written, releasing them as transmits.
+    pub(super) fn flush_writes(&mut self) {
+        let Some(now) = self.last_now else { return };
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for v in &dirty {
+                if let Some(p) = self.peer_mut(*v) {
+                    p.dirty = false;
+                    self.tick(now, *v);
+                }
+            }
+            self.flush_deferred(now);
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+                self.dirty.clear();
+            }
+        }
+    }
+
+    /// Sends the last complete keyframe to a viewer that just connected, so the first frame
+    /// shows at once instead of at the publisher's next IDR; the viewer then waits for that
+    /// next IDR (the live frames in between reference pictures it never got).
+    fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey) {
+        let Some(peer) = self.peer_mut(v) else { return };
+        let b = peer.broadcast;
+        let Some(route) = self.router.route(b) else {
+            return;
+        };
+        let Some(ti) = route
+            .tracks
+            .iter()
+            .position(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty())
+        else {
+            return;
+        };
+        let mut burst = std::mem::take(&mut self.scratch_packets);
+        burst.clear();
+        burst.extend_from_slice(&route.tracks[ti].keyframe);
+        debug!(peer = %v, packets = burst.len(), "sending cached keyframe");
+        let _ = self.write_to_viewer(
+            now,
+            v,
+            b,
+            ti,
+            &burst,
+            Start::Here,
+            now,
+            &ExtensionValues::default(),
+        );
+        if let Some(c) = self
+            .peer_mut(v)
+            .and_then(|p| p.consumer_mut(MediaKind::Video))
+        {
+            c.unsync();
+        }
+        self.scratch_packets = burst;
+    }
+
+    /// Work deferred until no `Rtc` is being drained: keyframe-cache bursts for viewers that
+    /// just connected, then keyframe requests to publishers.
+    pub(super) fn flush_deferred(&mut self, now: Instant) {
+        while let Some(v) = self.pending_starts.pop() {
+            self.send_keyframe_cache(now, v);
+        }
+        while let Some((b, ti)) = self.pending_plis.pop() {
+            let Some(route) = self.router.route_mut(b) else {
+                continue;
+            };
+            let Some(publisher) = route.publisher else {
+                continue;
+            };
+            let Some(track) = route.tracks.get_mut(ti) else {
+                continue;
+            };
+            if !track.take_pli_slot(now) {
+                continue;
+            }
+            let mid = track.mid;
+            let Some(peer) = self.peer_mut(publisher) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.counters.plis_sent += 1;
+                trace!(broadcast = %b, "keyframe requested from publisher");
+            }
+            self.drain(now, publisher);
+        }
+    }
+}
+
+/// Marks a peer dirty; returns whether it already was.
+fn peer_dirty(peers: &mut Slab<Peer>, key: PeerKey) -> bool {
+    match peers
+        .get_mut(key.index as usize)
+        .filter(|p| p.generation == key.generation)
+    {
+        Some(p) => std::mem::replace(&mut p.dirty, true),
+        None => true,
+    }
+}
+
+/// Where a write may start a viewer's stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The packets begin a complete keyframe: a waiting viewer starts at the first.
+    Here,
+    /// Live packets: video only for viewers already synced to this publisher.
+    IfSynced,
+}
+
+/// The viewer's payload type for a publisher PT, cached per consumer.
+fn viewer_pt(
+    consumer: &mut Consumer,
+    rtc: &str0m::Rtc,
+    track: &router::Track,
+    pt: str0m::media::Pt,
+) -> Option<str0m::media::Pt> {
+    if let Some(v) = consumer.mapped_pt(pt) {
+        return Some(v);
+    }
+    let params = track.codec(pt)?;
+    let mapped = rtc.codec_config().match_params(*params)?.pt();
+    consumer.remember_pt(pt, mapped);
+    Some(mapped)
+}
+
+/// Fresh extension values for a viewer: only what describes the media itself. Copying the
+/// publisher's values would leak its MID/RID onto the viewer's stream.
+fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: from.audio_level,
+        voice_activity: from.voice_activity,
+        video_orientation: from.video_orientation,
+        ..Default::default()
+    }
+}
