@@ -60,6 +60,16 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub max_connections_per_ip: usize,
 
+    /// Largest request body (SDP offers, trickle fragments). An offer is a few KB; 64 KiB
+    /// leaves room for many candidates and codecs.
+    #[arg(long, env = "WHIPCAST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Broadcasts the server keeps. Creating one more answers 503: with no --create-token,
+    /// anyone can create broadcasts, and the state file must not grow without end.
+    #[arg(long, env = "WHIPCAST_MAX_BROADCASTS", default_value_t = 10_000)]
+    pub max_broadcasts: usize,
+
     /// A client must send its request headers within this time, or the connection is closed
     /// (slowloris). Units: s, m.
     #[arg(long, env = "WHIPCAST_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -898,3 +898,26 @@ async fn when_full_reject_answers_503_and_viewer_delete_answers_200() {
     assert_eq!((stats.publishers, stats.viewers), (1, 1));
     r.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn limits_on_bodies_and_broadcasts_are_configurable() {
+    let r = start(&["--max-body-bytes", "1000", "--max-broadcasts", "2"]).await;
+    let (id, _) = create(&r).await;
+    let (_, detail) = problem(
+        whip(&r, Some(&id), "application/sdp", obs_offer()).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert!(detail.contains("1000"), "{detail}");
+    create(&r).await;
+    problem(
+        r.http
+            .post(format!("{}/api/broadcasts", r.base))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    r.server.shutdown().await;
+}

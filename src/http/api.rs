@@ -34,16 +34,22 @@ pub(super) async fn create_broadcast(
         }
     }
     let origin = origin(state, &req);
-    let _ = read_body(req).await?; // empty or `{}`; nothing in it is used yet
+    let _ = read_body(state, req).await?; // empty or `{}`; nothing in it is used yet
     let created = {
         let mut registry = state.registry.lock().expect("registry lock");
         let saved = registry
             .expire(unix_now(), state.config.id_ttl)
-            .and_then(|_| registry.create(unix_now()));
-        saved.map_err(|e| {
+            .and_then(|_| {
+                if registry.len() >= state.config.max_broadcasts {
+                    return Ok(None);
+                }
+                registry.create(unix_now()).map(Some)
+            });
+        let saved = saved.map_err(|e| {
             tracing::error!(error = %e, "cannot save the state file");
             ApiError::ShuttingDown
-        })?
+        })?;
+        saved.ok_or(ApiError::TooManyBroadcasts)?
     };
     info!(broadcast = %secret::log_label(&created.broadcast_id), "broadcast created");
     let body = CreatedBroadcast {

@@ -282,7 +282,7 @@ async fn session(
                 // ICE restart (RFC 9725 §4.3.2). Trickle is supported, restart is not: 422.
                 return Err(ApiError::IceRestartUnsupported);
             }
-            let _ = read_body(req).await?;
+            let _ = read_body(state, req).await?;
             match call(state, Command::Trickle { session, publisher }).await? {
                 // We are ICE-lite: the peer's candidates are learnt from its own checks, so a
                 // trickled candidate needs no action beyond acknowledging it (RFC 9725 §4.3.1).
@@ -313,7 +313,7 @@ async fn events(
             if !state.hub.knows(&session) {
                 return Err(ApiError::UnknownSession);
             }
-            let body = read_body(req).await?;
+            let body = read_body(state, req).await?;
             let wanted: Vec<String> = if body.is_empty() {
                 Vec::new()
             } else {
@@ -393,20 +393,16 @@ pub(crate) fn require_content_type(
     }
 }
 
-/// Reads a body up to [`MAX_BODY_BYTES`].
-pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+/// Reads a body up to `--max-body-bytes`.
+pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(ApiError::BodyTooLarge {
-                limit: MAX_BODY_BYTES,
-            })
+            Err(ApiError::BodyTooLarge { limit })
         }
         Err(_) => Err(ApiError::BodyUnreadable),
     }
@@ -462,8 +458,6 @@ fn page(html: &'static str) -> HttpResponse {
     r
 }
 
-/// An SDP offer of a few KB is normal; 64 KiB leaves room for many candidates and codecs.
-const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Total header bytes per request (hyper's read buffer); larger requests get 431.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// The answer to one connection too many from an address (written raw: hyper never sees it).

@@ -53,6 +53,8 @@ pub enum ApiError {
     UnknownEvent(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("this server holds as many broadcasts as it allows; unused ones expire after --id-ttl")]
+    TooManyBroadcasts,
 }
 
 #[derive(Serialize)]
@@ -93,9 +95,10 @@ impl ApiError {
             }
             Self::UnknownView | Self::UnknownSession | Self::NotFound => StatusCode::NOT_FOUND,
             Self::NotLive => StatusCode::CONFLICT,
-            Self::NoFreeSlot | Self::ViewerLimitReached | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoFreeSlot
+            | Self::ViewerLimitReached
+            | Self::ShuttingDown
+            | Self::TooManyBroadcasts => StatusCode::SERVICE_UNAVAILABLE,
             Self::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }

@@ -21,7 +21,7 @@ pub(super) async fn subscribe(
         .expect("registry lock")
         .by_view_id(view_id)
         .ok_or(ApiError::UnknownView)?;
-    let body = read_body(req).await?;
+    let body = read_body(state, req).await?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
     let publisher = match call(state, Command::Describe(broadcast)).await? {

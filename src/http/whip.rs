@@ -30,7 +30,7 @@ pub(super) async fn publish(
         key
     };
     let agent = publisher_agent(&req);
-    let body = read_body(req).await?;
+    let body = read_body(state, req).await?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
     let accepted = state.setup.accept_publisher(now(), offer)?;
