@@ -324,3 +324,27 @@ async fn viewer_page_shows_reconnecting_while_obs_is_gone_and_plays_on_when_it_r
     .await;
     r.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_the_view_id_tells_current_viewers_their_link_was_replaced() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let _obs = Client::publish(&base, &id).unwrap();
+        let viewer = watch(&base, &view, "viewer-before-rotation");
+        let (status, _, _) = common::udp_client::http(
+            "POST",
+            &format!("{base}/api/broadcasts/{id}/view-id"),
+            &[],
+            "",
+        );
+        assert_eq!(status, 200);
+        viewer.wait("the page says its link was replaced", |b| {
+            b.text("#title").contains("link was replaced").then_some(())
+        });
+        viewer.screenshot("viewer-link-replaced");
+    })
+    .await;
+    r.server.shutdown().await;
+}
