@@ -642,7 +642,6 @@ impl Engine {
         let b = peer.broadcast;
         let publisher = peer.is_publisher();
         if publisher {
-            // Video RTX caches are sized in `http` when building; nothing to do here.
             info!(broadcast = %b, peer = %key, "publisher connected");
             if let Some(route) = self.router.route_mut(b) {
                 route.live_since.get_or_insert(now);
