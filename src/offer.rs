@@ -93,9 +93,15 @@ impl SessionSetup {
         if chosen.is_empty() {
             return Err(OfferError::UnsupportedCodecs);
         }
+        let parsed_layers: Vec<_> = parsed
+            .media_lines
+            .iter()
+            .map(|l| (l.mid(), preferred_layer(&l.rids())))
+            .collect();
         let Accepted {
             rtc, answer, ufrag, ..
         } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL)?;
+        let layers: Vec<(str0m::media::Mid, Option<str0m::media::Rid>)> = parsed_layers;
         let mut tracks = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
             let params: Vec<PayloadParams> = pts
@@ -103,7 +109,13 @@ impl SessionSetup {
                 .filter_map(|pt| rtc.codec_config().find(|p| p.pt() == *pt).copied())
                 .collect();
             if !params.is_empty() && !tracks.iter().any(|t: &IngestTrack| t.kind == kind) {
-                tracks.push(IngestTrack { mid, kind, params });
+                let layer = layers.iter().find(|(m, _)| *m == mid).and_then(|(_, l)| *l);
+                tracks.push(IngestTrack {
+                    mid,
+                    kind,
+                    params,
+                    layer,
+                });
             }
         }
         if tracks.is_empty() {
@@ -254,6 +266,15 @@ fn media_of(rtc: &Rtc, answer: &str) -> Vec<(str0m::media::Mid, MediaKind, Vec<P
             Some((l.mid(), media.kind(), l.pts.clone()))
         })
         .collect()
+}
+
+/// The simulcast layer to forward: the full-resolution one. OBS names its layers "0" (full),
+/// "1", "2"; browsers commonly use "f", "h", "q".
+fn preferred_layer(rids: &[str0m::media::Rid]) -> Option<str0m::media::Rid> {
+    ["0", "f", "h", "q"]
+        .iter()
+        .find_map(|want| rids.iter().find(|r| r.to_string() == *want).copied())
+        .or_else(|| rids.first().copied())
 }
 
 /// The codec we take from one offered m-line, in our order of preference: H264 (what OBS

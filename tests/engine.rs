@@ -448,3 +448,27 @@ fn the_ingest_doctor_notices_b_frames() {
     }
     assert!(info(&mut sim).b_frames);
 }
+
+#[test]
+fn a_simulcast_publisher_has_every_layer_accepted_and_viewers_get_the_full_one() {
+    let mut sim = Sim::new(engine_config());
+    let p = sim.publish_simulcast(B).expect("simulcast publish");
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[p].connected);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(500));
+    let mut sent = Vec::new();
+    for n in 0..40 {
+        sent.push(sim.send_simulcast_frame(p, n, n % 30 == 0));
+        sim.run_for(FRAME);
+    }
+    sim.run_for(Duration::from_millis(200));
+    let got = &sim.clients[v].frames;
+    assert!(got.len() >= 30, "viewer decoded {} frames", got.len());
+    for g in got {
+        assert!(
+            sent.iter().any(|layers| layers[0] == g.data),
+            "only layer 0 (full resolution) reaches viewers"
+        );
+    }
+}

@@ -178,6 +178,12 @@ async fn real_obs_and_chromium_offer_texts_are_accepted() {
         "{answer}"
     );
     assert!(answer.contains("a=setup:passive"));
+    // OBS 32.1 with simulcast: every layer must be accepted, or OBS gives up.
+    let simulcast = include_str!("fixtures/obs-32-simulcast-offer.sdp");
+    let res = whip(&r, Some(&id), "application/sdp", simulcast).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let answer = res.text().await.unwrap();
+    assert!(answer.contains("a=simulcast:recv 0;1;2"), "{answer}");
     // Chromium's own recvonly offer (captured from the Chromium in CI), with RTX and TWCC.
     let chromium = include_str!("fixtures/chromium-recvonly-offer.sdp");
     let res = r

@@ -50,6 +50,9 @@ pub struct IngestTrack {
     pub kind: MediaKind,
     /// The codec(s) accepted for this m-line, with the publisher's payload types.
     pub params: Vec<PayloadParams>,
+    /// With simulcast (OBS 32.1+ sends rids "0", "1", "2"), the one layer viewers get: every
+    /// layer is accepted, or OBS fails, but one picture is forwarded.
+    pub layer: Option<str0m::media::Rid>,
 }
 
 /// One m-line of a viewer that will carry a publisher track of the same kind.

@@ -22,7 +22,7 @@ impl Engine {
         let Role::Publisher(ingest) = &mut peer.role else {
             return;
         };
-        let Some(mid) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else {
+        let Some((mid, rid)) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else {
             return;
         };
         let Some(route) = self.router.route_mut(b) else {
@@ -34,6 +34,10 @@ impl Engine {
         let Some(ti) = route.track_index(mid) else {
             return;
         };
+        if route.tracks[ti].layer.is_some() && rid != route.tracks[ti].layer {
+            // Another simulcast layer: received (and NACKed) but not forwarded.
+            return;
+        }
         self.counters.packets_in += 1;
         self.counters.bytes_in += pkt.payload.len() as u64;
         route

@@ -373,6 +373,7 @@ impl Engine {
                     mid: t.mid,
                     kind: t.kind,
                     params: t.params.clone(),
+                    layer: t.layer,
                 })
                 .collect(),
         )

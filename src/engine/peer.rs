@@ -14,7 +14,7 @@ use str0m::rtp::Ssrc;
 
 use super::consumer::Consumer;
 use super::key::{BroadcastKey, SessionId};
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 
 pub(crate) struct Peer {
     pub(crate) generation: u32,
@@ -49,7 +49,7 @@ pub(crate) enum Role {
 pub(crate) struct Ingest {
     /// SSRC → m-line, learned from str0m's `StreamRx` on the first packet of each SSRC (the
     /// MID extension is only in early packets). NACK is switched on at the same moment.
-    ssrcs: Vec<(Ssrc, Mid)>,
+    ssrcs: Vec<(Ssrc, Mid, Option<Rid>)>,
 }
 
 impl Peer {
@@ -77,18 +77,18 @@ impl Ingest {
     /// The m-line of an incoming SSRC. On first sight, asks str0m and enables NACK towards
     /// the publisher: OBS offers no RTX, so str0m would otherwise never NACK it, while OBS
     /// does answer NACKs by resending on the original SSRC.
-    pub(crate) fn mid_of(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<Mid> {
-        if let Some((_, mid)) = self.ssrcs.iter().find(|(s, _)| *s == ssrc) {
-            return Some(*mid);
+    pub(crate) fn mid_of(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<(Mid, Option<Rid>)> {
+        if let Some((_, mid, rid)) = self.ssrcs.iter().find(|(s, _, _)| *s == ssrc) {
+            return Some((*mid, *rid));
         }
         let mut api = rtc.direct_api();
         let rx = api.stream_rx(&ssrc)?;
-        let mid = rx.mid();
+        let (mid, rid) = (rx.mid(), rx.rid());
         rx.suppress_nack(false);
         if self.ssrcs.len() < MAX_SSRCS {
-            self.ssrcs.push((ssrc, mid));
+            self.ssrcs.push((ssrc, mid, rid));
         }
-        Some(mid)
+        Some((mid, rid))
     }
 }
 

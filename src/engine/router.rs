@@ -71,6 +71,8 @@ pub(crate) struct Track {
     pub(crate) mid: Mid,
     pub(crate) kind: MediaKind,
     pub(crate) params: Vec<PayloadParams>,
+    /// The simulcast layer forwarded, if the publisher sends several.
+    pub(crate) layer: Option<str0m::media::Rid>,
     /// Packets of the newest frame (same RTP timestamp), shared `Arc` payloads, any order.
     frame: Vec<CachedPacket>,
     frame_ts: Option<u32>,
@@ -217,6 +219,7 @@ impl Track {
             mid: spec.mid,
             kind: spec.kind,
             params: spec.params.clone(),
+            layer: spec.layer,
             frame: Vec::new(),
             frame_ts: None,
             frame_is_key: false,

@@ -191,6 +191,93 @@ impl<S: Sfu> Sim<S> {
         Ok(self.add(client))
     }
 
+    /// An OBS 32.1-shaped simulcast publisher: H264 with layers "0" (full), "1", "2".
+    #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
+    pub fn publish_simulcast(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
+        let mut cfg = RtcConfig::new().clear_codecs();
+        cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
+        cfg.codec_config().enable_opus(true, false);
+        let mut client = self.new_client(cfg);
+        let mut layers = str0m::media::Simulcast::new();
+        for rid in ["0", "1", "2"] {
+            layers.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+        }
+        let mut api = client.rtc.sdp_api();
+        let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let video = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            None,
+            None,
+            Some(layers),
+        );
+        let (offer, pending) = api.apply().expect("an offer");
+        client.audio_mid = Some(audio);
+        client.video_mid = Some(video);
+        let accepted = self
+            .setup
+            .accept_publisher(self.now, &obs_shape(&offer.to_sdp_string()))
+            .expect("simulcast offer accepted");
+        assert!(
+            accepted.answer.contains("a=simulcast:recv 0;1;2"),
+            "every layer accepted: {}",
+            accepted.answer
+        );
+        let session = SessionId::random();
+        client.server_ufrag = accepted.ufrag.clone();
+        let peer = NewPeer {
+            broadcast,
+            session: session.clone(),
+            ufrag: accepted.ufrag,
+            rtc: accepted.rtc,
+        };
+        match self
+            .engine
+            .handle_command(self.now, Command::Publish(peer, accepted.tracks))
+        {
+            Outcome::Published(Ok(())) => {}
+            other => return Err(other),
+        }
+        client
+            .rtc
+            .sdp_api()
+            .accept_answer(
+                pending,
+                SdpAnswer::from_sdp_string(&accepted.answer).unwrap(),
+            )
+            .unwrap();
+        client.session = Some(session);
+        Ok(self.add(client))
+    }
+
+    /// Sends frame `n` on every simulcast layer; each layer's bytes say which layer it is.
+    pub fn send_simulcast_frame(
+        &mut self,
+        publisher: usize,
+        n: u64,
+        keyframe: bool,
+    ) -> Vec<Vec<u8>> {
+        let now = self.now;
+        let c = &mut self.clients[publisher];
+        let video = c.video_mid.unwrap();
+        let pt = c.rtc.media(video).unwrap().remote_pts()[0];
+        let mut frames = vec![Vec::new(); 3];
+        // Smallest layer first, so a server that forwarded every layer would hand viewers the
+        // wrong one before the full one.
+        for (i, rid) in [(2usize, "2"), (1, "1"), (0, "0")] {
+            let mut frame = frame_with_sps(n, keyframe, BASELINE_SPS);
+            frame.extend(std::iter::repeat_n(b'a' + i as u8, 64));
+            c.rtc
+                .writer(video)
+                .unwrap()
+                .rid(rid.into())
+                .write(pt, now, MediaTime::from_90khz(n * 3000), frame.clone())
+                .unwrap();
+            frames[i] = frame;
+        }
+        frames
+    }
+
     /// A browser-shaped viewer (H264 with RTX, VP8, Opus; recvonly video then audio).
     #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn view(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
