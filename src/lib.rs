@@ -18,6 +18,7 @@
 //!   keyframe cache, per-viewer rewriting, one deadline index. No IO, no clock.
 //! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
+//! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
 //! - [`server`]: wiring the above together.
 //!
 //! # One packet's path
@@ -37,6 +38,7 @@ pub mod io;
 pub mod offer;
 pub mod registry;
 pub mod secret;
+pub mod selftest;
 pub mod server;
 
 pub use config::Config;

@@ -199,6 +199,21 @@ impl SessionSetup {
         })
     }
 
+    /// A connectivity-test offer (any audio m-line): the answer carries our candidates and
+    /// fingerprint; no media will flow, ICE and DTLS are the test.
+    pub fn accept_probe(&self, now: Instant, offer: &str) -> Result<Accepted<()>, OfferError> {
+        let parsed = parse(offer)?;
+        let opus = parsed
+            .media_lines
+            .iter()
+            .flat_map(|l| l.rtp_params())
+            .find(|p| p.spec().codec == Codec::Opus)
+            .ok_or(OfferError::NoMedia(
+                "test with (offer one Opus audio section)",
+            ))?;
+        self.accept(now, parsed, vec![opus], VIEWER_STATS_INTERVAL)
+    }
+
     fn accept(
         &self,
         now: Instant,

@@ -119,6 +119,10 @@ impl Server {
                     .apply(&event, events_state.config.max_viewers);
             }
         });
+        tokio::spawn(crate::selftest::run(
+            state.setup.clone(),
+            state.engine.clone(),
+        ));
         let (stop_http, stop_http_rx) = watch::channel(false);
         let http_task = tokio::spawn(http::serve(listener, state, stop_http_rx));
         info!(%http_addr, %udp_addr, ?advertised, "whipcast listening");

@@ -258,6 +258,16 @@ async fn broadcaster_page_issues_an_id_shows_obs_settings_and_goes_live() {
             (p.text("#resolution") == "320x240").then_some(())
         });
         page.screenshot("broadcast-live");
+        page.click("#test-connection");
+        let result = page.wait("the connection test finishes", |p| {
+            let r = p.js(
+                "return document.querySelector('#test-result').dataset.result || null",
+                json!([]),
+            );
+            r.as_str().map(str::to_owned)
+        });
+        assert_eq!(result, "ok", "{}", page.text("#test-result"));
+        page.screenshot("broadcast-connection-test");
         let status = Browser::start();
         status.goto(&format!("{base}/status"));
         status.wait("the status page lists it", |p| {

@@ -115,6 +115,10 @@ fn sigterm_closes_sessions_and_exits_0() {
         .read_to_string(&mut logs)
         .unwrap();
     assert!(logs.contains("all sessions closed for shutdown"), "{logs}");
+    assert!(
+        logs.contains("connectivity self-test passed"),
+        "the start-up self-test ran: {logs}"
+    );
 }
 
 #[test]
@@ -290,4 +294,44 @@ fn sessions_leave_no_file_descriptors_or_peers_behind() {
             );
         }
     }
+}
+
+#[test]
+fn an_advertised_address_off_this_machine_is_reported_as_unverified() {
+    // 192.0.2.1 (TEST-NET-1) is only advertised: the self-test sends nothing there.
+    let dir =
+        std::env::temp_dir().join(format!("whipcast-nat-{}", whipcast::secret::random_token()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whipcast"))
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--udp-listen",
+            "127.0.0.1:0",
+            "--public-ip",
+            "192.0.2.1",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while Instant::now() < deadline && stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.contains("self-test") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("192.0.2.1") && seen.contains("cannot be checked from here"),
+        "{seen}"
+    );
 }

@@ -109,4 +109,32 @@ $('rotate').addEventListener('click', async () => {
   if (res.ok) $('viewer-url').textContent = (await res.json()).viewer_url;
 });
 
+// A WebRTC session with the server that carries no media: if ICE and DTLS complete, UDP works.
+$('test-connection').addEventListener('click', async () => {
+  const out = $('test-result');
+  out.textContent = 'Testing…';
+  const pc = new RTCPeerConnection();
+  try {
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch('/api/connectivity-test', { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+    if (res.status !== 201) throw new Error((await res.json().catch(() => ({}))).detail || `the server answered ${res.status}`);
+    await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    const ok = await new Promise((resolve) => {
+      const check = () => { if (pc.connectionState === 'connected') resolve(true); if (pc.connectionState === 'failed') resolve(false); };
+      pc.addEventListener('connectionstatechange', check);
+      setTimeout(() => resolve(pc.connectionState === 'connected'), 8000);
+    });
+    out.textContent = ok
+      ? 'UDP works: media from this server reaches this browser.'
+      : 'No UDP connection. Open the server\'s UDP media port (default 8189) in its firewall; behind NAT or Docker start it with --public-ip <public address>.';
+    out.dataset.result = ok ? 'ok' : 'failed';
+  } catch (e) {
+    out.textContent = `The test could not run: ${e.message}`;
+    out.dataset.result = 'error';
+  } finally {
+    pc.close();
+  }
+});
+
 if (broadcastId) showPanel(); else show('start', true);

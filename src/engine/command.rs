@@ -32,6 +32,9 @@ pub enum Command {
     RevokeViewers(BroadcastKey),
     /// The server is stopping: end every broadcast and close every session.
     Shutdown,
+    /// A connectivity test: a peer that only completes ICE and DTLS (no broadcast, no slot),
+    /// then is removed; [`EngineEvent::ProbeConnected`] says it worked.
+    Probe(NewPeer),
 }
 
 /// A peer built off the media loop (building an `Rtc` costs about 1 ms).
@@ -75,6 +78,8 @@ pub enum Outcome {
     Status(Vec<(BroadcastKey, BroadcastInfo)>),
     Revoked(usize),
     ShutDown(usize),
+    /// The probe is in place (its slab index, for logs).
+    Probing(usize),
 }
 
 /// Why the engine refused a command. Each variant names the condition.
@@ -162,6 +167,8 @@ pub enum EngineEvent {
         broadcast: BroadcastKey,
         viewers: usize,
     },
+    /// A connectivity test completed ICE and DTLS over UDP.
+    ProbeConnected(SessionId),
     /// A session ended, and why.
     SessionClosed {
         session: SessionId,

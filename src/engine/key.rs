@@ -28,6 +28,10 @@ impl fmt::Display for BroadcastKey {
     }
 }
 
+/// The broadcast key of connectivity tests: the registry numbers broadcasts from 1, so no
+/// broadcast and no route ever has it.
+pub const PROBE: BroadcastKey = BroadcastKey(0);
+
 /// The random ID in a session URL (`/broadcast/session/<id>`, `/stream/session/<id>`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionId(String);

@@ -43,7 +43,7 @@ pub use self::command::{
     NewPeer, Outcome, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
-pub use self::key::{BroadcastKey, PeerKey, SessionId};
+pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
 
 use self::consumer::Consumer;
 use self::deadline::Deadlines;
@@ -231,6 +231,10 @@ impl Engine {
             ),
             Command::RevokeViewers(b) => Outcome::Revoked(self.revoke_viewers(now, b)),
             Command::Shutdown => Outcome::ShutDown(self.shut_down(now)),
+            Command::Probe(new) => {
+                let key = self.insert_peer(now, new, Role::Probe);
+                Outcome::Probing(key.index as usize)
+            }
         };
         self.flush_deferred(now);
         outcome
@@ -263,10 +267,11 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         let (demux_addrs, demux_ufrags) = self.demux.len();
         let publishers = self.peers.iter().filter(|(_, p)| p.is_publisher()).count();
+        let viewers = self.peers.iter().filter(|(_, p)| p.is_viewer()).count();
         Stats {
             peers: self.peers.len(),
             publishers,
-            viewers: self.peers.len() - publishers,
+            viewers,
             live_broadcasts: self.router.live(),
             demux_addrs,
             demux_ufrags,
@@ -616,7 +621,7 @@ impl Engine {
                 let b = peer.broadcast;
                 let kind = match &peer.role {
                     Role::Viewer(cs) => cs.iter().find(|c| c.mid == req.mid).map(|c| c.kind),
-                    Role::Publisher(_) => None,
+                    Role::Publisher(_) | Role::Probe => None,
                 };
                 if let (Some(kind), Some(route)) = (kind, self.router.route(b))
                     && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
@@ -642,6 +647,13 @@ impl Engine {
         peer.expires = None;
         let b = peer.broadcast;
         let publisher = peer.is_publisher();
+        if matches!(peer.role, Role::Probe) {
+            info!(peer = %key, "connectivity test connected");
+            let session = peer.session.clone();
+            self.events.push_back(EngineEvent::ProbeConnected(session));
+            self.remove_peer(now, key, CloseReason::Deleted);
+            return;
+        }
         if publisher {
             info!(broadcast = %b, peer = %key, "publisher connected");
             if let Some(route) = self.router.route_mut(b) {

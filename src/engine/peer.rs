@@ -42,6 +42,8 @@ pub(crate) struct Peer {
 pub(crate) enum Role {
     Publisher(Ingest),
     Viewer(Vec<Consumer>),
+    /// A connectivity test: ICE and DTLS only, removed as soon as it connects.
+    Probe,
 }
 
 /// Publisher-side state: which of its SSRCs belong to which m-line.
@@ -57,6 +59,10 @@ impl Peer {
         matches!(self.role, Role::Publisher(_))
     }
 
+    pub(crate) fn is_viewer(&self) -> bool {
+        matches!(self.role, Role::Viewer(_))
+    }
+
     /// The earliest of the `Rtc` timeout and the engine's own expiry.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match (self.rtc_deadline, self.expires) {
@@ -68,7 +74,7 @@ impl Peer {
     pub(crate) fn consumer_mut(&mut self, kind: MediaKind) -> Option<&mut Consumer> {
         match &mut self.role {
             Role::Viewer(cs) => cs.iter_mut().find(|c| c.kind == kind),
-            Role::Publisher(_) => None,
+            Role::Publisher(_) | Role::Probe => None,
         }
     }
 }

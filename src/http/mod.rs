@@ -209,6 +209,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
         "/metrics" => api::metrics(state).await,
         "/status" => Ok(page(STATUS_HTML)),
         "/api/status" => api::server_status(state).await,
+        "/api/connectivity-test" => match method {
+            Method::POST => connectivity_test(state, req).await,
+            _ => Err(not_allowed("POST, OPTIONS")),
+        },
         "/assets/player.js" => Ok(text(
             StatusCode::OK,
             "text/javascript; charset=utf-8",
@@ -344,6 +348,31 @@ async fn events(
             allow: "GET, POST, OPTIONS",
         }),
     }
+}
+
+/// `POST /api/connectivity-test` with an offer: a peer that only completes ICE and DTLS, so a
+/// browser can check that UDP media reaches it from this server.
+async fn connectivity_test(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    require_content_type(&req, "application/sdp")?;
+    let body = read_body(state, req).await?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let accepted = state.setup.accept_probe(crate::io::now(), offer)?;
+    let peer = crate::engine::NewPeer {
+        broadcast: crate::engine::PROBE,
+        session: SessionId::random(),
+        ufrag: accepted.ufrag,
+        rtc: accepted.rtc,
+    };
+    call(state, Command::Probe(peer)).await?;
+    Ok(Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::CONTENT_TYPE, "application/sdp")
+        .body(full(accepted.answer))
+        .expect("valid headers"))
 }
 
 pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, ApiError> {
