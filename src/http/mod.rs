@@ -357,9 +357,8 @@ async fn connectivity_test(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
-    let body = read_body(state, req).await?;
-    let offer = std::str::from_utf8(&body)
-        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let offer = read_offer(state, req).await?;
+    let offer = offer.as_str();
     let accepted = state.setup.accept_probe(crate::io::now(), offer)?;
     let peer = crate::engine::NewPeer {
         broadcast: crate::engine::PROBE,
@@ -435,6 +434,17 @@ pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Resul
         }
         Err(_) => Err(ApiError::BodyUnreadable),
     }
+}
+
+/// Reads an SDP offer body as text (the content type was checked by the caller, before any
+/// lookup, so a wrong type is reported first).
+pub(crate) async fn read_offer(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<String, ApiError> {
+    let body = read_body(state, req).await?;
+    String::from_utf8(body.to_vec())
+        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()).into())
 }
 
 /// The value of `?name=` in the query string.

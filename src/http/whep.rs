@@ -5,7 +5,9 @@ use hyper::body::Incoming;
 use tracing::info;
 
 use super::whip::sdp_created;
-use super::{ApiError, AppState, HttpResponse, call, query_param, read_body, require_content_type};
+use super::{
+    ApiError, AppState, HttpResponse, call, query_param, read_offer, require_content_type,
+};
 use crate::engine::{Command, NewPeer, Outcome, SessionId};
 use crate::io::now;
 
@@ -21,9 +23,8 @@ pub(super) async fn subscribe(
         .expect("registry lock")
         .by_view_id(view_id)
         .ok_or(ApiError::UnknownView)?;
-    let body = read_body(state, req).await?;
-    let offer = std::str::from_utf8(&body)
-        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let offer = read_offer(state, req).await?;
+    let offer = offer.as_str();
     let publisher = match call(state, Command::Describe(broadcast)).await? {
         Outcome::Described(Some(tracks)) => tracks,
         Outcome::Described(None) => return Err(ApiError::NotLive),

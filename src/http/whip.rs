@@ -6,7 +6,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use tracing::info;
 
-use super::{ApiError, AppState, HttpResponse, call, query_param, read_body, require_content_type};
+use super::{
+    ApiError, AppState, HttpResponse, call, query_param, read_offer, require_content_type,
+};
 use crate::engine::{Command, NewPeer, Outcome, SessionId};
 use crate::io::now;
 use crate::secret;
@@ -30,9 +32,8 @@ pub(super) async fn publish(
         key
     };
     let agent = publisher_agent(&req);
-    let body = read_body(state, req).await?;
-    let offer = std::str::from_utf8(&body)
-        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()))?;
+    let offer = read_offer(state, req).await?;
+    let offer = offer.as_str();
     let accepted = state.setup.accept_publisher(now(), offer)?;
     let session = SessionId::random();
     let peer = NewPeer {
