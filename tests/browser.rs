@@ -267,7 +267,10 @@ async fn broadcaster_page_issues_an_id_shows_obs_settings_and_goes_live() {
             r.as_str().map(str::to_owned)
         });
         assert_eq!(result, "ok", "{}", page.text("#test-result"));
-        page.js("document.querySelector('#test-result').scrollIntoView({block: 'center'})", json!([]));
+        page.js(
+            "document.querySelector('#test-result').scrollIntoView({block: 'center'})",
+            json!([]),
+        );
         page.screenshot("broadcast-connection-test");
         let status = Browser::start();
         status.goto(&format!("{base}/status"));
