@@ -456,6 +456,20 @@ async fn preflight_and_cors_headers_are_on_every_whip_and_whep_url() {
 }
 
 #[tokio::test]
+async fn head_on_the_whep_url_announces_sdp() {
+    let r = start(&[]).await;
+    let res = r
+        .http
+        .head(format!("{}/stream?id=x", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/sdp");
+    r.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn patch_trickle_is_acknowledged_and_ice_restart_is_refused() {
     let r = start(&[]).await;
     let (id, _) = create(&r).await;

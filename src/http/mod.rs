@@ -239,7 +239,14 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             _ => Err(not_allowed("GET, POST, OPTIONS")),
         },
         "/stream" => match method {
-            Method::GET | Method::HEAD => Ok(page(STREAM_HTML)),
+            Method::GET => Ok(page(STREAM_HTML)),
+            // WHEP discoverability: HEAD says this URL takes SDP offers.
+            Method::HEAD => Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/sdp")
+                .header("Accept-Post", "application/sdp")
+                .body(full(Bytes::new()))
+                .expect("static headers are valid")),
             Method::POST => whep::subscribe(state, req).await,
             _ => Err(not_allowed("GET, POST, OPTIONS")),
         },
