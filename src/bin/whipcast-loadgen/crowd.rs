@@ -1,0 +1,222 @@
+//! The viewers as a group: joining many with a bounded number of WHEP requests in flight,
+//! waiting for them to connect and play, replacing some (the soak test), totals over all of
+//! them (including ones that left, so counts never go backwards) and the join-storm numbers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::http::Base;
+use crate::peer::{Sessions, wait_until};
+use crate::stats::{Counters, Totals, percentile};
+use crate::viewer::Viewer;
+
+/// WHEP requests in flight at once.
+const IN_FLIGHT: usize = 32;
+
+pub struct Crowd {
+    base: Base,
+    view_id: String,
+    epoch: Instant,
+    sessions: Sessions,
+    pub viewers: Vec<Viewer>,
+    /// Counters of viewers that left, so totals stay monotonic.
+    retired: Vec<Arc<Counters>>,
+    /// Joins that failed (HTTP error, bad answer), with the first few reasons logged.
+    pub failures: usize,
+}
+
+/// What a group of joins achieved.
+pub struct JoinReport {
+    pub joined: usize,
+    pub connected: usize,
+    pub playing: usize,
+    /// Completed WHEP + ICE + DTLS per second, from the first POST to the last `Connected`.
+    pub joins_per_s: f64,
+    pub ttff_ms: Vec<f64>,
+    /// POST → answer and POST → ICE + DTLS connected, for the breakdown of the above.
+    pub answer_ms: Vec<f64>,
+    pub connect_ms: Vec<f64>,
+}
+
+impl Crowd {
+    pub fn new(base: &Base, view_id: &str, epoch: Instant, sessions: &Sessions) -> Self {
+        Self {
+            base: base.clone(),
+            view_id: view_id.to_owned(),
+            epoch,
+            sessions: sessions.clone(),
+            viewers: Vec::new(),
+            retired: Vec::new(),
+            failures: 0,
+        }
+    }
+
+    /// Joins `n` viewers, `full` of them full viewers spread evenly over the join order (the
+    /// last one included: the server serves viewers one after another, so the first ones
+    /// alone would flatter the latency), and waits up to `limit` for
+    /// all of them to connect and get video. The new viewers are appended to `viewers`.
+    pub async fn join(&mut self, n: usize, full: usize, limit: Duration) -> JoinReport {
+        let start = Instant::now();
+        let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+        let step = n.checked_div(full).map_or(usize::MAX, |s| s.max(1));
+        let is_full = |i: usize| (i + 1).is_multiple_of(step) && (i + 1) / step <= full;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let full = is_full(i);
+                let (gate, base, view) = (gate.clone(), self.base.clone(), self.view_id.clone());
+                let (epoch, sessions) = (self.epoch, self.sessions.clone());
+                tokio::spawn(async move {
+                    let _permit = gate.acquire_owned().await.expect("semaphore");
+                    Viewer::join(&base, &view, full, epoch, &sessions).await
+                })
+            })
+            .collect();
+        let first = self.viewers.len();
+        for t in tasks {
+            match t.await.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(v) => self.viewers.push(v),
+                Err(e) => {
+                    self.failures += 1;
+                    crate::peer::log_limited(format_args!("join failed: {e}"));
+                }
+            }
+        }
+        let new = &self.viewers[first..];
+        let done = |c: &Counters| c.ended.load(Relaxed) || c.first_video_us.load(Relaxed) > 0;
+        let remaining = limit.saturating_sub(start.elapsed());
+        if !wait_until(|| new.iter().all(|v| done(&v.counters)), remaining).await {
+            eprintln!("some viewers did not get video within {limit:?}");
+        }
+        let start_us = crate::peer::micros_since(self.epoch, start);
+        let connected: Vec<u64> = new
+            .iter()
+            .map(|v| v.counters.connected_us.load(Relaxed))
+            .filter(|&t| t > 0)
+            .collect();
+        let last = connected.iter().copied().max().unwrap_or(start_us);
+        let span_s = last.saturating_sub(start_us) as f64 / 1e6;
+        JoinReport {
+            joined: new.len(),
+            connected: connected.len(),
+            playing: new
+                .iter()
+                .filter(|v| v.counters.first_video_us.load(Relaxed) > 0)
+                .count(),
+            joins_per_s: if span_s > 0.0 {
+                connected.len() as f64 / span_s
+            } else {
+                f64::NAN
+            },
+            ttff_ms: new.iter().filter_map(|v| v.counters.ttff_ms()).collect(),
+            answer_ms: new
+                .iter()
+                .filter_map(|v| v.counters.since_post_ms(&v.counters.answered_us))
+                .collect(),
+            connect_ms: new
+                .iter()
+                .filter_map(|v| v.counters.since_post_ms(&v.counters.connected_us))
+                .collect(),
+        }
+    }
+
+    /// Replaces the `k` oldest sink viewers with new ones (full viewers stay).
+    pub async fn churn(&mut self, k: usize, limit: Duration) -> JoinReport {
+        let mut leaving = Vec::with_capacity(k);
+        let mut i = 0;
+        while i < self.viewers.len() && leaving.len() < k {
+            if self.viewers[i].full {
+                i += 1;
+            } else {
+                leaving.push(self.viewers.remove(i));
+            }
+        }
+        let k = leaving.len();
+        for v in &leaving {
+            v.stop();
+            self.sessions.delete(&self.base, &v.location).await;
+        }
+        self.retired.extend(leaving.into_iter().map(|v| v.counters));
+        self.join(k, 0, limit).await
+    }
+
+    /// One full viewer joins alone, waits for its first complete frame, and leaves: the
+    /// time to first frame of one person pressing play on a loaded server (ms).
+    pub async fn probe(&mut self) -> Option<f64> {
+        let v = Viewer::join(&self.base, &self.view_id, true, self.epoch, &self.sessions).await;
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                self.failures += 1;
+                crate::peer::log_limited(format_args!("probe failed: {e}"));
+                return None;
+            }
+        };
+        let c = &v.counters;
+        wait_until(
+            || c.first_video_us.load(Relaxed) > 0 || c.ended.load(Relaxed),
+            Duration::from_secs(5),
+        )
+        .await;
+        let ttff = c.ttff_ms();
+        v.stop();
+        self.sessions.delete(&self.base, &v.location).await;
+        // Not retired: its packets would skew the window's totals after the fact.
+        ttff
+    }
+
+    /// Totals over every viewer, current and retired.
+    pub fn totals(&self) -> Totals {
+        let current = self.viewers.iter().map(|v| &*v.counters);
+        Totals::of(current.chain(self.retired.iter().map(|c| &**c)))
+    }
+
+    /// Totals over the first `n` current viewers.
+    pub fn totals_of_first(&self, n: usize) -> Totals {
+        Totals::of(self.viewers.iter().take(n).map(|v| &*v.counters))
+    }
+
+    /// Frame latencies the full viewers collected since the last call.
+    pub fn take_latencies(&self) -> Vec<f64> {
+        self.viewers
+            .iter()
+            .flat_map(|v| v.counters.take_latencies())
+            .collect()
+    }
+
+    /// Viewers whose task has ended (the server closed them, or an error).
+    pub fn ended(&self) -> usize {
+        self.viewers
+            .iter()
+            .filter(|v| v.counters.ended.load(Relaxed))
+            .count()
+    }
+
+    pub fn stop_all(&self) {
+        for v in &self.viewers {
+            v.stop();
+        }
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl JoinReport {
+    pub fn ttff(&self, p: f64) -> f64 {
+        percentile(&mut self.ttff_ms.clone(), p)
+    }
+
+    pub fn answer(&self, p: f64) -> f64 {
+        percentile(&mut self.answer_ms.clone(), p)
+    }
+
+    pub fn connect(&self, p: f64) -> f64 {
+        percentile(&mut self.connect_ms.clone(), p)
+    }
+}
