@@ -1,50 +1,93 @@
-//! Allocations per viewer-packet on whipcast's fan-out path in steady state, counted by a
-//! global allocator that wraps the system one. `cargo bench --bench alloc`
+//! Allocations per viewer-packet on whipcast's fan-out path in steady state: the same setup
+//! and measured step as the `fanout` bench (`support.rs`), with a global allocator that
+//! counts what the step allocates.
 //!
-//! Set `ALLOC_BACKTRACE=1` to print where one sampled allocation on the path comes from.
+//! `cargo bench --bench alloc`; with `ALLOC_BACKTRACE=1` it also records a backtrace of every
+//! allocation in a few packets, then of every allocation but the most common size over two
+//! seconds of packets (to catch periodic work such as RTCP reports), and prints them grouped
+//! by the first frame in str0m or whipcast (the allocating call site).
 
+// A benchmark is a driver: it owns the clock.
 #![allow(clippy::disallowed_methods)]
-// a benchmark is a driver: it owns the clock
-// The counting allocator needs `unsafe impl GlobalAlloc`; it lives here, not in the crate.
+// The counting allocator needs `unsafe impl GlobalAlloc`. It lives in this bench, not in the
+// crate, and only forwards to the system allocator.
 #![allow(unsafe_code)]
 
+#[allow(dead_code)] // this bench does not use the naive baseline's part of the helpers
 #[path = "../tests/common/sim.rs"]
-#[allow(dead_code)] // the benchmark uses a part of the test helpers
 mod sim;
+#[allow(dead_code)] // the fan-out bench uses the rest
+mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::backtrace::Backtrace;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use sim::{SERVER, Sim, engine_config};
-use whipcast::engine::BroadcastKey;
+use sim::{Sim, engine_config};
+use support::{Fanout, Sink};
+
+/// Steady-state packets counted per N, after `Fanout::connect`'s warm-up.
+const PACKETS: usize = 2_000;
+/// Packets whose allocations are all traced with `ALLOC_BACKTRACE=1`.
+const TRACED_PACKETS: usize = 4;
+/// Packets (2 s) whose allocations, but for the most common size, are traced.
+const TRACED_WINDOW: usize = 600;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static TRACING: AtomicBool = AtomicBool::new(false);
+/// Set while the allocator itself runs code that allocates (capturing a backtrace).
+static IN_HOOK: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Allocations of this size are counted in `UNTRACED`, not traced (0: trace every size).
+static UNTRACED_SIZE: AtomicUsize = AtomicUsize::new(0);
+static UNTRACED: AtomicU64 = AtomicU64::new(0);
+static TRACES: Mutex<Vec<(usize, Backtrace)>> = Mutex::new(Vec::new());
 
 struct Counting;
 
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static SAMPLE: AtomicBool = AtomicBool::new(false);
+impl Counting {
+    fn count(&self, size: usize) {
+        if !COUNTING.load(Ordering::Relaxed) || IN_HOOK.load(Ordering::Relaxed) {
+            return;
+        }
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        if TRACING.load(Ordering::Relaxed) && size == UNTRACED_SIZE.load(Ordering::Relaxed) {
+            UNTRACED.fetch_add(1, Ordering::Relaxed);
+        } else if TRACING.load(Ordering::Relaxed) {
+            IN_HOOK.store(true, Ordering::Relaxed);
+            let trace = Backtrace::force_capture();
+            if let Ok(mut t) = TRACES.lock() {
+                t.push((size, trace));
+            }
+            IN_HOOK.store(false, Ordering::Relaxed);
+        }
+    }
+}
 
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
+// touches only atomics, and tracing is single-threaded here (the bench has one thread).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            if SAMPLE.swap(false, Ordering::Relaxed) {
-                COUNTING.store(false, Ordering::Relaxed);
-                eprintln!(
-                    "sampled allocation of {} bytes:\n{}",
-                    layout.size(),
-                    std::backtrace::Backtrace::force_capture()
-                );
-                COUNTING.store(true, Ordering::Relaxed);
-            }
-        }
-        // SAFETY: same layout contract as the caller's.
+        self.count(layout.size());
+        // SAFETY: the caller upholds `alloc`'s contract, which `System.alloc` shares.
         unsafe { System.alloc(layout) }
     }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.count(layout.size());
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.count(new_size);
+        // SAFETY: `ptr` was allocated by this allocator, i.e. by `System`, with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: ptr came from System.alloc with this layout.
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -53,67 +96,176 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
+    let trace = std::env::var_os("ALLOC_BACKTRACE").is_some();
     println!(
-        "{:>8} {:>10} {:>12} {:>22}",
-        "viewers", "packets", "allocations", "allocs/viewer-packet"
+        "allocations on the whipcast fan-out path (handle_datagram → poll_transmit drained), steady state"
     );
+    println!(
+        "{:>8} {:>8} {:>12} {:>13} {:>21} {:>18}",
+        "viewers", "packets", "allocations", "bytes", "allocs/viewer-packet", "bytes/viewer-pkt"
+    );
+    let mut sites = Vec::new();
     for viewers in [10usize, 100] {
         let mut config = engine_config();
         config.max_viewers = viewers;
-        let mut sim = Sim::new(config);
-        sim.latency = Duration::from_millis(1);
-        let b = BroadcastKey(1);
-        let publisher = sim.publish(b).unwrap();
-        sim.run_for(Duration::from_millis(200));
-        for _ in 0..viewers {
-            sim.view(b).unwrap();
-        }
-        sim.run_for(Duration::from_millis(500));
-        sim.send_frame(publisher, 0, true);
-        sim.run_for(Duration::from_millis(100));
-        let server = SERVER.parse().unwrap();
-        let publisher_addr = sim.clients[publisher].addr;
-        let (mut packets, mut n) = (0u64, 0u64);
-        // Warm-up (fills RTX caches and queues), then count.
-        for phase in 0..2 {
-            let count = phase == 1;
-            for _ in 0..1000 {
-                n += 1;
-                sim.now += Duration::from_micros(3_333);
-                let datagrams = sim.capture_publisher_packet(publisher, n, 1_100);
-                let now = sim.now;
-                if count {
-                    SAMPLE.store(
-                        std::env::var("ALLOC_BACKTRACE").is_ok() && n == 1500,
-                        Ordering::Relaxed,
-                    );
-                    COUNTING.store(true, Ordering::Relaxed);
-                }
-                for (src, d) in &datagrams {
-                    sim.engine.handle_datagram(now, *src, server, d);
-                }
-                let mut back = Vec::new();
-                while let Some(t) = sim.engine.poll_transmit() {
-                    if t.destination == publisher_addr {
-                        back.push(t.contents.to_vec());
-                    }
-                }
-                COUNTING.store(false, Ordering::Relaxed);
-                if count {
-                    packets += 1;
-                }
-                for d in back {
-                    sim.deliver(publisher_addr, &d);
-                }
-                if n % 300 == 0 {
-                    sim.run_for(Duration::from_millis(20));
-                }
+        let mut f = Fanout::connect(Sim::new(config), viewers);
+        ALLOCS.store(0, Ordering::Relaxed);
+        BYTES.store(0, Ordering::Relaxed);
+        let mut done = 0;
+        while done < PACKETS {
+            let batch = f.prepare(32.min(PACKETS - done));
+            let mut sink = Sink::default();
+            COUNTING.store(true, Ordering::Relaxed);
+            for p in &batch {
+                sink = sink + f.forward(p);
             }
+            COUNTING.store(false, Ordering::Relaxed);
+            done += batch.len();
+            f.check(&batch, sink);
+            f.settle();
         }
-        let allocs = ALLOCS.swap(0, Ordering::Relaxed);
-        println!(
-            "{viewers:>8} {packets:>10} {allocs:>12} {:>22.2}",
-            allocs as f64 / (packets * viewers as u64) as f64
+        let (allocs, bytes) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
         );
+        let vp = (PACKETS * viewers) as f64;
+        println!(
+            "{viewers:>8} {PACKETS:>8} {allocs:>12} {bytes:>13} {:>21.3} {:>18.0}",
+            allocs as f64 / vp,
+            bytes as f64 / vp
+        );
+        if trace {
+            sites.push((viewers, traced_sites(&mut f)));
+        }
+    }
+    for (viewers, (all, common, window, untraced)) in sites {
+        println!(
+            "\nallocation sites, {viewers} viewers, per publisher packet, every allocation in {TRACED_PACKETS} packets:"
+        );
+        print_sites(&all, TRACED_PACKETS);
+        println!(
+            "\n{viewers} viewers, every allocation but the {common}-byte ones in {TRACED_WINDOW} packets \
+             ({:.2} {common}-byte allocations per packet were not traced):",
+            untraced as f64 / TRACED_WINDOW as f64
+        );
+        print_sites(&window, TRACED_WINDOW);
+    }
+}
+
+/// Allocation count and bytes per (call site, callers).
+type Sites = BTreeMap<(String, String), (usize, usize)>;
+
+fn print_sites(sites: &Sites, packets: usize) {
+    for ((site, callers), (n, bytes)) in sites {
+        println!(
+            "{:>8.3} × {:>6.0} B  {site}\n{callers}",
+            *n as f64 / packets as f64,
+            *bytes as f64 / *n as f64
+        );
+    }
+}
+
+/// Traces every allocation in [`TRACED_PACKETS`] packets, then every allocation but the most
+/// common size in [`TRACED_WINDOW`] packets. Returns both site lists, that size and how many
+/// allocations of it went untraced.
+fn traced_sites(f: &mut Fanout<whipcast::engine::Engine>) -> (Sites, usize, Sites, u64) {
+    let (all, sizes) = trace_packets(f, TRACED_PACKETS);
+    let common = mode(&sizes);
+    UNTRACED_SIZE.store(common, Ordering::Relaxed);
+    UNTRACED.store(0, Ordering::Relaxed);
+    let (window, _) = trace_packets(f, TRACED_WINDOW);
+    UNTRACED_SIZE.store(0, Ordering::Relaxed);
+    (all, common, window, UNTRACED.load(Ordering::Relaxed))
+}
+
+fn mode(sizes: &[usize]) -> usize {
+    let mut counts = BTreeMap::<usize, usize>::new();
+    for &s in sizes {
+        *counts.entry(s).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or(0, |(s, _)| s)
+}
+
+/// Runs `packets` packets with a backtrace per traced allocation; returns the sites and the
+/// size of every traced allocation.
+fn trace_packets(f: &mut Fanout<whipcast::engine::Engine>, packets: usize) -> (Sites, Vec<usize>) {
+    let mut done = 0;
+    while done < packets {
+        let batch = f.prepare(32.min(packets - done));
+        let mut sink = Sink::default();
+        COUNTING.store(true, Ordering::Relaxed);
+        TRACING.store(true, Ordering::Relaxed);
+        for p in &batch {
+            sink = sink + f.forward(p);
+        }
+        TRACING.store(false, Ordering::Relaxed);
+        COUNTING.store(false, Ordering::Relaxed);
+        done += batch.len();
+        f.check(&batch, sink);
+        f.settle();
+    }
+    let traces = std::mem::take(&mut *TRACES.lock().expect("trace lock"));
+    let sizes = traces.iter().map(|(s, _)| *s).collect();
+    let mut sites = Sites::new();
+    for (size, bt) in traces {
+        let e = sites.entry(site_of(&bt.to_string())).or_default();
+        e.0 += 1;
+        e.1 += size;
+    }
+    (sites, sizes)
+}
+
+/// The first frame in str0m or whipcast code (with its source line), and the few frames
+/// above it in those crates, from a formatted backtrace.
+fn site_of(trace: &str) -> (String, String) {
+    let mut frames: Vec<(String, String)> = Vec::new();
+    let mut lines = trace.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some((_, name)) = line.trim().split_once(": ") else {
+            continue;
+        };
+        let at = match lines.peek() {
+            Some(l) if l.trim_start().starts_with("at ") => lines
+                .next()
+                .map(|l| short_path(l.trim_start().trim_start_matches("at ")))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        frames.push((name.to_string(), at));
+    }
+    let ours = |name: &str| {
+        ["str0m", "whipcast", "dimpl", "aws_lc"]
+            .iter()
+            .any(|c| name.contains(c))
+    };
+    let mut ours_frames = frames.iter().filter(|(n, _)| ours(n));
+    let Some((name, at)) = ours_frames
+        .next()
+        .or_else(|| frames.iter().find(|(n, _)| n.contains("support::")))
+    else {
+        return (
+            "(outside str0m, whipcast and the bench)".into(),
+            String::new(),
+        );
+    };
+    let callers: Vec<String> = ours_frames
+        .take(3)
+        .map(|(n, a)| format!("                    ← {n} ({a})"))
+        .collect();
+    (format!("{name} ({at})"), callers.join("\n"))
+}
+
+/// `…/str0m-0.25.0/src/rtp/srtp.rs:251:9` → `str0m-0.25.0/src/rtp/srtp.rs:251`.
+fn short_path(at: &str) -> String {
+    let at = at.rsplit_once(':').map_or(at, |(p, _col)| p);
+    match at.rfind("/src/") {
+        Some(i) => {
+            let crate_start = at[..i].rfind('/').map_or(0, |j| j + 1);
+            at[crate_start..].to_string()
+        }
+        None => at.to_string(),
     }
 }

@@ -1,8 +1,9 @@
 //! The baseline whipcast is measured against: str0m used the straightforward way, shaped like
-//! str0m's chat example but in RTP mode. One `Vec` of peers; each datagram goes to the first
-//! peer whose `accepts()` says yes (an O(N) scan); after every datagram every `Rtc` gets a
-//! timeout tick and is drained (O(N)); each publisher RTP packet is written to every viewer
-//! with its sequence number rebased and its payload type mapped.
+//! str0m's chat example but in RTP mode. One `Vec` of peers; a datagram goes to the first
+//! peer whose `accepts()` says yes (an O(N) scan; the publisher joined first, so its packets
+//! are found at once); each publisher RTP packet is written to every viewer with its sequence
+//! number rebased and its payload type mapped; then every `Rtc` gets `Input::Timeout(now)`
+//! and is drained (O(N) per datagram), as the chat example does on every turn.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -10,22 +11,20 @@ use std::time::Instant;
 
 use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, Input, Output, Rtc};
-use whipcast::engine::{Command, EngineEvent, IngestTrack, Outcome, SessionId, Stats, ViewerTrack};
+use whipcast::engine::{Command, EngineEvent, IngestTrack, Outcome, Stats, ViewerTrack};
 
 use crate::sim::Sfu;
 
 struct Peer {
     rtc: Rtc,
-    session: SessionId,
-    /// Empty for the publisher.
-    viewer_tracks: Vec<ViewerTrack>,
-    publisher: bool,
+    /// The viewer's m-lines; empty for the publisher.
+    tracks: Vec<ViewerTrack>,
     connected: bool,
     deadline: Instant,
-    /// Per publisher SSRC: the offset that makes this viewer's sequence start at 1.
-    offsets: Vec<(u32, u64)>,
+    /// Per publisher SSRC, what makes this viewer's sequence start at 1.
+    seq_offsets: Vec<(u32, u64)>,
 }
 
 #[derive(Default)]
@@ -37,19 +36,33 @@ pub struct Naive {
 }
 
 impl Naive {
-    fn tick_all(&mut self, now: Instant) {
-        let mut packets: Vec<RtpPacket> = Vec::new();
-        for p in &mut self.peers {
-            let _ = p.rtc.handle_input(Input::Timeout(now));
+    /// One turn of the chat example's loop: the input (if any) to the peer that accepts it,
+    /// its packets to every viewer, then time to every peer.
+    fn turn(&mut self, now: Instant, input: Option<Input>) {
+        let mut packets = Vec::new();
+        if let Some(input) = input
+            && let Some(p) = self.peers.iter_mut().find(|p| p.rtc.accepts(&input))
+        {
+            let _ = p.rtc.handle_input(input);
             drain(p, &mut self.transmits, &mut packets);
         }
-        for pkt in packets {
-            self.forward(now, &pkt);
+        // A tick can release more publisher packets; those are forwarded in the same turn.
+        for _ in 0..3 {
+            for pkt in packets.drain(..) {
+                self.forward(&pkt);
+            }
+            for p in &mut self.peers {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+                drain(p, &mut self.transmits, &mut packets);
+            }
+            if packets.is_empty() {
+                return;
+            }
         }
     }
 
-    fn forward(&mut self, now: Instant, pkt: &RtpPacket) {
-        let Some(publisher) = self.peers.iter_mut().find(|p| p.publisher) else {
+    fn forward(&mut self, pkt: &RtpPacket) {
+        let Some(publisher) = self.peers.iter_mut().find(|p| p.tracks.is_empty()) else {
             return;
         };
         let Some(mid) = publisher
@@ -63,61 +76,42 @@ impl Naive {
         let Some(track) = self.tracks.iter().find(|t| t.mid == mid) else {
             return;
         };
-        let (kind, params) = (
-            track.kind,
-            track
-                .params
-                .iter()
-                .find(|p| p.pt() == pkt.header.payload_type)
-                .copied(),
-        );
-        let Some(params) = params else { return };
-        for v in self
-            .peers
-            .iter_mut()
-            .filter(|p| !p.publisher && p.connected)
-        {
-            let Some(vt) = v.viewer_tracks.iter().find(|t| t.kind == kind) else {
+        let kind = track.kind;
+        let pt = pkt.header.payload_type;
+        let Some(&params) = track.params.iter().find(|p| p.pt() == pt) else {
+            return;
+        };
+        let ssrc = *pkt.header.ssrc;
+        for v in self.peers.iter_mut().filter(|p| p.connected) {
+            let Some(vt) = v.tracks.iter().find(|t| t.kind == kind) else {
                 continue;
             };
-            let Some(pt) = v.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
+            let Some(vpt) = v.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
                 continue;
             };
-            let ssrc: u32 = *pkt.header.ssrc;
-            let offset = match v.offsets.iter().find(|(s, _)| *s == ssrc) {
-                Some((_, o)) => *o,
+            let offset = match v.seq_offsets.iter().find(|(s, _)| *s == ssrc) {
+                Some(&(_, o)) => o,
                 None => {
                     let o = (*pkt.seq_no).wrapping_sub(1);
-                    v.offsets.push((ssrc, o));
+                    v.seq_offsets.push((ssrc, o));
                     o
                 }
             };
-            let seq: SeqNo = (*pkt.seq_no).wrapping_sub(offset).into();
+            let seq = (*pkt.seq_no).wrapping_sub(offset).into();
             if let Some(tx) = v.rtc.direct_api().stream_tx_by_mid(vt.mid, None) {
-                tx.write_rtp(
-                    RtpWrite::new(
-                        pt,
-                        seq,
-                        pkt.header.timestamp,
-                        pkt.timestamp,
-                        pkt.payload.clone(),
-                    )
+                let ts = pkt.header.timestamp;
+                let write = RtpWrite::new(vpt, seq, ts, pkt.timestamp, pkt.payload.clone())
                     .marker(pkt.header.marker)
                     .ext_vals(ExtensionValues::default())
-                    .nackable(kind == MediaKind::Video),
-                );
+                    .nackable(kind == MediaKind::Video);
+                tx.write_rtp(write);
                 self.forwarded += 1;
             }
-        }
-        // Every Rtc gets time again, as the chat example does on every turn.
-        let mut none = Vec::new();
-        for p in &mut self.peers {
-            let _ = p.rtc.handle_input(Input::Timeout(now));
-            drain(p, &mut self.transmits, &mut none);
         }
     }
 }
 
+/// Polls a peer to its timeout, keeping transmits and (from the publisher) RTP packets.
 fn drain(p: &mut Peer, transmits: &mut VecDeque<Transmit>, packets: &mut Vec<RtpPacket>) {
     loop {
         match p.rtc.poll_output() {
@@ -127,14 +121,7 @@ fn drain(p: &mut Peer, transmits: &mut VecDeque<Transmit>, packets: &mut Vec<Rtp
             }
             Ok(Output::Transmit(t)) => transmits.push_back(t),
             Ok(Output::Event(Event::Connected)) => p.connected = true,
-            Ok(Output::Event(Event::RtpPacket(pkt))) => {
-                if p.publisher {
-                    if let Some(rx) = p.rtc.direct_api().stream_rx(&pkt.header.ssrc) {
-                        rx.suppress_nack(false);
-                    }
-                    packets.push(pkt);
-                }
-            }
+            Ok(Output::Event(Event::RtpPacket(pkt))) if p.tracks.is_empty() => packets.push(pkt),
             Ok(Output::Event(_)) => {}
             Err(_) => return,
         }
@@ -143,67 +130,37 @@ fn drain(p: &mut Peer, transmits: &mut VecDeque<Transmit>, packets: &mut Vec<Rtp
 
 impl Sfu for Naive {
     fn handle_datagram(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
-        let Ok(r) = Receive::new(Protocol::Udp, src, dst, data) else {
-            return;
-        };
-        let input = Input::Receive(now, r);
-        let mut packets = Vec::new();
-        if let Some(p) = self.peers.iter_mut().find(|p| p.rtc.accepts(&input)) {
-            let _ = p.rtc.handle_input(input);
-            drain(p, &mut self.transmits, &mut packets);
+        if let Ok(r) = Receive::new(Protocol::Udp, src, dst, data) {
+            self.turn(now, Some(Input::Receive(now, r)));
         }
-        for pkt in packets {
-            self.forward(now, &pkt);
-        }
-        self.tick_all(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.tick_all(now);
+        self.turn(now, None);
     }
 
     fn handle_command(&mut self, now: Instant, command: Command) -> Outcome {
-        match command {
+        let (new, tracks, outcome) = match command {
             Command::Publish(new, tracks) => {
                 self.tracks = tracks;
-                self.peers.push(Peer {
-                    rtc: new.rtc,
-                    session: new.session,
-                    viewer_tracks: Vec::new(),
-                    publisher: true,
-                    connected: false,
-                    deadline: now,
-                    offsets: Vec::new(),
-                });
-                self.tick_all(now);
-                Outcome::Published(Ok(()))
+                (new, Vec::new(), Outcome::Published(Ok(())))
             }
-            Command::Subscribe(new, tracks) => {
-                self.peers.push(Peer {
-                    rtc: new.rtc,
-                    session: new.session,
-                    viewer_tracks: tracks,
-                    publisher: false,
-                    connected: false,
-                    deadline: now,
-                    offsets: Vec::new(),
-                });
-                self.tick_all(now);
-                Outcome::Subscribed(Ok(()))
+            Command::Subscribe(new, tracks) => (new, tracks, Outcome::Subscribed(Ok(()))),
+            Command::Describe(_) => {
+                let live = self.peers.iter().any(|p| p.tracks.is_empty());
+                return Outcome::Described(live.then(|| self.tracks.clone()));
             }
-            Command::Describe(_) => Outcome::Described(
-                self.peers
-                    .iter()
-                    .any(|p| p.publisher)
-                    .then(|| self.tracks.clone()),
-            ),
-            Command::Close { session, .. } => {
-                let before = self.peers.len();
-                self.peers.retain(|p| p.session != session);
-                Outcome::Closed(self.peers.len() != before)
-            }
-            _ => Outcome::Stats(self.stats()),
-        }
+            _ => return Outcome::Stats(self.stats()),
+        };
+        self.peers.push(Peer {
+            rtc: new.rtc,
+            tracks,
+            connected: false,
+            deadline: now,
+            seq_offsets: Vec::new(),
+        });
+        self.turn(now, None);
+        outcome
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -219,7 +176,7 @@ impl Sfu for Naive {
     }
 
     fn stats(&self) -> Stats {
-        let publishers = self.peers.iter().filter(|p| p.publisher).count();
+        let publishers = self.peers.iter().filter(|p| p.tracks.is_empty()).count();
         Stats {
             peers: self.peers.len(),
             publishers,
