@@ -58,7 +58,7 @@ fn watch(base: &str, view: &str, name: &str) -> Browser {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn chromium_publisher_reaches_the_chromium_viewer_page() {
+async fn chromium_publisher_reaches_chromium_viewer_page() {
     let r = start(&[]).await;
     let base = r.base.clone();
     blocking(move || {
@@ -70,7 +70,11 @@ async fn chromium_publisher_reaches_the_chromium_viewer_page() {
             json!([format!("{base}/broadcast?id={id}")]),
         );
         assert_eq!(result, "ok");
-        let viewer = watch(&base, &view, "viewer-live-chromium-publisher");
+        let viewer = watch(
+            &base,
+            &view,
+            "chromium_publisher_reaches_chromium_viewer_page",
+        );
         assert_eq!(viewer.text("#state"), "LIVE");
     })
     .await;
@@ -78,13 +82,17 @@ async fn chromium_publisher_reaches_the_chromium_viewer_page() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn obs_shaped_publisher_reaches_the_chromium_viewer_page() {
+async fn obs_shaped_publisher_reaches_chromium_viewer_page() {
     let r = start(&[]).await;
     let base = r.base.clone();
     blocking(move || {
         let (id, view) = create(&base);
         let _obs = Client::publish(&base, &id).expect("OBS-shaped WHIP accepted");
-        let viewer = watch(&base, &view, "viewer-live-obs-publisher");
+        let viewer = watch(
+            &base,
+            &view,
+            "obs_shaped_publisher_reaches_chromium_viewer_page",
+        );
         let size = viewer.js(
             "const v = document.querySelector('video'); return [v.videoWidth, v.videoHeight]",
             json!([]),
@@ -96,7 +104,7 @@ async fn obs_shaped_publisher_reaches_the_chromium_viewer_page() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn viewer_page_waits_then_plays_when_the_broadcast_goes_live() {
+async fn viewer_page_waits_then_plays_when_broadcast_goes_live() {
     let r = start(&[]).await;
     let base = r.base.clone();
     blocking(move || {
@@ -113,11 +121,17 @@ async fn viewer_page_waits_then_plays_when_the_broadcast_goes_live() {
             (b.player_state() == "live").then_some(())
         });
         viewer.wait_decoding("frames decoded");
+        let (mean, spread) = viewer.picture();
+        assert!(
+            mean > 20.0 && spread > 5.0,
+            "the picture is not black or flat: mean {mean}, spread {spread}"
+        );
         assert_eq!(
             viewer.js("return window.loadedOnce === true", json!([])),
             true,
             "no reload happened"
         );
+        viewer.screenshot("viewer_page_waits_then_plays_when_broadcast_goes_live");
     })
     .await;
     r.server.shutdown().await;
@@ -362,3 +376,74 @@ async fn rotating_the_view_id_tells_current_viewers_their_link_was_replaced() {
     .await;
     r.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_page_says_an_unknown_link_is_not_valid() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let viewer = Browser::start();
+        viewer.goto(&format!("{base}/stream?id=no-such-view-id"));
+        viewer.wait("the page gives up (404)", |b| {
+            (b.player_state() == "error").then_some(())
+        });
+        assert_eq!(viewer.text("#title"), "This viewer link is not valid");
+        viewer.screenshot("viewer_page_says_an_unknown_link_is_not_valid");
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+/// Viewers in the broadcaster's panel (`GET /api/broadcasts/<broadcast ID>`).
+fn viewers(base: &str, id: &str) -> u64 {
+    let (status, _, body) =
+        common::udp_client::http("GET", &format!("{base}/api/broadcasts/{id}"), &[], "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["viewers"].as_u64().expect("a viewer count")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leaving_the_viewer_page_ends_its_session_at_once() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let _obs = Client::publish(&base, &id).unwrap();
+        let viewer = watch(
+            &base,
+            &view,
+            "leaving_the_viewer_page_ends_its_session_at_once",
+        );
+        assert_eq!(viewers(&base, &id), 1);
+        // Record the page's requests where the next page of the same tab can read them.
+        viewer.js(SPY_ON_FETCH, json!([]));
+        let location = viewer.js("return window.whipcast.session", json!([]));
+        assert!(location.as_str().unwrap().starts_with("/stream/session/"));
+        // Navigating away fires `pagehide`.
+        viewer.goto(&format!("{base}/"));
+        // Chromium also closes DTLS on unload, so the place frees even without the DELETE;
+        // the DELETE is checked on its own because it is what works in every browser.
+        let sent = viewer.js("return sessionStorage.getItem('requests')", json!([]));
+        assert!(
+            sent.as_str()
+                .unwrap_or_default()
+                .contains(&format!("DELETE {}", location.as_str().unwrap())),
+            "the page DELETEs its session on pagehide: {sent}"
+        );
+        viewer.wait("the viewer's place is free", |_| {
+            (viewers(&base, &id) == 0).then_some(())
+        });
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+/// Wraps `fetch` so that every request's method and URL is appended to `sessionStorage`.
+const SPY_ON_FETCH: &str = "
+const original = window.fetch;
+window.fetch = (url, init = {}) => {
+  const seen = sessionStorage.getItem('requests') || '';
+  sessionStorage.setItem('requests', seen + (init.method || 'GET') + ' ' + url + '\\n');
+  return original(url, init);
+};";

@@ -5,10 +5,20 @@
 const $ = (id) => document.getElementById(id);
 const viewId = new URLSearchParams(location.search).get('id') || '';
 const video = $('video');
-const player = { pc: null, state: 'connecting', session: null, events: null, ended: false, timer: null, backoff: 1000 };
+const player = {
+  pc: null, state: 'connecting', session: null, events: null, ended: false, iceLost: false, timer: null, backoff: 1000,
+};
 window.whipcast = player;
 
 const OVERLAY_STATES = new Set(['connecting', 'waiting', 'ended', 'evicted', 'error']);
+// ICE 'disconnected' often heals by itself within a few seconds (a lost consent check on
+// Wi-Fi); 'failed' never does. Waiting this long before starting over avoids a needless rejoin.
+const DISCONNECTED_GRACE_MS = 2000;
+// Retry-After is honoured, but never more than this: the page should feel alive.
+const MAX_RETRY_MS = 5000;
+
+// Server details are lower-case sentence parts (`detail` of RFC 9457 problem+json).
+const sentence = (s) => (s ? s[0].toUpperCase() + s.slice(1).replace(/([^.])$/, '$1.') : '');
 
 function show(state, title, detail = '', { spinner = false, rejoin = false } = {}) {
   player.state = state;
@@ -23,10 +33,13 @@ function show(state, title, detail = '', { spinner = false, rejoin = false } = {
   $('overlay').style.background = state === 'reconnecting' ? 'rgba(8,10,16,.45)' : '';
 }
 
+// Leaves the current session. A session we abandon ourselves is DELETEd, or it would hold a
+// viewer place (and push the oldest viewer out) until the server notices it is gone.
 function teardown() {
   clearTimeout(player.timer);
   if (player.events) player.events.close();
   if (player.pc) player.pc.close();
+  if (player.session) fetch(player.session, { method: 'DELETE' }).catch(() => {});
   player.events = null;
   player.pc = null;
   player.session = null;
@@ -38,11 +51,12 @@ function retry(ms) {
   player.timer = setTimeout(join, ms);
 }
 
-function retryAfter(res) {
-  const seconds = Number(res.headers.get('Retry-After'));
+// The next retry delay: the server's Retry-After (seconds) if it sent one, else our backoff.
+function retryAfter(header) {
+  const seconds = Number(header);
   const ms = Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : player.backoff;
-  player.backoff = Math.min(player.backoff * 2, 5000);
-  return Math.min(ms, 5000);
+  player.backoff = Math.min(player.backoff * 2, MAX_RETRY_MS);
+  return Math.min(ms, MAX_RETRY_MS);
 }
 
 function gathered(pc, limitMs) {
@@ -54,11 +68,20 @@ function gathered(pc, limitMs) {
   });
 }
 
-async function join() {
+function join() {
+  attempt().catch((e) => {
+    // A browser-side failure (SDP the browser refuses, closed PC): say so and start over.
+    show('error', 'Something went wrong', sentence(String(e && e.message || e)) + ' Retrying…');
+    retry(retryAfter(null));
+  });
+}
+
+async function attempt() {
   teardown();
   if (!player.ended && player.state !== 'waiting') show('connecting', 'Connecting…', '', { spinner: true });
   const pc = new RTCPeerConnection();
   player.pc = pc;
+  player.iceLost = false;
   pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addTransceiver('audio', { direction: 'recvonly' });
   const stream = new MediaStream();
@@ -69,9 +92,16 @@ async function join() {
   };
   pc.onconnectionstatechange = () => {
     if (pc !== player.pc) return;
-    if (pc.connectionState === 'failed') {
+    const s = pc.connectionState;
+    if (s === 'failed' || s === 'disconnected') {
+      player.iceLost = true;
       show('reconnecting', 'Connection lost', 'Reconnecting…', { spinner: true });
-      retry(1000);
+      retry(s === 'failed' ? 0 : DISCONNECTED_GRACE_MS);
+    } else if (s === 'connected' && player.iceLost) {
+      // Healed within the grace period: keep this session.
+      player.iceLost = false;
+      clearTimeout(player.timer);
+      show('live', '');
     }
   };
   await pc.setLocalDescription(await pc.createOffer());
@@ -92,7 +122,8 @@ async function join() {
     player.backoff = 1000;
     player.session = res.headers.get('Location');
     await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
-    subscribe(res.headers.get('Link'));
+    // Events are an extra: without them the picture still plays.
+    subscribe(res.headers.get('Link')).catch(() => {});
     if (player.state !== 'live') show('connecting', 'Starting video…', '', { spinner: true });
     return;
   }
@@ -104,16 +135,16 @@ async function join() {
     } else {
       show('waiting', 'Waiting for the broadcast to start…', 'This page starts playing by itself when it does.', { spinner: true });
     }
-    return retry(retryAfter(res));
+    return retry(retryAfter(res.headers.get('Retry-After')));
   }
-  if (res.status === 404) return show('error', 'This viewer link is not valid', problem.detail || 'Ask the broadcaster for the current link.');
-  if (res.status === 422) return show('error', 'This browser cannot play this broadcast', problem.detail || '');
+  if (res.status === 404) return show('error', 'This viewer link is not valid', 'Ask the broadcaster for the current link.');
+  if (res.status === 422) return show('error', 'This browser cannot play this broadcast', sentence(problem.detail));
   if (res.status === 503) {
-    show('waiting', 'The broadcast is full right now', problem.detail || 'Retrying…', { spinner: true });
-    return retry(retryAfter(res));
+    show('waiting', 'The broadcast is full right now', sentence(problem.detail) || 'Retrying…', { spinner: true });
+    return retry(retryAfter(res.headers.get('Retry-After')));
   }
-  show('error', 'Something went wrong', problem.detail || `The server answered ${res.status}. Retrying…`);
-  retry(retryAfter(res));
+  show('error', 'Something went wrong', `${sentence(problem.detail) || `The server answered ${res.status}.`} Retrying…`);
+  retry(retryAfter(res.headers.get('Retry-After')));
 }
 
 /// The WHEP server-sent-events extension: POST the wanted events to the Link URL, then follow
@@ -121,7 +152,7 @@ async function join() {
 async function subscribe(link) {
   const match = link && link.match(/<([^>]+)>\s*;[^,]*rel="urn:ietf:params:whep:ext:core:server-sent-events"/);
   if (!match) return;
-  const wanted = ['active', 'inactive', 'viewercount', 'reconnecting', 'evicted', 'revoked'];
+  const wanted = ['active', 'inactive', 'viewercount', 'reconnect', 'reconnecting', 'evicted', 'revoked'];
   const res = await fetch(match[1], { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(wanted) });
   if (res.status !== 201) return;
   const events = new EventSource(res.headers.get('Location') || match[1]);
@@ -144,12 +175,19 @@ async function subscribe(link) {
     show('ended', 'The broadcast has ended', 'This page starts playing again by itself when it comes back.');
     retry(2000);
   });
+  // WHEP draft: the server asks the player to make a new session (e.g. it moved the stream).
+  events.addEventListener('reconnect', () => {
+    show('reconnecting', 'Reconnecting…', '', { spinner: true });
+    retry(0);
+  });
   events.addEventListener('evicted', (e) => {
     const max = data(e).max_viewers;
+    player.session = null; // the server already closed it
     teardown();
     show('evicted', 'A newer viewer took your place', `This broadcast allows ${max} viewers at a time.`, { rejoin: true });
   });
   events.addEventListener('revoked', () => {
+    player.session = null; // the server already closed it
     teardown();
     show('ended', 'This viewer link was replaced', 'Ask the broadcaster for the new link.');
   });
@@ -180,7 +218,11 @@ $('fullscreen').addEventListener('click', () => {
 });
 $('rejoin').addEventListener('click', () => { player.ended = false; join(); });
 addEventListener('pagehide', () => {
-  if (player.session) fetch(player.session, { method: 'DELETE', keepalive: true });
+  // keepalive: the request must outlive the page.
+  if (player.session) fetch(player.session, { method: 'DELETE', keepalive: true }).catch(() => {});
+  player.session = null;
 });
+// Back/forward cache: the page returns but its session was DELETEd on pagehide.
+addEventListener('pageshow', (e) => { if (e.persisted) join(); });
 
 join();
