@@ -274,6 +274,31 @@ fn viewers_are_ended_when_the_publisher_does_not_resume_in_time() {
 }
 
 #[test]
+fn the_last_viewer_leaving_while_the_publisher_is_away_frees_the_slot() {
+    let mut sim = Sim::new(engine_config()); // 2 slots
+    let p = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    stream(&mut sim, p, 0..5);
+    sim.publish(BroadcastKey(2)).unwrap();
+    sim.clients[p].unplugged = true;
+    sim.run_for(Duration::from_secs(17));
+    assert!(sim.events.contains(&EngineEvent::BroadcastReconnecting(B)));
+    assert!(!sim.events.contains(&EngineEvent::BroadcastEnded(B)));
+    // Both slots are held: B waits for its publisher, broadcast 2 is live.
+    assert!(sim.publish(BroadcastKey(3)).is_err());
+    // The only viewer closes its tab long before the resume grace runs out.
+    assert!(sim.close(v, false));
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        sim.events.contains(&EngineEvent::BroadcastEnded(B)),
+        "nothing is left to keep, so the broadcast ends at once"
+    );
+    sim.publish(BroadcastKey(3))
+        .expect("the slot B held is free again");
+}
+
+#[test]
 fn a_session_that_never_connects_is_freed() {
     let mut sim = Sim::new(engine_config());
     let p = sim.publish(B).unwrap();

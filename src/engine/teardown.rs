@@ -118,6 +118,13 @@ impl Engine {
                     viewers,
                 });
             }
+            // The resume grace exists to keep viewers; with the last one gone there is
+            // nothing left to keep, so the broadcast ends and frees its slot now.
+            if route.lost_at.is_some() && route.publisher.is_none() && route.viewers.is_empty() {
+                info!(broadcast = %b, "last viewer left while the publisher was away");
+                route.lost_at = None;
+                self.events.push_back(EngineEvent::BroadcastEnded(b));
+            }
         }
         if reason != CloseReason::Deleted {
             debug!(peer = %key, ?reason, "session closed");
