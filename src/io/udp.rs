@@ -22,6 +22,7 @@ impl MediaSocket {
     pub(crate) fn new(std_socket: StdUdpSocket) -> io::Result<Self> {
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
+        set_buffers(&state, &std_socket);
         let local = std_socket.local_addr()?;
         let socket = UdpSocket::from_std(std_socket)?;
         let buf_len = RECV_BUF_LEN * state.gro_segments().max(1);
@@ -204,3 +205,24 @@ mod tests {
         assert!(batch.is_empty());
     }
 }
+
+/// Socket buffers large enough for a keyframe burst: one IDR from the publisher is ~100
+/// datagrams arriving at once, and the same burst goes out to every new viewer. The kernel
+/// caps the request at `net.core.{r,w}mem_max`; a smaller buffer only drops sooner, so a
+/// refusal is logged, not fatal.
+fn set_buffers(state: &UdpSocketState, socket: &StdUdpSocket) {
+    let sock = || UdpSockRef::from(socket);
+    if let Err(e) = state.set_recv_buffer_size(sock(), SOCKET_BUFFER) {
+        tracing::warn!("could not set the UDP receive buffer: {e}");
+    }
+    if let Err(e) = state.set_send_buffer_size(sock(), SOCKET_BUFFER) {
+        tracing::warn!("could not set the UDP send buffer: {e}");
+    }
+    tracing::debug!(
+        recv = state.recv_buffer_size(sock()).ok(),
+        send = state.send_buffer_size(sock()).ok(),
+        "UDP socket buffers"
+    );
+}
+
+const SOCKET_BUFFER: usize = 8 << 20;
