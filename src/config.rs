@@ -23,8 +23,16 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_UDP_LISTEN", default_value = "0.0.0.0:8189")]
     pub udp_listen: SocketAddr,
 
+    /// TCP address for ICE-TCP, so viewers on networks that block UDP still play (passive
+    /// TCP candidates, RFC 6544, framed as RFC 4571). Default: the --udp-listen address, on
+    /// TCP. `off` turns it off. OBS never uses it (its WHIP client is UDP only); nor does the
+    /// broadcaster page's connection test, which is about UDP.
+    #[arg(long, env = "WHIPCAST_ICE_TCP_LISTEN", value_parser = parse_ice_tcp)]
+    pub ice_tcp_listen: Option<IceTcp>,
+
     /// Address to advertise in ICE candidates instead of the local ones, for 1:1 NAT and
-    /// Docker (repeat it for IPv4 and IPv6). The UDP port stays the one of --udp-listen.
+    /// Docker (repeat it for IPv4 and IPv6). The ports stay those of --udp-listen and
+    /// --ice-tcp-listen.
     #[arg(long = "public-ip", env = "WHIPCAST_PUBLIC_IP", value_delimiter = ',')]
     pub public_ips: Vec<IpAddr>,
 
@@ -108,8 +116,34 @@ pub enum WhenFull {
     Reject,
 }
 
+/// `--ice-tcp-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceTcp {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_ice_tcp(s: &str) -> Result<IceTcp, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(IceTcp::Off);
+    }
+    s.parse()
+        .map(IceTcp::At)
+        .map_err(|_| format!("\"{s}\" is not an address like 0.0.0.0:8189, or off"))
+}
+
 impl Config {
-    /// The addresses to advertise as ICE host candidates, given the bound UDP address.
+    /// Where ICE-TCP listens, if it is on.
+    pub fn ice_tcp_addr(&self) -> Option<SocketAddr> {
+        match self.ice_tcp_listen {
+            None => Some(self.udp_listen),
+            Some(IceTcp::At(addr)) => Some(addr),
+            Some(IceTcp::Off) => None,
+        }
+    }
+
+    /// The addresses to advertise as ICE host candidates, given the bound UDP (or TCP)
+    /// address.
     pub fn advertised_addrs(&self, bound: SocketAddr) -> Vec<SocketAddr> {
         let port = bound.port();
         if !self.public_ips.is_empty() {
@@ -190,6 +224,17 @@ mod tests {
         assert_eq!(c.when_full, WhenFull::EvictOldest);
         assert_eq!(c.resume_grace, Duration::from_secs(30));
         assert_eq!(c.id_ttl, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn ice_tcp_follows_the_udp_address_unless_set_or_off() {
+        let c = Config::parse_from(["whipcast", "--udp-listen", "127.0.0.1:9000"]);
+        assert_eq!(c.ice_tcp_addr(), Some("127.0.0.1:9000".parse().unwrap()));
+        let c = Config::parse_from(["whipcast", "--ice-tcp-listen", "0.0.0.0:443"]);
+        assert_eq!(c.ice_tcp_addr(), Some("0.0.0.0:443".parse().unwrap()));
+        let c = Config::parse_from(["whipcast", "--ice-tcp-listen", "off"]);
+        assert_eq!(c.ice_tcp_addr(), None);
+        assert!(Config::try_parse_from(["whipcast", "--ice-tcp-listen", "nope"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Direction, MediaKind, Pt};
+use str0m::net::TcpType;
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use crate::engine::{IngestTrack, ViewerTrack};
@@ -18,6 +19,9 @@ use crate::secret;
 #[derive(Clone)]
 pub struct SessionSetup {
     pub candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP candidates, offered to viewers only (OBS is UDP only, and the
+    /// connection test is about UDP).
+    pub tcp_candidates: Vec<SocketAddr>,
     /// One certificate for all sessions: generating one per session would cost more than
     /// the rest of building the `Rtc`.
     pub dtls_cert: DtlsCert,
@@ -59,8 +63,15 @@ impl SessionSetup {
             .expect("the crypto provider can make a certificate");
         Self {
             candidates,
+            tcp_candidates: Vec::new(),
             dtls_cert,
         }
+    }
+
+    /// Also offer viewers these passive ICE-TCP candidates.
+    pub fn with_tcp(mut self, tcp_candidates: Vec<SocketAddr>) -> Self {
+        self.tcp_candidates = tcp_candidates;
+        self
     }
 
     /// A WHIP offer: accepts one audio (Opus) and one video codec, the first the publisher
@@ -100,7 +111,7 @@ impl SessionSetup {
             .collect();
         let Accepted {
             rtc, answer, ufrag, ..
-        } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL)?;
+        } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL, Ice::Udp)?;
         let layers: Vec<(str0m::media::Mid, Option<str0m::media::Rid>)> = parsed_layers;
         let mut tracks = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
@@ -160,7 +171,7 @@ impl SessionSetup {
             answer,
             ufrag,
             ..
-        } = self.accept(now, parsed, params, VIEWER_STATS_INTERVAL)?;
+        } = self.accept(now, parsed, params, VIEWER_STATS_INTERVAL, Ice::UdpAndTcp)?;
         let mut tracks: Vec<ViewerTrack> = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
             if !pts.is_empty() && !tracks.iter().any(|t| t.kind == kind) {
@@ -211,7 +222,7 @@ impl SessionSetup {
             .ok_or(OfferError::NoMedia(
                 "test with (offer one Opus audio section)",
             ))?;
-        self.accept(now, parsed, vec![opus], VIEWER_STATS_INTERVAL)
+        self.accept(now, parsed, vec![opus], VIEWER_STATS_INTERVAL, Ice::Udp)
     }
 
     fn accept(
@@ -220,6 +231,7 @@ impl SessionSetup {
         offer: SdpOffer,
         codecs: Vec<PayloadParams>,
         stats: Duration,
+        ice: Ice,
     ) -> Result<Accepted<()>, OfferError> {
         let ufrag = secret::random_token().replace(['-', '_'], "x");
         let pass = format!("{}{}", secret::random_token(), secret::random_token())
@@ -240,6 +252,18 @@ impl SessionSetup {
                 rtc.add_local_candidate(c);
             }
         }
+        if ice == Ice::UdpAndTcp {
+            for addr in &self.tcp_candidates {
+                let tcp = Candidate::builder()
+                    .tcp()
+                    .host(*addr)
+                    .tcptype(TcpType::Passive)
+                    .build();
+                if let Ok(c) = tcp {
+                    rtc.add_local_candidate(c);
+                }
+            }
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -251,6 +275,13 @@ impl SessionSetup {
             tracks: Vec::new(),
         })
     }
+}
+
+/// Which transports a session's answer offers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ice {
+    Udp,
+    UdpAndTcp,
 }
 
 fn parse(offer: &str) -> Result<SdpOffer, OfferError> {

@@ -20,6 +20,8 @@ use crate::registry::{Registry, RegistryError};
 pub struct Server {
     pub http_addr: SocketAddr,
     pub udp_addr: SocketAddr,
+    /// Where ICE-TCP listens, unless it is off.
+    pub ice_tcp_addr: Option<SocketAddr>,
     /// The addresses in our ICE candidates.
     pub advertised: Vec<SocketAddr>,
     stop_media: Option<oneshot::Sender<()>>,
@@ -60,6 +62,15 @@ impl Server {
         }
         let (udp, udp_addr) = bind_udp(config.udp_listen)?;
         let advertised = config.advertised_addrs(udp_addr);
+        let ice_tcp = bind_ice_tcp(&config)?;
+        let ice_tcp_addr = ice_tcp.as_ref().map(|(_, addr)| *addr);
+        let advertised_tcp = ice_tcp_addr
+            .map(|a| config.advertised_addrs(a))
+            .unwrap_or_default();
+        let sockets = io::MediaSockets {
+            udp,
+            tcp: ice_tcp.map(|(listener, _)| listener),
+        };
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -75,6 +86,7 @@ impl Server {
 
         let engine = Engine::new(EngineConfig {
             candidates: advertised.clone(),
+            tcp_candidates: advertised_tcp.clone(),
             max_live_broadcasts: config.max_live_broadcasts,
             max_viewers: config.max_viewers,
             when_full: config.when_full,
@@ -93,16 +105,20 @@ impl Server {
                     .enable_all()
                     .build()
                     .expect("a tokio runtime for the media thread");
-                if let Err(e) =
-                    rt.block_on(io::drive(engine, udp, command_rx, event_tx, stop_media_rx))
-                {
+                if let Err(e) = rt.block_on(io::drive(
+                    engine,
+                    sockets,
+                    command_rx,
+                    event_tx,
+                    stop_media_rx,
+                )) {
                     error!(error = %e, "media loop failed");
                 }
             })
             .map_err(StartError::Thread)?;
         let engine_handle = EngineHandle::new(command_tx);
         let state = Arc::new(AppState {
-            setup: SessionSetup::new(advertised.clone()),
+            setup: SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp),
             registry: Mutex::new(registry),
             engine: engine_handle.clone(),
             hub: Hub::default(),
@@ -125,10 +141,11 @@ impl Server {
         ));
         let (stop_http, stop_http_rx) = watch::channel(false);
         let http_task = tokio::spawn(http::serve(listener, state, stop_http_rx));
-        info!(%http_addr, %udp_addr, ?advertised, "whipcast listening");
+        info!(%http_addr, %udp_addr, ?ice_tcp_addr, ?advertised, "whipcast listening");
         Ok(Self {
             http_addr,
             udp_addr,
+            ice_tcp_addr,
             advertised,
             stop_media: Some(stop_media),
             media_thread: Some(media_thread),
@@ -180,14 +197,22 @@ pub fn check(config: &Config) -> Result<String, StartError> {
             addr: config.http_listen,
             source,
         })?;
-    drop((udp, tcp));
+    let ice_tcp = bind_ice_tcp(config)?;
+    let ice_tcp_line = match &ice_tcp {
+        Some((_, addr)) => format!(
+            "ICE-TCP for viewers on {addr}, advertised as {:?}",
+            config.advertised_addrs(*addr)
+        ),
+        None => "ICE-TCP off".to_string(),
+    };
+    drop((udp, tcp, ice_tcp));
     let scheme = if config.tls_cert.is_some() {
         "https"
     } else {
         "http"
     };
     Ok(format!(
-        "configuration ok\n  {scheme} on {}\n  media on UDP {udp_addr}, advertised as {:?}\n  {} broadcasts in {}\n  {} live broadcasts × {} viewers ({:?} when full)\n",
+        "configuration ok\n  {scheme} on {}\n  media on UDP {udp_addr}, advertised as {:?}\n  {ice_tcp_line}\n  {} broadcasts in {}\n  {} live broadcasts × {} viewers ({:?} when full)\n",
         config.http_listen,
         config.advertised_addrs(udp_addr),
         registry.len(),
@@ -199,6 +224,23 @@ pub fn check(config: &Config) -> Result<String, StartError> {
 }
 
 /// Binds the media socket; errors name the address.
+/// The ICE-TCP listener, if --ice-tcp-listen is not `off`.
+fn bind_ice_tcp(
+    config: &Config,
+) -> Result<Option<(std::net::TcpListener, SocketAddr)>, StartError> {
+    let Some(addr) = config.ice_tcp_addr() else {
+        return Ok(None);
+    };
+    let bind_err = |source| StartError::Bind {
+        what: "ICE-TCP",
+        addr,
+        source,
+    };
+    let tcp = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    let local = tcp.local_addr().map_err(bind_err)?;
+    Ok(Some((tcp, local)))
+}
+
 fn bind_udp(addr: SocketAddr) -> Result<(UdpSocket, SocketAddr), StartError> {
     let bind_err = |source| StartError::Bind {
         what: "UDP media",

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::io::Write;
+
 use common::annexb::same_nal_units;
 use common::server::create;
 use common::udp_client::Client;
@@ -294,4 +296,65 @@ async fn a_viewer_that_vanishes_is_freed_when_its_consent_expires() {
         "{s:?}"
     );
     r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_without_udp_plays_over_ice_tcp() {
+    let r = start(&[]).await;
+    let tcp = r.server.ice_tcp_addr.expect("ICE-TCP is on by default");
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let publisher = Client::publish(&base, &id).expect("WHIP accepted");
+        // Junk on the ICE-TCP port first: framed garbage, then a frame length no ICE packet
+        // has. The server drops it and closes that connection; nothing else is affected.
+        let mut junk = std::net::TcpStream::connect(tcp).unwrap();
+        junk.write_all(&[0, 4, 1, 2, 3, 4, 0xff, 0xff, 9]).unwrap();
+        let v = Client::view_over_tcp(&base, &view).expect("WHEP accepted over TCP");
+        v.wait_for("30 frames decoded over TCP", |s| s.frames.len() >= 30);
+        v.wait_for("audio over TCP", |s| s.audio_frames > 10);
+        let sent = publisher.frames();
+        let got = v.frames();
+        assert!(got[0].keyframe, "the TCP viewer starts on a keyframe");
+        assert!(
+            got.iter()
+                .all(|g| sent.iter().any(|s| same_nal_units(&s.data, &g.data))),
+            "every frame that came over TCP is a sent frame, unchanged"
+        );
+        assert_eq!(v.stop(), 200);
+        assert_eq!(publisher.stop(), 200);
+    })
+    .await;
+    assert_eq!(tcp.ip().to_string(), "127.0.0.1", "it follows --udp-listen");
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ice_tcp_is_offered_to_viewers_only_and_can_be_turned_off() {
+    let on = start(&[]).await;
+    let off = start(&["--ice-tcp-listen", "off"]).await;
+    assert!(off.server.ice_tcp_addr.is_none());
+    let (b_on, b_off) = (on.base.clone(), off.base.clone());
+    let tcp = on.server.ice_tcp_addr.unwrap();
+    blocking(move || {
+        let (id, view) = create(&b_on);
+        let publisher = Client::publish(&b_on, &id).expect("WHIP accepted");
+        // The publisher's answer (OBS is UDP only) has no TCP candidate: the viewer's has.
+        assert_eq!(common::udp_client::tcp_candidate(&publisher.answer), None);
+        let v = Client::view(&b_on, &view).expect("WHEP accepted");
+        assert_eq!(common::udp_client::tcp_candidate(&v.answer), Some(tcp));
+        let (id, view) = create(&b_off);
+        let _publisher = Client::publish(&b_off, &id).expect("WHIP accepted");
+        let refused = Client::view_over_tcp(&b_off, &view)
+            .err()
+            .expect("no TCP candidate");
+        assert!(
+            refused.body.contains("no passive TCP candidate"),
+            "{}",
+            refused.body
+        );
+    })
+    .await;
+    on.server.shutdown().await;
+    off.server.shutdown().await;
 }

@@ -21,6 +21,7 @@ fn world() -> World {
     let server: SocketAddr = "127.0.0.1:8189".parse().unwrap();
     let mut engine = Engine::new(EngineConfig {
         candidates: vec![server],
+        tcp_candidates: Vec::new(),
         max_live_broadcasts: 2,
         max_viewers: 2,
         when_full: WhenFull::EvictOldest,

@@ -7,20 +7,26 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use str0m::net::Protocol;
+
 use super::key::PeerKey;
+
+/// Where a datagram came from: UDP and ICE-TCP have separate port spaces, so the same
+/// address on the two is two different remotes.
+pub(crate) type Remote = (Protocol, SocketAddr);
 
 /// The demultiplexing index. Both maps are keyed by values a remote can influence, so they
 /// use std's DoS-resistant hasher, and both are bounded: one ufrag per peer and at most
 /// [`MAX_ADDRS_PER_PEER`] addresses per peer.
 #[derive(Default)]
 pub(crate) struct Demux {
-    by_addr: HashMap<SocketAddr, PeerKey>,
+    by_addr: HashMap<Remote, PeerKey>,
     by_ufrag: HashMap<String, PeerKey>,
 }
 
 impl Demux {
     /// The peer a datagram from `src` is for, if any.
-    pub(crate) fn route(&self, src: SocketAddr, datagram: &[u8]) -> Option<PeerKey> {
+    pub(crate) fn route(&self, src: Remote, datagram: &[u8]) -> Option<PeerKey> {
         if let Some(key) = self.by_addr.get(&src) {
             return Some(*key);
         }
@@ -28,7 +34,7 @@ impl Demux {
         self.by_ufrag.get(ufrag).copied()
     }
 
-    pub(crate) fn is_known_addr(&self, src: SocketAddr) -> bool {
+    pub(crate) fn is_known_addr(&self, src: Remote) -> bool {
         self.by_addr.contains_key(&src)
     }
 
@@ -38,12 +44,7 @@ impl Demux {
 
     /// Records that `key` talks from `src`. `addrs` is the peer's own list of its addresses;
     /// the oldest is forgotten past the cap so a peer cannot grow the index.
-    pub(crate) fn insert_addr(
-        &mut self,
-        src: SocketAddr,
-        key: PeerKey,
-        addrs: &mut Vec<SocketAddr>,
-    ) {
+    pub(crate) fn insert_addr(&mut self, src: Remote, key: PeerKey, addrs: &mut Vec<Remote>) {
         if addrs.len() >= MAX_ADDRS_PER_PEER {
             let old = addrs.remove(0);
             self.by_addr.remove(&old);
@@ -54,7 +55,7 @@ impl Demux {
     }
 
     /// Forgets every entry of a peer that is going away.
-    pub(crate) fn remove(&mut self, key: PeerKey, ufrag: &str, addrs: &[SocketAddr]) {
+    pub(crate) fn remove(&mut self, key: PeerKey, ufrag: &str, addrs: &[Remote]) {
         if self.by_ufrag.get(ufrag) == Some(&key) {
             self.by_ufrag.remove(ufrag);
         }
@@ -153,11 +154,33 @@ mod tests {
         };
         let mut addrs = Vec::new();
         for port in 1..=10 {
-            demux.insert_addr(SocketAddr::from(([127, 0, 0, 1], port)), key, &mut addrs);
+            let src = SocketAddr::from(([127, 0, 0, 1], port));
+            demux.insert_addr((Protocol::Udp, src), key, &mut addrs);
         }
         assert_eq!(demux.len().0, MAX_ADDRS_PER_PEER);
         assert_eq!(addrs.len(), MAX_ADDRS_PER_PEER);
         demux.remove(key, "", &addrs);
         assert_eq!(demux.len(), (0, 0));
+    }
+
+    #[test]
+    fn the_same_address_on_udp_and_tcp_is_two_remotes() {
+        let mut demux = Demux::default();
+        let (a, b) = (
+            PeerKey {
+                index: 0,
+                generation: 1,
+            },
+            PeerKey {
+                index: 1,
+                generation: 1,
+            },
+        );
+        let src = SocketAddr::from(([192, 0, 2, 1], 50_000));
+        let (mut addrs_a, mut addrs_b) = (Vec::new(), Vec::new());
+        demux.insert_addr((Protocol::Udp, src), a, &mut addrs_a);
+        demux.insert_addr((Protocol::Tcp, src), b, &mut addrs_b);
+        assert_eq!(demux.route((Protocol::Udp, src), &[]), Some(a));
+        assert_eq!(demux.route((Protocol::Tcp, src), &[]), Some(b));
     }
 }

@@ -57,6 +57,8 @@ use crate::config::WhenFull;
 pub struct EngineConfig {
     /// The addresses in our ICE host candidates; a datagram's destination is mapped onto one.
     pub candidates: Vec<SocketAddr>,
+    /// The addresses in our passive ICE-TCP candidates (viewers only); empty when it is off.
+    pub tcp_candidates: Vec<SocketAddr>,
     pub max_live_broadcasts: usize,
     pub max_viewers: usize,
     pub when_full: WhenFull,
@@ -137,18 +139,42 @@ impl Engine {
 
     /// Feeds one UDP datagram received from `src` on local address `dst`.
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        self.handle_receive(now, Protocol::Udp, src, dst, data);
+    }
+
+    /// Feeds one ICE-TCP frame (RFC 4571, length prefix removed) from the connection `src` →
+    /// `dst`. Its answers come back as transmits with `Protocol::Tcp` to `src`.
+    pub fn handle_tcp_frame(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+    ) {
+        self.handle_receive(now, Protocol::Tcp, src, dst, data);
+    }
+
+    fn handle_receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+    ) {
         self.last_now = Some(now);
-        let Some(key) = self.demux.route(src, data) else {
+        let remote = (proto, src);
+        let Some(key) = self.demux.route(remote, data) else {
             self.counters.datagrams_dropped += 1;
             trace!(len = data.len(), "dropping datagram from unknown source");
             return;
         };
-        let destination = self.candidate_for(dst, src);
+        let destination = self.candidate_for(proto, dst, src);
         let Some(peer) = self.peer_mut(key) else {
             self.counters.datagrams_dropped += 1;
             return;
         };
-        let Ok(receive) = Receive::new(Protocol::Udp, src, destination, data) else {
+        let Ok(receive) = Receive::new(proto, src, destination, data) else {
             self.counters.datagrams_dropped += 1;
             return;
         };
@@ -163,14 +189,14 @@ impl Engine {
             self.close_peer(now, key, CloseReason::PeerFailed);
             return;
         }
-        if !self.demux.is_known_addr(src) {
+        if !self.demux.is_known_addr(remote) {
             // Accepted means STUN with a valid MESSAGE-INTEGRITY for this peer's ufrag (or
             // traffic from its nominated address): safe to index.
             let peer = self
                 .peers
                 .get_mut(key.index as usize)
                 .expect("peer checked above");
-            self.demux.insert_addr(src, key, &mut peer.addrs);
+            self.demux.insert_addr(remote, key, &mut peer.addrs);
         }
         self.drain(now, key);
         self.flush_deferred(now);
@@ -674,8 +700,11 @@ impl Engine {
     }
 
     /// Maps a local (bound) address onto the advertised candidate it stands for.
-    fn candidate_for(&self, dst: SocketAddr, src: SocketAddr) -> SocketAddr {
-        let cands = &self.config.candidates;
+    fn candidate_for(&self, proto: Protocol, dst: SocketAddr, src: SocketAddr) -> SocketAddr {
+        let cands = match proto {
+            Protocol::Udp => &self.config.candidates,
+            _ => &self.config.tcp_candidates,
+        };
         if let Some(c) = cands.iter().find(|c| **c == dst) {
             return *c;
         }

@@ -5,7 +5,6 @@
 //! after `write_rtp` an `Input::Timeout(now)` is fed before the packets come out. The engine's
 //! `drain` and `tick` are the only places that do this.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::Rtc;
@@ -13,6 +12,7 @@ use str0m::media::MediaKind;
 use str0m::rtp::Ssrc;
 
 use super::consumer::Consumer;
+use super::demux::Remote;
 use super::key::{BroadcastKey, SessionId};
 use str0m::media::{Mid, Rid};
 
@@ -26,7 +26,7 @@ pub(crate) struct Peer {
     /// DTLS is up and media may flow (str0m's `Event::Connected`).
     pub(crate) connected: bool,
     /// Addresses this peer talks from, as entered in the demux index.
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<Remote>,
     /// The `Rtc`'s own next timeout.
     pub(crate) rtc_deadline: Option<Instant>,
     /// When the engine gives up on this peer (handshake never finished, resume grace over).

@@ -4,15 +4,18 @@
 //! run commands from the HTTP layer, fire the one earliest deadline, then drain transmits
 //! into the socket and events to the HTTP layer.
 
+mod tcp;
 mod udp;
 
 use std::io;
-use std::net::UdpSocket as StdUdpSocket;
+use std::net::{TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::time::Instant;
 
+use str0m::net::Protocol;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use self::tcp::IceTcp;
 use self::udp::{Batch, MediaSocket};
 use crate::engine::{Command, Engine, EngineEvent, Outcome};
 
@@ -63,19 +66,26 @@ impl EngineHandle {
     }
 }
 
-/// Runs the engine on `socket` until `shutdown` fires or every handle is dropped.
+/// The media sockets: the UDP socket, and the ICE-TCP listener if it is on.
+pub struct MediaSockets {
+    pub udp: StdUdpSocket,
+    pub tcp: Option<StdTcpListener>,
+}
+
+/// Runs the engine on its sockets until `shutdown` fires or every handle is dropped.
 pub async fn drive(
     mut engine: Engine,
-    socket: StdUdpSocket,
+    sockets: MediaSockets,
     mut commands: mpsc::Receiver<Request>,
     events: mpsc::UnboundedSender<EngineEvent>,
     mut shutdown: oneshot::Receiver<()>,
 ) -> io::Result<()> {
-    let mut socket = MediaSocket::new(socket)?;
+    let mut socket = MediaSocket::new(sockets.udp)?;
+    let mut tcp = sockets.tcp.map(IceTcp::start).transpose()?;
     let mut batch = Batch::new();
     debug!(addr = %socket.local_addr(), "media loop running");
     loop {
-        flush(&mut engine, &socket, &mut batch, &events).await;
+        flush(&mut engine, &socket, tcp.as_ref(), &mut batch, &events).await;
         let deadline = engine.poll_timeout();
         let sleep = async {
             match deadline {
@@ -90,6 +100,13 @@ pub async fn drive(
                 ready?;
                 receive(&mut engine, &mut socket);
             }
+            frame = next_tcp_frame(&mut tcp) => match frame {
+                Some(frame) => receive_tcp(&mut engine, tcp.as_mut(), frame),
+                None => {
+                    warn!("ICE-TCP stopped; viewers can still play over UDP");
+                    tcp = None;
+                }
+            },
             request = commands.recv() => {
                 let Some(Request { command, reply }) = request else { break };
                 let outcome = engine.handle_command(now(), command);
@@ -104,8 +121,26 @@ pub async fn drive(
             engine.handle_timeout(now);
         }
     }
-    flush(&mut engine, &socket, &mut batch, &events).await;
+    flush(&mut engine, &socket, tcp.as_ref(), &mut batch, &events).await;
     Ok(())
+}
+
+async fn next_tcp_frame(tcp: &mut Option<IceTcp>) -> Option<tcp::Frame> {
+    match tcp {
+        Some(tcp) => tcp.next_frame().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Feeds `first` and the frames already waiting behind it, up to [`IO_LOOP_BOUND`].
+fn receive_tcp(engine: &mut Engine, tcp: Option<&mut IceTcp>, first: tcp::Frame) {
+    let now = now();
+    engine.handle_tcp_frame(now, first.remote, first.local, &first.data);
+    let Some(tcp) = tcp else { return };
+    for _ in 1..IO_LOOP_BOUND {
+        let Some(f) = tcp.try_next_frame() else { break };
+        engine.handle_tcp_frame(now, f.remote, f.local, &f.data);
+    }
 }
 
 /// Receives up to [`IO_LOOP_BOUND`] datagrams, so one flood cannot hold the loop.
@@ -126,15 +161,23 @@ fn receive(engine: &mut Engine, socket: &mut MediaSocket) {
     }
 }
 
-/// Sends every pending transmit (GSO-batched per destination) and hands events on.
+/// Sends every pending transmit (UDP GSO-batched per destination, ICE-TCP to its
+/// connection) and hands events on.
 async fn flush(
     engine: &mut Engine,
     socket: &MediaSocket,
+    tcp: Option<&IceTcp>,
     batch: &mut Batch,
     events: &mpsc::UnboundedSender<EngineEvent>,
 ) {
     let max_segments = socket.max_gso_segments();
     while let Some(t) = engine.poll_transmit() {
+        if t.proto != Protocol::Udp {
+            if let Some(tcp) = tcp {
+                tcp.send(t.destination, &t.contents);
+            }
+            continue;
+        }
         if !batch.is_empty() && !batch.fits(t.destination, t.contents.len(), max_segments) {
             send(socket, batch).await;
         }

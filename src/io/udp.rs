@@ -179,6 +179,27 @@ impl Batch {
 /// The largest UDP payload the kernel accepts in one GSO send.
 const MAX_BATCH_BYTES: usize = 65_000;
 
+/// Socket buffers large enough for a keyframe burst: one IDR from the publisher is ~100
+/// datagrams arriving at once, and the same burst goes out to every new viewer. The kernel
+/// caps the request at `net.core.{r,w}mem_max`; a smaller buffer only drops sooner, so a
+/// refusal is logged, not fatal.
+fn set_buffers(state: &UdpSocketState, socket: &StdUdpSocket) {
+    let sock = || UdpSockRef::from(socket);
+    if let Err(e) = state.set_recv_buffer_size(sock(), SOCKET_BUFFER) {
+        tracing::warn!("could not set the UDP receive buffer: {e}");
+    }
+    if let Err(e) = state.set_send_buffer_size(sock(), SOCKET_BUFFER) {
+        tracing::warn!("could not set the UDP send buffer: {e}");
+    }
+    tracing::debug!(
+        recv = state.recv_buffer_size(sock()).ok(),
+        send = state.send_buffer_size(sock()).ok(),
+        "UDP socket buffers"
+    );
+}
+
+const SOCKET_BUFFER: usize = 8 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,24 +226,3 @@ mod tests {
         assert!(batch.is_empty());
     }
 }
-
-/// Socket buffers large enough for a keyframe burst: one IDR from the publisher is ~100
-/// datagrams arriving at once, and the same burst goes out to every new viewer. The kernel
-/// caps the request at `net.core.{r,w}mem_max`; a smaller buffer only drops sooner, so a
-/// refusal is logged, not fatal.
-fn set_buffers(state: &UdpSocketState, socket: &StdUdpSocket) {
-    let sock = || UdpSockRef::from(socket);
-    if let Err(e) = state.set_recv_buffer_size(sock(), SOCKET_BUFFER) {
-        tracing::warn!("could not set the UDP receive buffer: {e}");
-    }
-    if let Err(e) = state.set_send_buffer_size(sock(), SOCKET_BUFFER) {
-        tracing::warn!("could not set the UDP send buffer: {e}");
-    }
-    tracing::debug!(
-        recv = state.recv_buffer_size(sock()).ok(),
-        send = state.send_buffer_size(sock()).ok(),
-        "UDP socket buffers"
-    );
-}
-
-const SOCKET_BUFFER: usize = 8 << 20;

@@ -2,6 +2,7 @@
 
 pub mod annexb;
 pub mod chromium;
+pub mod link;
 pub mod server;
 pub mod sim;
 pub mod udp_client;

@@ -110,6 +110,7 @@ pub struct Sim<S: Sfu = Engine> {
 pub fn engine_config() -> EngineConfig {
     EngineConfig {
         candidates: vec![SERVER.parse().unwrap()],
+        tcp_candidates: Vec::new(),
         max_live_broadcasts: 2,
         max_viewers: 3,
         when_full: WhenFull::EvictOldest,

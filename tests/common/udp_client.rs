@@ -1,6 +1,6 @@
-//! str0m clients over real loopback UDP, each on its own thread: an OBS-shaped WHIP
-//! publisher streaming the H.264 fixture plus Opus, and a WHEP viewer that keeps what it
-//! decodes. HTTP is a tiny blocking client (the tests talk to 127.0.0.1 only).
+//! str0m clients over real loopback UDP (or ICE-TCP, see `link.rs`), each on its own thread:
+//! an OBS-shaped WHIP publisher streaming the H.264 fixture plus Opus, and a WHEP viewer that
+//! keeps what it decodes. HTTP is a tiny blocking client (the tests talk to 127.0.0.1 only).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::annexb::{AccessUnit, fixture};
+use super::link::Link;
 use super::sim::obs_shape;
 
 /// A blocking HTTP/1.1 exchange: (status, headers, body).
@@ -105,6 +106,8 @@ pub struct Shared {
 /// One client: its thread and what it shares with the test.
 pub struct Client {
     pub location: String,
+    /// The server's SDP answer.
+    pub answer: String,
     pub shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -125,7 +128,7 @@ impl Client {
         let mut cfg = RtcConfig::new().clear_codecs();
         cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
         cfg.codec_config().enable_opus(true, false);
-        let (rtc, socket, audio, video, pending_offer) = offer(
+        let (rtc, link, audio, video, pending_offer) = offer(
             cfg,
             Direction::SendOnly,
             [MediaKind::Audio, MediaKind::Video],
@@ -158,58 +161,67 @@ impl Client {
         Ok(Self::spawn(
             base,
             header(&headers, "location").unwrap_or_default(),
+            &body,
             rtc,
-            socket,
+            link,
             Role::Publisher { audio, video },
         ))
     }
 
     /// A browser-shaped viewer (H264 and VP8 with RTX, Opus).
     pub fn view(base: &str, view_id: &str) -> Result<Self, Refused> {
-        let cfg = RtcConfig::new()
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_vp8(true)
-            .enable_opus(true, false);
-        let (rtc, socket, video, audio, pending_offer) = offer(
-            cfg,
-            Direction::RecvOnly,
-            [MediaKind::Video, MediaKind::Audio],
-        );
-        let (mut rtc, pending, sdp) = (rtc, pending_offer.1, pending_offer.0);
-        let (status, headers, body) = http(
-            "POST",
-            &format!("{base}/stream?id={view_id}"),
-            &[("Content-Type", "application/sdp")],
-            &sdp,
-        );
-        if status != 201 {
-            return Err(Refused { status, body });
-        }
-        rtc.sdp_api()
-            .accept_answer(
-                pending,
-                SdpAnswer::from_sdp_string(&body).expect("answer parses"),
-            )
-            .expect("answer accepted");
+        let (rtc, link, video, audio, offer) =
+            offer(viewer_config(), Direction::RecvOnly, VIEWER_MEDIA);
+        let (rtc, location, answer) = whep(base, view_id, rtc, offer)?;
         Ok(Self::spawn(
             base,
-            header(&headers, "location").unwrap_or_default(),
+            &location,
+            &answer,
             rtc,
-            socket,
+            link,
             Role::Viewer { video, audio },
         ))
     }
 
-    fn spawn(base: &str, location: &str, rtc: Rtc, socket: UdpSocket, role: Role) -> Self {
+    /// A viewer that cannot use UDP at all: no UDP candidate, and media over one ICE-TCP
+    /// connection to the server's passive TCP candidate, as a browser behind a UDP-blocking
+    /// firewall does. Fails if the answer has no TCP candidate.
+    pub fn view_over_tcp(base: &str, view_id: &str) -> Result<Self, Refused> {
+        let mut rtc = viewer_config().build(Instant::now());
+        let (video, audio, offer) = add_media(&mut rtc, Direction::RecvOnly, VIEWER_MEDIA);
+        let (mut rtc, location, answer) = whep(base, view_id, rtc, offer)?;
+        let server = tcp_candidate(&answer).ok_or(Refused {
+            status: 201,
+            body: format!("the answer has no passive TCP candidate:\n{answer}"),
+        })?;
+        let link = Link::tcp(server);
+        let local = Candidate::builder()
+            .tcp()
+            .host(link.local_addr())
+            .tcptype(TcpType::Active)
+            .build()
+            .unwrap();
+        rtc.add_local_candidate(local);
+        Ok(Self::spawn(
+            base,
+            &location,
+            &answer,
+            rtc,
+            link,
+            Role::Viewer { video, audio },
+        ))
+    }
+
+    fn spawn(base: &str, location: &str, answer: &str, rtc: Rtc, link: Link, role: Role) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::spawn(move || run(rtc, socket, role, &shared, &stop))
+            std::thread::spawn(move || run(rtc, link, role, &shared, &stop))
         };
         Self {
             location: location.to_owned(),
+            answer: answer.to_owned(),
             shared,
             stop,
             thread: Some(thread),
@@ -265,6 +277,54 @@ impl Drop for Client {
     }
 }
 
+const VIEWER_MEDIA: [MediaKind; 2] = [MediaKind::Video, MediaKind::Audio];
+
+fn viewer_config() -> RtcConfig {
+    RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true)
+        .enable_opus(true, false)
+}
+
+/// POSTs a WHEP offer and applies the answer: (rtc, session URL, answer SDP).
+fn whep(
+    base: &str,
+    view_id: &str,
+    mut rtc: Rtc,
+    offer: Offer,
+) -> Result<(Rtc, String, String), Refused> {
+    let (sdp, pending) = offer;
+    let (status, headers, body) = http(
+        "POST",
+        &format!("{base}/stream?id={view_id}"),
+        &[("Content-Type", "application/sdp")],
+        &sdp,
+    );
+    if status != 201 {
+        return Err(Refused { status, body });
+    }
+    rtc.sdp_api()
+        .accept_answer(
+            pending,
+            SdpAnswer::from_sdp_string(&body).expect("answer parses"),
+        )
+        .expect("answer accepted");
+    let location = header(&headers, "location").unwrap_or_default().to_owned();
+    Ok((rtc, location, body))
+}
+
+/// The address of the first `tcp ... typ host tcptype passive` candidate in an SDP.
+pub fn tcp_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines()
+        .filter(|l| l.starts_with("a=candidate:") && l.contains(" tcptype passive"))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2)?.eq_ignore_ascii_case("tcp"))
+                .then(|| format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok())?
+        })
+}
+
 enum Role {
     Publisher { audio: Mid, video: Mid },
     Viewer { video: Mid, audio: Mid },
@@ -272,29 +332,28 @@ enum Role {
 
 type Offer = (String, str0m::change::SdpPendingOffer);
 
-fn offer(
-    cfg: RtcConfig,
-    dir: Direction,
-    kinds: [MediaKind; 2],
-) -> (Rtc, UdpSocket, Mid, Mid, Offer) {
+fn offer(cfg: RtcConfig, dir: Direction, kinds: [MediaKind; 2]) -> (Rtc, Link, Mid, Mid, Offer) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut rtc = cfg.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(socket.local_addr().unwrap(), "udp").unwrap());
+    let (a, b, offer) = add_media(&mut rtc, dir, kinds);
+    (rtc, Link::udp(socket), a, b, offer)
+}
+
+fn add_media(rtc: &mut Rtc, dir: Direction, kinds: [MediaKind; 2]) -> (Mid, Mid, Offer) {
     let mut api = rtc.sdp_api();
     let a = api.add_media(kinds[0], dir, None, None, None);
     let b = api.add_media(kinds[1], dir, None, None, None);
     let (offer, pending) = api.apply().expect("an offer");
-    (rtc, socket, a, b, (offer.to_sdp_string(), pending))
+    (a, b, (offer.to_sdp_string(), pending))
 }
 
 /// The client loop: drive the `Rtc` by the str0m contract, send media if publishing.
-fn run(mut rtc: Rtc, socket: UdpSocket, role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let local = socket.local_addr().unwrap();
+fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
     let units: Vec<AccessUnit> = fixture();
     let start = Instant::now();
     let mut next_frame = start;
     let mut n: u64 = 0;
-    let mut buf = vec![0u8; 2000];
     let deadline = start + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let mut wake = Instant::now() + Duration::from_millis(50);
@@ -304,9 +363,7 @@ fn run(mut rtc: Rtc, socket: UdpSocket, role: Role, shared: &Mutex<Shared>, stop
                     wake = wake.min(t);
                     break;
                 }
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.send_to(&t.contents, t.destination);
-                }
+                Ok(Output::Transmit(t)) => link.send(&t),
                 Ok(Output::Event(e)) => on_event(e, &role, shared),
                 Err(_) => return,
             }
@@ -351,16 +408,15 @@ fn run(mut rtc: Rtc, socket: UdpSocket, role: Role, shared: &Mutex<Shared>, stop
         let wait = wake
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        socket.set_read_timeout(Some(wait)).unwrap();
-        match socket.recv_from(&mut buf) {
-            Ok((len, src)) => {
-                if let Ok(r) = Receive::new(Protocol::Udp, src, local, &buf[..len])
+        match link.recv(wait) {
+            Some((proto, src, local, data)) => {
+                if let Ok(r) = Receive::new(proto, src, local, &data)
                     && rtc.handle_input(Input::Receive(Instant::now(), r)).is_err()
                 {
                     return;
                 }
             }
-            Err(_) => {
+            None => {
                 if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
                     return;
                 }
