@@ -471,7 +471,11 @@ fn the_ingest_doctor_notices_b_frames() {
             sim.run_for(FRAME * 2);
         }
     }
-    assert!(info(&mut sim).b_frames);
+    let i = info(&mut sim);
+    assert!(i.b_frames);
+    // Each IDR follows a B-frame in decode order; it must still be seen whole (and cached).
+    let gop = i.keyframe_interval.expect("keyframes after B-frames are complete");
+    assert!((0.9..1.1).contains(&gop.as_secs_f32()), "keyframe interval {gop:?}");
 }
 
 #[test]

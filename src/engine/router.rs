@@ -255,6 +255,11 @@ impl Track {
             Some(ts) if (pkt.ts.wrapping_sub(ts) as i32) < 0 => {
                 if newest {
                     self.doctor.b_frame_at = Some(now);
+                    // A B-frame still ends where the next frame begins: without this, the
+                    // IDR after it (x264 sends … P B B IDR) never looks complete.
+                    if pkt.marker {
+                        self.last_marker = Some(pkt.seq);
+                    }
                 }
                 return false;
             }
