@@ -6,56 +6,11 @@
 
 mod common;
 
-use std::sync::Mutex;
-
 use common::chromium::{Browser, PUBLISH_FAKE_CAMERA};
+use common::page_test::{blocking, start, start_in, watch};
 use common::server::create;
 use common::udp_client::Client;
 use serde_json::json;
-use whipcast::Server;
-
-/// One browser test at a time: each runs two or more Chromiums on a 2-core machine.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-struct Running {
-    server: Server,
-    base: String,
-}
-
-async fn start(extra: &[&str]) -> Running {
-    start_in(&common::server::temp_dir("browser"), extra).await
-}
-
-async fn start_in(dir: &std::path::Path, extra: &[&str]) -> Running {
-    let (server, base) = common::server::start_in(dir, extra).await;
-    Running { server, base }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(move || {
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        f()
-    })
-    .await
-    .unwrap()
-}
-
-/// Opens the viewer page and waits until it plays a picture that is not black.
-fn watch(base: &str, view: &str, name: &str) -> Browser {
-    let b = Browser::start();
-    b.goto(&format!("{base}/stream?id={view}"));
-    b.wait("the viewer page says live", |b| {
-        (b.player_state() == "live").then_some(())
-    });
-    b.wait_decoding("frames decoded");
-    let (mean, spread) = b.picture();
-    assert!(
-        mean > 20.0 && spread > 5.0,
-        "the picture is not black or flat: mean {mean}, spread {spread}"
-    );
-    b.screenshot(name);
-    b
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_publisher_reaches_chromium_viewer_page() {
@@ -232,75 +187,6 @@ async fn viewers_keep_playing_through_a_publisher_drop_and_resume() {
         );
         assert_eq!(viewer.player_state(), "live");
         viewer.screenshot("viewer-after-resume");
-    })
-    .await;
-    r.server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn broadcaster_page_issues_an_id_shows_obs_settings_and_goes_live() {
-    let r = start(&[]).await;
-    let base = r.base.clone();
-    blocking(move || {
-        let page = Browser::start();
-        page.goto(&format!("{base}/broadcast"));
-        page.screenshot("broadcast-start");
-        let history_before = page.js("return history.length", json!([]));
-        page.click("#create");
-        let url = page.wait("the address holds the broadcast ID", |p| {
-            let u = p.current_url();
-            u.contains("/broadcast?id=").then_some(u)
-        });
-        let id = url.split("id=").nth(1).unwrap().to_owned();
-        page.wait("the panel shows the settings", |p| {
-            (p.text("#whip-server").ends_with("/broadcast")).then_some(())
-        });
-        assert_eq!(page.text("#token"), id);
-        assert_eq!(
-            page.js("return history.length", json!([])),
-            history_before,
-            "replaced, not pushed"
-        );
-        let viewer_url = page.text("#viewer-url");
-        assert!(viewer_url.contains("/stream?id=") && !viewer_url.contains(&id));
-        // Publish to the URL the page shows, as OBS would.
-        let _obs = Client::publish(&base, &id).unwrap();
-        page.wait("the panel says live", |p| {
-            (p.text("#state") == "live").then_some(())
-        });
-        page.wait("resolution from the stream", |p| {
-            (p.text("#resolution") == "320x240").then_some(())
-        });
-        page.screenshot("broadcast-live");
-        page.click("#test-connection");
-        let result = page.wait("the connection test finishes", |p| {
-            let r = p.js(
-                "return document.querySelector('#test-result').dataset.result || null",
-                json!([]),
-            );
-            r.as_str().map(str::to_owned)
-        });
-        assert_eq!(result, "ok", "{}", page.text("#test-result"));
-        page.js(
-            "document.querySelector('#test-result').scrollIntoView({block: 'center'})",
-            json!([]),
-        );
-        page.screenshot("broadcast-connection-test");
-        let status = Browser::start();
-        status.goto(&format!("{base}/status"));
-        status.wait("the status page lists it", |p| {
-            p.text("#rows").contains("live").then_some(())
-        });
-        let html = status
-            .js("return document.documentElement.outerHTML", json!([]))
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            !html.contains(&id),
-            "the status page never shows a broadcast ID"
-        );
-        status.screenshot("status-live");
     })
     .await;
     r.server.shutdown().await;

@@ -474,8 +474,18 @@ fn the_ingest_doctor_notices_b_frames() {
     let i = info(&mut sim);
     assert!(i.b_frames);
     // Each IDR follows a B-frame in decode order; it must still be seen whole (and cached).
-    let gop = i.keyframe_interval.expect("keyframes after B-frames are complete");
-    assert!((0.9..1.1).contains(&gop.as_secs_f32()), "keyframe interval {gop:?}");
+    let gop = i
+        .keyframe_interval
+        .expect("keyframes after B-frames are complete");
+    assert!(
+        (0.9..1.1).contains(&gop.as_secs_f32()),
+        "keyframe interval {gop:?}"
+    );
+    let fps = i.fps.expect("frame rate measured");
+    assert!(
+        (25.0..35.0).contains(&fps),
+        "B-frames count in the frame rate: {fps}"
+    );
 }
 
 #[test]

@@ -121,6 +121,8 @@ pub(crate) struct Doctor {
     last_keyframe: Option<Instant>,
     pub(crate) keyframe_interval: Option<Duration>,
     pub(crate) b_frame_at: Option<Instant>,
+    /// The last B-frame's timestamp, so a B-frame counts once in the frame rate.
+    b_frame_ts: Option<u32>,
 }
 
 impl Doctor {
@@ -255,6 +257,9 @@ impl Track {
             Some(ts) if (pkt.ts.wrapping_sub(ts) as i32) < 0 => {
                 if newest {
                     self.doctor.b_frame_at = Some(now);
+                    if self.doctor.b_frame_ts.replace(pkt.ts) != Some(pkt.ts) {
+                        self.doctor.frame(now);
+                    }
                     // A B-frame still ends where the next frame begins: without this, the
                     // IDR after it (x264 sends … P B B IDR) never looks complete.
                     if pkt.marker {

@@ -125,6 +125,20 @@ impl Client {
     /// An OBS-shaped publisher (Opus 111, H264 96 `42e01f`, no RTX, no candidates in the offer,
     /// `a=group:LS`) streaming the fixture in a loop at 30 fps.
     pub fn publish(base: &str, broadcast_id: &str) -> Result<Self, Refused> {
+        let script = fixture()
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| (u, i as u64));
+        Self::publish_script(base, broadcast_id, script.collect())
+    }
+
+    /// The same publisher streaming `script` in a loop at 30 fps: each access unit with its
+    /// presentation time in frames (out of order for B-frames), counted from the loop's start.
+    pub fn publish_script(
+        base: &str,
+        broadcast_id: &str,
+        script: Vec<(AccessUnit, u64)>,
+    ) -> Result<Self, Refused> {
         let mut cfg = RtcConfig::new().clear_codecs();
         cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
         cfg.codec_config().enable_opus(true, false);
@@ -164,7 +178,11 @@ impl Client {
             &body,
             rtc,
             link,
-            Role::Publisher { audio, video },
+            Role::Publisher {
+                audio,
+                video,
+                script,
+            },
         ))
     }
 
@@ -326,8 +344,15 @@ pub fn tcp_candidate(sdp: &str) -> Option<SocketAddr> {
 }
 
 enum Role {
-    Publisher { audio: Mid, video: Mid },
-    Viewer { video: Mid, audio: Mid },
+    Publisher {
+        audio: Mid,
+        video: Mid,
+        script: Vec<(AccessUnit, u64)>,
+    },
+    Viewer {
+        video: Mid,
+        audio: Mid,
+    },
 }
 
 type Offer = (String, str0m::change::SdpPendingOffer);
@@ -350,7 +375,6 @@ fn add_media(rtc: &mut Rtc, dir: Direction, kinds: [MediaKind; 2]) -> (Mid, Mid,
 
 /// The client loop: drive the `Rtc` by the str0m contract, send media if publishing.
 fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let units: Vec<AccessUnit> = fixture();
     let start = Instant::now();
     let mut next_frame = start;
     let mut n: u64 = 0;
@@ -369,9 +393,19 @@ fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &
             }
         }
         let connected = shared.lock().unwrap().connected;
-        if let (Role::Publisher { audio, video }, true) = (&role, connected) {
+        if let (
+            Role::Publisher {
+                audio,
+                video,
+                script,
+            },
+            true,
+        ) = (&role, connected)
+        {
             if Instant::now() >= next_frame {
-                let unit = &units[(n as usize) % units.len()];
+                let len = script.len() as u64;
+                let (unit, pts) = &script[(n % len) as usize];
+                let pts = n / len * len + pts;
                 let now = Instant::now();
                 let vpt = rtc
                     .media(*video)
@@ -381,7 +415,12 @@ fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &
                     .and_then(|m| m.remote_pts().first().copied());
                 if let (Some(vpt), Some(apt)) = (vpt, apt) {
                     let _ = rtc.writer(*video).map(|w| {
-                        w.write(vpt, now, MediaTime::from_90khz(n * 3000), unit.data.clone())
+                        w.write(
+                            vpt,
+                            now,
+                            MediaTime::from_90khz(pts * 3000),
+                            unit.data.clone(),
+                        )
                     });
                     // Opus at 48 kHz: a 20 ms comfort-noise frame per video frame is enough to
                     // keep audio flowing; nobody listens.
