@@ -28,6 +28,13 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium with a fake camera and microphone, allowed
     /// to use loopback for WebRTC.
     pub fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// The same, with chromedriver and Chromium inside a network namespace of the test's
+    /// (`ip netns exec`): `(namespace, its own address)`. chromedriver then listens on every
+    /// interface of that namespace and the test reaches it at that address.
+    pub fn start_in(netns: Option<(&str, std::net::IpAddr)>) -> Self {
         for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
             assert!(
                 std::path::Path::new(bin).exists(),
@@ -39,15 +46,26 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new("/usr/bin/chromedriver")
+        let mut command = match netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/bin/chromedriver"]);
+                // Remote connections from the root namespace (the test) are allowed.
+                c.arg("--allowed-ips=").arg("--allowed-origins=*");
+                c
+            }
+            None => Command::new("/usr/bin/chromedriver"),
+        };
+        let driver = command
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
-        let url = format!("http://127.0.0.1:{port}");
+        let host = netns.map_or("127.0.0.1".to_owned(), |(_, ip)| ip.to_string());
+        let url = format!("http://{host}:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host.as_str(), port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver never listened");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -3,6 +3,7 @@
 pub mod annexb;
 pub mod chromium;
 pub mod link;
+pub mod netns;
 pub mod page_test;
 pub mod server;
 pub mod sim;

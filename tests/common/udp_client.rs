@@ -143,6 +143,7 @@ impl Client {
         cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
         cfg.codec_config().enable_opus(true, false);
         let (rtc, link, audio, video, pending_offer) = offer(
+            base,
             cfg,
             Direction::SendOnly,
             [MediaKind::Audio, MediaKind::Video],
@@ -189,7 +190,7 @@ impl Client {
     /// A browser-shaped viewer (H264 and VP8 with RTX, Opus).
     pub fn view(base: &str, view_id: &str) -> Result<Self, Refused> {
         let (rtc, link, video, audio, offer) =
-            offer(viewer_config(), Direction::RecvOnly, VIEWER_MEDIA);
+            offer(base, viewer_config(), Direction::RecvOnly, VIEWER_MEDIA);
         let (rtc, location, answer) = whep(base, view_id, rtc, offer)?;
         Ok(Self::spawn(
             base,
@@ -357,8 +358,13 @@ enum Role {
 
 type Offer = (String, str0m::change::SdpPendingOffer);
 
-fn offer(cfg: RtcConfig, dir: Direction, kinds: [MediaKind; 2]) -> (Rtc, Link, Mid, Mid, Offer) {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+fn offer(
+    base: &str,
+    cfg: RtcConfig,
+    dir: Direction,
+    kinds: [MediaKind; 2],
+) -> (Rtc, Link, Mid, Mid, Offer) {
+    let socket = UdpSocket::bind((local_ip_towards(base), 0)).unwrap();
     let mut rtc = cfg.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(socket.local_addr().unwrap(), "udp").unwrap());
     let (a, b, offer) = add_media(&mut rtc, dir, kinds);
@@ -489,4 +495,12 @@ fn on_event(e: Event, role: &Role, shared: &Mutex<Shared>) {
 /// The server's address for a base URL.
 pub fn addr_of(base: &str) -> SocketAddr {
     base.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Our address on the route to the server of `base`: 127.0.0.1 on loopback, the veth
+/// address when the server is in a network namespace of the test's.
+fn local_ip_towards(base: &str) -> std::net::IpAddr {
+    let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.connect(addr_of(base)).unwrap(); // no datagram is sent: only the route is looked up
+    probe.local_addr().unwrap().ip()
 }
