@@ -49,19 +49,9 @@ async fn broadcaster_page_issues_an_id_shows_obs_settings_and_goes_live() {
             (p.text("#resolution") == "320x240").then_some(())
         });
         page.screenshot("broadcast-live");
-        page.click("#test-connection");
-        let result = page.wait("the connection test finishes", |p| {
-            let r = p.js(
-                "return document.querySelector('#test-result').dataset.result || null",
-                json!([]),
-            );
-            r.as_str().map(str::to_owned)
-        });
+        let result = run_connection_test(&page);
         assert_eq!(result, "ok", "{}", page.text("#test-result"));
-        page.js(
-            "document.querySelector('#test-result').scrollIntoView({block: 'center'})",
-            json!([]),
-        );
+        scroll_to(&page, "#test-result");
         page.screenshot("broadcast-connection-test");
         let status = Browser::start();
         status.goto(&format!("{base}/status"));
@@ -81,6 +71,26 @@ async fn broadcaster_page_issues_an_id_shows_obs_settings_and_goes_live() {
     })
     .await;
     r.server.shutdown().await;
+}
+
+/// Clicks "Test my connection" and returns the result the page records (ok, failed, error).
+fn run_connection_test(page: &Browser) -> String {
+    page.click("#test-connection");
+    page.wait("the connection test finishes", |p| {
+        let r = p.js(
+            "return document.querySelector('#test-result').dataset.result || null",
+            json!([]),
+        );
+        r.as_str().map(str::to_owned)
+    })
+}
+
+/// Brings an element to the middle of the window for a screenshot.
+fn scroll_to(page: &Browser, css: &str) {
+    page.js(
+        "document.querySelector(arguments[0]).scrollIntoView({block: 'center'})",
+        json!([css]),
+    );
 }
 
 /// One 149-frame GOP (a keyframe every ~5 s at 30 fps) of High-profile H.264 with B-frames:
@@ -132,10 +142,7 @@ async fn the_doctor_names_each_obs_problem_with_the_setting_to_change() {
             (25.0..35.0).contains(&fps),
             "B-frames count as frames: {fps} fps"
         );
-        page.js(
-            "document.querySelector('#warnings').scrollIntoView({block: 'center'})",
-            json!([]),
-        );
+        scroll_to(&page, "#warnings");
         page.screenshot("broadcast-doctor-problems");
     })
     .await;
@@ -156,21 +163,11 @@ async fn the_connection_test_says_what_to_open_when_udp_does_not_arrive() {
         page.wait("the panel", |p| {
             (!p.text("#token").is_empty()).then_some(())
         });
-        page.click("#test-connection");
-        let result = page.wait("the connection test finishes", |p| {
-            let r = p.js(
-                "return document.querySelector('#test-result').dataset.result || null",
-                json!([]),
-            );
-            r.as_str().map(str::to_owned)
-        });
+        let result = run_connection_test(&page);
         let text = page.text("#test-result");
         assert_eq!(result, "failed", "{text}");
         assert!(text.contains("UDP"), "the fix names the UDP port: {text}");
-        page.js(
-            "document.querySelector('#test-result').scrollIntoView({block: 'center'})",
-            json!([]),
-        );
+        scroll_to(&page, "#test-result");
         page.screenshot("broadcast-connection-test-failed");
     })
     .await;

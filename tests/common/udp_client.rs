@@ -148,34 +148,21 @@ impl Client {
             Direction::SendOnly,
             [MediaKind::Audio, MediaKind::Video],
         );
-        let (mut rtc, pending, sdp) = (rtc, pending_offer.1, obs_shape(&pending_offer.0));
-        let url = format!("{base}/broadcast");
+        let (sdp, pending) = pending_offer;
         let auth = format!("Bearer {broadcast_id}");
-        let (status, headers, body) = http(
-            "POST",
-            &url,
-            &[
-                ("Content-Type", "application/sdp"),
-                ("Authorization", &auth),
-                (
-                    "User-Agent",
-                    "Mozilla/5.0 (OBS-Studio/31.0.2; Linux x86_64; en-US)",
-                ),
-            ],
-            &sdp,
-        );
-        if status != 201 {
-            return Err(Refused { status, body });
-        }
-        rtc.sdp_api()
-            .accept_answer(
-                pending,
-                SdpAnswer::from_sdp_string(&body).expect("answer parses"),
-            )
-            .expect("answer accepted");
+        let headers = [
+            ("Content-Type", "application/sdp"),
+            ("Authorization", auth.as_str()),
+            (
+                "User-Agent",
+                "Mozilla/5.0 (OBS-Studio/31.0.2; Linux x86_64; en-US)",
+            ),
+        ];
+        let url = format!("{base}/broadcast");
+        let (rtc, location, body) = post_offer(&url, &headers, rtc, (obs_shape(&sdp), pending))?;
         Ok(Self::spawn(
             base,
-            header(&headers, "location").unwrap_or_default(),
+            &location,
             &body,
             rtc,
             link,
@@ -310,16 +297,22 @@ fn viewer_config() -> RtcConfig {
 fn whep(
     base: &str,
     view_id: &str,
+    rtc: Rtc,
+    offer: Offer,
+) -> Result<(Rtc, String, String), Refused> {
+    let url = format!("{base}/stream?id={view_id}");
+    post_offer(&url, &[("Content-Type", "application/sdp")], rtc, offer)
+}
+
+/// POSTs an offer (WHIP or WHEP) and applies the answer: (rtc, session URL, answer SDP).
+fn post_offer(
+    url: &str,
+    headers: &[(&str, &str)],
     mut rtc: Rtc,
     offer: Offer,
 ) -> Result<(Rtc, String, String), Refused> {
     let (sdp, pending) = offer;
-    let (status, headers, body) = http(
-        "POST",
-        &format!("{base}/stream?id={view_id}"),
-        &[("Content-Type", "application/sdp")],
-        &sdp,
-    );
+    let (status, headers, body) = http("POST", url, headers, &sdp);
     if status != 201 {
         return Err(Refused { status, body });
     }
