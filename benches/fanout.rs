@@ -1,6 +1,7 @@
 //! Fan-out cost: one publisher RTP packet (1,100-byte payload, SRTP) into the server and N
 //! SRTP copies out to a null sink, for whipcast's engine and for a naive str0m SFU
-//! (`naive.rs`). Both are set up through real ICE and DTLS against str0m clients on the
+//! (`naive.rs`), and for whipcast with str0m sealing the viewers' media
+//! (`whipcast-str0m-srtp`, the path before whipcast sealed it itself). All are set up through real ICE and DTLS against str0m clients on the
 //! simulated network; the timing covers only the server's part and runs on the thread's CPU
 //! clock (other work on a shared machine does not count). Virtual time advances 3.33 ms per
 //! packet after 3.3 s of warm-up, so the RTX caches are full. Throughput is per
@@ -31,10 +32,14 @@ const VIEWERS: [usize; 4] = [1, 10, 100, 1000];
 /// (a syscall) is noise.
 const BATCH: u64 = 32;
 
-fn whipcast(viewers: usize) -> Fanout<Engine> {
+/// whipcast; with `str0m_seals`, viewers' media goes through str0m's send path instead of
+/// whipcast's own SRTP (as for sessions that negotiated AES-CM), to show what that saves.
+fn whipcast(viewers: usize, str0m_seals: bool) -> Fanout<Engine> {
     let mut config = engine_config();
     config.max_viewers = viewers;
-    Fanout::connect(Sim::new(config), viewers)
+    let mut sim = Sim::new(config);
+    sim.str0m_seals_viewers = str0m_seals;
+    Fanout::connect(sim, viewers)
 }
 
 fn naive(viewers: usize) -> Fanout<naive::Naive> {
@@ -68,12 +73,13 @@ fn fanout(c: &mut Criterion) {
         group.throughput(Throughput::Elements(viewers as u64));
         let id = |name| BenchmarkId::new(name, viewers);
         // Set up lazily, so a filter (`-- fanout/naive/10`) skips the others' handshakes.
-        let mut ours = None;
-        group.bench_function(id("whipcast"), |b| {
-            let f = ours.get_or_insert_with(|| whipcast(viewers));
-            b.iter_custom(|iters| measure(f, iters));
-        });
-        drop(ours);
+        for (name, str0m_seals) in [("whipcast", false), ("whipcast-str0m-srtp", true)] {
+            let mut ours = None;
+            group.bench_function(id(name), |b| {
+                let f = ours.get_or_insert_with(|| whipcast(viewers, str0m_seals));
+                b.iter_custom(|iters| measure(f, iters));
+            });
+        }
         let mut theirs = None;
         group.bench_function(id("naive"), |b| {
             let f = theirs.get_or_insert_with(|| naive(viewers));

@@ -32,6 +32,8 @@ pub struct Naive {
     peers: Vec<Peer>,
     tracks: Vec<IngestTrack>,
     transmits: VecDeque<Transmit>,
+    /// The transmit `poll_transmit` lends out.
+    current: Option<Transmit>,
     forwarded: u64,
 }
 
@@ -163,8 +165,14 @@ impl Sfu for Naive {
         outcome
     }
 
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+    fn poll_transmit(&mut self) -> Option<whipcast::engine::Transmit<'_>> {
+        self.current = self.transmits.pop_front();
+        self.current.as_ref().map(|t| whipcast::engine::Transmit {
+            proto: t.proto,
+            source: t.source,
+            destination: t.destination,
+            contents: &t.contents,
+        })
     }
 
     fn poll_event(&mut self) -> Option<EngineEvent> {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::media::MediaTime;
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive};
 use str0m::{Event, Input, Output};
 
 use crate::sim::{Client, SERVER, Sfu, Sim};
@@ -59,7 +59,7 @@ pub struct Fanout<S: Sfu> {
     n: u64,
     next_feedback: Instant,
     /// The server's answers to the publisher (STUN, RTCP), delivered after the timed part.
-    to_publisher: Vec<Transmit>,
+    to_publisher: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl<S: Sfu> Fanout<S> {
@@ -173,12 +173,12 @@ impl<S: Sfu> Fanout<S> {
         let mut sink = Sink::default();
         while let Some(t) = engine.poll_transmit() {
             if t.destination == self.publisher_addr {
-                self.to_publisher.push(t);
+                self.to_publisher.push((t.destination, t.contents.to_vec()));
                 continue;
             }
             sink.datagrams += 1;
-            sink.rtp += usize::from(is_rtp(&t.contents));
-            sink.bytes += black_box(&t.contents).len();
+            sink.rtp += usize::from(is_rtp(t.contents));
+            sink.bytes += black_box(t.contents).len();
         }
         while engine.poll_event().is_some() {}
         sink
@@ -201,8 +201,8 @@ impl<S: Sfu> Fanout<S> {
         let now = self.sim.now;
         let mut to_server = Vec::new();
         let answers = std::mem::take(&mut self.to_publisher);
-        for t in &answers {
-            self.deliver(t.destination, &t.contents, &mut to_server);
+        for (to, data) in &answers {
+            self.deliver(*to, data, &mut to_server);
         }
         self.to_publisher = answers;
         self.to_publisher.clear();
@@ -229,16 +229,16 @@ impl<S: Sfu> Fanout<S> {
             }
             let mut back = Vec::new();
             while let Some(t) = self.sim.engine.poll_transmit() {
-                if t.destination == self.publisher_addr || !is_rtp(&t.contents) {
-                    back.push(t);
+                if t.destination == self.publisher_addr || !is_rtp(t.contents) {
+                    back.push((t.destination, t.contents.to_vec()));
                 }
             }
             while self.sim.engine.poll_event().is_some() {}
             if back.is_empty() {
                 return;
             }
-            for t in back {
-                self.deliver(t.destination, &t.contents, &mut to_server);
+            for (to, data) in back {
+                self.deliver(to, &data, &mut to_server);
             }
         }
     }

@@ -16,6 +16,8 @@
 //! - [`h264`]: the SPS parser that tells what a publisher really sends.
 //! - [`engine`]: the sans-IO core. Peers in a slab, a demux index, the router with its
 //!   keyframe cache, per-viewer rewriting, one deadline index. No IO, no clock.
+//! - [`srtp`]: each session's DTLS-SRTP keys read through str0m's crypto-provider interface,
+//!   and the AES-GCM seal whipcast does itself for forwarded media.
 //! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
 //! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
@@ -25,8 +27,12 @@
 //!
 //! OBS datagram → `io` batch receive → `Engine::handle_datagram` → demux (address, or STUN
 //! ufrag) → publisher `Rtc` decrypts → `Event::RtpPacket` (payload `Arc<[u8]>`) → router:
-//! the broadcast's viewers → per viewer: rewrite seq/timestamp/PT, `write_rtp` with an `Arc`
-//! clone (no byte copy) → viewer `Rtc` encrypts → `poll_transmit` → `io` sends.
+//! the broadcast's viewers → per viewer: rewrite seq/timestamp/PT, queue an `Arc` clone (no
+//! byte copy) → once per receive batch, each viewer's packets are sealed with its own SRTP
+//! keys straight into the engine's outbox (no str0m send queue, no allocation) →
+//! `poll_transmit` lends each datagram → `io` sends, GSO-batched per viewer. str0m keeps ICE,
+//! DTLS, incoming RTCP and keyframe requests for every session, and the whole send path for
+//! sessions whose SRTP profile is not AES-GCM.
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +46,7 @@ pub mod registry;
 pub mod secret;
 pub mod selftest;
 pub mod server;
+pub mod srtp;
 
 pub use config::Config;
 pub use server::{Server, StartError};

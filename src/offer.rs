@@ -14,6 +14,7 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use crate::engine::{IngestTrack, ViewerTrack};
 use crate::secret;
+use crate::srtp::{KeySlot, build_rtc};
 
 /// What every session shares: our candidates and DTLS certificate.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct SessionSetup {
 /// A built session, ready to hand to the engine.
 pub struct Accepted<T> {
     pub rtc: Rtc,
+    /// Where the session's SRTP keys land once DTLS is up (src/srtp/).
+    pub keys: KeySlot,
     pub answer: String,
     pub ufrag: String,
     pub tracks: Vec<T>,
@@ -110,7 +113,11 @@ impl SessionSetup {
             .map(|l| (l.mid(), preferred_layer(&l.rids())))
             .collect();
         let Accepted {
-            rtc, answer, ufrag, ..
+            rtc,
+            answer,
+            ufrag,
+            keys,
+            ..
         } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL, Ice::Udp)?;
         let layers: Vec<(str0m::media::Mid, Option<str0m::media::Rid>)> = parsed_layers;
         let mut tracks = Vec::new();
@@ -136,6 +143,7 @@ impl SessionSetup {
             rtc,
             answer,
             ufrag,
+            keys,
             tracks,
         })
     }
@@ -170,6 +178,7 @@ impl SessionSetup {
             mut rtc,
             answer,
             ufrag,
+            keys,
             ..
         } = self.accept(now, parsed, params, VIEWER_STATS_INTERVAL, Ice::UdpAndTcp)?;
         let mut tracks: Vec<ViewerTrack> = Vec::new();
@@ -206,6 +215,7 @@ impl SessionSetup {
             rtc,
             answer,
             ufrag,
+            keys,
             tracks,
         })
     }
@@ -246,7 +256,7 @@ impl SessionSetup {
             })
             .set_stats_interval(Some(stats));
         *config.codec_config() = CodecConfig::new_from_payload_params(codecs);
-        let mut rtc = config.build(now);
+        let (mut rtc, keys) = build_rtc(config, now);
         for addr in &self.candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
                 rtc.add_local_candidate(c);
@@ -272,6 +282,7 @@ impl SessionSetup {
             rtc,
             answer: answer.to_sdp_string(),
             ufrag,
+            keys,
             tracks: Vec::new(),
         })
     }

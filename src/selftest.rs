@@ -75,6 +75,7 @@ async fn probe(
         session: SessionId::random(),
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
+        keys: accepted.keys,
     };
     engine
         .call(Command::Probe(peer))

@@ -53,6 +53,21 @@ async fn obs_shaped_publisher_reaches_chromium_viewer_page() {
             json!([]),
         );
         assert_eq!(size, json!([320, 240]), "the fixture's picture size");
+        // The media was sealed by whipcast (not str0m), and Chromium reads our sender
+        // reports for both streams (they are what aligns audio with video).
+        let metrics = viewer.js_async(FETCH_METRICS, json!([]));
+        assert!(
+            metrics
+                .as_str()
+                .unwrap_or_default()
+                .contains("whipcast_viewers_sealed 1"),
+            "one viewer sealed by whipcast: {metrics}"
+        );
+        let kinds = viewer.wait("sender reports for audio and video", |b| {
+            let kinds = b.js_async(REPORTED_KINDS, json!([]));
+            (kinds == json!(["audio", "video"])).then_some(kinds)
+        });
+        assert_eq!(kinds, json!(["audio", "video"]));
     })
     .await;
     r.server.shutdown().await;
@@ -333,3 +348,16 @@ window.fetch = (url, init = {}) => {
   sessionStorage.setItem('requests', seen + (init.method || 'GET') + ' ' + url + '\\n');
   return original(url, init);
 };";
+
+const FETCH_METRICS: &str = "
+const done = arguments[arguments.length - 1];
+fetch('/metrics').then(r => r.text()).then(done, () => done(''));";
+
+/// The kinds of stream Chromium has sender reports for (`remote-outbound-rtp`), sorted.
+const REPORTED_KINDS: &str = "
+const done = arguments[arguments.length - 1];
+window.whipcast.pc.getStats().then(stats => {
+  const kinds = [];
+  stats.forEach(r => { if (r.type === 'remote-outbound-rtp' && r.packetsSent > 0) kinds.push(r.kind); });
+  done(kinds.sort());
+}).catch(() => done([]));";

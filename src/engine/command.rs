@@ -6,6 +6,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid};
 
 use super::key::{BroadcastKey, SessionId};
+use crate::srtp::KeySlot;
 
 /// A request to the engine. Each one gets exactly one [`Outcome`] from
 /// [`Engine::handle_command`](super::Engine::handle_command).
@@ -44,6 +45,8 @@ pub struct NewPeer {
     /// Our ICE ufrag for this peer; STUN with it in USERNAME is routed to this peer.
     pub ufrag: String,
     pub rtc: Rtc,
+    /// The session's SRTP keys, once DTLS exports them: viewers' media is sealed with them.
+    pub keys: KeySlot,
 }
 
 /// One track the publisher sends, as negotiated in its offer/answer.
@@ -99,6 +102,8 @@ pub struct Stats {
     pub peers: usize,
     pub publishers: usize,
     pub viewers: usize,
+    /// Viewers whose media whipcast seals itself (AES-GCM); the rest go through str0m.
+    pub viewers_sealed: usize,
     pub live_broadcasts: usize,
     pub demux_addrs: usize,
     pub demux_ufrags: usize,
@@ -114,9 +119,11 @@ pub struct Stats {
     /// Keyframe requests sent to publishers, and received from viewers.
     pub plis_sent: u64,
     pub plis_received: u64,
-    /// NACKs sent to publishers, and received from viewers (from str0m's periodic stats).
+    /// NACKs sent to publishers (from str0m's periodic stats), and received from viewers.
     pub nacks_sent: u64,
     pub nacks_received: u64,
+    /// Packets resent to viewers that NACKed them.
+    pub retransmissions: u64,
     pub evictions: u64,
 }
 

@@ -104,6 +104,21 @@ pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
 const MAX_ADDRS_PER_PEER: usize = 4;
 const STUN_HEADER_LEN: usize = 20;
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+/// STUN, by the first byte (RFC 7983 §7: 0–3).
+pub(crate) fn is_stun(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(0..=3))
+}
+
+/// SRTP or SRTCP, by the first byte (RFC 7983 §7: 128–191).
+pub(crate) fn is_rtp_or_rtcp(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(128..=191))
+}
+
+/// SRTCP rather than SRTP, by the packet type in the second byte (RFC 5761 §4: 192–223).
+pub(crate) fn is_rtcp(datagram: &[u8]) -> bool {
+    is_rtp_or_rtcp(datagram) && matches!(datagram.get(1), Some(192..=223))
+}
+
 const STUN_ATTR_USERNAME: u16 = 0x0006;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, trace};
 
 use super::consumer::{Consumer, SourcePacket};
+use super::egress::Outgoing;
 use super::peer::{Peer, Role, contained};
 use super::router::{self, CachedPacket};
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
@@ -135,6 +136,7 @@ impl Engine {
         let Peer {
             rtc,
             role: Role::Viewer(consumers),
+            egress,
             ..
         } = peer
         else {
@@ -162,6 +164,19 @@ impl Engine {
             let Some(pt) = viewer_pt(consumer, rtc, track, p.pt) else {
                 continue;
             };
+            if let Some(egress) = egress {
+                let out = Outgoing {
+                    seq,
+                    ts,
+                    pt,
+                    marker: p.marker,
+                    payload: p.payload.clone(),
+                };
+                egress.queue(consumer.mid, out, src.clock_rate, wallclock.min(now));
+                wrote = true;
+                self.counters.packets_forwarded += 1;
+                continue;
+            }
             let mut api = rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(consumer.mid, None) else {
                 continue;
@@ -192,14 +207,29 @@ impl Engine {
         true
     }
 
-    /// Ticks every viewer that had packets written, releasing them as transmits.
+    /// Releases what was written to every dirty viewer: sealed into the outbox by us, or a
+    /// str0m tick.
     pub(super) fn flush_writes(&mut self) {
         let Some(now) = self.last_now else { return };
         while !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);
             for v in &dirty {
-                if let Some(p) = self.peer_mut(*v) {
-                    p.dirty = false;
+                let Some(p) = self
+                    .peers
+                    .get_mut(v.index as usize)
+                    .filter(|p| p.generation == v.generation)
+                else {
+                    continue;
+                };
+                p.dirty = false;
+                if let Some(egress) = p.egress.as_mut() {
+                    let f = egress.flush(now, p.media_path, &mut self.outbox);
+                    self.counters.packets_out += f.datagrams;
+                    self.counters.bytes_out += f.bytes;
+                    if f.rescheduled {
+                        self.reschedule(*v);
+                    }
+                } else {
                     self.tick(now, *v);
                 }
             }

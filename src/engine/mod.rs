@@ -22,8 +22,10 @@ mod command;
 mod consumer;
 mod deadline;
 mod demux;
+mod egress;
 mod forward;
 mod key;
+mod outbox;
 mod peer;
 mod router;
 mod teardown;
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 use str0m::media::MediaKind;
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output};
 use tracing::{debug, info, trace};
 
@@ -44,10 +46,13 @@ pub use self::command::{
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
+pub use self::outbox::Transmit;
 
 use self::consumer::Consumer;
 use self::deadline::Deadlines;
-use self::demux::Demux;
+use self::demux::{Demux, is_rtcp, is_rtp_or_rtcp, is_stun};
+use self::egress::Egress;
+use self::outbox::{Outbox, Path};
 use self::peer::{Ingest, Peer, Role, contained};
 use self::router::{CachedPacket, Router};
 use crate::config::WhenFull;
@@ -77,7 +82,7 @@ pub struct Engine {
     router: Router,
     deadlines: Deadlines,
     sessions: HashMap<SessionId, PeerKey>,
-    transmits: VecDeque<Transmit>,
+    outbox: Outbox,
     events: VecDeque<EngineEvent>,
     /// Keyframe requests gathered while draining viewers, sent to publishers afterwards
     /// (never in the middle of draining the publisher that is forwarding).
@@ -110,6 +115,7 @@ struct Counters {
     plis_received: u64,
     nacks_sent: u64,
     nacks_received: u64,
+    retransmissions: u64,
     evictions: u64,
 }
 
@@ -123,7 +129,7 @@ impl Engine {
             router: Router::default(),
             deadlines: Deadlines::default(),
             sessions: HashMap::new(),
-            transmits: VecDeque::new(),
+            outbox: Outbox::default(),
             events: VecDeque::new(),
             pending_plis: Vec::new(),
             pending_starts: Vec::new(),
@@ -170,7 +176,11 @@ impl Engine {
             return;
         };
         let destination = self.candidate_for(proto, dst, src);
-        let Some(peer) = self.peer_mut(key) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(key.index as usize)
+            .filter(|p| p.generation == key.generation)
+        else {
             self.counters.datagrams_dropped += 1;
             return;
         };
@@ -178,6 +188,13 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return;
         };
+        if let Some(egress) = peer.egress.as_mut()
+            && is_rtcp(data)
+        {
+            let (nacks, resent) = egress.on_rtcp(data, peer.media_path, &mut self.outbox);
+            self.counters.nacks_received += nacks;
+            self.counters.retransmissions += resent;
+        }
         let input = Input::Receive(now, receive);
         if !peer.rtc.accepts(&input) {
             self.counters.datagrams_dropped += 1;
@@ -224,6 +241,7 @@ impl Engine {
                 continue;
             }
             self.tick(now, key);
+            self.report(now, key);
         }
         self.scratch_keys = due;
         self.flush_deferred(now);
@@ -269,11 +287,11 @@ impl Engine {
     // ---------------------------------------------------------------- output
 
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if self.transmits.is_empty() {
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        if self.outbox.is_empty() {
             self.flush_writes();
         }
-        self.transmits.pop_front()
+        self.outbox.pop()
     }
 
     #[must_use]
@@ -294,10 +312,16 @@ impl Engine {
         let (demux_addrs, demux_ufrags) = self.demux.len();
         let publishers = self.peers.iter().filter(|(_, p)| p.is_publisher()).count();
         let viewers = self.peers.iter().filter(|(_, p)| p.is_viewer()).count();
+        let viewers_sealed = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.egress.is_some())
+            .count();
         Stats {
             peers: self.peers.len(),
             publishers,
             viewers,
+            viewers_sealed,
             live_broadcasts: self.router.live(),
             demux_addrs,
             demux_ufrags,
@@ -312,6 +336,7 @@ impl Engine {
             plis_received: self.counters.plis_received,
             nacks_sent: self.counters.nacks_sent,
             nacks_received: self.counters.nacks_received,
+            retransmissions: self.counters.retransmissions,
             evictions: self.counters.evictions,
         }
     }
@@ -524,6 +549,7 @@ impl Engine {
             session,
             ufrag,
             rtc,
+            keys,
         } = new;
         self.demux.insert_ufrag(ufrag.clone(), key);
         self.sessions.insert(session.clone(), key);
@@ -541,6 +567,9 @@ impl Engine {
             deadline: None,
             nacks_seen: 0,
             dirty: false,
+            keys,
+            egress: None,
+            media_path: None,
         });
         self.drain(now, key);
         key
@@ -591,9 +620,23 @@ impl Engine {
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
+                    let path = Path {
+                        proto: t.proto,
+                        source: t.source,
+                        destination: t.destination,
+                    };
+                    if !is_stun(&t.contents) {
+                        // DTLS and RTCP leave on the selected pair; STUN answers go wherever
+                        // the check came from.
+                        peer.media_path = Some(path);
+                    }
+                    if peer.egress.is_some() && is_rtp_or_rtcp(&t.contents) {
+                        // Reports about streams str0m no longer sends (see egress.rs).
+                        continue;
+                    }
                     self.counters.packets_out += 1;
                     self.counters.bytes_out += t.contents.len() as u64;
-                    self.transmits.push_back(t);
+                    self.outbox.push_copy(path, &t.contents);
                 }
                 Ok(Output::Event(e)) => self.on_event(now, key, e),
                 Err(e) => {
@@ -602,6 +645,24 @@ impl Engine {
                     return;
                 }
             }
+        }
+    }
+
+    /// Sends a viewer's sender reports if they are due (viewers we seal for only).
+    fn report(&mut self, now: Instant, key: PeerKey) {
+        let Some(peer) = self
+            .peers
+            .get_mut(key.index as usize)
+            .filter(|p| p.generation == key.generation)
+        else {
+            return;
+        };
+        let path = peer.media_path;
+        let Some(egress) = peer.egress.as_mut() else {
+            return;
+        };
+        if egress.report(now, path, &mut self.outbox) {
+            self.reschedule(key);
         }
     }
 
@@ -635,6 +696,9 @@ impl Engine {
                 let Some(peer) = self.peers.get_mut(key.index as usize) else {
                     return;
                 };
+                if peer.egress.is_some() {
+                    return; // we answer its NACKs and count them ourselves
+                }
                 let delta = s.nacks.saturating_sub(peer.nacks_seen);
                 peer.nacks_seen = peer.nacks_seen.max(s.nacks);
                 self.counters.nacks_received += delta;
@@ -687,7 +751,18 @@ impl Engine {
             }
             self.events.push_back(EngineEvent::BroadcastLive(b));
         } else {
-            info!(broadcast = %b, peer = %key, "viewer connected");
+            let Peer {
+                rtc, role, keys, ..
+            } = peer;
+            if let (Role::Viewer(consumers), Some(keys)) = (role, keys.get()) {
+                peer.egress = Egress::new(keys, rtc, consumers, now).map(Box::new);
+            }
+            let sealing = if peer.egress.is_some() {
+                "whipcast"
+            } else {
+                "str0m"
+            };
+            info!(broadcast = %b, peer = %key, srtp = sealing, "viewer connected");
             self.pending_starts.push(key);
             // Ask for a fresh keyframe too: the cached one may be a while old.
             if let Some(route) = self.router.route(b)

@@ -13,7 +13,10 @@ use str0m::rtp::Ssrc;
 
 use super::consumer::Consumer;
 use super::demux::Remote;
+use super::egress::Egress;
 use super::key::{BroadcastKey, SessionId};
+use super::outbox::Path;
+use crate::srtp::KeySlot;
 use str0m::media::{Mid, Rid};
 
 pub(crate) struct Peer {
@@ -37,6 +40,13 @@ pub(crate) struct Peer {
     pub(crate) nacks_seen: u64,
     /// Packets were written since the last tick (see `Engine::flush_writes`).
     pub(crate) dirty: bool,
+    /// The session's SRTP keys, once its DTLS handshake exports them.
+    pub(crate) keys: KeySlot,
+    /// A viewer whose media we seal ourselves (set when it connects with AES-GCM keys).
+    pub(crate) egress: Option<Box<Egress>>,
+    /// Where str0m last sent this peer DTLS or RTCP: the selected ICE pair, which our own
+    /// sealed media follows.
+    pub(crate) media_path: Option<Path>,
 }
 
 pub(crate) enum Role {
@@ -63,12 +73,13 @@ impl Peer {
         matches!(self.role, Role::Viewer(_))
     }
 
-    /// The earliest of the `Rtc` timeout and the engine's own expiry.
+    /// The earliest of the `Rtc` timeout, the engine's own expiry and our next report.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        match (self.rtc_deadline, self.expires) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let report = self.egress.as_ref().and_then(|e| e.next_deadline());
+        [self.rtc_deadline, self.expires, report]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(crate) fn consumer_mut(&mut self, kind: MediaKind) -> Option<&mut Consumer> {

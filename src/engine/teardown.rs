@@ -6,6 +6,7 @@ use std::time::Instant;
 use str0m::Output;
 use tracing::{debug, info};
 
+use super::outbox::Path;
 use super::peer::contained;
 use super::{BroadcastKey, CloseReason, Engine, EngineEvent, PeerKey};
 
@@ -94,7 +95,14 @@ impl Engine {
         if contained(|| peer.rtc.close()).is_ok() {
             for _ in 0..MAX_CLOSE_OUTPUTS {
                 match contained(|| peer.rtc.poll_output()) {
-                    Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                    Ok(Output::Transmit(t)) => {
+                        let path = Path {
+                            proto: t.proto,
+                            source: t.source,
+                            destination: t.destination,
+                        };
+                        self.outbox.push_copy(path, &t.contents);
+                    }
                     Ok(Output::Event(_)) => {}
                     Ok(Output::Timeout(_)) | Err(_) => break,
                 }

@@ -281,6 +281,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
     );
     metric("viewers", "gauge", "Viewer sessions.", stats.viewers as u64);
     metric(
+        "viewers_sealed",
+        "gauge",
+        "Viewer sessions whose media whipcast encrypts itself (AES-GCM); the others go through str0m.",
+        stats.viewers_sealed as u64,
+    );
+    metric(
         "packets_in_total",
         "counter",
         "RTP packets received from publishers.",
@@ -310,6 +316,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         "counter",
         "NACKs received from viewers.",
         stats.nacks_received,
+    );
+    metric(
+        "retransmissions_total",
+        "counter",
+        "Packets resent to viewers that reported them lost.",
+        stats.retransmissions,
     );
     metric(
         "plis_sent_total",

@@ -372,6 +372,7 @@ async fn connectivity_test(
         session: SessionId::random(),
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
+        keys: accepted.keys,
     };
     call(state, Command::Probe(peer)).await?;
     Ok(Response::builder()

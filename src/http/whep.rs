@@ -37,6 +37,7 @@ pub(super) async fn subscribe(
         session: session.clone(),
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
+        keys: accepted.keys,
     };
     match call(state, Command::Subscribe(peer, accepted.tracks)).await? {
         Outcome::Subscribed(Ok(())) => {}

@@ -41,6 +41,7 @@ pub(super) async fn publish(
         session: session.clone(),
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
+        keys: accepted.keys,
     };
     match call(state, Command::Publish(peer, accepted.tracks)).await? {
         Outcome::Published(Ok(())) => {}

@@ -174,14 +174,14 @@ async fn flush(
     while let Some(t) = engine.poll_transmit() {
         if t.proto != Protocol::Udp {
             if let Some(tcp) = tcp {
-                tcp.send(t.destination, &t.contents);
+                tcp.send(t.destination, t.contents);
             }
             continue;
         }
         if !batch.is_empty() && !batch.fits(t.destination, t.contents.len(), max_segments) {
             send(socket, batch).await;
         }
-        batch.push(t.destination, &t.contents);
+        batch.push(t.destination, t.contents);
     }
     if !batch.is_empty() {
         send(socket, batch).await;

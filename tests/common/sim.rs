@@ -16,6 +16,7 @@ use whipcast::engine::{
     BroadcastKey, Command, Engine, EngineConfig, EngineEvent, NewPeer, Outcome, SessionId,
 };
 use whipcast::offer::SessionSetup;
+use whipcast::srtp::KeySlot;
 
 pub const SERVER: &str = "10.0.0.1:8189";
 
@@ -58,7 +59,7 @@ pub trait Sfu {
     fn handle_datagram(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]);
     fn handle_timeout(&mut self, now: Instant);
     fn handle_command(&mut self, now: Instant, command: Command) -> Outcome;
-    fn poll_transmit(&mut self) -> Option<str0m::net::Transmit>;
+    fn poll_transmit(&mut self) -> Option<whipcast::engine::Transmit<'_>>;
     fn poll_event(&mut self) -> Option<EngineEvent>;
     fn poll_timeout(&self) -> Option<Instant>;
     fn stats(&self) -> whipcast::engine::Stats;
@@ -74,7 +75,7 @@ impl Sfu for Engine {
     fn handle_command(&mut self, now: Instant, command: Command) -> Outcome {
         Engine::handle_command(self, now, command)
     }
-    fn poll_transmit(&mut self) -> Option<str0m::net::Transmit> {
+    fn poll_transmit(&mut self) -> Option<whipcast::engine::Transmit<'_>> {
         Engine::poll_transmit(self)
     }
     fn poll_event(&mut self) -> Option<EngineEvent> {
@@ -97,6 +98,11 @@ pub struct Sim<S: Sfu = Engine> {
     pub latency: Duration,
     /// Drop every n-th datagram in each direction (0: no loss).
     pub drop_every: usize,
+    /// With `drop_every`, only datagrams to or from this address are dropped.
+    pub drop_only_at: Option<SocketAddr>,
+    /// New viewers get their media from str0m's send path, as sessions whose SRTP profile
+    /// whipcast does not seal itself do.
+    pub str0m_seals_viewers: bool,
     /// Extra per-datagram delay, uniformly up to this much (reorders packets).
     pub jitter: Duration,
     /// Deliver every n-th datagram twice (0: never).
@@ -143,6 +149,8 @@ impl<S: Sfu> Sim<S> {
             events: Vec::new(),
             latency: Duration::from_millis(5),
             drop_every: 0,
+            drop_only_at: None,
+            str0m_seals_viewers: false,
             jitter: Duration::ZERO,
             duplicate_every: 0,
             rng: 0x2545_f491_4f6c_dd1d,
@@ -178,6 +186,7 @@ impl<S: Sfu> Sim<S> {
             session: session.clone(),
             ufrag: accepted.ufrag,
             rtc: accepted.rtc,
+            keys: accepted.keys,
         };
         match self
             .engine
@@ -231,6 +240,7 @@ impl<S: Sfu> Sim<S> {
             session: session.clone(),
             ufrag: accepted.ufrag,
             rtc: accepted.rtc,
+            keys: accepted.keys,
         };
         match self
             .engine
@@ -312,6 +322,12 @@ impl<S: Sfu> Sim<S> {
             session: session.clone(),
             ufrag: accepted.ufrag,
             rtc: accepted.rtc,
+            // An empty slot stands for keys whipcast cannot seal with (AES-CM sessions).
+            keys: if self.str0m_seals_viewers {
+                KeySlot::default()
+            } else {
+                accepted.keys
+            },
         };
         match self
             .engine
@@ -446,7 +462,8 @@ impl<S: Sfu> Sim<S> {
             next = next.min(t);
         }
         while let Some(t) = self.engine.poll_transmit() {
-            self.send(SERVER.parse().unwrap(), t.destination, t.contents.to_vec());
+            let (to, data) = (t.destination, t.contents.to_vec());
+            self.send(SERVER.parse().unwrap(), to, data);
         }
         while let Some(e) = self.engine.poll_event() {
             self.events.push(e);
@@ -524,8 +541,13 @@ impl<S: Sfu> Sim<S> {
             .clients
             .iter()
             .any(|c| c.unplugged && (c.addr == from || c.addr == to));
-        self.counter += 1;
-        if unplugged || (self.drop_every > 0 && self.counter.is_multiple_of(self.drop_every)) {
+        let lossy = self.drop_only_at.is_none_or(|a| a == from || a == to);
+        if lossy {
+            self.counter += 1;
+        }
+        if unplugged
+            || (lossy && self.drop_every > 0 && self.counter.is_multiple_of(self.drop_every))
+        {
             return;
         }
         // xorshift: deterministic jitter, so a failing run can be replayed.

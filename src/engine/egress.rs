@@ -1,0 +1,455 @@
+//! A viewer's media, sealed by us instead of str0m (see `crate::srtp` for why).
+//!
+//! Once the viewer's DTLS has exported AES-GCM keys, every forwarded packet is written as a
+//! plain RTP header plus the shared payload straight into the outbox and sealed there: no
+//! str0m send queue, RTX cache, pacer or tick per packet, and no allocation. What str0m did
+//! for those streams besides is done here too:
+//!
+//! - **Retransmissions.** The last [`RTX_RING`] video packets are kept as (numbering,
+//!   shared payload). The viewer's NACKs are read from its SRTCP before str0m sees it and
+//!   answered on the negotiated RTX stream (RFC 4588), or by resending the packet as it was
+//!   when the viewer has no RTX.
+//! - **Sender reports.** Browsers align audio and video with each stream's SR (RTP time ↔
+//!   NTP time). str0m's SRs would describe streams it never sent, so every RTP and RTCP
+//!   datagram str0m emits for this viewer is dropped by the engine, and one compound SR +
+//!   SDES for all streams goes out every [`REPORT_INTERVAL`] instead.
+//!
+//! str0m still runs ICE, DTLS and the viewer's incoming RTCP (keyframe requests, reports).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::Rtc;
+use str0m::media::{Mid, Pt};
+
+use super::consumer::Consumer;
+use super::outbox::{Outbox, Path};
+use crate::srtp::capture::Captured;
+use crate::srtp::context::{SrtcpReceiver, SrtpSender};
+
+pub(crate) struct Egress {
+    srtp: SrtpSender,
+    rtcp_in: SrtcpReceiver,
+    streams: Vec<OutStream>,
+    pending: Vec<Pending>,
+    /// When the next sender report is due; `None` until media has been sent.
+    next_report: Option<Instant>,
+    /// The instant our SR NTP clock counts from (see [`ntp_at`]).
+    origin: Instant,
+    cname: String,
+    scratch: Vec<u8>,
+}
+
+/// A packet to seal, as the viewer numbers it.
+#[derive(Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) seq: u64,
+    pub(crate) ts: u32,
+    pub(crate) pt: Pt,
+    pub(crate) marker: bool,
+    pub(crate) payload: Arc<[u8]>,
+}
+
+struct Pending {
+    stream: usize,
+    packet: Outgoing,
+    clock_rate: u32,
+    wallclock: Instant,
+}
+
+/// One of the viewer's send streams (an m-line).
+struct OutStream {
+    mid: Mid,
+    ssrc: u32,
+    rtx: Option<Rtx>,
+    clock_rate: u32,
+    packets: u32,
+    octets: u32,
+    /// RTP timestamp and wall-clock time of the newest packet, for the SR.
+    last: Option<(u32, Instant)>,
+    /// Video: the newest packets by sequence number modulo the ring size.
+    sent: Vec<Option<Outgoing>>,
+}
+
+/// The stream's RTX (RFC 4588): its SSRC, viewer PT → RTX PT, and its own numbering.
+struct Rtx {
+    ssrc: u32,
+    pts: Vec<(Pt, Pt)>,
+    seq: u64,
+}
+
+impl Egress {
+    /// Our sealing for this viewer, or `None` when its keys are not AES-GCM (str0m keeps
+    /// sending then) or a stream is missing.
+    pub(crate) fn new(
+        keys: &Captured,
+        rtc: &mut Rtc,
+        consumers: &[Consumer],
+        now: Instant,
+    ) -> Option<Self> {
+        let srtp = SrtpSender::new(keys)?;
+        let rtcp_in = SrtcpReceiver::new(keys)?;
+        let rtx_pts: Vec<(Pt, Pt)> = rtc
+            .codec_config()
+            .iter()
+            .filter_map(|p| Some((p.pt(), p.resend()?)))
+            .collect();
+        let mut streams = Vec::with_capacity(consumers.len());
+        for c in consumers {
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid(c.mid, None)?;
+            let video = c.kind.is_video();
+            streams.push(OutStream {
+                mid: c.mid,
+                ssrc: *tx.ssrc(),
+                rtx: tx.rtx().filter(|_| video).map(|ssrc| Rtx {
+                    ssrc: *ssrc,
+                    pts: rtx_pts.clone(),
+                    seq: 0,
+                }),
+                clock_rate: 0,
+                packets: 0,
+                octets: 0,
+                last: None,
+                sent: if video {
+                    vec![None; RTX_RING]
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        let cname = format!("whipcast-{:08x}", streams.first().map_or(0, |s| s.ssrc));
+        Some(Self {
+            srtp,
+            rtcp_in,
+            streams,
+            pending: Vec::new(),
+            next_report: None,
+            origin: now,
+            cname,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Queues a packet for the stream of m-line `mid`, to be sealed by [`flush`](Self::flush).
+    pub(crate) fn queue(
+        &mut self,
+        mid: Mid,
+        packet: Outgoing,
+        clock_rate: u32,
+        wallclock: Instant,
+    ) {
+        if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
+            self.pending.push(Pending {
+                stream,
+                packet,
+                clock_rate,
+                wallclock,
+            });
+        }
+    }
+
+    /// Seals every queued packet into `out` towards `path`. Returns (datagrams, bytes) and
+    /// whether the next deadline changed (the first packet schedules the first report).
+    pub(crate) fn flush(&mut self, now: Instant, path: Option<Path>, out: &mut Outbox) -> Flushed {
+        let mut flushed = Flushed::default();
+        let Some(path) = path else {
+            self.pending.clear();
+            return flushed;
+        };
+        let Self {
+            srtp,
+            streams,
+            pending,
+            ..
+        } = self;
+        for p in pending.drain(..) {
+            let s = &mut streams[p.stream];
+            let header = Header {
+                ssrc: s.ssrc,
+                seq: p.packet.seq,
+                ts: p.packet.ts,
+                pt: p.packet.pt,
+                marker: p.packet.marker,
+            };
+            flushed.bytes += seal(srtp, out, path, header, None, &p.packet.payload) as u64;
+            flushed.datagrams += 1;
+            s.packets = s.packets.wrapping_add(1);
+            s.octets = s.octets.wrapping_add(p.packet.payload.len() as u32);
+            s.last = Some((p.packet.ts, p.wallclock.min(now)));
+            s.clock_rate = p.clock_rate;
+            if !s.sent.is_empty() {
+                let i = p.packet.seq as usize % s.sent.len();
+                s.sent[i] = Some(p.packet);
+            }
+        }
+        if flushed.datagrams > 0 && self.next_report.is_none() {
+            self.next_report = Some(now + FIRST_REPORT_AFTER);
+            flushed.rescheduled = true;
+        }
+        flushed
+    }
+
+    /// Reads a viewer SRTCP datagram for NACKs and answers them into `out`. Returns the
+    /// number of NACK messages and of packets resent.
+    pub(crate) fn on_rtcp(
+        &mut self,
+        data: &[u8],
+        path: Option<Path>,
+        out: &mut Outbox,
+    ) -> (u64, u64) {
+        let Some(path) = path else { return (0, 0) };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut nacks = 0;
+        let mut resent = 0;
+        if let Some(plain) = self.rtcp_in.open(data, &mut scratch) {
+            nacks = for_each_nack(plain, |ssrc, seq| {
+                if resent < MAX_RESENDS_PER_RTCP && self.resend(ssrc, seq, path, out) {
+                    resent += 1;
+                }
+            });
+        }
+        self.scratch = scratch;
+        (nacks, resent)
+    }
+
+    fn resend(&mut self, ssrc: u32, seq: u16, path: Path, out: &mut Outbox) -> bool {
+        let Some(s) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) else {
+            return false;
+        };
+        if s.sent.is_empty() {
+            return false;
+        }
+        let Some(p) = s.sent[seq as usize % s.sent.len()]
+            .as_ref()
+            .filter(|p| p.seq as u16 == seq)
+        else {
+            return false;
+        };
+        match &mut s.rtx {
+            Some(rtx) => {
+                let Some(&(_, pt)) = rtx.pts.iter().find(|(main, _)| *main == p.pt) else {
+                    return false;
+                };
+                let header = Header {
+                    ssrc: rtx.ssrc,
+                    seq: rtx.seq,
+                    ts: p.ts,
+                    pt,
+                    marker: p.marker,
+                };
+                rtx.seq += 1;
+                seal(&self.srtp, out, path, header, Some(seq), &p.payload);
+            }
+            None => {
+                let header = Header {
+                    ssrc: s.ssrc,
+                    seq: p.seq,
+                    ts: p.ts,
+                    pt: p.pt,
+                    marker: p.marker,
+                };
+                seal(&self.srtp, out, path, header, None, &p.payload);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.next_report
+    }
+
+    /// Sends the sender reports if they are due. Returns whether the deadline moved.
+    pub(crate) fn report(&mut self, now: Instant, path: Option<Path>, out: &mut Outbox) -> bool {
+        if self.next_report.is_none_or(|t| t > now) {
+            return false;
+        }
+        self.next_report = Some(now + REPORT_INTERVAL);
+        let Some(path) = path else { return true };
+        let ntp = ntp_at(self.origin, now);
+        let buf = out.bytes();
+        let start = buf.len();
+        let mut sources = 0u8;
+        for s in &self.streams {
+            let Some((ts, at)) = s.last else { continue };
+            let elapsed = now.saturating_duration_since(at);
+            let rtp_now = ts.wrapping_add((elapsed.as_secs_f64() * f64::from(s.clock_rate)) as u32);
+            rtcp_header(buf, 0, PT_SR, 6);
+            buf.extend_from_slice(&s.ssrc.to_be_bytes());
+            buf.extend_from_slice(&ntp.to_be_bytes());
+            buf.extend_from_slice(&rtp_now.to_be_bytes());
+            buf.extend_from_slice(&s.packets.to_be_bytes());
+            buf.extend_from_slice(&s.octets.to_be_bytes());
+            sources += 1;
+        }
+        if sources == 0 {
+            return true;
+        }
+        // SDES: one chunk per reported stream, each its SSRC, the CNAME item, then zero
+        // padding to a 32-bit boundary (at least one zero ends the item list).
+        let sdes = buf.len();
+        rtcp_header(buf, sources, PT_SDES, 0);
+        for s in self.streams.iter().filter(|s| s.last.is_some()) {
+            buf.extend_from_slice(&s.ssrc.to_be_bytes());
+            buf.push(SDES_CNAME);
+            buf.push(self.cname.len() as u8);
+            buf.extend_from_slice(self.cname.as_bytes());
+            buf.push(0);
+            while !(buf.len() - sdes).is_multiple_of(4) {
+                buf.push(0);
+            }
+        }
+        let words = ((buf.len() - sdes) / 4 - 1) as u16;
+        buf[sdes + 2..sdes + 4].copy_from_slice(&words.to_be_bytes());
+        self.srtp.seal_rtcp(buf, start);
+        out.commit(path, start);
+        true
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Flushed {
+    pub(crate) datagrams: u64,
+    pub(crate) bytes: u64,
+    pub(crate) rescheduled: bool,
+}
+
+/// The fields of the fixed RTP header we write (no CSRCs, no extensions: the SSRCs are in
+/// the SDP answer, so receivers need no MID extension to place them).
+#[derive(Clone, Copy)]
+struct Header {
+    ssrc: u32,
+    /// Extended: the rollover counter above the 16 bits on the wire.
+    seq: u64,
+    ts: u32,
+    pt: Pt,
+    marker: bool,
+}
+
+/// Writes one RTP packet (with RTX's original sequence number first, if any) into the
+/// outbox, seals it in place and queues it. Returns its length.
+fn seal(
+    srtp: &SrtpSender,
+    out: &mut Outbox,
+    path: Path,
+    h: Header,
+    osn: Option<u16>,
+    payload: &[u8],
+) -> usize {
+    let buf = out.bytes();
+    let start = buf.len();
+    buf.push(0x80);
+    buf.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
+    buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
+    buf.extend_from_slice(&h.ts.to_be_bytes());
+    buf.extend_from_slice(&h.ssrc.to_be_bytes());
+    if let Some(osn) = osn {
+        buf.extend_from_slice(&osn.to_be_bytes());
+    }
+    buf.extend_from_slice(payload);
+    srtp.seal_rtp(buf, start, RTP_HEADER_LEN, h.ssrc, h.seq & SRTP_INDEX_MASK);
+    let len = buf.len() - start;
+    out.commit(path, start);
+    len
+}
+
+fn rtcp_header(buf: &mut Vec<u8>, count: u8, pt: u8, words_minus_one: u16) {
+    buf.push(0x80 | (count & 0x1f));
+    buf.push(pt);
+    buf.extend_from_slice(&words_minus_one.to_be_bytes());
+}
+
+/// Calls `f(media SSRC, sequence number)` for every packet a compound RTCP packet NACKs
+/// (RFC 4585 §6.2.1); returns how many NACK messages it held. Malformed input ends the walk.
+fn for_each_nack(mut rtcp: &[u8], mut f: impl FnMut(u32, u16)) -> u64 {
+    let mut messages = 0;
+    while rtcp.len() >= 4 {
+        let len = (usize::from(u16::from_be_bytes([rtcp[2], rtcp[3]])) + 1) * 4;
+        if len > rtcp.len() {
+            break;
+        }
+        let (packet, rest) = rtcp.split_at(len);
+        if packet[1] == PT_RTPFB && packet[0] & 0x1f == FMT_NACK && packet.len() >= 12 {
+            messages += 1;
+            let media = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+            for fci in packet[12..].chunks_exact(4) {
+                let pid = u16::from_be_bytes([fci[0], fci[1]]);
+                let blp = u16::from_be_bytes([fci[2], fci[3]]);
+                f(media, pid);
+                for bit in 0..16u16 {
+                    if blp & (1 << bit) != 0 {
+                        f(media, pid.wrapping_add(bit + 1));
+                    }
+                }
+            }
+        }
+        rtcp = rest;
+    }
+    messages
+}
+
+/// A 64-bit NTP timestamp for `now`: [`NTP_ORIGIN_SECS`] at `origin`, counting on. Only
+/// differences between one viewer's reports matter to receivers (A/V alignment, RTT), and
+/// the engine never reads the wall clock.
+fn ntp_at(origin: Instant, now: Instant) -> u64 {
+    let d = now.saturating_duration_since(origin);
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    ((NTP_ORIGIN_SECS + d.as_secs()) << 32) | frac
+}
+
+/// 2026-01-01 00:00 UTC in NTP seconds (since 1900).
+const NTP_ORIGIN_SECS: u64 = 3_976_214_400;
+
+/// Packets kept for retransmission per video stream: ~0.8 s at a 2.5 Mb/s stream's ~300
+/// packets/s, more than one NACK round trip on any path a viewer can watch live over.
+/// A power of two that divides 2^16, so the ring slot follows from the 16-bit number too.
+const RTX_RING: usize = 256;
+/// A NACK storm must not turn into a resend storm.
+const MAX_RESENDS_PER_RTCP: u64 = 64;
+/// As str0m does for video (RFC 3550 leaves it to the profile); the first report soon
+/// after media starts, so browsers can align audio and video from the start.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const FIRST_REPORT_AFTER: Duration = Duration::from_millis(100);
+
+const RTP_HEADER_LEN: usize = 12;
+const SRTP_INDEX_MASK: u64 = (1 << 48) - 1;
+const PT_SR: u8 = 200;
+const PT_SDES: u8 = 202;
+const PT_RTPFB: u8 = 205;
+const FMT_NACK: u8 = 1;
+const SDES_CNAME: u8 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nack_bitmasks_name_every_lost_packet() {
+        // RR (ignored), then a NACK for SSRC 7: pid 100 with 101 and 116 lost too.
+        let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 1];
+        rtcp.extend_from_slice(&[0x81, 205, 0, 3, 0, 0, 0, 1, 0, 0, 0, 7, 0, 100, 0x80, 0x01]);
+        let mut lost = Vec::new();
+        assert_eq!(for_each_nack(&rtcp, |s, q| lost.push((s, q))), 1);
+        assert_eq!(lost, vec![(7, 100), (7, 101), (7, 116)]);
+    }
+
+    #[test]
+    fn truncated_rtcp_is_ignored() {
+        let rtcp = [0x81, 205, 0, 9, 0, 0, 0, 1, 0, 0, 0, 7];
+        assert_eq!(for_each_nack(&rtcp, |_, _| panic!("nothing to read")), 0);
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any instant will do as the origin
+    fn ntp_time_counts_from_the_origin() {
+        let t0 = Instant::now();
+        assert_eq!(ntp_at(t0, t0), NTP_ORIGIN_SECS << 32);
+        let later = ntp_at(t0, t0 + Duration::from_millis(1500));
+        assert_eq!(later >> 32, NTP_ORIGIN_SECS + 1);
+        assert_eq!(
+            later & 0xffff_ffff,
+            1 << 31,
+            "half a second is half the fraction"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Session keys and the AEAD transforms: RTP and RTCP sealed towards one peer, its RTCP
+//! opened, for the AEAD_AES_128_GCM and AEAD_AES_256_GCM profiles (RFC 7714), the ones
+//! browsers offer and str0m's DTLS prefers. A session that negotiated AES_CM_HMAC_SHA1_80
+//! gets no context here and stays on str0m's send path.
+
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{AES_128, AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
+use aws_lc_rs::iv::FixedLength;
+use str0m::crypto::dtls::SrtpProfile;
+
+use super::capture::Captured;
+
+/// Sealing towards one peer: RTP for every media packet, RTCP for our sender reports.
+pub struct SrtpSender {
+    rtp: Aead,
+    rtcp: Aead,
+    /// The next SRTCP index (RFC 3711 §3.4: 31 bits, one counter for everything we send).
+    srtcp_index: u32,
+}
+
+/// Opening the peer's SRTCP (its NACKs, which we answer ourselves).
+pub struct SrtcpReceiver {
+    rtcp: Aead,
+}
+
+impl SrtpSender {
+    /// Our outbound context, or `None` for a profile this module does not do.
+    pub fn new(keys: &Captured) -> Option<Self> {
+        // Outbound uses the client's half when we are the DTLS client (RFC 5764 §4.2).
+        let master = Master::of(keys, keys.active)?;
+        Some(Self {
+            rtp: master.derive(LABEL_RTP_KEY, LABEL_RTP_SALT)?,
+            rtcp: master.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?,
+            srtcp_index: 0,
+        })
+    }
+
+    /// Seals the RTP packet in `buf[start..]` (a header of `header_len` bytes, then the
+    /// payload) in place and appends the tag. `index` is the 48-bit SRTP packet index:
+    /// rollover counter and sequence number.
+    pub fn seal_rtp(
+        &self,
+        buf: &mut Vec<u8>,
+        start: usize,
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+    ) {
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..12].copy_from_slice(&index.to_be_bytes()[2..]);
+        let (header, payload) = buf[start..].split_at_mut(header_len);
+        let tag = self.rtp.seal(iv, header, payload);
+        buf.extend_from_slice(&tag);
+    }
+
+    /// Seals the compound RTCP packet in `buf[start..]` (its first packet's SSRC is the
+    /// sender) in place, appending the tag and the E flag with the SRTCP index.
+    pub fn seal_rtcp(&mut self, buf: &mut Vec<u8>, start: usize) {
+        let index = self.srtcp_index;
+        self.srtcp_index = (self.srtcp_index + 1) & SRTCP_INDEX_MASK;
+        let e_index = (index | SRTCP_ENCRYPTED).to_be_bytes();
+        let packet = &mut buf[start..];
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&packet[4..8]);
+        iv[8..12].copy_from_slice(&index.to_be_bytes());
+        let mut aad = [0u8; 12];
+        aad[..8].copy_from_slice(&packet[..8]);
+        aad[8..].copy_from_slice(&e_index);
+        let tag = self.rtcp.seal(iv, &aad, &mut packet[8..]);
+        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(&e_index);
+    }
+}
+
+impl SrtcpReceiver {
+    /// The context for what the peer sends, or `None` for a profile this module does not do.
+    pub fn new(keys: &Captured) -> Option<Self> {
+        let master = Master::of(keys, !keys.active)?;
+        Some(Self {
+            rtcp: master.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?,
+        })
+    }
+
+    /// Decrypts one SRTCP packet into `scratch` and returns the compound RTCP, or `None`
+    /// when it does not authenticate (or is not encrypted, which WebRTC never does).
+    pub fn open<'a>(&self, packet: &[u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        if packet.len() < 8 + TAG_LEN + 4 {
+            return None;
+        }
+        let (body, trailer) = packet.split_at(packet.len() - 4);
+        let e_index = u32::from_be_bytes(trailer.try_into().ok()?);
+        if e_index & SRTCP_ENCRYPTED == 0 {
+            return None;
+        }
+        let index = e_index & SRTCP_INDEX_MASK;
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&body[4..8]);
+        iv[8..12].copy_from_slice(&index.to_be_bytes());
+        let mut aad = [0u8; 12];
+        aad[..8].copy_from_slice(&body[..8]);
+        aad[8..].copy_from_slice(trailer);
+        scratch.clear();
+        scratch.extend_from_slice(body);
+        let plain_len = self.rtcp.open(iv, &aad, &mut scratch[8..])?;
+        scratch.truncate(8 + plain_len);
+        Some(&scratch[..])
+    }
+}
+
+/// One direction's master key and salt, from the DTLS-SRTP keying material: client key,
+/// server key, client salt, server salt (RFC 5764 §4.2).
+struct Master<'a> {
+    key: &'a [u8],
+    salt: &'a [u8],
+}
+
+impl<'a> Master<'a> {
+    fn of(keys: &'a Captured, client_half: bool) -> Option<Self> {
+        let key_len = match keys.profile {
+            SrtpProfile::AEAD_AES_128_GCM => 16,
+            SrtpProfile::AEAD_AES_256_GCM => 32,
+            _ => return None,
+        };
+        let m = &keys.material;
+        if m.len() != 2 * key_len + 2 * SALT_LEN {
+            return None;
+        }
+        let (k, s) = if client_half {
+            (0, 0)
+        } else {
+            (key_len, SALT_LEN)
+        };
+        Some(Self {
+            key: &m[k..k + key_len],
+            salt: &m[2 * key_len + s..2 * key_len + s + SALT_LEN],
+        })
+    }
+
+    /// A session key and salt (RFC 3711 §4.3.1 with a key derivation rate of 0): the AES-CM
+    /// keystream under the master key, started at (label XOR master salt) · 2^16. RFC 7714
+    /// §11 keeps this PRF for GCM, with the 96-bit salt in the leftmost bytes.
+    fn derive(&self, key_label: u8, salt_label: u8) -> Option<Aead> {
+        let mut session_key = [0u8; 32];
+        let session_key = &mut session_key[..self.key.len()];
+        self.prf(key_label, session_key)?;
+        let mut salt = [0u8; SALT_LEN];
+        self.prf(salt_label, &mut salt)?;
+        let algorithm = if self.key.len() == 16 {
+            &AES_128_GCM
+        } else {
+            &AES_256_GCM
+        };
+        let key = LessSafeKey::new(UnboundKey::new(algorithm, session_key).ok()?);
+        Some(Aead { key, salt })
+    }
+
+    fn prf(&self, label: u8, out: &mut [u8]) -> Option<()> {
+        let mut iv = [0u8; 16];
+        iv[..self.salt.len()].copy_from_slice(self.salt);
+        iv[7] ^= label;
+        let cipher = if self.key.len() == 16 {
+            &AES_128
+        } else {
+            &AES_256
+        };
+        let ctr = EncryptingKey::ctr(UnboundCipherKey::new(cipher, self.key).ok()?).ok()?;
+        out.fill(0);
+        ctr.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(iv)))
+            .ok()?;
+        Some(())
+    }
+}
+
+/// An AES-GCM session key with its salt.
+struct Aead {
+    key: LessSafeKey,
+    salt: [u8; SALT_LEN],
+}
+
+impl Aead {
+    fn nonce(&self, mut iv: [u8; 12]) -> Nonce {
+        for (b, s) in iv.iter_mut().zip(self.salt) {
+            *b ^= s;
+        }
+        Nonce::assume_unique_for_key(iv)
+    }
+
+    fn seal(&self, iv: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(self.nonce(iv), Aad::from(aad), in_out)
+            .expect("AES-GCM seals any buffer shorter than 2^36 bytes");
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens `in_out` (ciphertext, then tag) in place; the plaintext length.
+    fn open(&self, iv: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> Option<usize> {
+        self.key
+            .open_in_place(self.nonce(iv), Aad::from(aad), in_out)
+            .ok()
+            .map(|p| p.len())
+    }
+}
+
+/// RFC 3711 §4.3.2 key derivation labels.
+const LABEL_RTP_KEY: u8 = 0x00;
+const LABEL_RTP_SALT: u8 = 0x02;
+const LABEL_RTCP_KEY: u8 = 0x03;
+const LABEL_RTCP_SALT: u8 = 0x05;
+
+/// RFC 7714: 96-bit salts and 128-bit tags.
+const SALT_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+/// The length an SRTCP packet grows by: the tag, then the E flag and index.
+pub const SRTCP_OVERHEAD: usize = TAG_LEN + 4;
+
+const SRTCP_ENCRYPTED: u32 = 1 << 31;
+const SRTCP_INDEX_MASK: u32 = SRTCP_ENCRYPTED - 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(profile: SrtpProfile, key_len: usize, active: bool) -> Captured {
+        Captured {
+            profile,
+            material: (0..(2 * key_len + 2 * SALT_LEN) as u8).collect(),
+            active,
+        }
+    }
+
+    #[test]
+    fn the_prf_matches_rfc_3711_appendix_b3() {
+        // RFC 3711 B.3 (AES-CM PRF, 112-bit salt; GCM uses the same PRF with 96 bits).
+        let key = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
+        let salt = hex("0EC675AD498AFEEBB6960B3AABE6");
+        let m = Master {
+            key: &key,
+            salt: &salt,
+        };
+        let mut cipher_key = [0u8; 16];
+        m.prf(LABEL_RTP_KEY, &mut cipher_key).unwrap();
+        assert_eq!(cipher_key[..], hex("C61E7A93744F39EE10734AFE3FF7A087"));
+        let mut cipher_salt = [0u8; 14];
+        m.prf(LABEL_RTP_SALT, &mut cipher_salt).unwrap();
+        assert_eq!(cipher_salt[..], hex("30CBBC08863D8C85D49DB34A9AE1"));
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rtcp_we_seal_is_opened_by_the_other_side() {
+        for (profile, len) in [
+            (SrtpProfile::AEAD_AES_128_GCM, 16),
+            (SrtpProfile::AEAD_AES_256_GCM, 32),
+        ] {
+            // Our sender as DTLS server; the peer, the DTLS client, receives with the same
+            // half (its receive side is our send side).
+            let mut tx = SrtpSender::new(&keys(profile, len, false)).unwrap();
+            let rx = SrtcpReceiver::new(&keys(profile, len, true)).unwrap();
+            let plain: Vec<u8> = [0x81, 205, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 0, 9, 0, 0].to_vec();
+            let mut buf = vec![0xEE; 3];
+            buf.extend_from_slice(&plain);
+            tx.seal_rtcp(&mut buf, 3);
+            assert_eq!(buf.len(), 3 + plain.len() + SRTCP_OVERHEAD);
+            assert_ne!(&buf[3 + 8..3 + 16], &plain[8..], "the body is encrypted");
+            let mut scratch = Vec::new();
+            assert_eq!(rx.open(&buf[3..], &mut scratch), Some(&plain[..]));
+            buf[3 + 9] ^= 1;
+            assert_eq!(
+                rx.open(&buf[3..], &mut scratch),
+                None,
+                "tampering is caught"
+            );
+        }
+    }
+
+    #[test]
+    fn cm_sha1_sessions_get_no_context() {
+        let k = keys(SrtpProfile::AES128_CM_SHA1_80, 16, false);
+        assert!(SrtpSender::new(&k).is_none());
+        assert!(SrtcpReceiver::new(&k).is_none());
+    }
+}
