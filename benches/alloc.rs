@@ -23,7 +23,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use sim::{Sim, engine_config};
 use support::{Fanout, Sink};
@@ -40,6 +40,8 @@ static TRACING: AtomicBool = AtomicBool::new(false);
 /// Set while the allocator itself runs code that allocates (capturing a backtrace).
 static IN_HOOK: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Heap bytes currently allocated (always tracked).
+static LIVE: AtomicI64 = AtomicI64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 /// Allocations of this size are counted in `UNTRACED`, not traced (0: trace every size).
 static UNTRACED_SIZE: AtomicUsize = AtomicUsize::new(0);
@@ -73,20 +75,24 @@ impl Counting {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.count(layout.size());
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: the caller upholds `alloc`'s contract, which `System.alloc` shares.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         self.count(layout.size());
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.count(new_size);
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         // SAFETY: `ptr` was allocated by this allocator, i.e. by `System`, with `layout`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -138,6 +144,7 @@ fn main() {
             sites.push((viewers, traced_sites(&mut f)));
         }
     }
+    heap_per_viewer();
     for (viewers, (all, common, window, untraced)) in sites {
         println!(
             "\nallocation sites, {viewers} viewers, per publisher packet, every allocation in {TRACED_PACKETS} packets:"
@@ -149,6 +156,30 @@ fn main() {
             untraced as f64 / TRACED_WINDOW as f64
         );
         print_sites(&window, TRACED_WINDOW);
+    }
+}
+
+/// The server's heap per connected, playing viewer: what the process frees when the server
+/// closes every viewer session (the simulated clients, in the same process, stay as they
+/// are), divided by the number of viewers.
+fn heap_per_viewer() {
+    println!("\nserver heap per viewer (freed when its session closes), after warm-up");
+    println!(
+        "{:>8} {:>14} {:>16}",
+        "viewers", "heap freed", "bytes/viewer"
+    );
+    for viewers in [100usize, 500] {
+        let mut config = engine_config();
+        config.max_viewers = viewers;
+        let mut f = Fanout::connect(Sim::new(config), viewers);
+        let loaded = LIVE.load(Ordering::Relaxed);
+        let first = f.sim.clients.len() - viewers;
+        for c in first..f.sim.clients.len() {
+            assert!(f.sim.close(c, false), "viewer session closed");
+        }
+        while f.sim.engine.poll_transmit().is_some() {}
+        let freed = loaded - LIVE.load(Ordering::Relaxed);
+        println!("{viewers:>8} {freed:>14} {:>16}", freed / viewers as i64);
     }
 }
 

@@ -53,8 +53,6 @@ pub(crate) struct Outgoing {
 struct Pending {
     stream: usize,
     packet: Outgoing,
-    clock_rate: u32,
-    wallclock: Instant,
 }
 
 /// One of the viewer's send streams (an m-line).
@@ -132,6 +130,7 @@ impl Egress {
     }
 
     /// Queues a packet for the stream of m-line `mid`, to be sealed by [`flush`](Self::flush).
+    /// `wallclock` is when the packet's media was current (for the sender reports).
     pub(crate) fn queue(
         &mut self,
         mid: Mid,
@@ -140,12 +139,12 @@ impl Egress {
         wallclock: Instant,
     ) {
         if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
-            self.pending.push(Pending {
-                stream,
-                packet,
-                clock_rate,
-                wallclock,
-            });
+            let s = &mut self.streams[stream];
+            s.packets = s.packets.wrapping_add(1);
+            s.octets = s.octets.wrapping_add(packet.payload.len() as u32);
+            s.last = Some((packet.ts, wallclock));
+            s.clock_rate = clock_rate;
+            self.pending.push(Pending { stream, packet });
         }
     }
 
@@ -174,10 +173,6 @@ impl Egress {
             };
             flushed.bytes += seal(srtp, out, path, header, None, &p.packet.payload) as u64;
             flushed.datagrams += 1;
-            s.packets = s.packets.wrapping_add(1);
-            s.octets = s.octets.wrapping_add(p.packet.payload.len() as u32);
-            s.last = Some((p.packet.ts, p.wallclock.min(now)));
-            s.clock_rate = p.clock_rate;
             if !s.sent.is_empty() {
                 let i = p.packet.seq as usize % s.sent.len();
                 s.sent[i] = Some(p.packet);
@@ -400,10 +395,11 @@ fn ntp_at(origin: Instant, now: Instant) -> u64 {
 /// 2026-01-01 00:00 UTC in NTP seconds (since 1900).
 const NTP_ORIGIN_SECS: u64 = 3_976_214_400;
 
-/// Packets kept for retransmission per video stream: ~0.8 s at a 2.5 Mb/s stream's ~300
-/// packets/s, more than one NACK round trip on any path a viewer can watch live over.
-/// A power of two that divides 2^16, so the ring slot follows from the 16-bit number too.
-const RTX_RING: usize = 256;
+/// Packets kept for retransmission per video stream: ~0.4 s at a 2.5 Mb/s stream's ~300
+/// packets/s, a NACK round trip on paths up to ~300 ms RTT (str0m's cache was set to the
+/// same). 32 bytes each (the payload is shared). A power of two that divides 2^16, so the
+/// ring slot follows from the 16-bit number too.
+const RTX_RING: usize = 128;
 /// A NACK storm must not turn into a resend storm.
 const MAX_RESENDS_PER_RTCP: u64 = 64;
 /// As str0m does for video (RFC 3550 leaves it to the profile); the first report soon
