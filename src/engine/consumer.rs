@@ -21,6 +21,8 @@ pub(crate) struct Consumer {
     synced_to: Option<u32>,
     seq_offset: u64,
     ts_offset: u32,
+    /// The first output sequence number the current offsets were used for.
+    synced_from: u64,
     /// The last sequence number and timestamp written, and when.
     last: Option<Written>,
     /// Publisher PT → viewer PT, filled on first use (at most a few codecs).
@@ -53,6 +55,7 @@ impl Consumer {
             synced_to: None,
             seq_offset: 0,
             ts_offset: 0,
+            synced_from: 0,
             last: None,
             pt_map: Vec::new(),
         }
@@ -103,7 +106,31 @@ impl Consumer {
         };
         self.seq_offset = seq.wrapping_sub(pkt.seq);
         self.ts_offset = ts.wrapping_sub(pkt.ts);
+        self.synced_from = seq;
         self.synced_to = Some(pkt.epoch);
+    }
+
+    /// Where an output packet the viewer NACKed (by its 16-bit number) came from: (source
+    /// epoch, source sequence number, extended output number). `None` unless it was written
+    /// since the current sync point, whose offsets alone can map it back.
+    pub(crate) fn source_of(&self, seq16: u16) -> Option<(u32, u64, u64)> {
+        let epoch = self.synced_to?;
+        let last = self.last?.seq;
+        let same_rollover = (last & !0xffff) | u64::from(seq16);
+        let out = if same_rollover <= last {
+            same_rollover
+        } else {
+            same_rollover.checked_sub(1 << 16)?
+        };
+        if out < self.synced_from {
+            return None;
+        }
+        Some((epoch, out.wrapping_sub(self.seq_offset), out))
+    }
+
+    /// The output timestamp for a source timestamp, with the current offsets.
+    pub(crate) fn ts_out(&self, source_ts: u32) -> u32 {
+        source_ts.wrapping_add(self.ts_offset)
     }
 
     pub(crate) fn mapped_pt(&self, publisher_pt: Pt) -> Option<Pt> {
@@ -181,6 +208,25 @@ mod tests {
             c.rewrite(pkt(1, 2, 3000, false), t1),
             Some((seq + 1, ts + 3000))
         );
+    }
+
+    #[test]
+    fn nacked_numbers_map_back_to_their_source_since_the_sync_point() {
+        let now = Instant::now();
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        c.rewrite(pkt(0, 70_000, 500, true), now).unwrap();
+        for s in 70_001..70_010 {
+            c.rewrite(pkt(0, s, 500, false), now).unwrap();
+        }
+        // Output numbers FIRST_SEQ..FIRST_SEQ + 9 stand for source 70_000..70_009.
+        assert_eq!(
+            c.source_of(FIRST_SEQ as u16 + 4),
+            Some((0, 70_004, FIRST_SEQ + 4))
+        );
+        assert_eq!(c.ts_out(500), FIRST_TS);
+        assert_eq!(c.source_of(FIRST_SEQ as u16 + 20), None, "not written yet");
+        c.unsync();
+        assert_eq!(c.source_of(FIRST_SEQ as u16 + 4), None, "offsets gone");
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! str0m send queue, RTX cache, pacer or tick per packet, and no allocation. What str0m did
 //! for those streams besides is done here too:
 //!
-//! - **Retransmissions.** The last [`RTX_RING`] video packets are kept as (numbering,
-//!   shared payload). The viewer's NACKs are read from its SRTCP before str0m sees it and
-//!   answered on the negotiated RTX stream (RFC 4588), or by resending the packet as it was
-//!   when the viewer has no RTX.
+//! - **Retransmissions.** The viewer's NACKs are read from its SRTCP before str0m sees it;
+//!   the engine maps each lost number back to the publisher packet (kept once per
+//!   broadcast, `router::Track::recent`) and it is sent again on the negotiated RTX stream
+//!   (RFC 4588), or as it was when the viewer has no RTX.
 //! - **Sender reports.** Browsers align audio and video with each stream's SR (RTP time ↔
 //!   NTP time). str0m's SRs would describe streams it never sent, so every RTP and RTCP
 //!   datagram str0m emits for this viewer is dropped by the engine, and one compound SR +
@@ -65,8 +65,6 @@ struct OutStream {
     octets: u32,
     /// RTP timestamp and wall-clock time of the newest packet, for the SR.
     last: Option<(u32, Instant)>,
-    /// Video: the newest packets by sequence number modulo the ring size.
-    sent: Vec<Option<Outgoing>>,
 }
 
 /// The stream's RTX (RFC 4588): its SSRC, viewer PT → RTX PT, and its own numbering.
@@ -109,11 +107,6 @@ impl Egress {
                 packets: 0,
                 octets: 0,
                 last: None,
-                sent: if video {
-                    vec![None; RTX_RING]
-                } else {
-                    Vec::new()
-                },
             });
         }
         let cname = format!("whipcast-{:08x}", streams.first().map_or(0, |s| s.ssrc));
@@ -173,10 +166,6 @@ impl Egress {
             };
             flushed.bytes += seal(srtp, out, path, header, None, &p.packet.payload) as u64;
             flushed.datagrams += 1;
-            if !s.sent.is_empty() {
-                let i = p.packet.seq as usize % s.sent.len();
-                s.sent[i] = Some(p.packet);
-            }
         }
         if flushed.datagrams > 0 && self.next_report.is_none() {
             self.next_report = Some(now + FIRST_REPORT_AFTER);
@@ -185,40 +174,41 @@ impl Egress {
         flushed
     }
 
-    /// Reads a viewer SRTCP datagram for NACKs and answers them into `out`. Returns the
-    /// number of NACK messages and of packets resent.
-    pub(crate) fn on_rtcp(
-        &mut self,
-        data: &[u8],
-        path: Option<Path>,
-        out: &mut Outbox,
-    ) -> (u64, u64) {
-        let Some(path) = path else { return (0, 0) };
+    /// Reads a viewer SRTCP datagram for NACKs: appends (stream, 16-bit sequence number)
+    /// for every packet it reports lost to `lost`, at most [`MAX_RESENDS_PER_RTCP`], and
+    /// returns the number of NACK messages.
+    pub(crate) fn lost(&mut self, data: &[u8], lost: &mut Vec<(usize, u16)>) -> u64 {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut nacks = 0;
-        let mut resent = 0;
         if let Some(plain) = self.rtcp_in.open(data, &mut scratch) {
+            let streams = &self.streams;
             nacks = for_each_nack(plain, |ssrc, seq| {
-                if resent < MAX_RESENDS_PER_RTCP && self.resend(ssrc, seq, path, out) {
-                    resent += 1;
+                if lost.len() < MAX_RESENDS_PER_RTCP
+                    && let Some(i) = streams.iter().position(|s| s.ssrc == ssrc)
+                {
+                    lost.push((i, seq));
                 }
             });
         }
         self.scratch = scratch;
-        (nacks, resent)
+        nacks
     }
 
-    fn resend(&mut self, ssrc: u32, seq: u16, path: Path, out: &mut Outbox) -> bool {
-        let Some(s) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) else {
-            return false;
-        };
-        if s.sent.is_empty() {
-            return false;
-        }
-        let Some(p) = s.sent[seq as usize % s.sent.len()]
-            .as_ref()
-            .filter(|p| p.seq as u16 == seq)
-        else {
+    /// The m-line of one of this viewer's streams.
+    pub(crate) fn mid(&self, stream: usize) -> Option<Mid> {
+        self.streams.get(stream).map(|s| s.mid)
+    }
+
+    /// Sends `p` again on `stream`: over its RTX stream, or as it was when the viewer
+    /// negotiated no RTX.
+    pub(crate) fn resend(
+        &mut self,
+        stream: usize,
+        p: &Outgoing,
+        path: Path,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(s) = self.streams.get_mut(stream) else {
             return false;
         };
         match &mut s.rtx {
@@ -234,7 +224,14 @@ impl Egress {
                     marker: p.marker,
                 };
                 rtx.seq += 1;
-                seal(&self.srtp, out, path, header, Some(seq), &p.payload);
+                seal(
+                    &self.srtp,
+                    out,
+                    path,
+                    header,
+                    Some(p.seq as u16),
+                    &p.payload,
+                );
             }
             None => {
                 let header = Header {
@@ -248,6 +245,11 @@ impl Egress {
             }
         }
         true
+    }
+
+    /// Packets queued and not yet sealed.
+    pub(crate) fn queued(&self) -> usize {
+        self.pending.len()
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
@@ -395,13 +397,11 @@ fn ntp_at(origin: Instant, now: Instant) -> u64 {
 /// 2026-01-01 00:00 UTC in NTP seconds (since 1900).
 const NTP_ORIGIN_SECS: u64 = 3_976_214_400;
 
-/// Packets kept for retransmission per video stream: ~0.4 s at a 2.5 Mb/s stream's ~300
-/// packets/s, a NACK round trip on paths up to ~300 ms RTT (str0m's cache was set to the
-/// same). 32 bytes each (the payload is shared). A power of two that divides 2^16, so the
-/// ring slot follows from the 16-bit number too.
-const RTX_RING: usize = 128;
 /// A NACK storm must not turn into a resend storm.
-const MAX_RESENDS_PER_RTCP: u64 = 64;
+const MAX_RESENDS_PER_RTCP: usize = 64;
+/// Packets queued per viewer before they are sealed anyway: one GSO batch's worth of
+/// syscall savings, while the queue of every viewer stays small during a keyframe.
+pub(crate) const MAX_QUEUED: usize = 32;
 /// As str0m does for video (RFC 3550 leaves it to the profile); the first report soon
 /// after media starts, so browsers can align audio and video from the start.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);

@@ -9,7 +9,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, trace};
 
 use super::consumer::{Consumer, SourcePacket};
-use super::egress::Outgoing;
+use super::egress::{MAX_QUEUED, Outgoing};
 use super::peer::{Peer, Role, contained};
 use super::router::{self, CachedPacket};
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
@@ -54,6 +54,7 @@ impl Engine {
             route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
+        route.tracks[ti].remember(&cached);
         let keyframe_completed = route.tracks[ti].observe(now, &cached);
         let mut packets = std::mem::take(&mut self.scratch_packets);
         packets.clear();
@@ -137,6 +138,7 @@ impl Engine {
             rtc,
             role: Role::Viewer(consumers),
             egress,
+            media_path,
             ..
         } = peer
         else {
@@ -149,7 +151,7 @@ impl Engine {
         if start == Start::IfSynced && !is_audio && !consumer.is_synced_to(epoch) {
             return false;
         }
-        let (mut wrote, mut failed) = (false, false);
+        let (mut wrote, mut failed, mut rescheduled) = (false, false, false);
         for (i, p) in packets.iter().enumerate() {
             let src = SourcePacket {
                 epoch,
@@ -175,6 +177,12 @@ impl Engine {
                 egress.queue(consumer.mid, out, src.clock_rate, wallclock.min(now));
                 wrote = true;
                 self.counters.packets_forwarded += 1;
+                if egress.queued() >= MAX_QUEUED {
+                    let f = egress.flush(now, *media_path, &mut self.outbox);
+                    self.counters.packets_out += f.datagrams;
+                    self.counters.bytes_out += f.bytes;
+                    rescheduled |= f.rescheduled;
+                }
                 continue;
             }
             let mut api = rtc.direct_api();
@@ -201,10 +209,69 @@ impl Engine {
             self.close_peer(now, v, CloseReason::PeerFailed);
             return true;
         }
+        if rescheduled {
+            self.reschedule(v);
+        }
         if wrote && !peer_dirty(&mut self.peers, v) {
             self.dirty.push(v);
         }
         true
+    }
+
+    /// Answers the NACKs in a viewer's SRTCP datagram: each lost number is mapped back to
+    /// the publisher packet it carried, which is sealed and sent again.
+    pub(super) fn answer_nacks(&mut self, v: PeerKey, data: &[u8]) {
+        let mut lost = std::mem::take(&mut self.scratch_lost);
+        lost.clear();
+        if let Some(Peer {
+            broadcast,
+            role: Role::Viewer(consumers),
+            egress: Some(egress),
+            media_path,
+            ..
+        }) = self
+            .peers
+            .get_mut(v.index as usize)
+            .filter(|p| p.generation == v.generation)
+        {
+            self.counters.nacks_received += egress.lost(data, &mut lost);
+            let route = self.router.route(*broadcast);
+            for &(stream, seq16) in &lost {
+                let (Some(route), Some(path)) = (route, *media_path) else {
+                    break;
+                };
+                let Some(consumer) = egress
+                    .mid(stream)
+                    .and_then(|mid| consumers.iter().find(|c| c.mid == mid))
+                else {
+                    continue;
+                };
+                let Some((epoch, source, seq)) = consumer.source_of(seq16) else {
+                    continue;
+                };
+                let packet = route
+                    .tracks
+                    .iter()
+                    .find(|t| t.kind == consumer.kind)
+                    .filter(|_| epoch == route.epoch)
+                    .and_then(|t| t.recent(source));
+                let Some((p, pt)) = packet.and_then(|p| Some((p, consumer.mapped_pt(p.pt)?)))
+                else {
+                    continue;
+                };
+                let again = Outgoing {
+                    seq,
+                    ts: consumer.ts_out(p.ts),
+                    pt,
+                    marker: p.marker,
+                    payload: p.payload.clone(),
+                };
+                if egress.resend(stream, &again, path, &mut self.outbox) {
+                    self.counters.retransmissions += 1;
+                }
+            }
+        }
+        self.scratch_lost = lost;
     }
 
     /// Releases what was written to every dirty viewer: sealed into the outbox by us, or a

@@ -99,6 +99,7 @@ pub struct Engine {
     last_now: Option<Instant>,
     /// Reused buffers, so the per-packet path does not allocate.
     scratch_keys: Vec<PeerKey>,
+    scratch_lost: Vec<(usize, u16)>,
     scratch_packets: Vec<CachedPacket>,
     counters: Counters,
 }
@@ -136,6 +137,7 @@ impl Engine {
             dirty: Vec::new(),
             last_now: None,
             scratch_keys: Vec::new(),
+            scratch_lost: Vec::new(),
             scratch_packets: Vec::new(),
             counters: Counters::default(),
         }
@@ -188,13 +190,8 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return;
         };
-        if let Some(egress) = peer.egress.as_mut()
-            && is_rtcp(data)
-        {
-            let (nacks, resent) = egress.on_rtcp(data, peer.media_path, &mut self.outbox);
-            self.counters.nacks_received += nacks;
-            self.counters.retransmissions += resent;
-        }
+        // NACKs from a viewer we seal for are ours to answer (str0m sees the RTCP too).
+        let nacks_to_answer = peer.egress.is_some() && is_rtcp(data);
         let input = Input::Receive(now, receive);
         if !peer.rtc.accepts(&input) {
             self.counters.datagrams_dropped += 1;
@@ -214,6 +211,9 @@ impl Engine {
                 .get_mut(key.index as usize)
                 .expect("peer checked above");
             self.demux.insert_addr(remote, key, &mut peer.addrs);
+        }
+        if nacks_to_answer {
+            self.answer_nacks(key, data);
         }
         self.drain(now, key);
         self.flush_deferred(now);
@@ -555,7 +555,7 @@ impl Engine {
         self.sessions.insert(session.clone(), key);
         entry.insert(Peer {
             generation,
-            rtc,
+            rtc: Box::new(rtc),
             session,
             ufrag,
             broadcast,

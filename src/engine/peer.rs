@@ -21,7 +21,8 @@ use str0m::media::{Mid, Rid};
 
 pub(crate) struct Peer {
     pub(crate) generation: u32,
-    pub(crate) rtc: Rtc,
+    /// Boxed: str0m's `Rtc` is ~10 KB, and the slab doubles its capacity as it grows.
+    pub(crate) rtc: Box<Rtc>,
     pub(crate) session: SessionId,
     pub(crate) ufrag: String,
     pub(crate) broadcast: BroadcastKey,

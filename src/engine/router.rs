@@ -88,6 +88,9 @@ pub(crate) struct Track {
     /// at once, and where a waiting viewer starts.
     pub(crate) keyframe: Vec<CachedPacket>,
     last_pli: Option<Instant>,
+    /// Video: the newest packets by sequence number modulo [`RECENT`], shared by every viewer
+    /// for answering their NACKs (empty until the first packet, and for audio).
+    recent: Vec<Option<CachedPacket>>,
 }
 
 /// A forwarded packet kept by reference (the payload is shared, never copied).
@@ -231,7 +234,33 @@ impl Track {
             doctor: Doctor::default(),
             keyframe: Vec::new(),
             last_pli: None,
+            recent: Vec::new(),
         }
+    }
+
+    /// Keeps a forwarded video packet for retransmission to viewers that lose it.
+    pub(crate) fn remember(&mut self, pkt: &CachedPacket) {
+        if self.kind != MediaKind::Video {
+            return;
+        }
+        if self.recent.is_empty() {
+            self.recent = vec![None; RECENT];
+        }
+        let slot = pkt.seq as usize % RECENT;
+        if self.recent[slot]
+            .as_ref()
+            .is_none_or(|old| old.seq < pkt.seq)
+        {
+            self.recent[slot] = Some(pkt.clone());
+        }
+    }
+
+    /// A recent packet by its (publisher) sequence number.
+    pub(crate) fn recent(&self, seq: u64) -> Option<&CachedPacket> {
+        self.recent
+            .get(seq as usize % RECENT)?
+            .as_ref()
+            .filter(|p| p.seq == seq)
     }
 
     pub(crate) fn codec(&self, pt: Pt) -> Option<&PayloadParams> {
@@ -366,3 +395,8 @@ const FPS_WINDOW: Duration = Duration::from_secs(2);
 const PLI_INTERVAL: Duration = Duration::from_secs(1);
 /// A 1080p IDR at high bitrate is a few hundred packets; past this a "frame" is garbage.
 const MAX_FRAME_PACKETS: usize = 1024;
+
+/// Packets kept per video track for viewers' NACKs: ~1.7 s at a 2.5 Mb/s stream's ~300
+/// packets/s, far more than a NACK round trip; one ring per broadcast (~20 KB), not per
+/// viewer.
+const RECENT: usize = 512;
