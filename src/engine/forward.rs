@@ -213,7 +213,7 @@ impl Engine {
             self.reschedule(v);
         }
         if wrote && !peer_dirty(&mut self.peers, v) {
-            self.dirty.push(v);
+            self.dirty.push_back(v);
         }
         true
     }
@@ -274,38 +274,37 @@ impl Engine {
         self.scratch_lost = lost;
     }
 
-    /// Releases what was written to every dirty viewer: sealed into the outbox by us, or a
-    /// str0m tick.
+    /// Releases what was written to dirty viewers, in the order they were written to:
+    /// sealed into the outbox by us, or a str0m tick. Stops once the outbox holds
+    /// [`OUTBOX_BUDGET`] bytes; `poll_transmit` calls again when it has been sent. A keyframe
+    /// to a thousand viewers is then sealed and sent a slice at a time instead of all
+    /// waiting in memory (~80 KB per viewer), and the first viewers get it sooner.
     pub(super) fn flush_writes(&mut self) {
         let Some(now) = self.last_now else { return };
-        while !self.dirty.is_empty() {
-            let dirty = std::mem::take(&mut self.dirty);
-            for v in &dirty {
-                let Some(p) = self
-                    .peers
-                    .get_mut(v.index as usize)
-                    .filter(|p| p.generation == v.generation)
-                else {
-                    continue;
-                };
-                p.dirty = false;
-                if let Some(egress) = p.egress.as_mut() {
-                    let f = egress.flush(now, p.media_path, &mut self.outbox);
-                    self.counters.packets_out += f.datagrams;
-                    self.counters.bytes_out += f.bytes;
-                    if f.rescheduled {
-                        self.reschedule(*v);
-                    }
-                } else {
-                    self.tick(now, *v);
+        while self.outbox.len_bytes() < OUTBOX_BUDGET {
+            let Some(v) = self.dirty.pop_front() else {
+                break;
+            };
+            let Some(p) = self
+                .peers
+                .get_mut(v.index as usize)
+                .filter(|p| p.generation == v.generation)
+            else {
+                continue;
+            };
+            p.dirty = false;
+            if let Some(egress) = p.egress.as_mut() {
+                let f = egress.flush(now, p.media_path, &mut self.outbox);
+                self.counters.packets_out += f.datagrams;
+                self.counters.bytes_out += f.bytes;
+                if f.rescheduled {
+                    self.reschedule(v);
                 }
-            }
-            self.flush_deferred(now);
-            if self.dirty.is_empty() {
-                self.dirty = dirty;
-                self.dirty.clear();
+            } else {
+                self.tick(now, v);
             }
         }
+        self.flush_deferred(now);
     }
 
     /// Sends the last complete keyframe to a viewer that just connected, so the first frame
@@ -429,3 +428,8 @@ fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
         ..Default::default()
     }
 }
+
+/// How many sealed bytes the outbox may hold before sealing waits for the io loop to send
+/// them: a few hundred datagrams, enough for full GSO batches, small enough that memory
+/// does not grow with the audience.
+const OUTBOX_BUDGET: usize = 256 * 1024;

@@ -94,7 +94,7 @@ pub struct Engine {
     /// Viewers with written but not yet released packets. One tick per viewer releases every
     /// packet written to it since, so a burst (a keyframe is dozens of packets, and the io
     /// loop feeds a whole receive batch before polling) costs one tick, not one per packet.
-    dirty: Vec<PeerKey>,
+    dirty: VecDeque<PeerKey>,
     /// The latest `now` seen, for work deferred to `poll_transmit`.
     last_now: Option<Instant>,
     /// Reused buffers, so the per-packet path does not allocate.
@@ -134,7 +134,7 @@ impl Engine {
             events: VecDeque::new(),
             pending_plis: Vec::new(),
             pending_starts: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             last_now: None,
             scratch_keys: Vec::new(),
             scratch_lost: Vec::new(),
@@ -289,6 +289,7 @@ impl Engine {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
         if self.outbox.is_empty() {
+            self.outbox.clear();
             self.flush_writes();
         }
         self.outbox.pop()

@@ -58,6 +58,18 @@ impl Outbox {
         self.queue.is_empty()
     }
 
+    /// Starts the arena over once everything in it has been taken.
+    pub(crate) fn clear(&mut self) {
+        if self.queue.is_empty() {
+            self.bytes.clear();
+        }
+    }
+
+    /// Bytes in the arena (taken ones included, until [`clear`](Self::clear)).
+    pub(crate) fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub(crate) fn pop(&mut self) -> Option<Transmit<'_>> {
         let Some((path, start, end)) = self.queue.pop_front() else {
             self.bytes.clear();
