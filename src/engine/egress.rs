@@ -37,7 +37,6 @@ pub(crate) struct Egress {
     /// The instant our SR NTP clock counts from (see [`ntp_at`]).
     origin: Instant,
     cname: String,
-    scratch: Vec<u8>,
 }
 
 /// A packet to seal, as the viewer numbers it.
@@ -50,9 +49,14 @@ pub(crate) struct Outgoing {
     pub(crate) payload: Arc<[u8]>,
 }
 
+/// A queued packet: [`Outgoing`]'s fields with the stream index in its padding (32 bytes).
 struct Pending {
-    stream: usize,
-    packet: Outgoing,
+    seq: u64,
+    payload: Arc<[u8]>,
+    ts: u32,
+    pt: Pt,
+    marker: bool,
+    stream: u8,
 }
 
 /// One of the viewer's send streams (an m-line).
@@ -118,7 +122,6 @@ impl Egress {
             next_report: None,
             origin: now,
             cname,
-            scratch: Vec::new(),
         })
     }
 
@@ -137,7 +140,14 @@ impl Egress {
             s.octets = s.octets.wrapping_add(packet.payload.len() as u32);
             s.last = Some((packet.ts, wallclock));
             s.clock_rate = clock_rate;
-            self.pending.push(Pending { stream, packet });
+            self.pending.push(Pending {
+                seq: packet.seq,
+                payload: packet.payload,
+                ts: packet.ts,
+                pt: packet.pt,
+                marker: packet.marker,
+                stream: stream as u8,
+            });
         }
     }
 
@@ -156,15 +166,14 @@ impl Egress {
             ..
         } = self;
         for p in pending.drain(..) {
-            let s = &mut streams[p.stream];
             let header = Header {
-                ssrc: s.ssrc,
-                seq: p.packet.seq,
-                ts: p.packet.ts,
-                pt: p.packet.pt,
-                marker: p.packet.marker,
+                ssrc: streams[usize::from(p.stream)].ssrc,
+                seq: p.seq,
+                ts: p.ts,
+                pt: p.pt,
+                marker: p.marker,
             };
-            flushed.bytes += seal(srtp, out, path, header, None, &p.packet.payload) as u64;
+            flushed.bytes += seal(srtp, out, path, header, None, &p.payload) as u64;
             flushed.datagrams += 1;
         }
         if flushed.datagrams > 0 && self.next_report.is_none() {
@@ -174,24 +183,25 @@ impl Egress {
         flushed
     }
 
-    /// Reads a viewer SRTCP datagram for NACKs: appends (stream, 16-bit sequence number)
-    /// for every packet it reports lost to `lost`, at most [`MAX_RESENDS_PER_RTCP`], and
-    /// returns the number of NACK messages.
-    pub(crate) fn lost(&mut self, data: &[u8], lost: &mut Vec<(usize, u16)>) -> u64 {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let mut nacks = 0;
-        if let Some(plain) = self.rtcp_in.open(data, &mut scratch) {
-            let streams = &self.streams;
-            nacks = for_each_nack(plain, |ssrc, seq| {
-                if lost.len() < MAX_RESENDS_PER_RTCP
-                    && let Some(i) = streams.iter().position(|s| s.ssrc == ssrc)
-                {
-                    lost.push((i, seq));
-                }
-            });
-        }
-        self.scratch = scratch;
-        nacks
+    /// Reads a viewer SRTCP datagram (decrypted into `scratch`) for NACKs: appends (stream,
+    /// 16-bit sequence number) for every packet it reports lost to `lost`, at most
+    /// [`MAX_RESENDS_PER_RTCP`], and returns the number of NACK messages.
+    pub(crate) fn lost(
+        &self,
+        data: &[u8],
+        scratch: &mut Vec<u8>,
+        lost: &mut Vec<(usize, u16)>,
+    ) -> u64 {
+        let Some(plain) = self.rtcp_in.open(data, scratch) else {
+            return 0;
+        };
+        for_each_nack(plain, |ssrc, seq| {
+            if lost.len() < MAX_RESENDS_PER_RTCP
+                && let Some(i) = self.streams.iter().position(|s| s.ssrc == ssrc)
+            {
+                lost.push((i, seq));
+            }
+        })
     }
 
     /// The m-line of one of this viewer's streams.

@@ -223,6 +223,7 @@ impl Engine {
     pub(super) fn answer_nacks(&mut self, v: PeerKey, data: &[u8]) {
         let mut lost = std::mem::take(&mut self.scratch_lost);
         lost.clear();
+        let mut rtcp = std::mem::take(&mut self.scratch_rtcp);
         if let Some(Peer {
             broadcast,
             role: Role::Viewer(consumers),
@@ -234,7 +235,7 @@ impl Engine {
             .get_mut(v.index as usize)
             .filter(|p| p.generation == v.generation)
         {
-            self.counters.nacks_received += egress.lost(data, &mut lost);
+            self.counters.nacks_received += egress.lost(data, &mut rtcp, &mut lost);
             let route = self.router.route(*broadcast);
             for &(stream, seq16) in &lost {
                 let (Some(route), Some(path)) = (route, *media_path) else {
@@ -272,6 +273,7 @@ impl Engine {
             }
         }
         self.scratch_lost = lost;
+        self.scratch_rtcp = rtcp;
     }
 
     /// Releases what was written to dirty viewers, in the order they were written to:

@@ -100,6 +100,7 @@ pub struct Engine {
     /// Reused buffers, so the per-packet path does not allocate.
     scratch_keys: Vec<PeerKey>,
     scratch_lost: Vec<(usize, u16)>,
+    scratch_rtcp: Vec<u8>,
     scratch_packets: Vec<CachedPacket>,
     counters: Counters,
 }
@@ -138,6 +139,7 @@ impl Engine {
             last_now: None,
             scratch_keys: Vec::new(),
             scratch_lost: Vec::new(),
+            scratch_rtcp: Vec::new(),
             scratch_packets: Vec::new(),
             counters: Counters::default(),
         }
