@@ -46,7 +46,7 @@ pub use self::command::{
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
-pub use self::outbox::Transmit;
+pub use self::outbox::{Transmit, TransmitRun};
 
 use self::consumer::Consumer;
 use self::deadline::Deadlines;
@@ -295,6 +295,21 @@ impl Engine {
             self.flush_writes();
         }
         self.outbox.pop()
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), but hands out the next datagrams to one
+    /// UDP destination together (see [`TransmitRun`]), for one GSO send without a copy.
+    #[must_use]
+    pub fn poll_transmit_run(
+        &mut self,
+        max_segments: usize,
+        max_bytes: usize,
+    ) -> Option<TransmitRun<'_>> {
+        if self.outbox.is_empty() {
+            self.outbox.clear();
+            self.flush_writes();
+        }
+        self.outbox.pop_run(max_segments, max_bytes)
     }
 
     #[must_use]

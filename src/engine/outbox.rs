@@ -19,6 +19,18 @@ pub struct Transmit<'a> {
     pub contents: &'a [u8],
 }
 
+/// Consecutive UDP datagrams to one destination, back to back in one slice, for one GSO
+/// send: every one `segment_size` long but the last, which may be shorter.
+#[derive(Debug, Clone, Copy)]
+pub struct TransmitRun<'a> {
+    pub proto: Protocol,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub contents: &'a [u8],
+    pub segment_size: usize,
+    pub segments: usize,
+}
+
 /// Where a datagram goes: protocol, our address, theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Path {
@@ -70,6 +82,40 @@ impl Outbox {
         self.bytes.len()
     }
 
+    /// The next datagrams as one run: as many as follow the first to the same UDP
+    /// destination, contiguous in the arena, none longer than the first, at most
+    /// `max_segments` and `max_bytes`; one datagram for TCP.
+    pub(crate) fn pop_run(
+        &mut self,
+        max_segments: usize,
+        max_bytes: usize,
+    ) -> Option<TransmitRun<'_>> {
+        let (path, start, end) = self.queue.pop_front()?;
+        let segment_size = end - start;
+        let (mut run_end, mut segments) = (end, 1);
+        while path.proto == Protocol::Udp && segments < max_segments {
+            let Some(&(next, s, e)) = self.queue.front() else {
+                break;
+            };
+            if next != path || s != run_end || e - s > segment_size || e - start > max_bytes {
+                break;
+            }
+            self.queue.pop_front();
+            (run_end, segments) = (e, segments + 1);
+            if e - s < segment_size {
+                break; // a shorter datagram ends a GSO run
+            }
+        }
+        Some(TransmitRun {
+            proto: path.proto,
+            source: path.source,
+            destination: path.destination,
+            contents: &self.bytes[start..run_end],
+            segment_size,
+            segments,
+        })
+    }
+
     pub(crate) fn pop(&mut self) -> Option<Transmit<'_>> {
         let Some((path, start, end)) = self.queue.pop_front() else {
             self.bytes.clear();
@@ -106,5 +152,36 @@ mod tests {
         assert!(out.pop().is_none());
         assert_eq!(out.bytes().len(), 0, "drained: the arena starts over");
         assert!(out.bytes().capacity() >= 7, "and keeps its memory");
+    }
+
+    #[test]
+    fn runs_join_equal_datagrams_to_one_destination_with_a_shorter_last() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let to = |destination| Path {
+            proto: Protocol::Udp,
+            source: a,
+            destination,
+        };
+        let mut out = Outbox::default();
+        for d in [[1u8; 4].as_slice(), &[2; 4], &[3; 2], &[4; 2]] {
+            out.push_copy(to(a), d);
+        }
+        out.push_copy(to(b), &[5; 4]);
+        out.push_copy(to(b), &[6; 4]);
+        out.push_copy(to(b), &[7; 4]);
+        let r = out.pop_run(64, 1000).unwrap();
+        assert_eq!((r.contents.len(), r.segment_size, r.segments), (10, 4, 3));
+        let r = out.pop_run(64, 1000).unwrap();
+        assert_eq!(
+            (r.destination, r.segments),
+            (a, 1),
+            "nothing after a shorter one"
+        );
+        let r = out.pop_run(2, 1000).unwrap();
+        assert_eq!((r.destination, r.segments), (b, 2), "at most max_segments");
+        let r = out.pop_run(64, 1000).unwrap();
+        assert_eq!(r.contents, &[7; 4]);
+        assert!(out.pop_run(64, 1000).is_none());
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use self::tcp::IceTcp;
-use self::udp::{Batch, MediaSocket};
-use crate::engine::{Command, Engine, EngineEvent, Outcome};
+use self::udp::{MAX_GSO_BYTES, MediaSocket};
+use crate::engine::{Command, Engine, EngineEvent, Outcome, TransmitRun};
 
 /// The single clock read of the media path: the engine itself takes `now` as an argument.
 #[allow(clippy::disallowed_methods)] // this is the one place allowed to read the clock
@@ -82,10 +82,9 @@ pub async fn drive(
 ) -> io::Result<()> {
     let mut socket = MediaSocket::new(sockets.udp)?;
     let mut tcp = sockets.tcp.map(IceTcp::start).transpose()?;
-    let mut batch = Batch::new();
     debug!(addr = %socket.local_addr(), "media loop running");
     loop {
-        flush(&mut engine, &socket, tcp.as_ref(), &mut batch, &events).await;
+        flush(&mut engine, &socket, tcp.as_ref(), &events).await;
         let deadline = engine.poll_timeout();
         let sleep = async {
             match deadline {
@@ -121,7 +120,7 @@ pub async fn drive(
             engine.handle_timeout(now);
         }
     }
-    flush(&mut engine, &socket, tcp.as_ref(), &mut batch, &events).await;
+    flush(&mut engine, &socket, tcp.as_ref(), &events).await;
     Ok(())
 }
 
@@ -161,63 +160,54 @@ fn receive(engine: &mut Engine, socket: &mut MediaSocket) {
     }
 }
 
-/// Sends every pending transmit (UDP GSO-batched per destination, ICE-TCP to its
-/// connection) and hands events on.
+/// Sends every pending transmit (UDP in GSO runs per destination, straight from the
+/// engine's buffer; ICE-TCP to its connection) and hands events on.
 async fn flush(
     engine: &mut Engine,
     socket: &MediaSocket,
     tcp: Option<&IceTcp>,
-    batch: &mut Batch,
     events: &mpsc::UnboundedSender<EngineEvent>,
 ) {
     let max_segments = socket.max_gso_segments();
-    while let Some(t) = engine.poll_transmit() {
-        if t.proto != Protocol::Udp {
+    while let Some(run) = engine.poll_transmit_run(max_segments, MAX_GSO_BYTES) {
+        if run.proto != Protocol::Udp {
             if let Some(tcp) = tcp {
-                tcp.send(t.destination, t.contents);
+                tcp.send(run.destination, run.contents);
             }
             continue;
         }
-        if !batch.is_empty() && !batch.fits(t.destination, t.contents.len(), max_segments) {
-            send(socket, batch).await;
-        }
-        batch.push(t.destination, t.contents);
-    }
-    if !batch.is_empty() {
-        send(socket, batch).await;
+        send(socket, run).await;
     }
     while let Some(e) = engine.poll_event() {
         let _ = events.send(e); // nobody listening is fine
     }
 }
 
-/// Sends a batch, waiting out back-pressure rather than dropping it.
-async fn send(socket: &MediaSocket, batch: &mut Batch) {
-    if let Some((destination, bytes, segment)) = batch.parts() {
-        loop {
-            match socket.try_send(destination, bytes, segment) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if socket.writable().await.is_err() {
-                        break;
-                    }
+/// Sends a run, waiting out back-pressure rather than dropping it.
+async fn send(socket: &MediaSocket, run: TransmitRun<'_>) {
+    let segment = (run.segments > 1).then_some(run.segment_size);
+    loop {
+        match socket.try_send(run.destination, run.contents, segment) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
                 }
-                Err(e) if segment.is_some() => {
-                    // Some drivers refuse GSO (EIO/EINVAL): send the datagrams one by one.
-                    debug!(error = %e, "gso send refused; sending one by one");
-                    for d in batch.segments() {
-                        let _ = socket.try_send(destination, d, None);
-                    }
-                    break;
+            }
+            Err(e) if segment.is_some() => {
+                // Some drivers refuse GSO (EIO/EINVAL): send the datagrams one by one.
+                debug!(error = %e, "gso send refused; sending one by one");
+                for d in run.contents.chunks(run.segment_size) {
+                    let _ = socket.try_send(run.destination, d, None);
                 }
-                Err(e) => {
-                    warn!(error = %e, "udp send failed");
-                    break;
-                }
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "udp send failed");
+                return;
             }
         }
     }
-    batch.clear();
 }
 
 /// Datagrams per loop turn before commands and timers get their turn (quinn uses 160).

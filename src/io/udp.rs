@@ -111,73 +111,8 @@ impl MediaSocket {
 /// loopback packets).
 const RECV_BUF_LEN: usize = 2048;
 
-/// Packs consecutive datagrams to one destination into GSO batches: every segment but the
-/// last must have the same size, and the last may be shorter. A viewer's burst (a frame's
-/// packets, released by one tick) then costs one syscall instead of one per packet.
-pub(crate) struct Batch {
-    buf: Vec<u8>,
-    destination: Option<SocketAddr>,
-    segment: usize,
-    count: usize,
-    /// A shorter segment was added: it must be the last.
-    closed: bool,
-}
-
-impl Batch {
-    pub(crate) fn new() -> Self {
-        Self {
-            buf: Vec::with_capacity(MAX_BATCH_BYTES),
-            destination: None,
-            segment: 0,
-            count: 0,
-            closed: false,
-        }
-    }
-
-    /// Whether `contents` for `destination` can join the batch.
-    pub(crate) fn fits(&self, destination: SocketAddr, len: usize, max_segments: usize) -> bool {
-        self.destination == Some(destination)
-            && !self.closed
-            && len <= self.segment
-            && self.count < max_segments
-            && self.buf.len() + len <= MAX_BATCH_BYTES
-    }
-
-    pub(crate) fn push(&mut self, destination: SocketAddr, contents: &[u8]) {
-        if self.destination.is_none() {
-            self.destination = Some(destination);
-            self.segment = contents.len();
-        }
-        self.closed |= contents.len() < self.segment;
-        self.buf.extend_from_slice(contents);
-        self.count += 1;
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// (destination, bytes, segment size if more than one datagram).
-    pub(crate) fn parts(&self) -> Option<(SocketAddr, &[u8], Option<usize>)> {
-        let d = self.destination?;
-        Some((d, &self.buf, (self.count > 1).then_some(self.segment)))
-    }
-
-    /// The datagrams one by one, for a kernel that refused the batch.
-    pub(crate) fn segments(&self) -> impl Iterator<Item = &[u8]> {
-        self.buf.chunks(self.segment.max(1))
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.buf.clear();
-        self.destination = None;
-        self.count = 0;
-        self.closed = false;
-    }
-}
-
 /// The largest UDP payload the kernel accepts in one GSO send.
-const MAX_BATCH_BYTES: usize = 65_000;
+pub(crate) const MAX_GSO_BYTES: usize = 65_000;
 
 /// Socket buffers large enough for a keyframe burst: one IDR from the publisher is ~100
 /// datagrams arriving at once, and the same burst goes out to every new viewer. The kernel
@@ -199,30 +134,3 @@ fn set_buffers(state: &UdpSocketState, socket: &StdUdpSocket) {
 }
 
 const SOCKET_BUFFER: usize = 8 << 20;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_hold_equal_segments_with_a_shorter_last_one() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let mut batch = Batch::new();
-        batch.push(a, &[1; 100]);
-        assert!(batch.fits(a, 100, 64));
-        assert!(!batch.fits(b, 100, 64), "one destination per batch");
-        assert!(!batch.fits(a, 101, 64), "no segment larger than the first");
-        batch.push(a, &[2; 100]);
-        batch.push(a, &[3; 40]);
-        assert!(!batch.fits(a, 40, 64), "nothing after a shorter segment");
-        let (dst, bytes, seg) = batch.parts().unwrap();
-        assert_eq!((dst, bytes.len(), seg), (a, 240, Some(100)));
-        assert_eq!(
-            batch.segments().map(<[u8]>::len).collect::<Vec<_>>(),
-            vec![100, 100, 40]
-        );
-        batch.clear();
-        assert!(batch.is_empty());
-    }
-}
