@@ -15,7 +15,8 @@
 //! - [`offer`]: SDP offer → str0m `Rtc` + answer, off the media loop.
 //! - [`h264`]: the SPS parser that tells what a publisher really sends.
 //! - [`engine`]: the sans-IO core. Peers in a slab, a demux index, the router with its
-//!   keyframe cache, per-viewer rewriting, one deadline index. No IO, no clock.
+//!   keyframe cache and retransmission ring, per-viewer rewriting, the viewers' SRTP egress
+//!   into one outbox, one deadline index. No IO, no clock.
 //! - [`srtp`]: each session's DTLS-SRTP keys read through str0m's crypto-provider interface,
 //!   and the AES-GCM seal whipcast does itself for forwarded media.
 //! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.

@@ -195,7 +195,7 @@ impl Egress {
         let Some(plain) = self.rtcp_in.open(data, scratch) else {
             return 0;
         };
-        for_each_nack(plain, |ssrc, seq| {
+        super::resend::for_each_nack(plain, |ssrc, seq| {
             if lost.len() < MAX_RESENDS_PER_RTCP
                 && let Some(i) = self.streams.iter().position(|s| s.ssrc == ssrc)
             {
@@ -366,35 +366,6 @@ fn rtcp_header(buf: &mut Vec<u8>, count: u8, pt: u8, words_minus_one: u16) {
     buf.extend_from_slice(&words_minus_one.to_be_bytes());
 }
 
-/// Calls `f(media SSRC, sequence number)` for every packet a compound RTCP packet NACKs
-/// (RFC 4585 §6.2.1); returns how many NACK messages it held. Malformed input ends the walk.
-fn for_each_nack(mut rtcp: &[u8], mut f: impl FnMut(u32, u16)) -> u64 {
-    let mut messages = 0;
-    while rtcp.len() >= 4 {
-        let len = (usize::from(u16::from_be_bytes([rtcp[2], rtcp[3]])) + 1) * 4;
-        if len > rtcp.len() {
-            break;
-        }
-        let (packet, rest) = rtcp.split_at(len);
-        if packet[1] == PT_RTPFB && packet[0] & 0x1f == FMT_NACK && packet.len() >= 12 {
-            messages += 1;
-            let media = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-            for fci in packet[12..].chunks_exact(4) {
-                let pid = u16::from_be_bytes([fci[0], fci[1]]);
-                let blp = u16::from_be_bytes([fci[2], fci[3]]);
-                f(media, pid);
-                for bit in 0..16u16 {
-                    if blp & (1 << bit) != 0 {
-                        f(media, pid.wrapping_add(bit + 1));
-                    }
-                }
-            }
-        }
-        rtcp = rest;
-    }
-    messages
-}
-
 /// A 64-bit NTP timestamp for `now`: [`NTP_ORIGIN_SECS`] at `origin`, counting on. Only
 /// differences between one viewer's reports matter to receivers (A/V alignment, RTT), and
 /// the engine never reads the wall clock.
@@ -421,29 +392,11 @@ const RTP_HEADER_LEN: usize = 12;
 const SRTP_INDEX_MASK: u64 = (1 << 48) - 1;
 const PT_SR: u8 = 200;
 const PT_SDES: u8 = 202;
-const PT_RTPFB: u8 = 205;
-const FMT_NACK: u8 = 1;
 const SDES_CNAME: u8 = 1;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nack_bitmasks_name_every_lost_packet() {
-        // RR (ignored), then a NACK for SSRC 7: pid 100 with 101 and 116 lost too.
-        let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 1];
-        rtcp.extend_from_slice(&[0x81, 205, 0, 3, 0, 0, 0, 1, 0, 0, 0, 7, 0, 100, 0x80, 0x01]);
-        let mut lost = Vec::new();
-        assert_eq!(for_each_nack(&rtcp, |s, q| lost.push((s, q))), 1);
-        assert_eq!(lost, vec![(7, 100), (7, 101), (7, 116)]);
-    }
-
-    #[test]
-    fn truncated_rtcp_is_ignored() {
-        let rtcp = [0x81, 205, 0, 9, 0, 0, 0, 1, 0, 0, 0, 7];
-        assert_eq!(for_each_nack(&rtcp, |_, _| panic!("nothing to read")), 0);
-    }
 
     #[test]
     #[allow(clippy::disallowed_methods)] // any instant will do as the origin

@@ -218,64 +218,6 @@ impl Engine {
         true
     }
 
-    /// Answers the NACKs in a viewer's SRTCP datagram: each lost number is mapped back to
-    /// the publisher packet it carried, which is sealed and sent again.
-    pub(super) fn answer_nacks(&mut self, v: PeerKey, data: &[u8]) {
-        let mut lost = std::mem::take(&mut self.scratch_lost);
-        lost.clear();
-        let mut rtcp = std::mem::take(&mut self.scratch_rtcp);
-        if let Some(Peer {
-            broadcast,
-            role: Role::Viewer(consumers),
-            egress: Some(egress),
-            media_path,
-            ..
-        }) = self
-            .peers
-            .get_mut(v.index as usize)
-            .filter(|p| p.generation == v.generation)
-        {
-            self.counters.nacks_received += egress.lost(data, &mut rtcp, &mut lost);
-            let route = self.router.route(*broadcast);
-            for &(stream, seq16) in &lost {
-                let (Some(route), Some(path)) = (route, *media_path) else {
-                    break;
-                };
-                let Some(consumer) = egress
-                    .mid(stream)
-                    .and_then(|mid| consumers.iter().find(|c| c.mid == mid))
-                else {
-                    continue;
-                };
-                let Some((epoch, source, seq)) = consumer.source_of(seq16) else {
-                    continue;
-                };
-                let packet = route
-                    .tracks
-                    .iter()
-                    .find(|t| t.kind == consumer.kind)
-                    .filter(|_| epoch == route.epoch)
-                    .and_then(|t| t.recent(source));
-                let Some((p, pt)) = packet.and_then(|p| Some((p, consumer.mapped_pt(p.pt)?)))
-                else {
-                    continue;
-                };
-                let again = Outgoing {
-                    seq,
-                    ts: consumer.ts_out(p.ts),
-                    pt,
-                    marker: p.marker,
-                    payload: p.payload.clone(),
-                };
-                if egress.resend(stream, &again, path, &mut self.outbox) {
-                    self.counters.retransmissions += 1;
-                }
-            }
-        }
-        self.scratch_lost = lost;
-        self.scratch_rtcp = rtcp;
-    }
-
     /// Releases what was written to dirty viewers, in the order they were written to:
     /// sealed into the outbox by us, or a str0m tick. Stops once the outbox holds
     /// [`OUTBOX_BUDGET`] bytes; `poll_transmit` calls again when it has been sent. A keyframe

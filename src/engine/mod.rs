@@ -27,6 +27,7 @@ mod forward;
 mod key;
 mod outbox;
 mod peer;
+mod resend;
 mod router;
 mod teardown;
 
@@ -638,11 +639,7 @@ impl Engine {
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
-                    let path = Path {
-                        proto: t.proto,
-                        source: t.source,
-                        destination: t.destination,
-                    };
+                    let path = Path::from(&t);
                     if !is_stun(&t.contents) {
                         // DTLS and RTCP leave on the selected pair; STUN answers go wherever
                         // the check came from.

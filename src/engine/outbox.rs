@@ -39,6 +39,16 @@ pub(crate) struct Path {
     pub(crate) destination: SocketAddr,
 }
 
+impl From<&str0m::net::Transmit> for Path {
+    fn from(t: &str0m::net::Transmit) -> Self {
+        Self {
+            proto: t.proto,
+            source: t.source,
+            destination: t.destination,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Outbox {
     bytes: Vec<u8>,

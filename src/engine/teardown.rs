@@ -96,11 +96,7 @@ impl Engine {
             for _ in 0..MAX_CLOSE_OUTPUTS {
                 match contained(|| peer.rtc.poll_output()) {
                     Ok(Output::Transmit(t)) => {
-                        let path = Path {
-                            proto: t.proto,
-                            source: t.source,
-                            destination: t.destination,
-                        };
+                        let path = Path::from(&t);
                         self.outbox.push_copy(path, &t.contents);
                     }
                     Ok(Output::Event(_)) => {}
