@@ -200,8 +200,10 @@ impl SessionSetup {
         if tracks.is_empty() {
             return Err(OfferError::NoMedia("receive"));
         }
-        // Answer NACKs from a small cache: payloads are `Arc`s every viewer shares, but each
-        // entry still costs str0m's packet metadata.
+        // For a session str0m ends up sealing (AES-CM keys; see engine/egress.rs), str0m
+        // answers its NACKs: from a small cache, as payloads are `Arc`s every viewer shares
+        // but each entry still costs str0m's packet metadata. Sessions whipcast seals never
+        // fill it; their NACKs are answered from the broadcast's ring.
         for t in &tracks {
             if let Some(tx) = rtc.direct_api().stream_tx_by_mid(t.mid, None) {
                 if t.kind == MediaKind::Video {
