@@ -34,6 +34,7 @@ pub(crate) struct Egress {
     pending: Vec<Pending>,
     /// When the next sender report is due; `None` until media has been sent.
     next_report: Option<Instant>,
+    resends: ResendBudget,
     /// The instant our SR NTP clock counts from (see [`ntp_at`]).
     origin: Instant,
     cname: String,
@@ -120,6 +121,7 @@ impl Egress {
             streams,
             pending: Vec::new(),
             next_report: None,
+            resends: ResendBudget::default(),
             origin: now,
             cname,
         })
@@ -176,6 +178,7 @@ impl Egress {
             flushed.bytes += seal(srtp, out, path, header, None, &p.payload) as u64;
             flushed.datagrams += 1;
         }
+        self.resends.sent(flushed.datagrams);
         if flushed.datagrams > 0 && self.next_report.is_none() {
             self.next_report = Some(now + FIRST_REPORT_AFTER);
             flushed.rescheduled = true;
@@ -221,6 +224,9 @@ impl Egress {
         let Some(s) = self.streams.get_mut(stream) else {
             return false;
         };
+        if !self.resends.take() {
+            return false;
+        }
         match &mut s.rtx {
             Some(rtx) => {
                 let Some(&(_, pt)) = rtx.pts.iter().find(|(main, _)| *main == p.pt) else {
@@ -272,6 +278,7 @@ impl Egress {
             return false;
         }
         self.next_report = Some(now + REPORT_INTERVAL);
+        self.resends.refill();
         let Some(path) = path else { return true };
         let ntp = ntp_at(self.origin, now);
         let buf = out.bytes();
@@ -313,6 +320,44 @@ impl Egress {
         true
     }
 }
+
+/// How many packets a viewer may have resent: per report interval, a quarter of what it was
+/// sent in the previous one plus a few, so NACKs (honest ones at heavy loss, or a client
+/// that NACKs everything) cannot make a viewer cost much more than its stream. str0m capped
+/// retransmissions at 15 % of the bytes sent; loss that heavy is past repair anyway.
+struct ResendBudget {
+    sent: u64,
+    left: u64,
+}
+
+impl Default for ResendBudget {
+    fn default() -> Self {
+        Self {
+            sent: 0,
+            left: RESENDS_BASE,
+        }
+    }
+}
+
+impl ResendBudget {
+    fn sent(&mut self, datagrams: u64) {
+        self.sent += datagrams;
+    }
+
+    fn take(&mut self) -> bool {
+        let ok = self.left > 0;
+        self.left = self.left.saturating_sub(1);
+        ok
+    }
+
+    fn refill(&mut self) {
+        self.left = RESENDS_BASE + self.sent / 4;
+        self.sent = 0;
+    }
+}
+
+/// Resends every viewer may have per report interval whatever it was sent.
+const RESENDS_BASE: u64 = 16;
 
 #[derive(Default)]
 pub(crate) struct Flushed {
@@ -397,6 +442,23 @@ const SDES_CNAME: u8 = 1;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resends_are_capped_at_a_quarter_of_what_was_sent() {
+        let mut b = ResendBudget::default();
+        let base = (0..100).filter(|_| b.take()).count() as u64;
+        assert_eq!(base, RESENDS_BASE, "a few before anything was sent");
+        b.sent(300);
+        b.refill();
+        let allowed = (0..1000).filter(|_| b.take()).count() as u64;
+        assert_eq!(allowed, RESENDS_BASE + 75);
+        b.refill();
+        assert_eq!(
+            (0..1000).filter(|_| b.take()).count() as u64,
+            RESENDS_BASE,
+            "nothing sent since"
+        );
+    }
 
     #[test]
     #[allow(clippy::disallowed_methods)] // any instant will do as the origin
