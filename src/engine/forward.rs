@@ -10,7 +10,7 @@ use tracing::{debug, trace};
 
 use super::consumer::{Consumer, SourcePacket};
 use super::egress::{MAX_QUEUED, Outgoing};
-use super::peer::{Peer, Role, contained};
+use super::peer::{Peer, Role, contained, live};
 use super::router::{self, CachedPacket};
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
@@ -123,11 +123,7 @@ impl Engine {
         };
         let epoch = route.epoch;
         let track = &route.tracks[ti];
-        let Some(peer) = self
-            .peers
-            .get_mut(v.index as usize)
-            .filter(|p| p.generation == v.generation)
-        else {
+        let Some(peer) = live(&mut self.peers, v) else {
             return true;
         };
         if !peer.connected {
@@ -229,11 +225,7 @@ impl Engine {
             let Some(v) = self.dirty.pop_front() else {
                 break;
             };
-            let Some(p) = self
-                .peers
-                .get_mut(v.index as usize)
-                .filter(|p| p.generation == v.generation)
-            else {
+            let Some(p) = live(&mut self.peers, v) else {
                 continue;
             };
             p.dirty = false;
@@ -328,10 +320,7 @@ impl Engine {
 
 /// Marks a peer dirty; returns whether it already was.
 fn peer_dirty(peers: &mut Slab<Peer>, key: PeerKey) -> bool {
-    match peers
-        .get_mut(key.index as usize)
-        .filter(|p| p.generation == key.generation)
-    {
+    match live(peers, key) {
         Some(p) => std::mem::replace(&mut p.dirty, true),
         None => true,
     }

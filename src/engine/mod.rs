@@ -54,7 +54,7 @@ use self::deadline::Deadlines;
 use self::demux::{Demux, is_rtcp, is_rtp_or_rtcp, is_stun};
 use self::egress::Egress;
 use self::outbox::{Outbox, Path};
-use self::peer::{Ingest, Peer, Role, contained};
+use self::peer::{Ingest, Peer, Role, contained, live};
 use self::router::{CachedPacket, Router};
 use crate::config::WhenFull;
 
@@ -181,11 +181,7 @@ impl Engine {
             return;
         };
         let destination = self.candidate_for(proto, dst, src);
-        let Some(peer) = self
-            .peers
-            .get_mut(key.index as usize)
-            .filter(|p| p.generation == key.generation)
-        else {
+        let Some(peer) = live(&mut self.peers, key) else {
             self.counters.datagrams_dropped += 1;
             return;
         };
@@ -595,9 +591,7 @@ impl Engine {
     }
 
     fn peer_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
-        self.peers
-            .get_mut(key.index as usize)
-            .filter(|p| p.generation == key.generation)
+        live(&mut self.peers, key)
     }
 
     /// Feeds the `Rtc` the current time and drains it.
@@ -665,11 +659,7 @@ impl Engine {
 
     /// Sends a viewer's sender reports if they are due (viewers we seal for only).
     fn report(&mut self, now: Instant, key: PeerKey) {
-        let Some(peer) = self
-            .peers
-            .get_mut(key.index as usize)
-            .filter(|p| p.generation == key.generation)
-        else {
+        let Some(peer) = live(&mut self.peers, key) else {
             return;
         };
         let path = peer.media_path;

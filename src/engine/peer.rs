@@ -7,6 +7,8 @@
 
 use std::time::Instant;
 
+use slab::Slab;
+
 use str0m::Rtc;
 use str0m::media::MediaKind;
 use str0m::rtp::Ssrc;
@@ -14,7 +16,7 @@ use str0m::rtp::Ssrc;
 use super::consumer::Consumer;
 use super::demux::Remote;
 use super::egress::Egress;
-use super::key::{BroadcastKey, SessionId};
+use super::key::{BroadcastKey, PeerKey, SessionId};
 use super::outbox::Path;
 use crate::srtp::KeySlot;
 use str0m::media::{Mid, Rid};
@@ -108,6 +110,14 @@ impl Ingest {
         }
         Some((mid, rid))
     }
+}
+
+/// The live peer a key names: its slot, if the generation still matches. A free function
+/// over the slab, so callers can hold other fields of the engine at the same time.
+pub(crate) fn live(peers: &mut Slab<Peer>, key: PeerKey) -> Option<&mut Peer> {
+    peers
+        .get_mut(key.index as usize)
+        .filter(|p| p.generation == key.generation)
 }
 
 /// Runs `f` on one peer's `Rtc` and contains a panic inside str0m (which treats panics as

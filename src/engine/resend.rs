@@ -3,7 +3,7 @@
 //! packet (kept once per broadcast in the router's ring) and sealed again for that viewer.
 
 use super::egress::Outgoing;
-use super::peer::{Peer, Role};
+use super::peer::{Peer, Role, live};
 use super::{Engine, PeerKey};
 
 impl Engine {
@@ -19,10 +19,7 @@ impl Engine {
             egress: Some(egress),
             media_path,
             ..
-        }) = self
-            .peers
-            .get_mut(v.index as usize)
-            .filter(|p| p.generation == v.generation)
+        }) = live(&mut self.peers, v)
         {
             self.counters.nacks_received += egress.lost(data, &mut rtcp, &mut lost);
             let route = self.router.route(*broadcast);

@@ -7,7 +7,7 @@ use str0m::Output;
 use tracing::{debug, info};
 
 use super::outbox::Path;
-use super::peer::contained;
+use super::peer::{contained, live};
 use super::{BroadcastKey, CloseReason, Engine, EngineEvent, PeerKey};
 
 impl Engine {
@@ -85,11 +85,7 @@ impl Engine {
 
     /// Closes a peer's `Rtc` (DTLS close_notify goes out), then forgets it everywhere.
     pub(super) fn remove_peer(&mut self, _now: Instant, key: PeerKey, reason: CloseReason) {
-        let Some(peer) = self
-            .peers
-            .get_mut(key.index as usize)
-            .filter(|p| p.generation == key.generation)
-        else {
+        let Some(peer) = live(&mut self.peers, key) else {
             return;
         };
         if contained(|| peer.rtc.close()).is_ok() {
