@@ -92,9 +92,10 @@ pub struct Engine {
     /// its final DTLS flight must leave before the first SRTP packet, or the browser cannot
     /// decrypt that packet yet.
     pending_starts: Vec<PeerKey>,
-    /// Viewers with written but not yet released packets. One tick per viewer releases every
-    /// packet written to it since, so a burst (a keyframe is dozens of packets, and the io
-    /// loop feeds a whole receive batch before polling) costs one tick, not one per packet.
+    /// Viewers with written but not yet released packets, oldest first. One release per
+    /// viewer (sealing its queue, or one str0m tick) covers every packet written to it since,
+    /// so a burst (a keyframe is dozens of packets, and the io loop feeds a whole receive
+    /// batch before polling) costs one release, and its datagrams leave as one GSO run.
     dirty: VecDeque<PeerKey>,
     /// The latest `now` seen, for work deferred to `poll_transmit`.
     last_now: Option<Instant>,
