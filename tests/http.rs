@@ -116,6 +116,35 @@ async fn create_broadcast_returns_independent_random_ids_and_urls() {
     r.server.shutdown().await;
 }
 
+/// OBS's offer with its H264 video swapped for another codec OBS can send (`rtpmap`), the
+/// H264 `fmtp` dropped.
+fn obs_offer_with_video(rtpmap: &str) -> String {
+    obs_offer()
+        .lines()
+        .filter(|l| !l.contains("profile-level-id"))
+        .map(|l| l.replace("H264/90000", rtpmap))
+        .map(|l| l + "\r\n")
+        .collect()
+}
+
+#[tokio::test]
+async fn whip_accepts_obs_offers_with_av1_or_hevc_video() {
+    let r = start(&[]).await;
+    for codec in ["AV1/90000", "H265/90000"] {
+        let (id, _) = create(&r).await;
+        let offer = obs_offer_with_video(codec);
+        assert!(offer.contains(codec) && !offer.contains("H264"), "{offer}");
+        let res = whip(&r, Some(&id), "application/sdp", offer).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{codec}");
+        let answer = res.text().await.unwrap();
+        assert!(
+            answer.contains(codec),
+            "{codec} accepted in the answer:\n{answer}"
+        );
+    }
+    r.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn whip_accepts_an_obs_offer_with_201_answer_and_absolute_location() {
     let r = start(&[]).await;
