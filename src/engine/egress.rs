@@ -24,6 +24,7 @@ use str0m::media::{Mid, Pt};
 
 use super::consumer::Consumer;
 use super::outbox::{Outbox, Path};
+use super::router::CachedPacket;
 use crate::srtp::capture::Captured;
 use crate::srtp::context::{SrtcpReceiver, SrtpSender};
 
@@ -40,17 +41,8 @@ pub(crate) struct Egress {
     cname: String,
 }
 
-/// A packet to seal, as the viewer numbers it.
-#[derive(Clone)]
-pub(crate) struct Outgoing {
-    pub(crate) seq: u64,
-    pub(crate) ts: u32,
-    pub(crate) pt: Pt,
-    pub(crate) marker: bool,
-    pub(crate) payload: Arc<[u8]>,
-}
-
-/// A queued packet: [`Outgoing`]'s fields with the stream index in its padding (32 bytes).
+/// A queued packet: a [`CachedPacket`]'s fields, numbered for the viewer, with the stream
+/// index in the padding (32 bytes).
 struct Pending {
     seq: u64,
     payload: Arc<[u8]>,
@@ -132,7 +124,7 @@ impl Egress {
     pub(crate) fn queue(
         &mut self,
         mid: Mid,
-        packet: Outgoing,
+        packet: CachedPacket,
         clock_rate: u32,
         wallclock: Instant,
     ) {
@@ -217,7 +209,7 @@ impl Egress {
     pub(crate) fn resend(
         &mut self,
         stream: usize,
-        p: &Outgoing,
+        p: &CachedPacket,
         path: Path,
         out: &mut Outbox,
     ) -> bool {

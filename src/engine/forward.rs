@@ -9,7 +9,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, trace};
 
 use super::consumer::{Consumer, SourcePacket};
-use super::egress::{MAX_QUEUED, Outgoing};
+use super::egress::MAX_QUEUED;
 use super::peer::{Peer, Role, contained, live};
 use super::router::{self, CachedPacket};
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
@@ -163,7 +163,7 @@ impl Engine {
                 continue;
             };
             if let Some(egress) = egress {
-                let out = Outgoing {
+                let out = CachedPacket {
                     seq,
                     ts,
                     pt,

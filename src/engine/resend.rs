@@ -2,8 +2,8 @@
 //! read from the viewer's SRTCP, mapped back through its consumer's offsets to the publisher
 //! packet (kept once per broadcast in the router's ring) and sealed again for that viewer.
 
-use super::egress::Outgoing;
 use super::peer::{Peer, Role, live};
+use super::router::CachedPacket;
 use super::{Engine, PeerKey};
 
 impl Engine {
@@ -46,7 +46,7 @@ impl Engine {
                 else {
                     continue;
                 };
-                let again = Outgoing {
+                let again = CachedPacket {
                     seq,
                     ts: consumer.ts_out(p.ts),
                     pt,
