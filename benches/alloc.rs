@@ -21,7 +21,7 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
@@ -47,6 +47,11 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 static UNTRACED_SIZE: AtomicUsize = AtomicUsize::new(0);
 static UNTRACED: AtomicU64 = AtomicU64::new(0);
 static TRACES: Mutex<Vec<(usize, Backtrace)>> = Mutex::new(Vec::new());
+/// With `ALLOC_HEAP_SITES=1`: every live allocation's size and backtrace, by address, while
+/// viewers connect; those freed while their sessions close are moved to `FREED`.
+static LIVE_SITES: Mutex<Option<HashMap<usize, (usize, Backtrace)>>> = Mutex::new(None);
+static CLOSING: AtomicBool = AtomicBool::new(false);
+static FREED: Mutex<Vec<(usize, Backtrace)>> = Mutex::new(Vec::new());
 
 struct Counting;
 
@@ -68,6 +73,35 @@ impl Counting {
             IN_HOOK.store(false, Ordering::Relaxed);
         }
     }
+
+    fn born(&self, ptr: *mut u8, size: usize) {
+        if IN_HOOK.load(Ordering::Relaxed) || ptr.is_null() {
+            return;
+        }
+        IN_HOOK.store(true, Ordering::Relaxed);
+        if let Ok(mut sites) = LIVE_SITES.lock()
+            && let Some(sites) = sites.as_mut()
+        {
+            sites.insert(ptr as usize, (size, Backtrace::force_capture()));
+        }
+        IN_HOOK.store(false, Ordering::Relaxed);
+    }
+
+    fn died(&self, ptr: *mut u8) {
+        if IN_HOOK.load(Ordering::Relaxed) {
+            return;
+        }
+        IN_HOOK.store(true, Ordering::Relaxed);
+        if let Ok(mut sites) = LIVE_SITES.lock()
+            && let Some(sites) = sites.as_mut()
+            && let Some(site) = sites.remove(&(ptr as usize))
+            && CLOSING.load(Ordering::Relaxed)
+            && let Ok(mut freed) = FREED.lock()
+        {
+            freed.push(site);
+        }
+        IN_HOOK.store(false, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
@@ -77,22 +111,30 @@ unsafe impl GlobalAlloc for Counting {
         self.count(layout.size());
         LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: the caller upholds `alloc`'s contract, which `System.alloc` shares.
-        unsafe { System.alloc(layout) }
+        let ptr = unsafe { System.alloc(layout) };
+        self.born(ptr, layout.size());
+        ptr
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         self.count(layout.size());
         LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        self.born(ptr, layout.size());
+        ptr
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.count(new_size);
         LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        self.died(ptr);
         // SAFETY: `ptr` was allocated by this allocator, i.e. by `System`, with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        self.born(new, new_size);
+        new
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        self.died(ptr);
         // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -165,22 +207,65 @@ fn main() {
 fn heap_per_viewer() {
     println!("\nserver heap per viewer (freed when its session closes), after warm-up");
     println!(
-        "{:>8} {:>14} {:>16}",
-        "viewers", "heap freed", "bytes/viewer"
+        "{:>8} {:>14} {:>16} {:>14} {:>16}",
+        "viewers", "Rust heap", "bytes/viewer", "malloc heap", "bytes/viewer"
     );
-    for viewers in [100usize, 500] {
+    let sites = std::env::var_os("ALLOC_HEAP_SITES").is_some();
+    let runs: &[usize] = if sites { &[100] } else { &[100, 500] };
+    for &viewers in runs {
         let mut config = engine_config();
         config.max_viewers = viewers;
+        if sites {
+            *LIVE_SITES.lock().expect("sites lock") = Some(HashMap::new());
+        }
         let mut f = Fanout::connect(Sim::new(config), viewers);
         let loaded = LIVE.load(Ordering::Relaxed);
+        let malloc_loaded = malloc_in_use();
         let first = f.sim.clients.len() - viewers;
+        CLOSING.store(true, Ordering::Relaxed);
         for c in first..f.sim.clients.len() {
             assert!(f.sim.close(c, false), "viewer session closed");
         }
         while f.sim.engine.poll_transmit().is_some() {}
+        CLOSING.store(false, Ordering::Relaxed);
         let freed = loaded - LIVE.load(Ordering::Relaxed);
-        println!("{viewers:>8} {freed:>14} {:>16}", freed / viewers as i64);
+        let malloc_freed = malloc_loaded - malloc_in_use();
+        println!(
+            "{viewers:>8} {freed:>14} {:>16} {malloc_freed:>14} {:>16}",
+            freed / viewers as i64,
+            malloc_freed / viewers as i64
+        );
+        if sites {
+            // Dropped outside the lock: its own deallocations pass through `died`.
+            let live = LIVE_SITES.lock().expect("sites lock").take();
+            drop(live);
+            let freed = std::mem::take(&mut *FREED.lock().expect("freed lock"));
+            let mut by_site = Sites::new();
+            for (size, bt) in freed {
+                let e = by_site.entry(site_of(&bt.to_string())).or_default();
+                e.0 += 1;
+                e.1 += size;
+            }
+            let mut rows: Vec<_> = by_site.into_iter().collect();
+            rows.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
+            println!("\nheap freed per viewer by allocating site (largest first):");
+            for ((site, callers), (n, bytes)) in rows {
+                println!(
+                    "{:>8} B in {:>5.1} allocations  {site}\n{callers}",
+                    bytes / viewers,
+                    n as f64 / viewers as f64
+                );
+            }
+        }
     }
+}
+
+/// Bytes glibc's malloc has handed out and not taken back: Rust's allocations (which go
+/// through `System`, i.e. malloc) and those C code makes directly (AWS-LC's DTLS state).
+fn malloc_in_use() -> i64 {
+    // SAFETY: `mallinfo2` only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    info.uordblks as i64
 }
 
 /// Allocation count and bytes per (call site, callers).
@@ -283,7 +368,7 @@ fn site_of(trace: &str) -> (String, String) {
         );
     };
     let callers: Vec<String> = ours_frames
-        .take(3)
+        .take(5)
         .map(|(n, a)| format!("                    ← {n} ({a})"))
         .collect();
     (format!("{name} ({at})"), callers.join("\n"))

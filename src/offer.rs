@@ -175,7 +175,7 @@ impl SessionSetup {
             }
         }
         let Accepted {
-            mut rtc,
+            rtc,
             answer,
             ufrag,
             keys,
@@ -199,19 +199,6 @@ impl SessionSetup {
         }
         if tracks.is_empty() {
             return Err(OfferError::NoMedia("receive"));
-        }
-        // For a session str0m ends up sealing (AES-CM keys; see engine/egress.rs), str0m
-        // answers its NACKs: from a small cache, as payloads are `Arc`s every viewer shares
-        // but each entry still costs str0m's packet metadata. Sessions whipcast seals never
-        // fill it; their NACKs are answered from the broadcast's ring.
-        for t in &tracks {
-            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(t.mid, None) {
-                if t.kind == MediaKind::Video {
-                    tx.set_rtx_cache(VIEWER_RTX_PACKETS, VIEWER_RTX_AGE, Some(0.15));
-                } else {
-                    tx.set_rtx_cache(1, Duration::from_millis(1), None);
-                }
-            }
         }
         Ok(Accepted {
             rtc,
@@ -373,7 +360,3 @@ const MAX_MEDIA: usize = 12;
 const PUBLISHER_STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Viewer NACK totals for `/metrics`; rarely, because viewers are many.
 const VIEWER_STATS_INTERVAL: Duration = Duration::from_secs(5);
-/// About 0.4 s of 2.5 Mb/s video: a couple of round trips on a long path, and it keeps the
-/// per-viewer RTX metadata small (300 packets cost ~70 KB more per viewer in the loadgen).
-const VIEWER_RTX_PACKETS: usize = 128;
-const VIEWER_RTX_AGE: Duration = Duration::from_millis(1000);

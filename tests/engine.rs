@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{HIGH_SPS, Sim, engine_config, synthetic_frame};
+use str0m::media::KeyframeRequestKind;
 use whipcast::engine::{BroadcastKey, CloseReason, EngineEvent, Outcome};
 
 const B: BroadcastKey = BroadcastKey(1);
@@ -63,6 +64,58 @@ fn obs_shaped_publisher_reaches_every_viewer_unchanged() {
     assert_eq!(
         s.viewers_sealed, 2,
         "both viewers' media is sealed by whipcast, not str0m"
+    );
+}
+
+#[test]
+fn a_sealed_viewers_pli_and_fir_reach_the_publisher_at_most_once_a_second() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    stream(&mut sim, p, 0..31);
+    let v = sim.view(B).unwrap();
+    // Past the keyframe request every viewer's connect makes, and past its 1 s throttle.
+    stream(&mut sim, p, 31..76);
+    assert_eq!(
+        sim.stats().viewers_sealed,
+        1,
+        "whipcast seals, so reads its RTCP"
+    );
+    let mid = sim.clients[v].video_mid.expect("viewer has video");
+    let ask = |sim: &mut Sim, kind: KeyframeRequestKind| {
+        let mut api = sim.clients[v].rtc.direct_api();
+        api.stream_rx_by_mid(mid, None)
+            .expect("viewer receives video")
+            .request_keyframe(kind);
+        sim.run_for(Duration::from_millis(200));
+    };
+    let (asked, plis) = (sim.clients[p].keyframe_requests, sim.stats().plis_received);
+
+    ask(&mut sim, KeyframeRequestKind::Pli);
+    assert_eq!(
+        sim.stats().plis_received,
+        plis + 1,
+        "the viewer's PLI was read"
+    );
+    assert_eq!(sim.clients[p].keyframe_requests, asked + 1, "and passed on");
+
+    ask(&mut sim, KeyframeRequestKind::Fir);
+    assert_eq!(
+        sim.stats().plis_received,
+        plis + 2,
+        "the viewer's FIR was read"
+    );
+    assert_eq!(
+        sim.clients[p].keyframe_requests,
+        asked + 1,
+        "a second request within the second is not passed on"
+    );
+
+    sim.run_for(Duration::from_secs(1));
+    ask(&mut sim, KeyframeRequestKind::Fir);
+    assert_eq!(
+        sim.clients[p].keyframe_requests,
+        asked + 2,
+        "FIR, a second later"
     );
 }
 

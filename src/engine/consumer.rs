@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid, Pt};
+use str0m::rtp::Ssrc;
 
 /// The rewrite state of one viewer m-line.
 ///
@@ -17,6 +18,10 @@ pub(crate) struct Consumer {
     /// The viewer's m-line this track is written to.
     pub(crate) mid: Mid,
     pub(crate) kind: MediaKind,
+    /// The SSRCs the viewer's answer announced for this m-line: its media and, for video,
+    /// its RTX stream. Whoever seals the viewer's media sends on them (see egress.rs).
+    pub(crate) ssrc: Ssrc,
+    pub(crate) rtx: Option<Ssrc>,
     /// Which source epoch the offsets below are valid for; `None` waits for a sync point.
     synced_to: Option<u32>,
     seq_offset: u64,
@@ -48,10 +53,12 @@ pub(crate) struct SourcePacket {
 }
 
 impl Consumer {
-    pub(crate) fn new(mid: Mid, kind: MediaKind) -> Self {
+    pub(crate) fn new(mid: Mid, kind: MediaKind, ssrc: Ssrc, rtx: Option<Ssrc>) -> Self {
         Self {
             mid,
             kind,
+            ssrc,
+            rtx,
             synced_to: None,
             seq_offset: 0,
             ts_offset: 0,
@@ -176,7 +183,7 @@ mod tests {
     #[test]
     fn video_waits_for_a_sync_point() {
         let now = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
         assert_eq!(c.rewrite(pkt(0, 500, 1000, false), now), None);
         assert_eq!(
             c.rewrite(pkt(0, 501, 4000, true), now),
@@ -191,7 +198,7 @@ mod tests {
     #[test]
     fn publisher_restart_continues_seq_and_timestamps() {
         let t0 = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
         c.rewrite(pkt(0, 40_000, 3_000_000, true), t0).unwrap();
         let (last_seq, last_ts) = c.rewrite(pkt(0, 40_001, 3_003_000, false), t0).unwrap();
         // OBS reconnects: new epoch, seq and ts from 0; non-keyframes are skipped until the IDR.
@@ -213,7 +220,7 @@ mod tests {
     #[test]
     fn nacked_numbers_map_back_to_their_source_since_the_sync_point() {
         let now = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
         c.rewrite(pkt(0, 70_000, 500, true), now).unwrap();
         for s in 70_001..70_010 {
             c.rewrite(pkt(0, s, 500, false), now).unwrap();
@@ -232,7 +239,7 @@ mod tests {
     #[test]
     fn retransmissions_from_before_the_sync_point_are_dropped() {
         let now = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video);
+        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
         c.rewrite(pkt(0, 100, 0, true), now).unwrap();
         assert_eq!(c.rewrite(pkt(0, 98, 0, false), now), None);
         // A retransmission after the sync point keeps its place.

@@ -5,16 +5,20 @@
 //! str0m send queue, RTX cache, pacer or tick per packet, and no allocation. What str0m did
 //! for those streams besides is done here too:
 //!
-//! - **Retransmissions.** The viewer's NACKs are read from its SRTCP before str0m sees it;
+//! - **Retransmissions.** The viewer's NACKs are read from its SRTCP by us;
 //!   the engine maps each lost number back to the publisher packet (kept once per
 //!   broadcast, `router::Track::recent`) and it is sent again on the negotiated RTX stream
 //!   (RFC 4588), or as it was when the viewer has no RTX.
+//! - **Keyframe requests.** PLI and FIR are read from the same SRTCP (`feedback.rs`).
 //! - **Sender reports.** Browsers align audio and video with each stream's SR (RTP time ↔
-//!   NTP time). str0m's SRs would describe streams it never sent, so every RTP and RTCP
-//!   datagram str0m emits for this viewer is dropped by the engine, and one compound SR +
-//!   SDES for all streams goes out every [`REPORT_INTERVAL`] instead.
+//!   NTP time). One compound SR + SDES for all streams goes out every [`REPORT_INTERVAL`].
 //!
-//! str0m still runs ICE, DTLS and the viewer's incoming RTCP (keyframe requests, reports).
+//! str0m's send streams for a viewer are taken out of its session when the viewer
+//! subscribes (their RTX buffers, stats and report timers were the largest part of a
+//! viewer's memory), so str0m sends no media or reports on them, and the viewer's RTCP is
+//! read here only. When the keys are not AES-GCM, [`hand_to_str0m`] declares the same
+//! streams to str0m again and str0m does all of the above itself. str0m runs ICE and DTLS
+//! either way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,10 +27,31 @@ use str0m::Rtc;
 use str0m::media::{Mid, Pt};
 
 use super::consumer::Consumer;
+use super::feedback::{Feedback, for_each_feedback};
 use super::outbox::{Outbox, Path};
 use super::router::CachedPacket;
 use crate::srtp::capture::Captured;
 use crate::srtp::context::{SrtcpReceiver, SrtpSender};
+
+/// Gives a viewer's send streams back to str0m, to seal and repair its media itself (keys
+/// that are not AES-GCM). The SSRCs are the ones its answer announced.
+pub(crate) fn hand_to_str0m(rtc: &mut Rtc, consumers: &[Consumer]) {
+    for c in consumers {
+        let mut api = rtc.direct_api();
+        let tx = api.declare_stream_tx(c.ssrc, c.rtx.filter(|_| c.kind.is_video()), c.mid, None);
+        if c.kind.is_video() {
+            tx.set_rtx_cache(STR0M_RTX_PACKETS, STR0M_RTX_AGE, Some(0.15));
+        } else {
+            tx.set_rtx_cache(1, Duration::from_millis(1), None);
+        }
+    }
+}
+
+/// str0m's NACK cache for a session it seals: about 0.4 s of 2.5 Mb/s video, a couple of
+/// round trips on a long path. Payloads are `Arc`s every viewer shares, but each entry costs
+/// str0m's packet metadata (300 packets cost ~70 KB more per viewer in the loadgen).
+const STR0M_RTX_PACKETS: usize = 128;
+const STR0M_RTX_AGE: Duration = Duration::from_millis(1000);
 
 pub(crate) struct Egress {
     srtp: SrtpSender,
@@ -89,13 +114,11 @@ impl Egress {
             .collect();
         let mut streams = Vec::with_capacity(consumers.len());
         for c in consumers {
-            let mut api = rtc.direct_api();
-            let tx = api.stream_tx_by_mid(c.mid, None)?;
             let video = c.kind.is_video();
             streams.push(OutStream {
                 mid: c.mid,
-                ssrc: *tx.ssrc(),
-                rtx: tx.rtx().filter(|_| video).map(|ssrc| Rtx {
+                ssrc: *c.ssrc,
+                rtx: c.rtx.filter(|_| video).map(|ssrc| Rtx {
                     ssrc: *ssrc,
                     pts: rtx_pts.clone(),
                     seq: 0,
@@ -178,25 +201,31 @@ impl Egress {
         flushed
     }
 
-    /// Reads a viewer SRTCP datagram (decrypted into `scratch`) for NACKs: appends (stream,
-    /// 16-bit sequence number) for every packet it reports lost to `lost`, at most
-    /// [`MAX_RESENDS_PER_RTCP`], and returns the number of NACK messages.
-    pub(crate) fn lost(
+    /// Reads a viewer SRTCP datagram (decrypted into `scratch`): appends (stream, 16-bit
+    /// sequence number) for every packet it reports lost to `lost`, at most
+    /// [`MAX_RESENDS_PER_RTCP`], and names a stream it wants a keyframe on.
+    pub(crate) fn feedback(
         &self,
         data: &[u8],
         scratch: &mut Vec<u8>,
         lost: &mut Vec<(usize, u16)>,
-    ) -> u64 {
+    ) -> Read {
+        let mut read = Read::default();
         let Some(plain) = self.rtcp_in.open(data, scratch) else {
-            return 0;
+            return read;
         };
-        super::resend::for_each_nack(plain, |ssrc, seq| {
-            if lost.len() < MAX_RESENDS_PER_RTCP
-                && let Some(i) = self.streams.iter().position(|s| s.ssrc == ssrc)
-            {
-                lost.push((i, seq));
+        let stream_of = |ssrc| self.streams.iter().position(|s| s.ssrc == ssrc);
+        read.nacks = for_each_feedback(plain, |f| match f {
+            Feedback::Nack(ssrc, seq) => {
+                if lost.len() < MAX_RESENDS_PER_RTCP
+                    && let Some(i) = stream_of(ssrc)
+                {
+                    lost.push((i, seq));
+                }
             }
-        })
+            Feedback::Keyframe(ssrc) => read.keyframe = read.keyframe.or(stream_of(ssrc)),
+        });
+        read
     }
 
     /// The m-line of one of this viewer's streams.
@@ -350,6 +379,15 @@ impl ResendBudget {
 
 /// Resends every viewer may have per report interval whatever it was sent.
 const RESENDS_BASE: u64 = 16;
+
+/// What a viewer's RTCP asked for (see [`Egress::feedback`]).
+#[derive(Default)]
+pub(crate) struct Read {
+    /// NACK messages read.
+    pub nacks: u64,
+    /// The stream a PLI or FIR names, if any.
+    pub keyframe: Option<usize>,
+}
 
 #[derive(Default)]
 pub(crate) struct Flushed {

@@ -23,11 +23,11 @@ mod consumer;
 mod deadline;
 mod demux;
 mod egress;
+mod feedback;
 mod forward;
 mod key;
 mod outbox;
 mod peer;
-mod resend;
 mod router;
 mod teardown;
 
@@ -190,12 +190,18 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return;
         };
-        // NACKs from a viewer we seal for are ours to answer (str0m sees the RTCP too).
-        let nacks_to_answer = peer.egress.is_some() && is_rtcp(data);
+        // RTCP from a viewer we seal for is ours alone: str0m has no send streams left for it
+        // to apply feedback or receiver reports to (see egress.rs).
+        let feedback_to_answer = peer.egress.is_some() && is_rtcp(data);
         let input = Input::Receive(now, receive);
         if !peer.rtc.accepts(&input) {
             self.counters.datagrams_dropped += 1;
             trace!(peer = %key, "datagram not accepted by peer");
+            return;
+        }
+        if feedback_to_answer {
+            self.answer_feedback(key, data);
+            self.flush_deferred(now);
             return;
         }
         if let Err(e) = contained(|| peer.rtc.handle_input(input)) {
@@ -211,9 +217,6 @@ impl Engine {
                 .get_mut(key.index as usize)
                 .expect("peer checked above");
             self.demux.insert_addr(remote, key, &mut peer.addrs);
-        }
-        if nacks_to_answer {
-            self.answer_nacks(key, data);
         }
         self.drain(now, key);
         self.flush_deferred(now);
@@ -416,11 +419,21 @@ impl Engine {
             self.counters.evictions += 1;
             self.remove_peer(now, oldest, CloseReason::Evicted);
         }
+        let mut new = new;
         let mut consumers: Vec<Consumer> = Vec::with_capacity(2);
         for t in tracks {
-            if !consumers.iter().any(|c| c.kind == t.kind) {
-                consumers.push(Consumer::new(t.mid, t.kind));
+            if consumers.iter().any(|c| c.kind == t.kind) {
+                continue;
             }
+            let mut api = new.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(t.mid, None) else {
+                continue;
+            };
+            let (ssrc, rtx) = (tx.ssrc(), tx.rtx());
+            // Before str0m has done anything with it: the stream goes back to str0m only if
+            // it ends up sealing this viewer's media (egress::hand_to_str0m).
+            api.remove_stream_tx(ssrc);
+            consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx));
         }
         let key = self.insert_peer(now, new, Role::Viewer(consumers));
         let route = self.router.entry(b);
@@ -710,19 +723,12 @@ impl Engine {
                 self.counters.nacks_received += delta;
             }
             Event::KeyframeRequest(req) => {
-                self.counters.plis_received += 1;
-                let Some(peer) = self.peer_mut(key) else {
-                    return;
+                let kind = match self.peer_mut(key).map(|p| &p.role) {
+                    Some(Role::Viewer(cs)) => cs.iter().find(|c| c.mid == req.mid).map(|c| c.kind),
+                    _ => None,
                 };
-                let b = peer.broadcast;
-                let kind = match &peer.role {
-                    Role::Viewer(cs) => cs.iter().find(|c| c.mid == req.mid).map(|c| c.kind),
-                    Role::Publisher(_) | Role::Probe => None,
-                };
-                if let (Some(kind), Some(route)) = (kind, self.router.route(b))
-                    && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
-                {
-                    self.pending_plis.push((b, i));
+                if let Some(kind) = kind {
+                    self.keyframe_requested(key, kind);
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -760,8 +766,14 @@ impl Engine {
             let Peer {
                 rtc, role, keys, ..
             } = peer;
-            if let (Role::Viewer(consumers), Some(keys)) = (role, keys.get()) {
-                peer.egress = Egress::new(keys, rtc, consumers, now).map(Box::new);
+            if let Role::Viewer(consumers) = role {
+                peer.egress = keys
+                    .get()
+                    .and_then(|keys| Egress::new(keys, rtc, consumers, now))
+                    .map(Box::new);
+                if peer.egress.is_none() {
+                    egress::hand_to_str0m(rtc, consumers);
+                }
             }
             let sealing = if peer.egress.is_some() {
                 "whipcast"
@@ -778,6 +790,20 @@ impl Engine {
             }
         }
         self.reschedule(key);
+    }
+
+    /// A viewer asked for a keyframe on its `kind` track: the publisher of its broadcast is
+    /// asked in turn (throttled, see `forward.rs`).
+    fn keyframe_requested(&mut self, viewer: PeerKey, kind: MediaKind) {
+        self.counters.plis_received += 1;
+        let Some(b) = self.peer_mut(viewer).map(|p| p.broadcast) else {
+            return;
+        };
+        if let Some(route) = self.router.route(b)
+            && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
+        {
+            self.pending_plis.push((b, i));
+        }
     }
 
     /// Maps a local (bound) address onto the advertised candidate it stands for.

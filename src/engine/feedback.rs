@@ -1,0 +1,171 @@
+//! Feedback from the viewers whipcast seals for, read from their SRTCP by us: str0m no longer
+//! has send streams for them (see `egress.rs`), so it would ignore it.
+//!
+//! - NACKs: each lost number is mapped back through the viewer's consumer to the publisher
+//!   packet (kept once per broadcast in the router's ring) and sealed again for that viewer.
+//! - PLI and FIR: a keyframe request for the broadcast's video, like str0m's
+//!   `Event::KeyframeRequest` for everyone else.
+
+use super::peer::{Peer, Role, live};
+use super::router::CachedPacket;
+use super::{Engine, PeerKey};
+
+impl Engine {
+    /// Answers the feedback in a viewer's SRTCP datagram: NACKed packets are sent again, a
+    /// keyframe request goes to the broadcast's video.
+    pub(super) fn answer_feedback(&mut self, v: PeerKey, data: &[u8]) {
+        let mut lost = std::mem::take(&mut self.scratch_lost);
+        lost.clear();
+        let mut rtcp = std::mem::take(&mut self.scratch_rtcp);
+        let mut keyframe = None;
+        if let Some(Peer {
+            broadcast,
+            role: Role::Viewer(consumers),
+            egress: Some(egress),
+            media_path,
+            ..
+        }) = live(&mut self.peers, v)
+        {
+            let read = egress.feedback(data, &mut rtcp, &mut lost);
+            self.counters.nacks_received += read.nacks;
+            keyframe = read.keyframe.and_then(|stream| {
+                let mid = egress.mid(stream)?;
+                consumers.iter().find(|c| c.mid == mid).map(|c| c.kind)
+            });
+            let route = self.router.route(*broadcast);
+            for &(stream, seq16) in &lost {
+                let (Some(route), Some(path)) = (route, *media_path) else {
+                    break;
+                };
+                let Some(consumer) = egress
+                    .mid(stream)
+                    .and_then(|mid| consumers.iter().find(|c| c.mid == mid))
+                else {
+                    continue;
+                };
+                let Some((epoch, source, seq)) = consumer.source_of(seq16) else {
+                    continue;
+                };
+                let packet = route
+                    .tracks
+                    .iter()
+                    .find(|t| t.kind == consumer.kind)
+                    .filter(|_| epoch == route.epoch)
+                    .and_then(|t| t.recent(source));
+                let Some((p, pt)) = packet.and_then(|p| Some((p, consumer.mapped_pt(p.pt)?)))
+                else {
+                    continue;
+                };
+                let again = CachedPacket {
+                    seq,
+                    ts: consumer.ts_out(p.ts),
+                    pt,
+                    marker: p.marker,
+                    payload: p.payload.clone(),
+                };
+                if egress.resend(stream, &again, path, &mut self.outbox) {
+                    self.counters.retransmissions += 1;
+                }
+            }
+        }
+        self.scratch_lost = lost;
+        self.scratch_rtcp = rtcp;
+        if let Some(kind) = keyframe {
+            self.keyframe_requested(v, kind);
+        }
+    }
+}
+
+/// What one RTCP packet of a compound asks of us.
+#[derive(Debug, PartialEq)]
+pub(super) enum Feedback {
+    /// A generic NACK (RFC 4585 §6.2.1): the media SSRC and one lost sequence number.
+    Nack(u32, u16),
+    /// A PLI (RFC 4585 §6.3.1) or FIR (RFC 5104 §4.3.1) for this media SSRC.
+    Keyframe(u32),
+}
+
+/// Calls `f` for every lost packet and keyframe request in a compound RTCP packet; returns
+/// how many NACK messages it held. Malformed input ends the walk.
+pub(super) fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Feedback)) -> u64 {
+    let mut nacks = 0;
+    while rtcp.len() >= 4 {
+        let len = (usize::from(u16::from_be_bytes([rtcp[2], rtcp[3]])) + 1) * 4;
+        if len > rtcp.len() {
+            break;
+        }
+        let (packet, rest) = rtcp.split_at(len);
+        rtcp = rest;
+        if packet.len() < 12 {
+            continue;
+        }
+        let media = be32(&packet[8..12]);
+        match (packet[1], packet[0] & 0x1f) {
+            (PT_RTPFB, FMT_NACK) => {
+                nacks += 1;
+                for fci in packet[12..].chunks_exact(4) {
+                    let pid = u16::from_be_bytes([fci[0], fci[1]]);
+                    let blp = u16::from_be_bytes([fci[2], fci[3]]);
+                    f(Feedback::Nack(media, pid));
+                    for bit in 0..16u16 {
+                        if blp & (1 << bit) != 0 {
+                            f(Feedback::Nack(media, pid.wrapping_add(bit + 1)));
+                        }
+                    }
+                }
+            }
+            (PT_PSFB, FMT_PLI) => f(Feedback::Keyframe(media)),
+            // FIR names its targets in the FCI (SSRC, command number, reserved).
+            (PT_PSFB, FMT_FIR) => {
+                for fci in packet[12..].chunks_exact(8) {
+                    f(Feedback::Keyframe(be32(&fci[..4])));
+                }
+            }
+            _ => {}
+        }
+    }
+    nacks
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+const PT_RTPFB: u8 = 205;
+const PT_PSFB: u8 = 206;
+const FMT_NACK: u8 = 1;
+const FMT_PLI: u8 = 1;
+const FMT_FIR: u8 = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nack_bitmasks_name_every_lost_packet() {
+        // RR (ignored), then a NACK for SSRC 7: pid 100 with 101 and 116 lost too.
+        let mut rtcp = vec![0x80, 201, 0, 1, 0, 0, 0, 1];
+        rtcp.extend_from_slice(&[0x81, 205, 0, 3, 0, 0, 0, 1, 0, 0, 0, 7, 0, 100, 0x80, 0x01]);
+        let mut lost = Vec::new();
+        assert_eq!(for_each_feedback(&rtcp, |f| lost.push(f)), 1);
+        let nack = Feedback::Nack;
+        assert_eq!(lost, vec![nack(7, 100), nack(7, 101), nack(7, 116)]);
+    }
+
+    #[test]
+    fn pli_and_fir_are_keyframe_requests_for_their_media() {
+        // PLI for SSRC 7, then a FIR whose FCI targets SSRC 9 (the header's media SSRC is 0).
+        let mut rtcp = vec![0x81, 206, 0, 2, 0, 0, 0, 1, 0, 0, 0, 7];
+        rtcp.extend_from_slice(&[0x84, 206, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0]);
+        rtcp.extend_from_slice(&[0, 0, 0, 9, 3, 0, 0, 0]);
+        let mut asks = Vec::new();
+        assert_eq!(for_each_feedback(&rtcp, |f| asks.push(f)), 0);
+        assert_eq!(asks, vec![Feedback::Keyframe(7), Feedback::Keyframe(9)]);
+    }
+
+    #[test]
+    fn truncated_rtcp_is_ignored() {
+        let rtcp = [0x81, 205, 0, 9, 0, 0, 0, 1, 0, 0, 0, 7];
+        assert_eq!(for_each_feedback(&rtcp, |_| panic!("nothing to read")), 0);
+    }
+}
