@@ -201,9 +201,10 @@ fn main() {
     }
 }
 
-/// The server's heap per connected, playing viewer: what the process frees when the server
-/// closes every viewer session (the simulated clients, in the same process, stay as they
-/// are), divided by the number of viewers.
+/// The server's heap per connected, playing viewer, after a full-size keyframe went to all
+/// of them: what the process frees when the server closes every viewer session (the
+/// simulated clients, in the same process, stay as they are), divided by the number of
+/// viewers.
 fn heap_per_viewer() {
     println!("\nserver heap per viewer (freed when its session closes), after warm-up");
     println!(
@@ -219,6 +220,11 @@ fn heap_per_viewer() {
             *LIVE_SITES.lock().expect("sites lock") = Some(HashMap::new());
         }
         let mut f = Fanout::connect(Sim::new(config), viewers);
+        // A full-size keyframe first, so per-viewer queues are as large as they get.
+        let keyframe = f.prepare_keyframe();
+        let sink = f.forward(&keyframe);
+        f.check(std::slice::from_ref(&keyframe), sink);
+        f.settle();
         let loaded = LIVE.load(Ordering::Relaxed);
         let malloc_loaded = malloc_in_use();
         let first = f.sim.clients.len() - viewers;

@@ -23,6 +23,9 @@ use whipcast::engine::BroadcastKey;
 pub const PACKET_INTERVAL: Duration = Duration::from_micros(3_333);
 /// Video payload per packet, as in that stream (the H.264 NAL is one byte more).
 pub const PAYLOAD: usize = 1_100;
+/// An IDR of the load generator's stream (~80 KB every 2 s at 2.5 Mb/s).
+#[allow(dead_code)] // the alloc bench's heap figure uses it; the fan-out bench does not
+pub const KEYFRAME: usize = 80_000;
 /// Longer than any viewer's RTX cache (whipcast keeps 128 packets or 1 s, str0m's default is
 /// 3 s), so every cache is full and evicting when the timing starts.
 pub const WARM_UP: Duration = Duration::from_millis(3_300);
@@ -126,14 +129,26 @@ impl<S: Sfu> Fanout<S> {
         (0..k).map(|_| self.publisher_packet()).collect()
     }
 
+    /// A whole IDR (`KEYFRAME` bytes, ~70 RTP packets) in one turn: the datagrams reach the
+    /// server together, as a keyframe burst does within one receive round of the io loop.
+    #[allow(dead_code)] // as KEYFRAME
+    pub fn prepare_keyframe(&mut self) -> Packet {
+        self.publisher_write(0x65, KEYFRAME)
+    }
+
     fn publisher_packet(&mut self) -> Packet {
+        // One P-slice NAL that fits one RTP packet.
+        self.publisher_write(0x41, PAYLOAD)
+    }
+
+    fn publisher_write(&mut self, nal_header: u8, len: usize) -> Packet {
         self.n += 1;
         self.sim.now += PACKET_INTERVAL;
         let (n, now) = (self.n, self.sim.now);
-        // One P-slice NAL that fits one RTP packet; bytes vary so no two packets are equal.
-        let mut nal = Vec::with_capacity(PAYLOAD + 5);
-        nal.extend_from_slice(&[0, 0, 0, 1, 0x41]);
-        nal.extend((0..PAYLOAD).map(|i| ((n as usize + i) % 251) as u8 | 1));
+        // Bytes vary so no two packets are equal.
+        let mut nal = Vec::with_capacity(len + 5);
+        nal.extend_from_slice(&[0, 0, 0, 1, nal_header]);
+        nal.extend((0..len).map(|i| ((n as usize + i) % 251) as u8 | 1));
         let c = &mut self.sim.clients[self.publisher];
         let video = c.video_mid.expect("publisher has video");
         let pt = c.rtc.media(video).expect("video media").remote_pts()[0];
