@@ -335,3 +335,56 @@ fn an_advertised_address_off_this_machine_is_reported_as_unverified() {
         "{seen}"
     );
 }
+
+/// `whipcast-loadgen` (issue 5's load generator) against the real binary, with plain
+/// receiving sockets and with UDP GRO on them: every viewer plays, nothing is lost, the full
+/// viewers' frames check out, and the server's CPU and memory are read from /proc.
+#[test]
+fn the_load_generator_measures_a_clean_run_against_the_binary() {
+    for gro in [false, true] {
+        let p = spawn("warn");
+        let pid = p.child.id().to_string();
+        let mut args = vec![
+            "--base",
+            &p.base,
+            "--viewers",
+            "6",
+            "--full-viewers",
+            "2",
+            "--seconds",
+            "2",
+            "--warmup",
+            "1",
+            "--probes",
+            "1",
+            "--server-pid",
+            &pid,
+        ];
+        if gro {
+            args.push("--receiver-gro");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_whipcast-loadgen"))
+            .args(&args)
+            .output()
+            .expect("the load generator runs");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "gro {gro}: {log}");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("gro {gro}: one JSON line ({e}): {line}"));
+        assert_eq!(r["receiver_gro"], gro);
+        assert_eq!(r["viewers_playing"], 6, "gro {gro}: {r}");
+        assert_eq!(r["loss_ratio"], 0.0, "gro {gro}: {r}");
+        assert_eq!(r["frames_bad"], 0, "gro {gro}: {r}");
+        assert!(r["frames_ok"].as_u64() > Some(0), "gro {gro}: {r}");
+        assert!(r["delivered_pps"].as_f64() > Some(0.0), "gro {gro}: {r}");
+        assert!(
+            r["server_cpu_percent"].as_f64() > Some(0.0),
+            "gro {gro}: {r}"
+        );
+        assert!(
+            r["probe_ttff_p50_ms"].as_f64() > Some(0.0),
+            "gro {gro}: {r}"
+        );
+    }
+}

@@ -21,6 +21,8 @@ pub struct Crowd {
     view_id: String,
     epoch: Instant,
     sessions: Sessions,
+    /// Viewers' sockets take the server's GSO runs whole (`--receiver-gro`).
+    gro: bool,
     pub viewers: Vec<Viewer>,
     /// Counters of viewers that left, so totals stay monotonic.
     retired: Vec<Arc<Counters>>,
@@ -42,12 +44,13 @@ pub struct JoinReport {
 }
 
 impl Crowd {
-    pub fn new(base: &Base, view_id: &str, epoch: Instant, sessions: &Sessions) -> Self {
+    pub fn new(base: &Base, view_id: &str, epoch: Instant, sessions: &Sessions, gro: bool) -> Self {
         Self {
             base: base.clone(),
             view_id: view_id.to_owned(),
             epoch,
             sessions: sessions.clone(),
+            gro,
             viewers: Vec::new(),
             retired: Vec::new(),
             failures: 0,
@@ -67,10 +70,10 @@ impl Crowd {
             .map(|i| {
                 let full = is_full(i);
                 let (gate, base, view) = (gate.clone(), self.base.clone(), self.view_id.clone());
-                let (epoch, sessions) = (self.epoch, self.sessions.clone());
+                let (epoch, sessions, gro) = (self.epoch, self.sessions.clone(), self.gro);
                 tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await.expect("semaphore");
-                    Viewer::join(&base, &view, full, epoch, &sessions).await
+                    Viewer::join(&base, &view, full, gro, epoch, &sessions).await
                 })
             })
             .collect();
@@ -145,7 +148,15 @@ impl Crowd {
     /// One full viewer joins alone, waits for its first complete frame, and leaves: the
     /// time to first frame of one person pressing play on a loaded server (ms).
     pub async fn probe(&mut self) -> Option<f64> {
-        let v = Viewer::join(&self.base, &self.view_id, true, self.epoch, &self.sessions).await;
+        let v = Viewer::join(
+            &self.base,
+            &self.view_id,
+            true,
+            self.gro,
+            self.epoch,
+            &self.sessions,
+        )
+        .await;
         let v = match v {
             Ok(v) => v,
             Err(e) => {

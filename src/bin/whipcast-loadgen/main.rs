@@ -91,6 +91,11 @@ pub(crate) struct Args {
     /// Soak: how many viewers --churn-every replaces each time.
     #[arg(long, default_value_t = 0)]
     pub(crate) churn: usize,
+    /// Viewers' sockets enable UDP GRO and take the server's GSO runs whole. On loopback the
+    /// receivers' kernel work runs on the sender's core; this leaves less of it there, closer
+    /// to a server whose viewers are on other machines (BENCHMARKS.md §3).
+    #[arg(long)]
+    pub(crate) receiver_gro: bool,
 }
 
 fn main() -> ExitCode {

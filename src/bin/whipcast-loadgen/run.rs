@@ -46,7 +46,7 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     let fds_idle = pid.and_then(stats::open_fds);
     eprintln!("publisher live; {} viewers joining", a.viewers);
 
-    let mut crowd = Crowd::new(base, view, epoch, sessions);
+    let mut crowd = Crowd::new(base, view, epoch, sessions, a.receiver_gro);
     let joined = crowd
         .join(a.viewers, a.full_viewers, join_limit(a.viewers))
         .await;
@@ -172,6 +172,7 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     let mut line = serde_json::json!({
         "viewers": a.viewers,
         "seconds": a.seconds,
+        "receiver_gro": a.receiver_gro,
         "server_cpu_percent": round(server_cpu, 1),
         "delivered_pps": round(w.received as f64 / secs, 0),
         "loss_ratio": round(loss, 6),

@@ -8,6 +8,9 @@
 //! * **Full** viewers also hand every RTP packet to str0m (frame mode, NACK on), and check
 //!   each decoded frame's marker and filler ([`publisher::check_frame`]): frame latency
 //!   (receive time − send time, same clock), order, gaps and byte integrity.
+//!
+//! With `--receiver-gro` a viewer's socket has UDP GRO on (through quinn-udp): a GSO run from
+//! the server arrives as one buffer, split here at its segment size.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -15,8 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use std::io::IoSliceMut;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Event, IceConnectionState, Rtc, RtcConfig};
+
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 
@@ -27,6 +34,8 @@ use crate::stats::{Counters, SeqCounter};
 
 /// Datagrams read per wake-up before yielding to the other viewers.
 const BATCH: usize = 64;
+/// With UDP GRO, one receive can hold a whole GSO run from the server (≤ 64 KB).
+const GRO_BUFFER: usize = 65_536;
 
 pub struct Viewer {
     pub location: String,
@@ -42,6 +51,7 @@ impl Viewer {
         base: &Base,
         view_id: &str,
         full: bool,
+        gro: bool,
         epoch: Instant,
         sessions: &Sessions,
     ) -> Result<Self, String> {
@@ -72,7 +82,7 @@ impl Viewer {
         let location = n.location.clone();
         let c = Arc::clone(&counters);
         let task = tokio::spawn(async move {
-            if let Err(e) = run(n, full, epoch, &c).await {
+            if let Err(e) = run(n, full, gro, epoch, &c).await {
                 peer::log_limited(format_args!("viewer: {e}"));
             }
             c.ended.store(true, Relaxed);
@@ -105,7 +115,13 @@ struct State {
     last_frame: Option<u64>,
 }
 
-async fn run(n: Negotiated, full: bool, epoch: Instant, c: &Counters) -> Result<(), String> {
+async fn run(
+    n: Negotiated,
+    full: bool,
+    gro: bool,
+    epoch: Instant,
+    c: &Counters,
+) -> Result<(), String> {
     let Negotiated {
         rtc,
         socket,
@@ -125,7 +141,12 @@ async fn run(n: Negotiated, full: bool, epoch: Instant, c: &Counters) -> Result<
         other_rtp: 0,
         last_frame: None,
     };
-    let mut buf = vec![0u8; 2048];
+    let gro = if gro {
+        Some(UdpSocketState::new(UdpSockRef::from(&socket)).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let mut buf = vec![0u8; if gro.is_some() { GRO_BUFFER } else { 2048 }];
     let sleep = tokio::time::sleep(std::time::Duration::ZERO);
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
@@ -142,8 +163,23 @@ async fn run(n: Negotiated, full: bool, epoch: Instant, c: &Counters) -> Result<
             r = socket.readable() => {
                 r.map_err(|e| e.to_string())?;
                 for _ in 0..BATCH {
-                    match socket.try_recv_from(&mut buf) {
-                        Ok((len, src)) => st.on_datagram(&socket, src, &buf[..len], c)?,
+                    let got = match gro.as_ref() {
+                        Some(state) => socket.try_io(Interest::READABLE, || {
+                            let mut bufs = [IoSliceMut::new(&mut buf)];
+                            let mut meta = [RecvMeta::default()];
+                            state.recv(UdpSockRef::from(&socket), &mut bufs, &mut meta)?;
+                            Ok((meta[0].len, meta[0].stride, meta[0].addr))
+                        }),
+                        None => socket
+                            .try_recv_from(&mut buf)
+                            .map(|(len, src)| (len, len, src)),
+                    };
+                    match got {
+                        Ok((len, stride, src)) => {
+                            for d in buf[..len].chunks(stride.max(1)) {
+                                st.on_datagram(&socket, src, d, c)?;
+                            }
+                        }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         // An ICMP error from an earlier send; the socket is still fine.
                         Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset) => break,
