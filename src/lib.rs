@@ -31,9 +31,10 @@
 //! the broadcast's viewers → per viewer: rewrite seq/timestamp/PT, queue an `Arc` clone (no
 //! byte copy) → once per receive batch, each viewer's packets are sealed with its own SRTP
 //! keys straight into the engine's outbox (no str0m send queue, no allocation) →
-//! `poll_transmit` lends each datagram → `io` sends, GSO-batched per viewer. str0m keeps ICE,
-//! DTLS, incoming RTCP and keyframe requests for every session, and the whole send path for
-//! sessions whose SRTP profile is not AES-GCM.
+//! `poll_transmit` lends each datagram → `io` sends, GSO-batched per viewer. str0m keeps ICE
+//! and DTLS for every session, and the whole send path (RTCP input and keyframe requests
+//! included) for sessions whose SRTP profile is not AES-GCM; for the others, their NACKs,
+//! PLIs and FIRs are read by the engine from their SRTCP.
 
 #![forbid(unsafe_code)]
 

@@ -3,8 +3,8 @@
 //! str0m encrypts every packet it sends through its own send queue, RTX cache and pacer, and
 //! hands each one out in a freshly allocated buffer: about 12 k instructions and one
 //! allocation per viewer-packet (BENCHMARKS.md §1). The forwarding path needs only the seal
-//! itself. str0m keeps ICE, DTLS, RTCP input and keyframe requests; what it negotiates is
-//! read back here:
+//! itself. str0m keeps ICE and DTLS (the engine reads these viewers' RTCP itself, see
+//! `engine/feedback.rs`); what it negotiates is read back here:
 //!
 //! - [`capture`]: str0m's DTLS runs through a crypto provider we wrap, so the DTLS-SRTP
 //!   keying material (RFC 5764) of each `Rtc` is copied out when the handshake exports it.
