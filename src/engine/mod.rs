@@ -403,7 +403,7 @@ impl Engine {
     fn subscribe(
         &mut self,
         now: Instant,
-        new: NewPeer,
+        mut new: NewPeer,
         tracks: Vec<ViewerTrack>,
     ) -> Result<(), CommandError> {
         let b = new.broadcast;
@@ -419,7 +419,6 @@ impl Engine {
             self.counters.evictions += 1;
             self.remove_peer(now, oldest, CloseReason::Evicted);
         }
-        let mut new = new;
         let mut consumers: Vec<Consumer> = Vec::with_capacity(2);
         for t in tracks {
             if consumers.iter().any(|c| c.kind == t.kind) {
