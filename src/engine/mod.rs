@@ -199,6 +199,7 @@ impl Engine {
             trace!(peer = %key, "datagram not accepted by peer");
             return;
         }
+        peer.heard = Some(now);
         if feedback_to_answer {
             self.answer_feedback(key, data);
             self.flush_deferred(now);
@@ -241,6 +242,11 @@ impl Engine {
                     CloseReason::TimedOut
                 };
                 self.expire(now, key, reason);
+                continue;
+            }
+            if peer.is_silent(now) {
+                info!(peer = %key, "publisher sent nothing for a while: gone");
+                self.close_peer(now, key, CloseReason::TimedOut);
                 continue;
             }
             self.tick(now, key);
@@ -593,6 +599,7 @@ impl Engine {
             rtc_deadline: None,
             expires: Some(now + self.config.handshake_timeout),
             deadline: None,
+            heard: None,
             nacks_seen: 0,
             dirty: false,
             keys,
