@@ -105,6 +105,11 @@ pub struct Config {
     /// server does not hand out broadcasts to anyone.
     #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]
     pub create_token: Option<String>,
+
+    /// TESTING ONLY, hidden from --help: every viewer stream's first RTP sequence number
+    /// instead of a random one, so a test crosses the 16-bit wrap within seconds.
+    #[arg(long, env = "WHIPCAST_TEST_SEQ_START", hide = true)]
+    pub test_seq_start: Option<u16>,
 }
 
 /// Policy for a viewer joining a broadcast that already has `--max-viewers` viewers.

@@ -92,6 +92,7 @@ impl Server {
             when_full: config.when_full,
             resume_grace: config.resume_grace,
             handshake_timeout: config.handshake_timeout,
+            test_seq_start: config.test_seq_start,
         });
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<EngineEvent>();

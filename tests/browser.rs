@@ -295,6 +295,38 @@ async fn viewer_page_says_an_unknown_link_is_not_valid() {
     r.server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_keeps_decoding_across_a_16_bit_sequence_number_wrap() {
+    // Testing only: every viewer stream starts 200 packets below the wrap.
+    let r = start(&["--test-seq-start", "65335"]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let _obs = Client::publish(&base, &id).unwrap();
+        let viewer = watch(&base, &view, "viewer-before-seq-wrap");
+        let received = viewer.wait("audio and video numbered past 65535", |b| {
+            let n = b.js_async(PACKETS_RECEIVED, json!([]));
+            let past = |kind: &str| n[kind].as_u64().is_some_and(|n| n > 300);
+            (past("audio") && past("video")).then_some(n)
+        });
+        let decoded = viewer.frames_decoded();
+        viewer.wait_decoding("frames decoded after the wrap");
+        eprintln!("past the wrap: {received}, then frames decoded rose from {decoded}");
+        viewer.screenshot("viewer-after-seq-wrap");
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+/// Packets received per kind (`inbound-rtp`): only those that passed SRTP are counted.
+const PACKETS_RECEIVED: &str = "
+const done = arguments[arguments.length - 1];
+window.whipcast.pc.getStats().then(stats => {
+  const n = {};
+  stats.forEach(r => { if (r.type === 'inbound-rtp') n[r.kind] = r.packetsReceived; });
+  done(n);
+}).catch(() => done({}));";
+
 /// Viewers in the broadcaster's panel (`GET /api/broadcasts/<broadcast ID>`).
 fn viewers(base: &str, id: &str) -> u64 {
     let (status, _, body) =

@@ -125,6 +125,9 @@ pub struct Stats {
     /// Packets resent to viewers that NACKed them.
     pub retransmissions: u64,
     pub evictions: u64,
+    /// Packets not forwarded because they were from before a viewer's sync point (a late
+    /// packet after a keyframe burst or a publisher splice): their number was already used.
+    pub late_packets_dropped: u64,
 }
 
 /// Where a broadcast is in its life.
@@ -200,4 +203,7 @@ pub enum CloseReason {
     TimedOut,
     /// The peer sent something str0m could not handle, or closed DTLS.
     PeerFailed,
+    /// The publisher resumed with a codec this viewer's session did not negotiate; the
+    /// viewer is to make a new session.
+    CodecChanged,
 }

@@ -30,8 +30,52 @@ pub(crate) struct Consumer {
     synced_from: u64,
     /// The last sequence number and timestamp written, and when.
     last: Option<Written>,
-    /// Publisher PT → viewer PT, filled on first use (at most a few codecs).
+    /// Publisher PT → viewer PT, filled on first use (at most a few codecs), emptied when a
+    /// new publisher takes over (its PT 96 may be another codec).
     pt_map: Vec<(Pt, Pt)>,
+    /// Where this viewer's numbering starts.
+    start: RtpStart,
+}
+
+/// The first sequence number and timestamp of a viewer stream: random (RFC 3550 §5.1), so
+/// they tell an observer nothing and collide with no earlier session's.
+///
+/// The sequence number is drawn below 2^15: any 16-bit start gives the first packet SRTP
+/// rollover counter 0, which str0m (and a receiver told no ROC) assumes, and the first wrap
+/// then comes at least 2^15 packets (~2 minutes of 2.5 Mb/s video) after the start, past
+/// the first seconds in which a receiver is still learning the stream (a packet reordered
+/// across a wrap that early could make it guess the ROC wrong).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RtpStart {
+    pub(crate) seq: u64,
+    pub(crate) ts: u32,
+}
+
+impl RtpStart {
+    /// A random start, or the sequence number `seq` (testing only: tests start just below
+    /// the 16-bit wrap to cross it quickly).
+    pub(crate) fn random(seq: Option<u16>) -> Self {
+        let mut bytes = [0u8; 6];
+        // Without an OS random source the start stays fixed (still ROC 0); whipcast could
+        // not have made its IDs either, so this never happens in a running server.
+        let _ = getrandom::fill(&mut bytes);
+        let drawn = u16::from_be_bytes([bytes[0], bytes[1]]) & RANDOM_SEQ_MASK;
+        Self {
+            seq: u64::from(seq.unwrap_or(drawn)),
+            ts: u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]),
+        }
+    }
+}
+
+/// Why [`Consumer::rewrite`] skipped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skip {
+    /// The viewer waits for a sync point (a keyframe) and this is not one.
+    Waiting,
+    /// The packet is from before the sync point: its number would fall on one the viewer
+    /// was already sent (RFC 7714 §8.1: the same SSRC and index sealed twice with another
+    /// payload reuses the AES-GCM nonce).
+    BeforeSyncPoint,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +97,13 @@ pub(crate) struct SourcePacket {
 }
 
 impl Consumer {
-    pub(crate) fn new(mid: Mid, kind: MediaKind, ssrc: Ssrc, rtx: Option<Ssrc>) -> Self {
+    pub(crate) fn new(
+        mid: Mid,
+        kind: MediaKind,
+        ssrc: Ssrc,
+        rtx: Option<Ssrc>,
+        start: RtpStart,
+    ) -> Self {
         Self {
             mid,
             kind,
@@ -65,29 +115,31 @@ impl Consumer {
             synced_from: 0,
             last: None,
             pt_map: Vec::new(),
+            start,
         }
     }
 
-    /// The (sequence number, timestamp) to write for `pkt`, or `None` to skip it.
-    pub(crate) fn rewrite(&mut self, pkt: SourcePacket, now: Instant) -> Option<(u64, u32)> {
+    /// The (sequence number, timestamp) to write for `pkt`, or why it is skipped.
+    pub(crate) fn rewrite(&mut self, pkt: SourcePacket, now: Instant) -> Result<(u64, u32), Skip> {
         if self.synced_to != Some(pkt.epoch) {
             if !pkt.sync_point {
-                return None;
+                return Err(Skip::Waiting);
             }
             self.sync(pkt, now);
         }
         let seq = pkt.seq.wrapping_add(self.seq_offset);
-        if seq >= SEQ_LIMIT {
-            // Older than the sync point (a late retransmission from before it): the viewer
-            // never had the frame it belongs to.
-            return None;
+        if seq < self.synced_from || seq >= SEQ_LIMIT {
+            // Older than the sync point (a late packet or retransmission from before it):
+            // the viewer never had the frame it belongs to, and the number it maps to was
+            // already used before the sync point (or lies below the first).
+            return Err(Skip::BeforeSyncPoint);
         }
         let ts = pkt.ts.wrapping_add(self.ts_offset);
         match self.last {
             Some(last) if seq <= last.seq => {}
             _ => self.last = Some(Written { seq, ts, at: now }),
         }
-        Some((seq, ts))
+        Ok((seq, ts))
     }
 
     /// Forgets the source: the next packet written must be a sync point. Used after the
@@ -102,7 +154,7 @@ impl Consumer {
 
     fn sync(&mut self, pkt: SourcePacket, now: Instant) {
         let (seq, ts) = match self.last {
-            None => (FIRST_SEQ, FIRST_TS),
+            None => (self.start.seq, self.start.ts),
             Some(last) => {
                 // Continue the viewer's timeline by the real time that passed, so its jitter
                 // buffer sees neither a jump nor a stall.
@@ -152,12 +204,15 @@ impl Consumer {
             self.pt_map.push((publisher_pt, viewer_pt));
         }
     }
+
+    /// Drops the PT mapping: a new publisher's payload types are mapped afresh.
+    pub(crate) fn forget_pts(&mut self) {
+        self.pt_map.clear();
+    }
 }
 
-/// A new viewer stream starts low, so the SRTP rollover counter starts at 0 as str0m expects
-/// for a receiver that was told no ROC, and far from the 16-bit wrap.
-const FIRST_SEQ: u64 = 1;
-const FIRST_TS: u32 = 90_000;
+/// A random sequence number start below 2^15 (see [`RtpStart`]).
+const RANDOM_SEQ_MASK: u16 = 0x7fff;
 /// Offsets past this mean the packet is from before the sync point (u64 wrap-around).
 const SEQ_LIMIT: u64 = 1 << 62;
 /// Smallest timestamp step at a splice, so two frames never share a timestamp.
@@ -169,6 +224,17 @@ const MAX_PT_MAP: usize = 8;
 #[allow(clippy::disallowed_methods)] // tests pick their own start instant
 mod tests {
     use super::*;
+
+    const FIRST_SEQ: u64 = 1;
+    const FIRST_TS: u32 = 90_000;
+
+    fn consumer() -> Consumer {
+        let start = RtpStart {
+            seq: FIRST_SEQ,
+            ts: FIRST_TS,
+        };
+        Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None, start)
+    }
 
     fn pkt(epoch: u32, seq: u64, ts: u32, sync_point: bool) -> SourcePacket {
         SourcePacket {
@@ -183,27 +249,27 @@ mod tests {
     #[test]
     fn video_waits_for_a_sync_point() {
         let now = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
-        assert_eq!(c.rewrite(pkt(0, 500, 1000, false), now), None);
+        let mut c = consumer();
+        assert_eq!(c.rewrite(pkt(0, 500, 1000, false), now), Err(Skip::Waiting));
         assert_eq!(
             c.rewrite(pkt(0, 501, 4000, true), now),
-            Some((FIRST_SEQ, FIRST_TS))
+            Ok((FIRST_SEQ, FIRST_TS))
         );
         assert_eq!(
             c.rewrite(pkt(0, 502, 7000, false), now),
-            Some((FIRST_SEQ + 1, FIRST_TS + 3000))
+            Ok((FIRST_SEQ + 1, FIRST_TS + 3000))
         );
     }
 
     #[test]
     fn publisher_restart_continues_seq_and_timestamps() {
         let t0 = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
+        let mut c = consumer();
         c.rewrite(pkt(0, 40_000, 3_000_000, true), t0).unwrap();
         let (last_seq, last_ts) = c.rewrite(pkt(0, 40_001, 3_003_000, false), t0).unwrap();
         // OBS reconnects: new epoch, seq and ts from 0; non-keyframes are skipped until the IDR.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(c.rewrite(pkt(1, 0, 0, false), t1), None);
+        assert_eq!(c.rewrite(pkt(1, 0, 0, false), t1), Err(Skip::Waiting));
         let (seq, ts) = c.rewrite(pkt(1, 1, 0, true), t1).unwrap();
         assert_eq!(seq, last_seq + 1);
         assert_eq!(
@@ -213,14 +279,14 @@ mod tests {
         );
         assert_eq!(
             c.rewrite(pkt(1, 2, 3000, false), t1),
-            Some((seq + 1, ts + 3000))
+            Ok((seq + 1, ts + 3000))
         );
     }
 
     #[test]
     fn nacked_numbers_map_back_to_their_source_since_the_sync_point() {
         let now = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
+        let mut c = consumer();
         c.rewrite(pkt(0, 70_000, 500, true), now).unwrap();
         for s in 70_001..70_010 {
             c.rewrite(pkt(0, s, 500, false), now).unwrap();
@@ -239,14 +305,61 @@ mod tests {
     #[test]
     fn retransmissions_from_before_the_sync_point_are_dropped() {
         let now = Instant::now();
-        let mut c = Consumer::new(Mid::from("1"), MediaKind::Video, 1.into(), None);
+        let mut c = consumer();
         c.rewrite(pkt(0, 100, 0, true), now).unwrap();
-        assert_eq!(c.rewrite(pkt(0, 98, 0, false), now), None);
+        assert_eq!(
+            c.rewrite(pkt(0, 98, 0, false), now),
+            Err(Skip::BeforeSyncPoint)
+        );
         // A retransmission after the sync point keeps its place.
         c.rewrite(pkt(0, 103, 0, false), now).unwrap();
         assert_eq!(
             c.rewrite(pkt(0, 102, 0, false), now),
-            Some((FIRST_SEQ + 2, FIRST_TS))
+            Ok((FIRST_SEQ + 2, FIRST_TS))
         );
+    }
+
+    #[test]
+    fn a_late_packet_after_a_resync_never_lands_on_a_number_already_sent() {
+        let now = Instant::now();
+        let mut c = consumer();
+        // The cached keyframe (source 100..=104) goes out as FIRST_SEQ..=FIRST_SEQ + 4.
+        for s in 100..105 {
+            c.rewrite(pkt(0, s, 0, s == 100), now).unwrap();
+        }
+        c.unsync();
+        // The next live IDR (source 200) continues the numbering.
+        let (seq, _) = c.rewrite(pkt(0, 200, 9000, true), now).unwrap();
+        assert_eq!(seq, FIRST_SEQ + 5);
+        // Source 197..199 arrive late: they would map to FIRST_SEQ + 2..=4, already sealed
+        // with the keyframe's payloads.
+        for s in 197..200 {
+            assert_eq!(
+                c.rewrite(pkt(0, s, 6000, false), now),
+                Err(Skip::BeforeSyncPoint),
+                "source {s}"
+            );
+        }
+        // The same after a publisher splice, for audio too (every packet a sync point).
+        let mut a = consumer();
+        a.rewrite(pkt(0, 10, 0, true), now).unwrap();
+        a.rewrite(pkt(0, 11, 960, true), now).unwrap();
+        let (first, _) = a.rewrite(pkt(1, 50, 0, true), now).unwrap();
+        assert_eq!(first, FIRST_SEQ + 2);
+        assert_eq!(
+            a.rewrite(pkt(1, 49, 0, true), now),
+            Err(Skip::BeforeSyncPoint)
+        );
+    }
+
+    #[test]
+    fn random_starts_differ_and_keep_the_first_rollover_counter_at_zero() {
+        let starts: Vec<RtpStart> = (0..8).map(|_| RtpStart::random(None)).collect();
+        assert!(starts.iter().all(|s| s.seq < 1 << 15), "{starts:?}");
+        assert!(
+            starts.windows(2).any(|w| w[0] != w[1]),
+            "drawn, not constant: {starts:?}"
+        );
+        assert_eq!(RtpStart::random(Some(65_500)).seq, 65_500);
     }
 }

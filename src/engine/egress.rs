@@ -27,7 +27,7 @@ use str0m::Rtc;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, VideoOrientation};
 
-use super::consumer::Consumer;
+use super::consumer::{Consumer, RtpStart};
 use super::feedback::{Feedback, for_each_feedback};
 use super::outbox::{Outbox, Path};
 use super::router::CachedPacket;
@@ -88,9 +88,11 @@ struct OutStream {
     ssrc: u32,
     rtx: Option<Rtx>,
     clock_rate: u32,
+    /// Packets and payload octets sealed (RFC 3550 §6.4.1), not merely queued.
     packets: u32,
     octets: u32,
-    /// RTP timestamp and wall-clock time of the newest packet, for the SR.
+    /// RTP timestamp and wall-clock time of the newest packet (the highest timestamp, not
+    /// the last queued, which can be a late retransmission or a B-frame), for the SR.
     last: Option<(u32, Instant)>,
     /// The id the viewer gave urn:3gpp:video-orientation, the one header extension we
     /// negotiate (src/offer.rs) and so write.
@@ -129,7 +131,8 @@ impl Egress {
                 rtx: c.rtx.filter(|_| video).map(|ssrc| Rtx {
                     ssrc: *ssrc,
                     pts: rtx_pts.clone(),
-                    seq: 0,
+                    // An RTP stream of its own: a random start too (RFC 3550 §5.1).
+                    seq: RtpStart::random(None).seq,
                 }),
                 clock_rate: 0,
                 packets: 0,
@@ -166,9 +169,12 @@ impl Egress {
     ) {
         if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
             let s = &mut self.streams[stream];
-            s.packets = s.packets.wrapping_add(1);
-            s.octets = s.octets.wrapping_add(packet.payload.len() as u32);
-            s.last = Some((packet.ts, wallclock));
+            // Timestamps are compared as RFC 3550 serial numbers (they wrap).
+            if s.last
+                .is_none_or(|(ts, _)| (packet.ts.wrapping_sub(ts) as i32) > 0)
+            {
+                s.last = Some((packet.ts, wallclock));
+            }
             s.clock_rate = clock_rate;
             self.pending.push(Pending {
                 seq: packet.seq,
@@ -197,7 +203,9 @@ impl Egress {
             ..
         } = self;
         for p in pending.drain(..) {
-            let s = &streams[usize::from(p.stream)];
+            let s = &mut streams[usize::from(p.stream)];
+            s.packets = s.packets.wrapping_add(1);
+            s.octets = s.octets.wrapping_add(p.payload.len() as u32);
             let header = Header {
                 ssrc: s.ssrc,
                 seq: p.seq,
@@ -520,6 +528,76 @@ mod tests {
             (0..1000).filter(|_| b.take()).count() as u64,
             RESENDS_BASE,
             "nothing sent since"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any instant will do as the start
+    fn sender_reports_count_sealed_packets_and_pair_the_newest_timestamp() {
+        use crate::srtp::SrtcpReceiver;
+        use str0m::crypto::dtls::SrtpProfile;
+        use str0m::media::MediaKind;
+        use str0m::net::Protocol;
+
+        let t0 = Instant::now();
+        let keys = Captured {
+            profile: SrtpProfile::AEAD_AES_128_GCM,
+            material: (0..56).collect(),
+            active: false,
+        };
+        let mid = Mid::from("0");
+        let start = RtpStart { seq: 1, ts: 0 };
+        let c = Consumer::new(mid, MediaKind::Video, 7.into(), None, start);
+        let mut e = Egress::new(&keys, &mut Rtc::new(t0), &[c], t0).unwrap();
+        let mut out = Outbox::default();
+        let packet = |seq, ts| CachedPacket {
+            seq,
+            ts,
+            pt: 96.into(),
+            marker: false,
+            orientation: None,
+            payload: vec![0u8; 100].into(),
+        };
+        // Queued while the viewer had no path: dropped, never sent.
+        e.queue(mid, packet(1, 1000), 90_000, t0);
+        e.flush(t0, None, &mut out);
+        // Sent: a frame, then a late packet of an older frame (an older timestamp).
+        let t1 = t0 + Duration::from_millis(10);
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let path = Path {
+            proto: Protocol::Udp,
+            source: addr,
+            destination: addr,
+        };
+        e.queue(mid, packet(2, 4000), 90_000, t0);
+        e.queue(mid, packet(3, 1000), 90_000, t1);
+        e.flush(t1, Some(path), &mut out);
+        let at = t1 + FIRST_REPORT_AFTER;
+        assert!(e.report(at, Some(path), &mut out));
+        for _ in 0..2 {
+            out.pop().expect("the two RTP packets sent");
+        }
+        let sr = out.pop().expect("the report").contents;
+        // Opened as the viewer does, with the other half of the keys.
+        let rx = SrtcpReceiver::new(&Captured {
+            active: true,
+            ..keys
+        })
+        .unwrap();
+        let mut scratch = Vec::new();
+        let sr = rx.open(sr, &mut scratch).expect("the SR opens");
+        let word = |i: usize| u32::from_be_bytes(sr[i..i + 4].try_into().unwrap());
+        assert_eq!((sr[1], word(4)), (PT_SR, 7));
+        assert_eq!(
+            (word(20), word(24)),
+            (2, 200),
+            "packets and octets sent, not queued"
+        );
+        // The newest packet (timestamp 4000 at t0), 110 ms on at 90 kHz.
+        let rtp = word(16);
+        assert!(
+            (13_899..=13_900).contains(&rtp),
+            "RTP time from the newest timestamp: {rtp}"
         );
     }
 

@@ -6,9 +6,9 @@ use std::time::Instant;
 use slab::Slab;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
-use super::consumer::{Consumer, SourcePacket};
+use super::consumer::{Consumer, Skip, SourcePacket};
 use super::egress::MAX_QUEUED;
 use super::peer::{Peer, Role, contained, live};
 use super::router::{self, CachedPacket};
@@ -156,8 +156,14 @@ impl Engine {
                 sync_point: is_audio || (start == Start::Here && i == 0),
                 clock_rate: track.clock_rate(p.pt),
             };
-            let Some((seq, ts)) = consumer.rewrite(src, now) else {
-                continue;
+            let (seq, ts) = match consumer.rewrite(src, now) {
+                Ok(out) => out,
+                Err(Skip::Waiting) => continue,
+                Err(Skip::BeforeSyncPoint) => {
+                    self.counters.late_packets_dropped += 1;
+                    trace!(peer = %v, seq = p.seq, "packet from before the sync point dropped");
+                    continue;
+                }
             };
             let Some(pt) = viewer_pt(consumer, rtc, track, p.pt) else {
                 continue;
@@ -315,6 +321,48 @@ impl Engine {
                 trace!(broadcast = %b, "keyframe requested from publisher");
             }
             self.drain(now, publisher);
+        }
+    }
+}
+
+impl Engine {
+    /// A new publisher took over broadcast `b`. Its payload types mean nothing to the
+    /// viewers' mappings (OBS sends H.264, AV1 and HEVC all as PT 96), so those are rebuilt
+    /// from its codecs on the next packet. A viewer whose session did not negotiate the new
+    /// codec could only be fed media it cannot decode: it is ended instead, and its page
+    /// makes a new session (a new answer for the new codec, or a clear 422).
+    pub(super) fn remap_viewers(&mut self, now: Instant, b: BroadcastKey) {
+        let Some(route) = self.router.route(b) else {
+            return;
+        };
+        let mut cannot_decode = Vec::new();
+        for &v in &route.viewers {
+            let Some(Peer {
+                rtc,
+                role: Role::Viewer(consumers),
+                ..
+            }) = live(&mut self.peers, v)
+            else {
+                continue;
+            };
+            let mut decodes = true;
+            for c in consumers.iter_mut() {
+                c.forget_pts();
+                if let Some(track) = route.tracks.iter().find(|t| t.kind == c.kind) {
+                    let config = rtc.codec_config();
+                    decodes &= track
+                        .params
+                        .iter()
+                        .all(|p| config.match_params(*p).is_some());
+                }
+            }
+            if !decodes {
+                cannot_decode.push(v);
+            }
+        }
+        for v in cannot_decode {
+            info!(broadcast = %b, peer = %v, "the resumed publisher's codec is not the viewer's");
+            self.remove_peer(now, v, CloseReason::CodecChanged);
         }
     }
 }

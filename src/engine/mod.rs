@@ -49,7 +49,7 @@ pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
 pub use self::outbox::{Transmit, TransmitRun};
 
-use self::consumer::Consumer;
+use self::consumer::{Consumer, RtpStart};
 use self::deadline::Deadlines;
 use self::demux::{Demux, is_rtcp, is_rtp_or_rtcp, is_stun};
 use self::egress::Egress;
@@ -72,6 +72,9 @@ pub struct EngineConfig {
     pub resume_grace: Duration,
     /// How long a new session may take to finish ICE and DTLS.
     pub handshake_timeout: Duration,
+    /// Testing only: every viewer stream's first sequence number, instead of a random one
+    /// (tests start just below 65535 to cross the 16-bit wrap within seconds).
+    pub test_seq_start: Option<u16>,
 }
 
 /// The media engine. See the module docs for the call contract.
@@ -121,6 +124,7 @@ struct Counters {
     nacks_received: u64,
     retransmissions: u64,
     evictions: u64,
+    late_packets_dropped: u64,
 }
 
 impl Engine {
@@ -199,6 +203,7 @@ impl Engine {
             trace!(peer = %key, "datagram not accepted by peer");
             return;
         }
+        peer.heard = Some(now);
         if feedback_to_answer {
             self.answer_feedback(key, data);
             self.flush_deferred(now);
@@ -241,6 +246,11 @@ impl Engine {
                     CloseReason::TimedOut
                 };
                 self.expire(now, key, reason);
+                continue;
+            }
+            if peer.is_silent(now) {
+                info!(peer = %key, "publisher sent nothing for a while: gone");
+                self.close_peer(now, key, CloseReason::TimedOut);
                 continue;
             }
             self.tick(now, key);
@@ -357,6 +367,7 @@ impl Engine {
             nacks_received: self.counters.nacks_received,
             retransmissions: self.counters.retransmissions,
             evictions: self.counters.evictions,
+            late_packets_dropped: self.counters.late_packets_dropped,
         }
     }
 
@@ -396,6 +407,7 @@ impl Engine {
         for v in viewers {
             self.reschedule(v);
         }
+        self.remap_viewers(now, b);
         info!(broadcast = %b, peer = %key, "publisher session created");
         Ok(())
     }
@@ -432,7 +444,8 @@ impl Engine {
             // Before str0m has done anything with it: the stream goes back to str0m only if
             // it ends up sealing this viewer's media (egress::hand_to_str0m).
             api.remove_stream_tx(ssrc);
-            consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx));
+            let start = RtpStart::random(self.config.test_seq_start);
+            consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx, start));
         }
         let key = self.insert_peer(now, new, Role::Viewer(consumers));
         let route = self.router.entry(b);
@@ -593,6 +606,7 @@ impl Engine {
             rtc_deadline: None,
             expires: Some(now + self.config.handshake_timeout),
             deadline: None,
+            heard: None,
             nacks_seen: 0,
             dirty: false,
             keys,

@@ -5,7 +5,7 @@
 //! after `write_rtp` an `Input::Timeout(now)` is fed before the packets come out. The engine's
 //! `drain` and `tick` are the only places that do this.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -39,6 +39,8 @@ pub(crate) struct Peer {
     pub(crate) expires: Option<Instant>,
     /// What the deadline index currently holds for this peer.
     pub(crate) deadline: Option<Instant>,
+    /// When the last datagram from this peer was accepted (media, RTCP, STUN or DTLS).
+    pub(crate) heard: Option<Instant>,
     /// The cumulative NACK count in this peer's last str0m stats event.
     pub(crate) nacks_seen: u64,
     /// Packets were written since the last tick (see `Engine::flush_writes`).
@@ -76,13 +78,29 @@ impl Peer {
         matches!(self.role, Role::Viewer(_))
     }
 
-    /// The earliest of the `Rtc` timeout, the engine's own expiry and our next report.
+    /// The earliest of the `Rtc` timeout, the engine's own expiry, our next report and when
+    /// a silent publisher counts as gone.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let report = self.egress.as_ref().and_then(|e| e.next_deadline());
-        [self.rtc_deadline, self.expires, report]
+        [self.rtc_deadline, self.expires, report, self.silent_at()]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// When a connected publisher that sends nothing more counts as gone: [`PUBLISHER_SILENCE`]
+    /// after the last datagram. Datagrams move it without touching the deadline index (the
+    /// index keeps the older instant; when that passes, the peer is rescheduled from here).
+    pub(crate) fn silent_at(&self) -> Option<Instant> {
+        if !self.connected || !self.is_publisher() {
+            return None;
+        }
+        Some(self.heard? + PUBLISHER_SILENCE)
+    }
+
+    /// A connected publisher has sent nothing for [`PUBLISHER_SILENCE`].
+    pub(crate) fn is_silent(&self, now: Instant) -> bool {
+        self.silent_at().is_some_and(|t| t <= now)
     }
 
     pub(crate) fn consumer_mut(&mut self, kind: MediaKind) -> Option<&mut Consumer> {
@@ -129,6 +147,13 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> Result<T, str0m::RtcError>) -> Re
         Err(_) => Err("str0m panicked on this peer's input".into()),
     }
 }
+
+/// How long a connected publisher may send nothing at all before it counts as gone (viewers
+/// then see "reconnecting" and wait the resume grace). A live publisher never goes quiet
+/// that long: OBS sends audio every 20 ms whatever the picture, browsers send RTCP every
+/// second or so and STUN consent checks every ~5 s. str0m's ICE-lite consent timeout alone
+/// would take 15 s.
+pub(crate) const PUBLISHER_SILENCE: Duration = Duration::from_millis(2500);
 
 /// Audio + video, with room for simulcast layers and RTX.
 const MAX_SSRCS: usize = 16;

@@ -324,6 +324,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         stats.retransmissions,
     );
     metric(
+        "late_packets_dropped_total",
+        "counter",
+        "Packets from before a viewer's sync point, dropped so no number is sealed twice.",
+        stats.late_packets_dropped,
+    );
+    metric(
         "plis_sent_total",
         "counter",
         "Keyframe requests sent to publishers.",

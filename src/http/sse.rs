@@ -156,6 +156,12 @@ impl Hub {
                         name: "revoked",
                         data: "{}".into(),
                     }),
+                    // The WHEP draft's way to have the player make a new session: it gets
+                    // an answer for the new codec (or a 422 saying it cannot decode it).
+                    CloseReason::CodecChanged => Some(SseEvent {
+                        name: "reconnect",
+                        data: "{\"reason\":\"codec-changed\"}".into(),
+                    }),
                     _ => None,
                 };
                 if let (Some(tx), Some(e)) = (w.tx, last) {

@@ -283,6 +283,48 @@ mod tests {
         }
     }
 
+    /// Opens an SRTP packet as its receiver does (RFC 7714 §8.1): the IV is 00 00, SSRC,
+    /// ROC, SEQ, XORed with the session salt; the header is the AAD.
+    fn open_rtp(keys: &Captured, packet: &[u8], roc: u32) -> Option<Vec<u8>> {
+        let rtp = Master::of(keys, keys.active)?.derive(LABEL_RTP_KEY, LABEL_RTP_SALT)?;
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&packet[8..12]);
+        iv[6..10].copy_from_slice(&roc.to_be_bytes());
+        iv[10..12].copy_from_slice(&packet[2..4]);
+        let mut body = packet[12..].to_vec();
+        let len = rtp.open(iv, &packet[..12], &mut body)?;
+        body.truncate(len);
+        Some(body)
+    }
+
+    #[test]
+    fn rtp_sealed_across_the_16_bit_wrap_carries_the_rollover_counter() {
+        let keys = keys(SrtpProfile::AEAD_AES_128_GCM, 16, false);
+        let tx = SrtpSender::new(&keys).unwrap();
+        let ssrc = 0x1234_5678u32;
+        // Extended sequence numbers 65534, 65535, then 65536 and 65537: ROC 0, then 1.
+        for (index, roc) in [(0xfffe_u64, 0), (0xffff, 0), (0x1_0000, 1), (0x1_0001, 1)] {
+            let payload = [index as u8; 40];
+            let mut buf = vec![0x80, 96];
+            buf.extend_from_slice(&(index as u16).to_be_bytes());
+            buf.extend_from_slice(&[0, 0, 0, 9]);
+            buf.extend_from_slice(&ssrc.to_be_bytes());
+            buf.extend_from_slice(&payload);
+            tx.seal_rtp(&mut buf, 0, 12, ssrc, index);
+            assert_eq!(buf.len(), 12 + 40 + TAG_LEN);
+            assert_eq!(
+                open_rtp(&keys, &buf, roc).as_deref(),
+                Some(&payload[..]),
+                "index {index:#x} opens with ROC {roc}"
+            );
+            assert_eq!(
+                open_rtp(&keys, &buf, roc ^ 1),
+                None,
+                "and only with ROC {roc}"
+            );
+        }
+    }
+
     #[test]
     fn cm_sha1_sessions_get_no_context() {
         let k = keys(SrtpProfile::AES128_CM_SHA1_80, 16, false);

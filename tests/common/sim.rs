@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::format::Codec;
+use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -44,6 +44,8 @@ pub struct Client {
     pub keyframe_requests: usize,
     /// Drop every datagram to or from this client while set (a crash or a cut cable).
     pub unplugged: bool,
+    /// A viewer's SRTP keys as the server holds them (to read what it seals).
+    pub server_keys: Option<KeySlot>,
 }
 
 struct InFlight {
@@ -107,6 +109,9 @@ pub struct Sim<S: Sfu = Engine> {
     pub jitter: Duration,
     /// Deliver every n-th datagram twice (0: never).
     pub duplicate_every: usize,
+    /// Datagrams the server sends to this address are kept in `tapped`, with when.
+    pub tap: Option<SocketAddr>,
+    pub tapped: Vec<(Instant, Vec<u8>)>,
     rng: u64,
     counter: usize,
     wire: VecDeque<InFlight>,
@@ -122,6 +127,7 @@ pub fn engine_config() -> EngineConfig {
         when_full: WhenFull::EvictOldest,
         resume_grace: Duration::from_secs(30),
         handshake_timeout: Duration::from_secs(20),
+        test_seq_start: None,
     }
 }
 
@@ -153,6 +159,8 @@ impl<S: Sfu> Sim<S> {
             str0m_seals_viewers: false,
             jitter: Duration::ZERO,
             duplicate_every: 0,
+            tap: None,
+            tapped: Vec::new(),
             rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
             wire: VecDeque::new(),
@@ -164,8 +172,19 @@ impl<S: Sfu> Sim<S> {
     /// the offer, `a=group:LS`. Returns the client index.
     #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn publish(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
+        self.publish_with(broadcast, |c| c.add_h264(96.into(), None, true, 0x42e01f))
+    }
+
+    /// Like [`publish`](Self::publish), with the video codec(s) `video` adds (OBS uses PT 96
+    /// for H.264, AV1 and HEVC alike).
+    #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
+    pub fn publish_with(
+        &mut self,
+        broadcast: BroadcastKey,
+        video: impl FnOnce(&mut CodecConfig),
+    ) -> Result<usize, Outcome> {
         let mut cfg = RtcConfig::new().clear_codecs();
-        cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
+        video(cfg.codec_config());
         cfg.codec_config().enable_opus(true, false);
         let mut client = self.new_client(cfg);
         let mut api = client.rtc.sdp_api();
@@ -317,6 +336,7 @@ impl<S: Sfu> Sim<S> {
             .expect("viewer offer accepted");
         let session = SessionId::random();
         client.server_ufrag = accepted.ufrag.clone();
+        client.server_keys = Some(accepted.keys.clone());
         let peer = NewPeer {
             broadcast,
             session: session.clone(),
@@ -541,6 +561,9 @@ impl<S: Sfu> Sim<S> {
             .clients
             .iter()
             .any(|c| c.unplugged && (c.addr == from || c.addr == to));
+        if self.tap == Some(to) && from == SERVER.parse().unwrap() {
+            self.tapped.push((self.now, data.clone()));
+        }
         let lossy = self.drop_only_at.is_none_or(|a| a == from || a == to);
         if lossy {
             self.counter += 1;
@@ -590,6 +613,7 @@ impl<S: Sfu> Sim<S> {
             audio_frames: 0,
             keyframe_requests: 0,
             unplugged: false,
+            server_keys: None,
         }
     }
 
