@@ -4,8 +4,9 @@
 //! str0m builds its DTLS instance inside `RtcConfig::build` through the provider's
 //! [`DtlsProvider::new_dtls`], and takes the exported keying material from that instance's
 //! `poll_output`. Our provider is str0m's own aws-lc-rs provider with the DTLS factory
-//! wrapped: the instance it returns passes everything through and keeps a copy of the
-//! keying material in the [`KeySlot`] of the `Rtc` being built. Providers are `&'static`, so
+//! replaced by our OpenSSL one ([`super::dtls`]) and wrapped: the instance it returns passes
+//! everything through and keeps a copy of the keying material in the [`KeySlot`] of the
+//! `Rtc` being built. Providers are `&'static`, so
 //! the slot reaches the factory through a thread-local set only for the duration of
 //! [`build_rtc`].
 
@@ -19,6 +20,8 @@ use str0m::crypto::dtls::{
     SrtpProfile,
 };
 use str0m::{Rtc, RtcConfig};
+
+use super::dtls::OpensslDtls;
 
 /// What the DTLS handshake exported for SRTP.
 #[derive(Clone)]
@@ -71,14 +74,14 @@ static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
     Arc::new(p)
 });
 
-/// str0m's aws-lc-rs DTLS factory, wrapped.
+/// Our OpenSSL DTLS factory, wrapped.
 #[derive(Debug)]
 struct Capturing;
 
 impl Capturing {
     fn inner() -> &'static dyn DtlsProvider {
-        static INNER: LazyLock<CryptoProvider> = LazyLock::new(str0m_aws_lc_rs::default_provider);
-        INNER.dtls_provider
+        static INNER: OpensslDtls = OpensslDtls;
+        &INNER
     }
 }
 

@@ -8,11 +8,14 @@
 //!
 //! - [`capture`]: str0m's DTLS runs through a crypto provider we wrap, so the DTLS-SRTP
 //!   keying material (RFC 5764) of each `Rtc` is copied out when the handshake exports it.
+//! - [`dtls`]: the DTLS handshake itself, on OpenSSL, so that peers with RSA certificates
+//!   (GStreamer) connect too; str0m's own DTLS takes only ECDSA.
 //! - [`context`]: session keys from that material (RFC 3711 §4.3) and the AEAD seal of
 //!   RTP and RTCP (RFC 7714), in place, into the caller's buffer.
 
 pub mod capture;
 pub mod context;
+pub mod dtls;
 
 pub use capture::{KeySlot, build_rtc};
 pub use context::{SrtcpReceiver, SrtpSender};
