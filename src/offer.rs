@@ -10,6 +10,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Direction, MediaKind, Pt};
 use str0m::net::TcpType;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use crate::engine::{IngestTrack, ViewerTrack};
@@ -51,10 +52,24 @@ pub enum OfferError {
         "none of the offered codecs is supported; offer H264, VP8, VP9, AV1 or H265 video, or Opus audio"
     )]
     UnsupportedCodecs,
+    #[error(
+        "the offer's {0} section has no codec whipcast can forward; offer {codecs}",
+        codecs = forwardable(.0)
+    )]
+    CannotForward(&'static str),
     #[error("your browser cannot play this broadcast's {0} video; try another browser")]
     CannotDecode(String),
     #[error("the offer could not be negotiated: {0}")]
     Negotiation(String),
+}
+
+/// The codecs of one kind that publishers can send.
+fn forwardable(kind: &str) -> &'static str {
+    if kind == "video" {
+        "H264, VP8, VP9, AV1 or H265"
+    } else {
+        "Opus"
+    }
 }
 
 impl SessionSetup {
@@ -88,15 +103,21 @@ impl SessionSetup {
         let mut chosen: Vec<PayloadParams> = Vec::new();
         let mut any_media = false;
         for line in parsed.media_lines.iter() {
-            let params = line.rtp_params();
-            if line.disabled || params.is_empty() {
+            let kind = match line.typ.to_string().as_str() {
+                "audio" => "audio",
+                "video" => "video",
+                _ => continue,
+            };
+            if line.disabled || line.pts.is_empty() {
                 continue;
             }
             any_media = true;
-            if let Some(p) = pick_ingest_codec(&params)
-                && !chosen
-                    .iter()
-                    .any(|c| c.spec().codec.kind() == p.spec().codec.kind())
+            // A section whose codecs we cannot forward is refused, not dropped: going live
+            // without the publisher's video would look like a broken stream to everyone.
+            let p = pick_ingest_codec(&line.rtp_params()).ok_or(OfferError::CannotForward(kind))?;
+            if !chosen
+                .iter()
+                .any(|c| c.spec().codec.kind() == p.spec().codec.kind())
             {
                 chosen.push(p);
             }
@@ -171,7 +192,12 @@ impl SessionSetup {
                 } else {
                     None
                 };
-                params.push(PayloadParams::new(p.pt(), resend, p.spec()));
+                let mut params_for_viewer = PayloadParams::new(p.pt(), resend, p.spec());
+                // Nothing estimates viewers' bandwidth yet: receivers must not spend
+                // transport-cc or REMB feedback on us. NACK, PLI and FIR stay.
+                params_for_viewer.set_fb_transport_cc(false);
+                params_for_viewer.set_fb_remb(false);
+                params.push(params_for_viewer);
             }
         }
         let Accepted {
@@ -181,6 +207,7 @@ impl SessionSetup {
             keys,
             ..
         } = self.accept(now, parsed, params, VIEWER_STATS_INTERVAL, Ice::UdpAndTcp)?;
+        let answer = one_stream(&answer);
         let mut tracks: Vec<ViewerTrack> = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
             if !pts.is_empty() && !tracks.iter().any(|t| t.kind == kind) {
@@ -236,6 +263,15 @@ impl SessionSetup {
         let pass = format!("{}{}", secret::random_token(), secret::random_token())
             .replace(['-', '_'], "y");
         let mut config = RtcConfig::new()
+            // Negotiate only the header extensions that are sent. Publishers: the standard
+            // set, so MID/RID (simulcast) and the video orientation are read. Viewers: only
+            // the video orientation, which our egress writes (src/engine/egress.rs); the
+            // SSRCs are in the answer, so no MID is needed, and nothing estimates bandwidth
+            // yet, so no transport-cc or abs-send-time.
+            .set_extension_map(match ice {
+                Ice::UdpAndTcp => viewer_extensions(),
+                Ice::Udp => ExtensionMap::standard(),
+            })
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_dtls_cert(self.dtls_cert.clone())
@@ -277,11 +313,65 @@ impl SessionSetup {
     }
 }
 
-/// Which transports a session's answer offers.
+/// One media stream for all of a viewer's tracks: the same msid stream id (libwebrtc puts
+/// the tracks of one stream in one sync group, and only then aligns audio with video) and
+/// the same CNAME (RFC 7022), the one our sender reports carry
+/// ([`viewer_cname`]). str0m picks a random stream id and CNAME per m-line when the offer
+/// names none, as Chromium's recvonly offers do.
+fn one_stream(answer: &str) -> String {
+    let first_ssrc = answer.lines().find_map(|l| {
+        let rest = l.strip_prefix("a=ssrc:")?;
+        rest.split(' ').next()?.parse::<u32>().ok()
+    });
+    let Some(first_ssrc) = first_ssrc else {
+        return answer.to_string();
+    };
+    let cname = viewer_cname(first_ssrc);
+    let stream = format!("whipcast-{first_ssrc:08x}");
+    let mut out = String::with_capacity(answer.len() + 64);
+    for line in answer.lines() {
+        if line.starts_with("a=msid-semantic") {
+            out.push_str(&format!("a=msid-semantic: WMS {stream}"));
+        } else if let Some(rest) = line.strip_prefix("a=msid:") {
+            let track = rest.split_once(' ').map_or("", |(_, t)| t);
+            out.push_str(&format!("a=msid:{stream} {track}"));
+        } else if let Some((ssrc, attr)) =
+            line.strip_prefix("a=ssrc:").and_then(|r| r.split_once(' '))
+        {
+            if attr.starts_with("cname:") {
+                out.push_str(&format!("a=ssrc:{ssrc} cname:{cname}"));
+            } else if let Some(msid) = attr.strip_prefix("msid:") {
+                let track = msid.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("a=ssrc:{ssrc} msid:{stream} {track}"));
+            } else {
+                out.push_str(line);
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The CNAME of a viewer's streams, from the SSRC of its first: written in the answer
+/// ([`one_stream`]) and in the SDES of our sender reports (src/engine/egress.rs).
+pub fn viewer_cname(first_ssrc: u32) -> String {
+    format!("whipcast-{first_ssrc:08x}")
+}
+
+/// Which transports a session's answer offers: viewers' (UDP and TCP) also get viewers'
+/// header extensions.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ice {
     Udp,
     UdpAndTcp,
+}
+
+fn viewer_extensions() -> ExtensionMap {
+    let mut exts = ExtensionMap::empty();
+    exts.set(VIDEO_ORIENTATION_ID, Extension::VideoOrientation);
+    exts
 }
 
 fn parse(offer: &str) -> Result<SdpOffer, OfferError> {
@@ -352,6 +442,8 @@ fn pick_ingest_codec(params: &[PayloadParams]) -> Option<PayloadParams> {
         .map(|(_, p)| p)
 }
 
+/// The id we propose for urn:3gpp:video-orientation (the answer takes the viewer's).
+const VIDEO_ORIENTATION_ID: u8 = 13;
 /// OBS and browsers send one audio and one video section (plus maybe a data channel); a
 /// dozen leaves room without letting an offer make us build hundreds of streams.
 const MAX_MEDIA: usize = 12;
@@ -360,3 +452,116 @@ const MAX_MEDIA: usize = 12;
 const PUBLISHER_STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Viewer NACK totals for `/metrics`; rarely, because viewers are many.
 const VIEWER_STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick their own start instant
+mod tests {
+    use super::*;
+
+    const OBS: &str = include_str!("../tests/fixtures/obs-31-offer.sdp");
+    const CHROMIUM: &str = include_str!("../tests/fixtures/chromium-recvonly-offer.sdp");
+
+    fn setup() -> SessionSetup {
+        SessionSetup::new(vec!["127.0.0.1:8189".parse().unwrap()])
+    }
+
+    fn viewer_answer() -> String {
+        let setup = setup();
+        let now = Instant::now();
+        let publisher = setup
+            .accept_publisher(now, OBS)
+            .expect("OBS offer accepted");
+        let viewer = setup
+            .accept_viewer(now, CHROMIUM, &publisher.tracks)
+            .expect("Chromium offer accepted");
+        viewer.answer
+    }
+
+    /// The values of `a=<attr>` lines, or of `a=ssrc:<n> <attr>` lines.
+    fn values(answer: &str, prefix: &str) -> Vec<String> {
+        answer
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix(prefix).or_else(|| {
+                    let (_, attr) = l.strip_prefix("a=ssrc:")?.split_once(' ')?;
+                    attr.strip_prefix(&prefix[2..])
+                })
+            })
+            .map(|v| v.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_viewers_audio_and_video_share_one_stream_id_and_cname() {
+        let answer = viewer_answer();
+        let mut streams = values(&answer, "a=msid:");
+        assert!(streams.len() >= 2, "both tracks carry an msid:\n{answer}");
+        streams.dedup();
+        assert_eq!(streams.len(), 1, "one msid stream id:\n{answer}");
+        let mut cnames = values(&answer, "a=cname:");
+        assert!(cnames.len() >= 2, "every SSRC has a cname:\n{answer}");
+        cnames.dedup();
+        assert_eq!(cnames.len(), 1, "one cname:\n{answer}");
+        let first_ssrc: u32 = values(&answer, "a=ssrc:")[0].parse().unwrap();
+        assert_eq!(
+            cnames[0],
+            viewer_cname(first_ssrc),
+            "the cname our SDES sends"
+        );
+        let semantic = answer
+            .lines()
+            .find(|l| l.starts_with("a=msid-semantic"))
+            .expect("msid-semantic line");
+        assert!(semantic.ends_with(&streams[0]), "{semantic}");
+    }
+
+    #[test]
+    fn viewers_negotiate_only_the_header_extensions_whipcast_sends() {
+        let answer = viewer_answer();
+        let extmaps: Vec<&str> = answer
+            .lines()
+            .filter(|l| l.starts_with("a=extmap:"))
+            .collect();
+        assert_eq!(
+            extmaps,
+            ["a=extmap:3 urn:3gpp:video-orientation"],
+            "only the video orientation, under the viewer's id"
+        );
+        for unsent in ["transport-cc", "goog-remb"] {
+            assert!(
+                !answer
+                    .lines()
+                    .any(|l| l.starts_with("a=rtcp-fb") && l.contains(unsent)),
+                "{unsent} negotiated:\n{answer}"
+            );
+        }
+        for kept in ["nack", "nack pli", "ccm fir"] {
+            assert!(
+                answer
+                    .lines()
+                    .any(|l| l.starts_with("a=rtcp-fb") && l.ends_with(kept)),
+                "{kept} missing:\n{answer}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_publisher_whose_video_cannot_be_forwarded_is_refused() {
+        let mp4v = OBS
+            .replace("a=rtpmap:96 H264/90000", "a=rtpmap:96 MP4V-ES/90000")
+            .replace(
+                "a=fmtp:96 profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1",
+                "a=fmtp:96 profile-level-id=3",
+            );
+        assert_ne!(mp4v, OBS);
+        let err = setup()
+            .accept_publisher(Instant::now(), &mp4v)
+            .err()
+            .expect("refused");
+        assert_eq!(err, OfferError::CannotForward("video"));
+        assert!(
+            err.to_string().contains("H264, VP8, VP9, AV1 or H265"),
+            "{err}"
+        );
+    }
+}

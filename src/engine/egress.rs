@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use str0m::Rtc;
 use str0m::media::{Mid, Pt};
+use str0m::rtp::{Extension, VideoOrientation};
 
 use super::consumer::Consumer;
 use super::feedback::{Feedback, for_each_feedback};
@@ -78,6 +79,7 @@ struct Pending {
     pt: Pt,
     marker: bool,
     stream: u8,
+    orientation: Option<VideoOrientation>,
 }
 
 /// One of the viewer's send streams (an m-line).
@@ -90,6 +92,9 @@ struct OutStream {
     octets: u32,
     /// RTP timestamp and wall-clock time of the newest packet, for the SR.
     last: Option<(u32, Instant)>,
+    /// The id the viewer gave urn:3gpp:video-orientation, the one header extension we
+    /// negotiate (src/offer.rs) and so write.
+    orientation_id: Option<u8>,
 }
 
 /// The stream's RTX (RFC 4588): its SSRC, viewer PT → RTX PT, and its own numbering.
@@ -130,9 +135,14 @@ impl Egress {
                 packets: 0,
                 octets: 0,
                 last: None,
+                orientation_id: rtc
+                    .media(c.mid)
+                    .filter(|_| video)
+                    .and_then(|m| m.remote_extmap().id_of(Extension::VideoOrientation))
+                    .filter(|id| (1..=14).contains(id)),
             });
         }
-        let cname = format!("whipcast-{:08x}", streams.first().map_or(0, |s| s.ssrc));
+        let cname = crate::offer::viewer_cname(streams.first().map_or(0, |s| s.ssrc));
         Some(Self {
             srtp,
             rtcp_in,
@@ -167,6 +177,7 @@ impl Egress {
                 pt: packet.pt,
                 marker: packet.marker,
                 stream: stream as u8,
+                orientation: packet.orientation,
             });
         }
     }
@@ -186,12 +197,14 @@ impl Egress {
             ..
         } = self;
         for p in pending.drain(..) {
+            let s = &streams[usize::from(p.stream)];
             let header = Header {
-                ssrc: streams[usize::from(p.stream)].ssrc,
+                ssrc: s.ssrc,
                 seq: p.seq,
                 ts: p.ts,
                 pt: p.pt,
                 marker: p.marker,
+                orientation: orientation(s.orientation_id, p.orientation),
             };
             flushed.bytes += seal(srtp, out, path, header, None, &p.payload) as u64;
             flushed.datagrams += 1;
@@ -262,6 +275,7 @@ impl Egress {
                     ts: p.ts,
                     pt,
                     marker: p.marker,
+                    orientation: orientation(s.orientation_id, p.orientation),
                 };
                 rtx.seq += 1;
                 seal(
@@ -280,6 +294,7 @@ impl Egress {
                     ts: p.ts,
                     pt: p.pt,
                     marker: p.marker,
+                    orientation: orientation(s.orientation_id, p.orientation),
                 };
                 seal(&self.srtp, out, path, header, None, &p.payload);
             }
@@ -399,8 +414,9 @@ pub(crate) struct Flushed {
     pub(crate) rescheduled: bool,
 }
 
-/// The fields of the fixed RTP header we write (no CSRCs, no extensions: the SSRCs are in
-/// the SDP answer, so receivers need no MID extension to place them).
+/// The fields of the RTP header we write: no CSRCs, and no extension but the video
+/// orientation (the SSRCs are in the SDP answer, so receivers need no MID extension to place
+/// them; see src/offer.rs for what is negotiated).
 #[derive(Clone, Copy)]
 struct Header {
     ssrc: u32,
@@ -409,6 +425,12 @@ struct Header {
     ts: u32,
     pt: Pt,
     marker: bool,
+    /// (extension id, CVO byte), when the viewer negotiated it and the packet carries one.
+    orientation: Option<(u8, u8)>,
+}
+
+fn orientation(id: Option<u8>, value: Option<VideoOrientation>) -> Option<(u8, u8)> {
+    Some((id?, value? as u8))
 }
 
 /// Writes one RTP packet (with RTX's original sequence number first, if any) into the
@@ -423,16 +445,22 @@ fn seal(
 ) -> usize {
     let buf = out.bytes();
     let start = buf.len();
-    buf.push(0x80);
+    buf.push(if h.orientation.is_some() { 0x90 } else { 0x80 });
     buf.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
     buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
     buf.extend_from_slice(&h.ts.to_be_bytes());
     buf.extend_from_slice(&h.ssrc.to_be_bytes());
+    if let Some((id, cvo)) = h.orientation {
+        // RFC 8285 one-byte header: profile 0xBEDE, one 32-bit word of elements; the
+        // element's length field is the length minus one (0 for CVO's single byte).
+        buf.extend_from_slice(&[0xBE, 0xDE, 0, 1, id << 4, cvo, 0, 0]);
+    }
+    let header_len = buf.len() - start;
     if let Some(osn) = osn {
         buf.extend_from_slice(&osn.to_be_bytes());
     }
     buf.extend_from_slice(payload);
-    srtp.seal_rtp(buf, start, RTP_HEADER_LEN, h.ssrc, h.seq & SRTP_INDEX_MASK);
+    srtp.seal_rtp(buf, start, header_len, h.ssrc, h.seq & SRTP_INDEX_MASK);
     let len = buf.len() - start;
     out.commit(path, start);
     len
@@ -469,7 +497,6 @@ pub(crate) const MAX_QUEUED: usize = 128;
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const FIRST_REPORT_AFTER: Duration = Duration::from_millis(100);
 
-const RTP_HEADER_LEN: usize = 12;
 const SRTP_INDEX_MASK: u64 = (1 << 48) - 1;
 const PT_SR: u8 = 200;
 const PT_SDES: u8 = 202;

@@ -61,6 +61,7 @@ impl Engine {
                     ts: consumer.ts_out(p.ts),
                     pt,
                     marker: p.marker,
+                    orientation: p.orientation,
                     payload: p.payload.clone(),
                 };
                 if egress.resend(stream, &again, path, &mut self.outbox) {

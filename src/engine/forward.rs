@@ -168,6 +168,7 @@ impl Engine {
                     ts,
                     pt,
                     marker: p.marker,
+                    orientation: p.orientation,
                     payload: p.payload.clone(),
                 };
                 egress.queue(consumer.mid, out, src.clock_rate, wallclock.min(now));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{MediaKind, Mid, Pt};
-use str0m::rtp::RtpPacket;
+use str0m::rtp::{RtpPacket, VideoOrientation};
 
 use super::command::IngestTrack;
 use super::key::{BroadcastKey, PeerKey};
@@ -100,6 +100,9 @@ pub(crate) struct CachedPacket {
     pub(crate) ts: u32,
     pub(crate) pt: Pt,
     pub(crate) marker: bool,
+    /// The publisher's video orientation (urn:3gpp:video-orientation), passed on to viewers
+    /// so a phone's rotation survives. One byte with its `None`; the struct stays 32.
+    pub(crate) orientation: Option<VideoOrientation>,
     pub(crate) payload: Arc<[u8]>,
 }
 
@@ -110,6 +113,7 @@ impl CachedPacket {
             ts: pkt.header.timestamp,
             pt: pkt.header.payload_type,
             marker: pkt.header.marker,
+            orientation: pkt.header.ext_vals.video_orientation,
             payload: pkt.payload.clone(),
         }
     }

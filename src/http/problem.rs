@@ -87,7 +87,7 @@ impl ApiError {
             Self::Offer(
                 O::Malformed(_) | O::TooManyMedia(_) | O::NoMedia(_) | O::Negotiation(_),
             ) => StatusCode::BAD_REQUEST,
-            Self::Offer(O::UnsupportedCodecs | O::CannotDecode(_)) => {
+            Self::Offer(O::UnsupportedCodecs | O::CannotDecode(_) | O::CannotForward(_)) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::MissingBroadcastId | Self::UnknownBroadcast | Self::CreateTokenRequired => {
