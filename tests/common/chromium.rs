@@ -144,6 +144,16 @@ impl Browser {
         .to_owned()
     }
 
+    /// Runs `script` in every document this tab loads from now on, before the page's own
+    /// scripts (DevTools' `Page.addScriptToEvaluateOnNewDocument`, through chromedriver).
+    pub fn before_page_scripts(&self, script: &str) {
+        self.call(
+            "POST",
+            &format!("/session/{}/goog/cdp/execute", self.session),
+            json!({ "cmd": "Page.addScriptToEvaluateOnNewDocument", "params": { "source": script } }),
+        );
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
     pub fn js(&self, script: &str, args: Value) -> Value {
         self.call(

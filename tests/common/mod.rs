@@ -2,6 +2,7 @@
 
 pub mod annexb;
 pub mod chromium;
+pub mod gst;
 pub mod link;
 pub mod netns;
 pub mod page_test;

@@ -1,0 +1,137 @@
+// Plays a whipcast viewer page in Debian's headless firefox-esr, driven over WebDriver BiDi
+// (puppeteer-core, `browser: 'firefox'`), and prints what it saw as one line of JSON for
+// tests/firefox.rs to assert on:
+//   { state, size, framesAtLive, framesLater, screenshot: { mean, spread } }
+// Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>
+// Every step has a deadline; the browser is closed on every path.
+
+import { writeFileSync } from 'node:fs';
+import puppeteer from 'puppeteer-core';
+
+const [url, screenshotPath] = process.argv.slice(2);
+if (!url || !screenshotPath) {
+  console.error('usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>');
+  process.exit(2);
+}
+
+const FIREFOX = '/usr/bin/firefox-esr';
+const DEADLINE_MS = 30_000;
+
+// What Firefox needs here on top of puppeteer's own defaults (which already point update,
+// telemetry and safe-browsing URLs at a dummy host).
+const prefs = {
+  // Host candidates on loopback, and as addresses (not mDNS names).
+  'media.peerconnection.ice.loopback': true,
+  'media.peerconnection.ice.obfuscate_host_addresses': false,
+  'permissions.default.camera': 1,
+  'permissions.default.microphone': 1,
+  // Decode H.264 with the system's libavcodec: stock Firefox would download OpenH264.
+  'media.webrtc.hw.h264.enabled': true,
+  'gfx.blacklist.webrtc.hw.acceleration.h264': 1,
+  'media.gmp-manager.url': '',
+  'media.gmp-gmpopenh264.autoupdate': false,
+  'media.gmp-gmpopenh264.enabled': false,
+  'media.autoplay.default': 0,
+  // No background traffic: no captive-portal or connectivity probes, no prefetching, no
+  // remote settings, no region look-up, no add-on or system updates.
+  'network.captive-portal-service.enabled': false,
+  'network.connectivity-service.enabled': false,
+  'network.dns.disablePrefetch': true,
+  'network.prefetch-next': false,
+  'network.predictor.enabled': false,
+  'browser.region.network.url': '',
+  'browser.region.update.enabled': false,
+  'services.settings.server': 'http://127.0.0.1:9/',
+  'extensions.update.enabled': false,
+  'extensions.getAddons.cache.enabled': false,
+  'app.update.enabled': false,
+  'app.normandy.enabled': false,
+  'browser.newtabpage.enabled': false,
+  'browser.startup.homepage': 'about:blank',
+  'datareporting.policy.dataSubmissionEnabled': false,
+  'toolkit.telemetry.enabled': false,
+};
+
+async function until(what, check) {
+  const end = Date.now() + DEADLINE_MS;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== null && v !== false) return v;
+    if (Date.now() > end) throw new Error('never happened: ' + what);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+const framesDecoded = (page) =>
+  page.evaluate(async () => {
+    const pc = window.whipcast && window.whipcast.pc;
+    if (!pc) return 0;
+    let n = 0;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') n = r.framesDecoded || 0;
+    });
+    return n;
+  });
+
+// Mean luma and its spread over a PNG, read back through a canvas of the page.
+const pixels = (page, png) =>
+  page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = 'data:image/png;base64,' + b64;
+    await img.decode();
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth;
+    c.height = img.naturalHeight;
+    const g = c.getContext('2d');
+    g.drawImage(img, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    let sum = 0, sq = 0, n = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      const y = 0.2126 * d[i] + 0.7152 * d[i + 1] + 0.0722 * d[i + 2];
+      sum += y; sq += y * y; n++;
+    }
+    const mean = sum / n;
+    return { mean, spread: Math.sqrt(Math.max(0, sq / n - mean * mean)) };
+  }, png);
+
+const browser = await puppeteer.launch({
+  browser: 'firefox',
+  executablePath: FIREFOX,
+  headless: true,
+  extraPrefsFirefox: prefs,
+  protocolTimeout: DEADLINE_MS,
+});
+let failed = null;
+try {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
+  await page.goto(url);
+  await until('the viewer page says live', () =>
+    page.evaluate(() => window.whipcast && window.whipcast.state === 'live'));
+  const framesAtLive = await until('a first decoded frame', async () => {
+    const n = await framesDecoded(page);
+    return n > 0 ? n : null;
+  });
+  const framesLater = await until('frames keep being decoded', async () => {
+    const n = await framesDecoded(page);
+    return n > framesAtLive + 10 ? n : null;
+  });
+  const size = await page.evaluate(() => {
+    const v = document.querySelector('video');
+    return [v.videoWidth, v.videoHeight];
+  });
+  const video = await page.$('video');
+  const png = await video.screenshot({ encoding: 'base64' });
+  writeFileSync(screenshotPath, Buffer.from(png, 'base64'));
+  const screenshot = await pixels(page, png);
+  const state = await page.evaluate(() => window.whipcast.state);
+  console.log(JSON.stringify({ state, size, framesAtLive, framesLater, screenshot }));
+} catch (e) {
+  failed = e;
+} finally {
+  await browser.close();
+}
+if (failed) {
+  console.error(String(failed && failed.stack || failed));
+  process.exit(1);
+}
