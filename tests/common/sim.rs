@@ -107,6 +107,8 @@ pub struct Sim<S: Sfu = Engine> {
     pub jitter: Duration,
     /// Deliver every n-th datagram twice (0: never).
     pub duplicate_every: usize,
+    /// Datagrams the server sent, per destination (delivered or not).
+    pub sent_to: std::collections::HashMap<SocketAddr, usize>,
     rng: u64,
     counter: usize,
     wire: VecDeque<InFlight>,
@@ -153,6 +155,7 @@ impl<S: Sfu> Sim<S> {
             str0m_seals_viewers: false,
             jitter: Duration::ZERO,
             duplicate_every: 0,
+            sent_to: Default::default(),
             rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
             wire: VecDeque::new(),
@@ -537,6 +540,9 @@ impl<S: Sfu> Sim<S> {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if from == SERVER.parse::<SocketAddr>().unwrap() {
+            *self.sent_to.entry(to).or_default() += 1;
+        }
         let unplugged = self
             .clients
             .iter()
