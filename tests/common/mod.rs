@@ -5,6 +5,7 @@ pub mod chromium;
 pub mod link;
 pub mod netns;
 pub mod page_test;
+pub mod raw_http;
 pub mod server;
 pub mod sim;
 pub mod udp_client;
