@@ -288,7 +288,7 @@ impl Snapshot {
             source,
         };
         let tmp = path.with_extension(format!("json.{}.tmp", secret::random_token()));
-        let written = (|| {
+        let write = || -> io::Result<()> {
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -297,8 +297,8 @@ impl Snapshot {
             f.write_all(self.text.as_bytes())?;
             f.sync_all()?;
             fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
+        };
+        if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(e));
         }

@@ -28,6 +28,7 @@ fn evicted(sim: &Sim, client: usize) -> bool {
 }
 
 /// A WHEP session that never sends a packet (a junk POST with a copied viewer link).
+#[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
 fn junk_viewer(sim: &mut Sim) -> Result<usize, Outcome> {
     let v = sim.view(B)?;
     sim.clients[v].unplugged = true;
@@ -108,5 +109,37 @@ fn media_stops_going_to_an_address_that_has_gone_silent() {
             }
         )),
         "the session itself was still open: it is the sending that stopped"
+    );
+}
+
+#[test]
+fn a_session_cannot_add_source_addresses_without_end() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[v].connected);
+    // The viewer (it knows its session's ICE password) checks from 30 new addresses: every
+    // check passes MESSAGE-INTEGRITY, and each would be a new remote candidate in str0m.
+    for port in 0..30u16 {
+        let addr: std::net::SocketAddr = format!("10.0.0.3:{}", 50_000 + port).parse().unwrap();
+        sim.clients[v]
+            .rtc
+            .add_local_candidate(str0m::Candidate::host(addr, "udp").unwrap());
+    }
+    stream(&mut sim, p, 0..600); // 20 s
+    let answered: Vec<_> = sim
+        .sent_to
+        .keys()
+        .filter(|a| a.ip() == std::net::IpAddr::from([10, 0, 0, 3]))
+        .collect();
+    assert!(
+        !answered.is_empty(),
+        "the extra addresses did reach the server"
+    );
+    assert!(
+        answered.len() <= 7,
+        "{} new addresses admitted for one session",
+        answered.len()
     );
 }

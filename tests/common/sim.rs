@@ -515,8 +515,8 @@ impl<S: Sfu> Sim<S> {
             match out {
                 Ok(Output::Timeout(t)) => return t,
                 Ok(Output::Transmit(t)) => {
-                    let from = self.clients[i].addr;
-                    self.send(from, t.destination, t.contents.to_vec());
+                    // A client's extra local candidates send from their own address.
+                    self.send(t.source, t.destination, t.contents.to_vec());
                 }
                 Ok(Output::Event(e)) => {
                     let c = &mut self.clients[i];
