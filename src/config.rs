@@ -63,10 +63,44 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_ID_TTL", default_value = "30d", value_parser = parse_duration)]
     pub id_ttl: Duration,
 
-    /// Open HTTP connections allowed from one IP address; more get `429`. Browsers open six
-    /// per host, so 64 leaves room for a household behind one NAT.
+    /// Broadcasts never published to are forgotten after this long: without --create-token
+    /// anyone may create them, and they must not hold the --max-broadcasts places for
+    /// --id-ttl. Units: s, m, h, d.
+    #[arg(long, env = "WHIPCAST_UNPUBLISHED_TTL", default_value = "6h", value_parser = parse_duration)]
+    pub unpublished_ttl: Duration,
+
+    /// Broadcasts one client (an IPv4 address, an IPv6 /64) may create per hour; more get
+    /// `429` + `Retry-After`. A person needs one or two.
+    #[arg(long, env = "WHIPCAST_MAX_CREATIONS_PER_IP", default_value_t = 10)]
+    pub max_creations_per_ip: usize,
+
+    /// Viewer sessions one client may have connecting at once (counted as WHEP sessions it
+    /// started within --handshake-timeout); more get `429`. A household opens a few.
+    #[arg(long, env = "WHIPCAST_MAX_PENDING_VIEWERS_PER_IP", default_value_t = 8)]
+    pub max_pending_viewers_per_ip: usize,
+
+    /// Open HTTP connections allowed from one client (an IPv4 address, an IPv6 /64); more
+    /// get `429`. Browsers open six per host, so 64 leaves room for a household behind one
+    /// NAT. Connections from a --trusted-proxy count only toward --max-connections.
     #[arg(long, env = "WHIPCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub max_connections_per_ip: usize,
+
+    /// Open HTTP connections in total; more get `503`. Each costs a file descriptor and some
+    /// memory; 1024 is far above what --max-live-broadcasts × --max-viewers need, and the
+    /// systemd unit allows the descriptors for it.
+    #[arg(long, env = "WHIPCAST_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Reverse proxies whose `X-Forwarded-For` names the client (repeat or comma-separate).
+    /// Only connections from these addresses are believed; everyone else's header is
+    /// ignored. Without it, behind a proxy every client looks like the proxy and shares one
+    /// client's limits (deploy/DEPLOY.md).
+    #[arg(
+        long = "trusted-proxy",
+        env = "WHIPCAST_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
 
     /// Largest request body (SDP offers, trickle fragments). An offer is a few KB; 64 KiB
     /// leaves room for many candidates and codecs.
@@ -79,7 +113,8 @@ pub struct Config {
     pub max_broadcasts: usize,
 
     /// A client must send its request headers within this time, or the connection is closed
-    /// (slowloris). Units: s, m.
+    /// (slowloris); a request body must arrive within the same time, or it gets `408`.
+    /// Units: s, m.
     #[arg(long, env = "WHIPCAST_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_header_timeout: Duration,
 
@@ -229,6 +264,11 @@ mod tests {
         assert_eq!(c.when_full, WhenFull::EvictOldest);
         assert_eq!(c.resume_grace, Duration::from_secs(30));
         assert_eq!(c.id_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.unpublished_ttl, Duration::from_secs(6 * 3_600));
+        assert!(
+            c.trusted_proxies.is_empty(),
+            "no forwarded address by default"
+        );
     }
 
     #[test]

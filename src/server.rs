@@ -56,8 +56,9 @@ impl Server {
             _ => None,
         };
         let mut registry = Registry::open(&config.data_dir)?;
-        let expired = registry.expire(io::unix_now(), config.id_ttl)?;
+        let expired = registry.expire(io::unix_now(), config.id_ttl, config.unpublished_ttl);
         if expired > 0 {
+            registry.save()?;
             info!(expired, "forgot broadcasts unused for longer than --id-ttl");
         }
         let (udp, udp_addr) = bind_udp(config.udp_listen)?;
@@ -120,7 +121,9 @@ impl Server {
         let engine_handle = EngineHandle::new(command_tx);
         let state = Arc::new(AppState {
             setup: SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp),
-            registry: Mutex::new(registry),
+            registry: Arc::new(Mutex::new(registry)),
+            saver: Arc::default(),
+            limits: http::limits::Limits::new(&config),
             engine: engine_handle.clone(),
             hub: Hub::default(),
             tls,

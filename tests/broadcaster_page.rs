@@ -173,3 +173,35 @@ async fn the_connection_test_says_what_to_open_when_udp_does_not_arrive() {
     .await;
     r.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcaster_page_sends_the_create_token_when_the_server_needs_one() {
+    let r = start(&["--create-token", "s3cret-token"]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let page = Browser::start();
+        page.goto(&format!("{base}/broadcast"));
+        page.click("#create");
+        page.wait("the page asks for the create token", |p| {
+            let shown = p.js(
+                "return !document.querySelector('#create-token-row').classList.contains('hidden')",
+                json!([]),
+            );
+            (shown == json!(true)).then_some(())
+        });
+        page.js(
+            "document.querySelector('#create-token').value = arguments[0]",
+            json!(["s3cret-token"]),
+        );
+        page.click("#create");
+        page.wait("the address holds a broadcast ID", |p| {
+            p.current_url().contains("/broadcast?id=").then_some(())
+        });
+        page.wait("the panel polls its status with the ID in a header", |p| {
+            (p.text("#state") == "idle" && p.text("#viewer-url").contains("/stream?id="))
+                .then_some(())
+        });
+    })
+    .await;
+    r.server.shutdown().await;
+}

@@ -904,16 +904,29 @@ fn a_missing_certificate_is_a_clear_startup_error() {
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn when_full_reject_answers_503_and_viewer_delete_answers_200() {
+    use common::udp_client::Client as MediaClient;
     let r = start(&["--max-viewers", "1", "--when-full", "reject"]).await;
     let (id, view) = create(&r).await;
-    assert_eq!(
-        whip(&r, Some(&id), "application/sdp", obs_offer())
+    let base = r.base.clone();
+    let publisher = {
+        let (base, id) = (base.clone(), id.clone());
+        tokio::task::spawn_blocking(move || MediaClient::publish(&base, &id).unwrap())
             .await
-            .status(),
-        StatusCode::CREATED
-    );
+            .unwrap()
+    };
+    // The place goes to a viewer that connects; a session still connecting holds none.
+    let first = {
+        let (base, view) = (base.clone(), view.clone());
+        tokio::task::spawn_blocking(move || {
+            let v = MediaClient::view(&base, &view).unwrap();
+            v.wait_for("the first viewer connects", |s| s.connected);
+            v
+        })
+        .await
+        .unwrap()
+    };
     let post = || {
         r.http
             .post(format!("{}/stream?id={view}", r.base))
@@ -921,17 +934,11 @@ async fn when_full_reject_answers_503_and_viewer_delete_answers_200() {
             .body(viewer_offer(false))
             .send()
     };
-    let first = post().await.unwrap();
-    assert_eq!(first.status(), StatusCode::CREATED);
-    let location = first.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
     let (h, _) = problem(post().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(h.contains_key(header::RETRY_AFTER));
     assert_eq!(
         r.http
-            .delete(format!("{}{location}", r.base))
+            .delete(format!("{}{}", r.base, first.location))
             .send()
             .await
             .unwrap()
@@ -945,6 +952,12 @@ async fn when_full_reject_answers_503_and_viewer_delete_answers_200() {
     );
     let stats = r.server.stats().await.unwrap();
     assert_eq!((stats.publishers, stats.viewers), (1, 1));
+    tokio::task::spawn_blocking(move || {
+        first.stop();
+        publisher.stop();
+    })
+    .await
+    .unwrap();
     r.server.shutdown().await;
 }
 

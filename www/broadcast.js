@@ -1,12 +1,26 @@
 // The broadcaster page: issue a broadcast ID, show the OBS settings and a live status panel
-// that polls GET /api/broadcasts/<broadcast ID> once a second.
+// that polls GET /api/broadcast once a second. The broadcast ID goes in the Authorization
+// header, never in a request path, so it stays out of access logs.
 
 const $ = (id) => document.getElementById(id);
 const show = (id, on) => $(id).classList.toggle('hidden', !on);
 let broadcastId = new URLSearchParams(location.search).get('id');
 
+// The broadcast ID as the server wants it on the page's own API calls.
+const auth = () => ({ Authorization: `Bearer ${broadcastId}` });
+
 async function createBroadcast(errorBox) {
-  const res = await fetch('/api/broadcasts', { method: 'POST' });
+  // A server started with --create-token wants it; the field is there for that.
+  const token = $('create-token').value.trim();
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const res = await fetch('/api/broadcasts', { method: 'POST', headers });
+  if (res.status === 401) {
+    show('invalid', false);
+    show('panel', false);
+    show('start', true);
+    show('create-token-row', true);
+    errorBox = $('create-error');
+  }
   if (res.status !== 201) {
     const problem = await res.json().catch(() => ({}));
     if (errorBox) {
@@ -63,7 +77,7 @@ function render(p) {
 
 async function poll() {
   try {
-    const res = await fetch(`/api/broadcasts/${encodeURIComponent(broadcastId)}`, { cache: 'no-store' });
+    const res = await fetch('/api/broadcast', { cache: 'no-store', headers: auth() });
     if (res.status === 401 || res.status === 404) {
       show('panel', false);
       show('invalid', true);
@@ -105,7 +119,7 @@ $('create').addEventListener('click', () => createBroadcast($('create-error')));
 $('create-again').addEventListener('click', () => createBroadcast(null));
 $('rotate').addEventListener('click', async () => {
   if (!confirm('Make a new viewer link? The current link stops working and current viewers are disconnected.')) return;
-  const res = await fetch(`/api/broadcasts/${encodeURIComponent(broadcastId)}/view-id`, { method: 'POST' });
+  const res = await fetch('/api/broadcast/view-id', { method: 'POST', headers: auth() });
   if (res.ok) $('viewer-url').textContent = (await res.json()).viewer_url;
 });
 

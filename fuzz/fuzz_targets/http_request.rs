@@ -1,5 +1,6 @@
 //! Any bytes as an HTTP/1.1 request to the real server (hyper's parser, the router, every
 //! handler): an answer or a closed connection, never a crash, and the server stays healthy.
+//! The fuzzer connects from a trusted proxy's address, so `X-Forwarded-For` is parsed too.
 
 #![no_main]
 
@@ -21,6 +22,7 @@ fn server() -> SocketAddr {
                 let dir = std::env::temp_dir().join("whipcast-fuzz-http");
                 let config = whipcast::Config::parse_from([
                     "whipcast", "--http-listen", "127.0.0.1:0", "--udp-listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap(),
+                    "--trusted-proxy", "127.0.0.1",
                 ]);
                 let server = whipcast::Server::start(config).await.unwrap();
                 tx.send(server.http_addr).unwrap();

@@ -94,6 +94,8 @@ pub enum CommandError {
     NotLive,
     #[error("the broadcast has as many viewers as it allows")]
     ViewerLimitReached,
+    #[error("too many viewer sessions of the broadcast are still connecting")]
+    TooManyPending,
 }
 
 /// Engine counters.

@@ -19,6 +19,7 @@
 //! touches that broadcast's viewers.
 
 mod command;
+mod consent;
 mod consumer;
 mod deadline;
 mod demux;
@@ -190,6 +191,12 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return;
         };
+        let known = self.demux.is_known_addr(remote);
+        if !known && !peer.consent.admits_new(now, peer.connected) {
+            self.counters.datagrams_dropped += 1;
+            trace!(peer = %key, "new address refused: too many, or too soon");
+            return;
+        }
         let Ok(receive) = Receive::new(proto, src, destination, data) else {
             self.counters.datagrams_dropped += 1;
             return;
@@ -204,6 +211,7 @@ impl Engine {
             return;
         }
         peer.heard = Some(now);
+        peer.consent.heard(remote, now);
         if feedback_to_answer {
             self.answer_feedback(key, data);
             self.flush_deferred(now);
@@ -214,13 +222,14 @@ impl Engine {
             self.close_peer(now, key, CloseReason::PeerFailed);
             return;
         }
-        if !self.demux.is_known_addr(remote) {
+        if !known && !self.demux.is_known_addr(remote) {
             // Accepted means STUN with a valid MESSAGE-INTEGRITY for this peer's ufrag (or
             // traffic from its nominated address): safe to index.
             let peer = self
                 .peers
                 .get_mut(key.index as usize)
                 .expect("peer checked above");
+            peer.consent.added(now, peer.connected);
             self.demux.insert_addr(remote, key, &mut peer.addrs);
         }
         self.drain(now, key);
@@ -290,6 +299,11 @@ impl Engine {
             Command::Shutdown => Outcome::ShutDown(self.shut_down(now)),
             Command::Probe(new) => {
                 let key = self.insert_peer(now, new, Role::Probe);
+                // A test that does not connect soon is not going to: free it early.
+                if let Some(p) = self.peer_mut(key) {
+                    p.expires = Some(now + PROBE_TIMEOUT);
+                }
+                self.reschedule(key);
                 Outcome::Probing(key.index as usize)
             }
         };
@@ -422,14 +436,15 @@ impl Engine {
         let Some(route) = self.router.route(b).filter(|r| r.publisher.is_some()) else {
             return Err(CommandError::NotLive);
         };
-        if route.viewers.len() >= self.config.max_viewers {
-            if self.config.when_full == WhenFull::Reject || route.viewers.is_empty() {
-                return Err(CommandError::ViewerLimitReached);
-            }
-            let oldest = route.viewers[0];
-            info!(broadcast = %b, peer = %oldest, "evicting the oldest viewer");
-            self.counters.evictions += 1;
-            self.remove_peer(now, oldest, CloseReason::Evicted);
+        // Only connected viewers hold a place (and only a viewer that connects may evict
+        // one, in `admit_connected`): sessions that never finish DTLS cost a viewer link's
+        // holder nothing, so they get their own small bound instead.
+        let connected = self.connected_viewers(b, None);
+        if route.viewers.len() - connected >= self.pending_cap() {
+            return Err(CommandError::TooManyPending);
+        }
+        if connected >= self.config.max_viewers && self.config.when_full == WhenFull::Reject {
+            return Err(CommandError::ViewerLimitReached);
         }
         let mut consumers: Vec<Consumer> = Vec::with_capacity(2);
         for t in tracks {
@@ -612,6 +627,7 @@ impl Engine {
             keys,
             egress: None,
             media_path: None,
+            consent: Default::default(),
         });
         self.drain(now, key);
         key
@@ -662,6 +678,10 @@ impl Engine {
                 Ok(Output::Transmit(t)) => {
                     let path = Path::from(&t);
                     if !is_stun(&t.contents) {
+                        if !peer.consent.fresh((path.proto, path.destination), now) {
+                            // Not heard from lately: maybe not the peer's address at all.
+                            continue;
+                        }
                         // DTLS and RTCP leave on the selected pair; STUN answers go wherever
                         // the check came from.
                         peer.media_path = Some(path);
@@ -689,6 +709,12 @@ impl Engine {
         let Some(peer) = live(&mut self.peers, key) else {
             return;
         };
+        if let Some(p) = peer.media_path
+            && !peer.consent.fresh((p.proto, p.destination), now)
+        {
+            // Our own sealed media follows `media_path`: it stops with it.
+            peer.media_path = None;
+        }
         let path = peer.media_path;
         let Some(egress) = peer.egress.as_mut() else {
             return;
@@ -776,6 +802,12 @@ impl Engine {
             }
             self.events.push_back(EngineEvent::BroadcastLive(b));
         } else {
+            if !self.admit_connected(now, b, key) {
+                return;
+            }
+            let Some(peer) = self.peer_mut(key) else {
+                return;
+            };
             let Peer {
                 rtc, role, keys, ..
             } = peer;
@@ -803,6 +835,56 @@ impl Engine {
             }
         }
         self.reschedule(key);
+    }
+
+    /// Viewers of `b` that finished DTLS, other than `except`.
+    fn connected_viewers(&self, b: BroadcastKey, except: Option<PeerKey>) -> usize {
+        self.router.route(b).map_or(0, |r| {
+            r.viewers
+                .iter()
+                .filter(|v| Some(**v) != except)
+                .filter(|v| {
+                    self.peers
+                        .get(v.index as usize)
+                        .is_some_and(|p| p.connected)
+                })
+                .count()
+        })
+    }
+
+    /// Viewer sessions of one broadcast that may be in their handshake at once: enough for
+    /// a full audience joining together, small enough that junk offers cost little.
+    fn pending_cap(&self) -> usize {
+        self.config.max_viewers.max(MIN_PENDING_VIEWERS)
+    }
+
+    /// A viewer just connected: it takes a place, evicting the oldest connected viewer when
+    /// the broadcast is full (or, with `--when-full reject`, it is closed itself). Returns
+    /// whether it stays.
+    fn admit_connected(&mut self, now: Instant, b: BroadcastKey, key: PeerKey) -> bool {
+        if self.connected_viewers(b, Some(key)) < self.config.max_viewers {
+            return true;
+        }
+        if self.config.when_full == WhenFull::Reject {
+            info!(broadcast = %b, peer = %key, "broadcast full when the viewer connected");
+            self.remove_peer(now, key, CloseReason::Evicted);
+            return false;
+        }
+        let oldest = self.router.route(b).and_then(|r| {
+            r.viewers.iter().copied().find(|v| {
+                *v != key
+                    && self
+                        .peers
+                        .get(v.index as usize)
+                        .is_some_and(|p| p.connected)
+            })
+        });
+        if let Some(oldest) = oldest {
+            info!(broadcast = %b, peer = %oldest, "evicting the oldest viewer");
+            self.counters.evictions += 1;
+            self.remove_peer(now, oldest, CloseReason::Evicted);
+        }
+        true
     }
 
     /// A viewer asked for a keyframe on its `kind` track: the publisher of its broadcast is
@@ -842,3 +924,9 @@ impl Engine {
 /// str0m releases a written packet on the second tick at the same instant; a third covers a
 /// pacer step. More would mean the `Rtc` keeps asking for `now`, which the next turn handles.
 const TICKS_PER_TURN: usize = 3;
+/// How long a connectivity test may take to connect before it is freed: a working path
+/// connects in well under a second, and an unconnected test costs an `Rtc` until then.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least number of viewer sessions of one broadcast allowed in their handshake at once,
+/// whatever `max_viewers` is (see `Engine::pending_cap`).
+const MIN_PENDING_VIEWERS: usize = 4;

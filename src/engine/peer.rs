@@ -13,6 +13,7 @@ use str0m::Rtc;
 use str0m::media::MediaKind;
 use str0m::rtp::Ssrc;
 
+use super::consent::Consent;
 use super::consumer::Consumer;
 use super::demux::Remote;
 use super::egress::Egress;
@@ -52,6 +53,8 @@ pub(crate) struct Peer {
     /// Where str0m last sent this peer DTLS or RTCP: the selected ICE pair, which our own
     /// sealed media follows.
     pub(crate) media_path: Option<Path>,
+    /// Which addresses may be sent to, and how fast new ones are admitted (consent.rs).
+    pub(crate) consent: Consent,
 }
 
 pub(crate) enum Role {

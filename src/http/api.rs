@@ -33,24 +33,36 @@ pub(super) async fn create_broadcast(
             return Err(ApiError::CreateTokenRequired);
         }
     }
+    state
+        .limits
+        .creations
+        .admit(super::limits::client_of(&req), crate::io::now())
+        .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
     let origin = origin(state, &req);
     let _ = read_body(state, req).await?; // empty or `{}`; nothing in it is used yet
-    let created = {
+    let (created, generation) = {
         let mut registry = state.registry.lock().expect("registry lock");
-        let saved = registry
-            .expire(unix_now(), state.config.id_ttl)
-            .and_then(|_| {
-                if registry.len() >= state.config.max_broadcasts {
-                    return Ok(None);
-                }
-                registry.create(unix_now()).map(Some)
-            });
-        let saved = saved.map_err(|e| {
-            tracing::error!(error = %e, "cannot save the state file");
-            ApiError::ShuttingDown
-        })?;
-        saved.ok_or(ApiError::TooManyBroadcasts)?
+        registry.expire(
+            unix_now(),
+            state.config.id_ttl,
+            state.config.unpublished_ttl,
+        );
+        if registry.len() >= state.config.max_broadcasts {
+            return Err(ApiError::TooManyBroadcasts);
+        }
+        let created = registry.create(unix_now());
+        (created, registry.generation())
     };
+    if let Err(e) = super::persist(state, generation).await {
+        // Nobody has seen the IDs yet: forget them rather than hand out a broadcast that
+        // would not survive a restart.
+        state
+            .registry
+            .lock()
+            .expect("registry lock")
+            .forget(created.key);
+        return Err(e);
+    }
     info!(broadcast = %secret::log_label(&created.broadcast_id), "broadcast created");
     let body = CreatedBroadcast {
         whip_url: format!("{origin}/broadcast?id={}", created.broadcast_id),
@@ -180,17 +192,24 @@ pub(super) async fn rotate_view_id(
     broadcast_id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(state, &req);
-    let (key, view_id) = {
+    let (key, view_id, old, generation) = {
         let mut registry = state.registry.lock().expect("registry lock");
         let key = registry
             .by_broadcast_id(broadcast_id)
             .ok_or(ApiError::UnknownBroadcast)?;
-        let fresh = registry.rotate_view_id(key).map_err(|e| {
-            tracing::error!(error = %e, "cannot save the state file");
-            ApiError::ShuttingDown
-        })?;
-        (key, fresh.ok_or(ApiError::UnknownBroadcast)?)
+        let (fresh, old) = registry
+            .rotate_view_id(key)
+            .ok_or(ApiError::UnknownBroadcast)?;
+        (key, fresh, old, registry.generation())
     };
+    if let Err(e) = super::persist(state, generation).await {
+        // The old link keeps working, as the file on disk says.
+        let mut registry = state.registry.lock().expect("registry lock");
+        if registry.view_id(key) == Some(view_id.as_str()) {
+            registry.set_view_id(key, old);
+        }
+        return Err(e);
+    }
     let _ = call(state, Command::RevokeViewers(key)).await?;
     info!(broadcast = %secret::log_label(broadcast_id), "view ID rotated");
     #[derive(Serialize)]
@@ -352,6 +371,25 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         "counter",
         "Datagrams dropped (unknown source or rejected).",
         stats.datagrams_dropped,
+    );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        "connectivity_tests_total",
+        "counter",
+        "Connectivity tests started.",
+        load(&state.limits.probes_started),
+    );
+    metric(
+        "connectivity_tests_refused_total",
+        "counter",
+        "Connectivity tests refused by the per-address or total bound.",
+        load(&state.limits.probes_refused),
+    );
+    metric(
+        "connectivity_tests_running",
+        "gauge",
+        "Connectivity tests waiting to connect.",
+        stats.peers.saturating_sub(stats.publishers + stats.viewers) as u64,
     );
     Ok(Response::builder()
         .status(StatusCode::OK)

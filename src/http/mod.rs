@@ -4,6 +4,8 @@
 //! [`Command`](crate::engine::Command). They never hold engine state.
 
 mod api;
+pub mod limits;
+mod listen;
 mod problem;
 mod sse;
 mod tls;
@@ -12,21 +14,16 @@ mod whip;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::{debug, info};
 
+pub use self::listen::serve;
 pub use self::problem::ApiError;
 pub use self::sse::Hub;
 pub use self::tls::{TlsError, acceptor as tls_acceptor};
@@ -39,7 +36,10 @@ use crate::registry::Registry;
 /// What every request handler shares.
 pub struct AppState {
     pub config: Config,
-    pub registry: Mutex<Registry>,
+    /// Shared with the blocking thread that writes the state file.
+    pub registry: Arc<Mutex<Registry>>,
+    pub saver: Arc<crate::registry::Saver>,
+    pub limits: limits::Limits,
     pub engine: EngineHandle,
     pub setup: SessionSetup,
     pub hub: Hub,
@@ -56,122 +56,6 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
     Full::new(bytes.into()).boxed()
 }
 
-/// Accepts connections until `shutdown` changes, at most `--max-connections-per-ip` at once
-/// from one address.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let ip = peer.ip();
-        {
-            let mut counts = per_ip.lock().expect("connection count lock");
-            let n = counts.entry(ip).or_default();
-            if *n >= state.config.max_connections_per_ip {
-                drop(counts);
-                debug!(%ip, "too many connections from one address");
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt as _;
-                    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
-                    let _ = stream.shutdown().await;
-                });
-                continue;
-            }
-            *n += 1;
-        }
-        let state = state.clone();
-        let per_ip = per_ip.clone();
-        let mut conn_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service_state = state.clone();
-            let service = service_fn(move |req| {
-                let state = service_state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .max_buf_size(MAX_HEADER_BYTES)
-                .header_read_timeout(state.config.http_header_timeout)
-                .timer(hyper_util::rt::TokioTimer::new());
-            match &state.tls {
-                None => {
-                    serve_one(
-                        &builder,
-                        TokioIo::new(stream),
-                        service,
-                        &mut conn_shutdown,
-                        peer,
-                    )
-                    .await
-                }
-                Some(tls) => {
-                    // The handshake gets the same deadline as the headers (slowloris).
-                    match tokio::time::timeout(state.config.http_header_timeout, tls.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            serve_one(
-                                &builder,
-                                TokioIo::new(stream),
-                                service,
-                                &mut conn_shutdown,
-                                peer,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
-                        Err(_) => debug!(%peer, "tls handshake timed out"),
-                    }
-                }
-            }
-            let mut counts = per_ip.lock().expect("connection count lock");
-            if let Some(n) = counts.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(&ip);
-                }
-            }
-        });
-    }
-    info!("http server stopped");
-}
-
-/// Serves one connection until it ends or the server shuts down.
-async fn serve_one<I, S>(
-    builder: &http1::Builder,
-    io: I,
-    service: S,
-    shutdown: &mut watch::Receiver<bool>,
-    peer: std::net::SocketAddr,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = BoxBody<Bytes, Infallible>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "http connection ended");
-            }
-        }
-        _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
-    }
-}
-
 /// Routes one request. Every response, error or not, carries the CORS headers.
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
     let mut response = match route(state, req).await {
@@ -186,6 +70,10 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         header::HeaderValue::from_static("Location, ETag, Link, Retry-After"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
     );
     response
 }
@@ -229,6 +117,22 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             STATUS_JS,
         )),
         "/assets/style.css" => Ok(text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS)),
+        // The broadcaster page's own calls carry the broadcast ID as a Bearer token, so it
+        // stays out of URLs and access logs.
+        "/api/broadcast" => match method {
+            Method::GET => {
+                let id = bearer(&req).ok_or(ApiError::MissingBroadcastId)?.to_owned();
+                api::broadcast_panel(state, req, &id).await
+            }
+            _ => Err(not_allowed("GET, OPTIONS")),
+        },
+        "/api/broadcast/view-id" => match method {
+            Method::POST => {
+                let id = bearer(&req).ok_or(ApiError::MissingBroadcastId)?.to_owned();
+                api::rotate_view_id(state, req, &id).await
+            }
+            _ => Err(not_allowed("POST, OPTIONS")),
+        },
         "/api/broadcasts" => match method {
             Method::POST => api::create_broadcast(state, req).await,
             _ => Err(not_allowed("POST, OPTIONS")),
@@ -293,14 +197,17 @@ async fn session(
                 // ICE restart (RFC 9725 §4.3.2). Trickle is supported, restart is not: 422.
                 return Err(ApiError::IceRestartUnsupported);
             }
-            let _ = read_body(state, req).await?;
+            // The session is checked before the body is read: strangers get no read.
             match call(state, Command::Trickle { session, publisher }).await? {
                 // We are ICE-lite: the peer's candidates are learnt from its own checks, so a
                 // trickled candidate needs no action beyond acknowledging it (RFC 9725 §4.3.1).
-                Outcome::Trickled(true) => Ok(Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .body(full(Bytes::new()))
-                    .expect("valid")),
+                Outcome::Trickled(true) => {
+                    let _ = read_body(state, req).await?;
+                    Ok(Response::builder()
+                        .status(StatusCode::NO_CONTENT)
+                        .body(full(Bytes::new()))
+                        .expect("valid"))
+                }
                 _ => Err(ApiError::UnknownSession),
             }
         }
@@ -364,6 +271,18 @@ async fn connectivity_test(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
+    let client = limits::client_of(&req);
+    let now = crate::io::now();
+    let admitted = state
+        .limits
+        .probes
+        .admit(client, now)
+        .and_then(|()| state.limits.probes_total.admit(limits::EVERYONE, now));
+    if let Err(wait) = admitted {
+        state.limits.probes_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::TooManyRequests { retry_after: wait });
+    }
+    state.limits.probes_started.fetch_add(1, Ordering::Relaxed);
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
     let accepted = state.setup.accept_probe(crate::io::now(), offer)?;
@@ -380,6 +299,19 @@ async fn connectivity_test(
         .header(header::CONTENT_TYPE, "application/sdp")
         .body(full(accepted.answer))
         .expect("valid headers"))
+}
+
+/// Makes sure the state file holds the registry as of `generation`, writing it on a
+/// blocking thread (fsync must not stall the async workers).
+pub(crate) async fn persist(state: &AppState, generation: u64) -> Result<(), ApiError> {
+    let (registry, saver) = (state.registry.clone(), state.saver.clone());
+    tokio::task::spawn_blocking(move || saver.save_at_least(&registry, generation))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot save the state file");
+            ApiError::StateNotSaved
+        })
 }
 
 pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, ApiError> {
@@ -429,10 +361,15 @@ pub(crate) fn require_content_type(
     }
 }
 
-/// Reads a body up to `--max-body-bytes`.
+/// Reads a body up to `--max-body-bytes`, within `--http-header-timeout` (a body that
+/// trickles in must not hold the request, nor let it finish long after its checks).
 pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
-    match Limited::new(req.into_body(), limit).collect().await {
+    let read = Limited::new(req.into_body(), limit).collect();
+    let Ok(collected) = tokio::time::timeout(state.config.http_header_timeout, read).await else {
+        return Err(ApiError::BodyTimeout);
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -453,6 +390,16 @@ pub(crate) async fn read_offer(
     let body = read_body(state, req).await?;
     String::from_utf8(body.to_vec())
         .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()).into())
+}
+
+/// The token of `Authorization: Bearer <token>`.
+pub(crate) fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The value of `?name=` in the query string.
@@ -497,18 +444,27 @@ pub(crate) fn text(
 
 fn page(html: &'static str) -> HttpResponse {
     let mut r = text(StatusCode::OK, "text/html; charset=utf-8", html);
+    let h = r.headers_mut();
     // Pages hold capabilities in their URL; never leak it to other origins.
-    r.headers_mut().insert(
+    h.insert(
         header::REFERRER_POLICY,
         header::HeaderValue::from_static("no-referrer"),
+    );
+    // Our scripts only, from our origin; no framing (clickjacking the rotate button).
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(PAGE_CSP),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
     );
     r
 }
 
-/// Total header bytes per request (hyper's read buffer); larger requests get 431.
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// The answer to one connection too many from an address (written raw: hyper never sees it).
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 118\r\n\r\n{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":429,\"detail\":\"too many open connections from your address\"}";
+/// What the pages may load: scripts and everything else from this origin only; inline
+/// styles (the pages carry a `<style>` block), no plugins, no framing, no `<base>`.
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; media-src 'self' blob: mediastream:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("../../www/index.html");
 const BROADCAST_HTML: &str = include_str!("../../www/broadcast.html");

@@ -19,6 +19,12 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read")]
     BodyUnreadable,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("too many requests of this kind from your address; retry after {} s", retry_secs(*retry_after))]
+    TooManyRequests { retry_after: Duration },
+    #[error("the server could not save its state file; try again later")]
+    StateNotSaved,
     #[error(transparent)]
     Offer(#[from] OfferError),
     #[error(
@@ -39,6 +45,8 @@ pub enum ApiError {
     NoFreeSlot,
     #[error("the broadcast has as many viewers as it allows; try again later")]
     ViewerLimitReached,
+    #[error("too many viewers are connecting to this broadcast right now; try again shortly")]
+    TooManyPending,
     #[error("ICE restart is not supported; start a new session with POST")]
     IceRestartUnsupported,
     #[error("{method} is not allowed here")]
@@ -57,6 +65,11 @@ pub enum ApiError {
     TooManyBroadcasts,
 }
 
+/// Whole seconds to wait, rounded up, at least one.
+fn retry_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 #[derive(Serialize)]
 struct Problem<'a> {
     r#type: &'a str,
@@ -71,6 +84,7 @@ impl From<CommandError> for ApiError {
             CommandError::NoFreeSlot => Self::NoFreeSlot,
             CommandError::NotLive => Self::NotLive,
             CommandError::ViewerLimitReached => Self::ViewerLimitReached,
+            CommandError::TooManyPending => Self::TooManyPending,
         }
     }
 }
@@ -81,6 +95,8 @@ impl ApiError {
         match self {
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyUnreadable | Self::BadEventList | Self::UnknownEvent(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -97,7 +113,9 @@ impl ApiError {
             Self::NotLive => StatusCode::CONFLICT,
             Self::NoFreeSlot
             | Self::ViewerLimitReached
+            | Self::TooManyPending
             | Self::ShuttingDown
+            | Self::StateNotSaved
             | Self::TooManyBroadcasts => StatusCode::SERVICE_UNAVAILABLE,
             Self::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -108,8 +126,14 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::NotLive => Some(Duration::from_secs(2)),
+            Self::TooManyRequests { retry_after } => {
+                Some(Duration::from_secs(retry_secs(*retry_after)))
+            }
+            Self::StateNotSaved => Some(Duration::from_secs(5)),
             Self::NoFreeSlot => Some(Duration::from_secs(10)),
-            Self::ViewerLimitReached | Self::ShuttingDown => Some(Duration::from_secs(5)),
+            Self::ViewerLimitReached | Self::TooManyPending | Self::ShuttingDown => {
+                Some(Duration::from_secs(5))
+            }
             _ => None,
         }
     }

@@ -66,6 +66,15 @@ impl Hub {
         }
     }
 
+    /// A session that was registered but never started.
+    pub fn forget(&self, session: &SessionId) {
+        self.state
+            .lock()
+            .expect("hub lock")
+            .sessions
+            .remove(session);
+    }
+
     pub fn knows(&self, session: &SessionId) -> bool {
         self.state
             .lock()

@@ -16,15 +16,33 @@ pub(super) async fn subscribe(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
-    let view_id = query_param(&req, "id").unwrap_or_default();
+    let view_id = query_param(&req, "id").unwrap_or_default().to_owned();
     let broadcast = state
         .registry
         .lock()
         .expect("registry lock")
-        .by_view_id(view_id)
+        .by_view_id(&view_id)
         .ok_or(ApiError::UnknownView)?;
+    // Sessions still connecting from one client are bounded: a viewer link must not let
+    // its holder pile up sessions (only successful ones count, so polling on 409 is free).
+    let client = super::limits::client_of(&req);
+    state
+        .limits
+        .pending_viewers
+        .check(client, now())
+        .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
+    // The body may have taken a while: a view ID rotated meanwhile no longer admits anyone.
+    let still_valid = state
+        .registry
+        .lock()
+        .expect("registry lock")
+        .by_view_id(&view_id)
+        == Some(broadcast);
+    if !still_valid {
+        return Err(ApiError::UnknownView);
+    }
     let publisher = match call(state, Command::Describe(broadcast)).await? {
         Outcome::Described(Some(tracks)) => tracks,
         Outcome::Described(None) => return Err(ApiError::NotLive),
@@ -39,13 +57,21 @@ pub(super) async fn subscribe(
         rtc: accepted.rtc,
         keys: accepted.keys,
     };
-    match call(state, Command::Subscribe(peer, accepted.tracks)).await? {
-        Outcome::Subscribed(Ok(())) => {}
-        Outcome::Subscribed(Err(e)) => return Err(e.into()),
-        _ => unreachable!("Subscribe is answered with Subscribed"),
-    }
-    info!(broadcast = %broadcast, session = %session, "viewer session started");
+    // Registered before the engine has the session: its `SessionClosed` can only come
+    // later, so it always finds (and removes) the watcher.
     state.hub.register(session.clone(), broadcast);
+    let subscribed = match call(state, Command::Subscribe(peer, accepted.tracks)).await {
+        Ok(Outcome::Subscribed(Ok(()))) => Ok(()),
+        Ok(Outcome::Subscribed(Err(e))) => Err(e.into()),
+        Ok(_) => unreachable!("Subscribe is answered with Subscribed"),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = subscribed {
+        state.hub.forget(&session);
+        return Err(e);
+    }
+    state.limits.pending_viewers.record(client, now());
+    info!(broadcast = %broadcast, session = %session, "viewer session started");
     let mut response = sdp_created(
         &format!("/stream/session/{}", session.as_str()),
         accepted.answer,

@@ -21,16 +21,20 @@ pub(super) async fn publish(
     let broadcast_id = broadcast_id(&req)
         .ok_or(ApiError::MissingBroadcastId)?
         .to_owned();
-    let broadcast = {
+    let (broadcast, touched) = {
         let mut registry = state.registry.lock().expect("registry lock");
         let key = registry
             .by_broadcast_id(&broadcast_id)
             .ok_or(ApiError::UnknownBroadcast)?;
-        if let Err(e) = registry.touch(key, crate::io::unix_now()) {
-            tracing::warn!(error = %e, "cannot save the state file");
-        }
-        key
+        let touched = registry
+            .touch(key, crate::io::unix_now())
+            .then(|| registry.generation());
+        (key, touched)
     };
+    if let Some(generation) = touched {
+        // Logged by `persist`; publishing does not depend on it.
+        let _ = super::persist(state, generation).await;
+    }
     let agent = publisher_agent(&req);
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
@@ -78,12 +82,7 @@ fn broadcast_id(req: &Request<Incoming>) -> Option<&str> {
     if let Some(id) = query_param(req, "id").filter(|id| !id.is_empty()) {
         return Some(id);
     }
-    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    super::bearer(req)
 }
 
 /// The client named in the User-Agent: OBS sends "Mozilla/5.0 (OBS-Studio/31.0.2; Windows
@@ -94,7 +93,8 @@ fn publisher_agent(req: &Request<Incoming>) -> Option<String> {
         let mut parts = rest.trim_end_matches(')').split(';').map(str::trim);
         let version = parts.next()?;
         let os = parts.next().unwrap_or("");
-        return Some(format!("OBS Studio {version} {os}").trim().to_owned());
+        let agent = format!("OBS Studio {version} {os}");
+        return Some(agent.trim().chars().take(MAX_AGENT_CHARS).collect());
     }
     for (marker, name) in [
         ("Firefox/", "Firefox"),
@@ -104,8 +104,16 @@ fn publisher_agent(req: &Request<Incoming>) -> Option<String> {
     ] {
         if let Some(rest) = ua.split(marker).nth(1) {
             let major = rest.split(['.', ' ']).next().unwrap_or("");
-            return Some(format!("{name} {major}"));
+            return Some(
+                format!("{name} {major}")
+                    .chars()
+                    .take(MAX_AGENT_CHARS)
+                    .collect(),
+            );
         }
     }
-    Some(ua.chars().take(40).collect())
+    Some(ua.chars().take(MAX_AGENT_CHARS).collect())
 }
+
+/// Enough for "OBS Studio 31.0.2 Windows x86_64"; the header itself may be 16 KB.
+const MAX_AGENT_CHARS: usize = 48;

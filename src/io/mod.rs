@@ -113,6 +113,15 @@ pub async fn drive(
             }
             _ = sleep => {}
         }
+        // A busy socket (a flood) keeps winning the biased select above: commands from HTTP
+        // get a share of every turn anyway, so WHIP, WHEP and the API keep answering.
+        for _ in 0..COMMANDS_PER_TURN {
+            let Ok(Request { command, reply }) = commands.try_recv() else {
+                break;
+            };
+            let outcome = engine.handle_command(now(), command);
+            let _ = reply.send(outcome);
+        }
         // Check the clock ourselves rather than trusting which branch woke us: a busy socket
         // must not starve timers.
         let now = now();
@@ -212,3 +221,6 @@ async fn send(socket: &MediaSocket, run: TransmitRun<'_>) {
 
 /// Datagrams per loop turn before commands and timers get their turn (quinn uses 160).
 const IO_LOOP_BOUND: usize = 256;
+/// Commands run per loop turn besides the one the select may pick: against 256 datagrams,
+/// each command (about 1 ms at most, building nothing) is a fair share.
+const COMMANDS_PER_TURN: usize = 8;

@@ -6,6 +6,7 @@ pub mod gst;
 pub mod link;
 pub mod netns;
 pub mod page_test;
+pub mod raw_http;
 pub mod server;
 pub mod sim;
 pub mod udp_client;

@@ -112,6 +112,8 @@ pub struct Sim<S: Sfu = Engine> {
     /// Datagrams the server sends to this address are kept in `tapped`, with when.
     pub tap: Option<SocketAddr>,
     pub tapped: Vec<(Instant, Vec<u8>)>,
+    /// Datagrams the server sent, per destination (delivered or not).
+    pub sent_to: std::collections::HashMap<SocketAddr, usize>,
     rng: u64,
     counter: usize,
     wire: VecDeque<InFlight>,
@@ -161,6 +163,7 @@ impl<S: Sfu> Sim<S> {
             duplicate_every: 0,
             tap: None,
             tapped: Vec::new(),
+            sent_to: Default::default(),
             rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
             wire: VecDeque::new(),
@@ -532,8 +535,8 @@ impl<S: Sfu> Sim<S> {
             match out {
                 Ok(Output::Timeout(t)) => return t,
                 Ok(Output::Transmit(t)) => {
-                    let from = self.clients[i].addr;
-                    self.send(from, t.destination, t.contents.to_vec());
+                    // A client's extra local candidates send from their own address.
+                    self.send(t.source, t.destination, t.contents.to_vec());
                 }
                 Ok(Output::Event(e)) => {
                     let c = &mut self.clients[i];
@@ -557,6 +560,9 @@ impl<S: Sfu> Sim<S> {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if from == SERVER.parse::<SocketAddr>().unwrap() {
+            *self.sent_to.entry(to).or_default() += 1;
+        }
         let unplugged = self
             .clients
             .iter()

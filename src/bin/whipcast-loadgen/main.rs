@@ -27,7 +27,8 @@
 //! ```text
 //! cargo build --release
 //! taskset -c 0 target/release/whipcast --http-listen 127.0.0.1:8080 \
-//!     --udp-listen 127.0.0.1:8189 --data-dir /tmp/wc --max-viewers 5000 &
+//!     --udp-listen 127.0.0.1:8189 --data-dir /tmp/wc --max-viewers 5000 \
+//!     --max-pending-viewers-per-ip 5000 &
 //! taskset -c 1 target/release/whipcast-loadgen --base http://127.0.0.1:8080 \
 //!     --viewers 200 --seconds 10 --server-pid $! [--join-storm 200]
 //! ```

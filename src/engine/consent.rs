@@ -1,0 +1,83 @@
+//! Where a peer's datagrams may go, and how fast it may move: a viewer knows its session's
+//! ICE password, so it can nominate any source address, a third party's included (ICE-lite
+//! takes USE-CANDIDATE from any address whose STUN passes MESSAGE-INTEGRITY). Without limits
+//! whipcast would reflect a broadcast's bitrate at whoever the viewer names.
+//!
+//! Two bounds, both per session:
+//! - new source addresses reach the peer's `Rtc` at most [`MAX_NEW_ADDRS`] times in all, and
+//!   once connected at most once per [`MIN_ADDR_CHANGE`], so str0m's ICE agent (which never
+//!   prunes remote candidates) stays small and the media address cannot be swung around;
+//! - nothing but STUN answers goes to an address that has not sent the session anything it
+//!   accepted for [`CONSENT`] (in the spirit of RFC 7675 consent freshness, which an ICE-lite
+//!   server cannot run itself).
+//!
+//! What remains: an attacker who keeps forging valid STUN from the victim's address (it has
+//! the password) keeps that address "heard"; it then gets one viewer's stream, no more, from
+//! one session whose address it may move once per [`MIN_ADDR_CHANGE`], and only a few times.
+
+use std::time::{Duration, Instant};
+
+use super::demux::Remote;
+
+#[derive(Default)]
+pub(crate) struct Consent {
+    /// The addresses the session was last heard from, newest last.
+    heard: Vec<(Remote, Instant)>,
+    new_addrs: usize,
+    last_new: Option<Instant>,
+}
+
+impl Consent {
+    /// Whether a datagram from an address not yet indexed for this session may reach its
+    /// `Rtc`.
+    pub(crate) fn admits_new(&self, now: Instant, connected: bool) -> bool {
+        if self.new_addrs >= MAX_NEW_ADDRS {
+            return false;
+        }
+        // Before DTLS completes a browser tries its candidates in a burst; that is ICE, not a
+        // move.
+        !connected || self.last_new.is_none_or(|t| now >= t + MIN_ADDR_CHANGE)
+    }
+
+    /// A new address was admitted (its datagram was accepted).
+    pub(crate) fn added(&mut self, now: Instant, connected: bool) {
+        self.new_addrs += 1;
+        if connected {
+            self.last_new = Some(now);
+        }
+    }
+
+    /// The session accepted a datagram from `remote`.
+    pub(crate) fn heard(&mut self, remote: Remote, now: Instant) {
+        if let Some(entry) = self.heard.iter_mut().find(|(r, _)| *r == remote) {
+            entry.1 = now;
+            return;
+        }
+        if self.heard.len() >= MAX_HEARD {
+            let oldest = (0..self.heard.len())
+                .min_by_key(|i| self.heard[*i].1)
+                .expect("the list is full, so not empty");
+            self.heard.swap_remove(oldest);
+        }
+        self.heard.push((remote, now));
+    }
+
+    /// Whether `remote` sent the session something it accepted within [`CONSENT`].
+    pub(crate) fn fresh(&self, remote: Remote, now: Instant) -> bool {
+        self.heard
+            .iter()
+            .any(|(r, t)| *r == remote && now < *t + CONSENT)
+    }
+}
+
+/// New source addresses per session: a viewer's host, reflexive and relayed candidates on two
+/// IP families, plus a few network changes.
+const MAX_NEW_ADDRS: usize = 8;
+/// Once connected, how often the media address may move (a Wi-Fi to cellular switch is one
+/// move; a reflector swinging between targets is many).
+const MIN_ADDR_CHANGE: Duration = Duration::from_secs(2);
+/// How long an address stays a destination without being heard from. Browsers send RTCP
+/// every second or so and consent checks every five; OBS sends media all the time.
+pub(crate) const CONSENT: Duration = Duration::from_secs(8);
+/// Addresses remembered per session (as many as the demux index keeps, and a spare).
+const MAX_HEARD: usize = 5;
