@@ -24,6 +24,7 @@ mod deadline;
 mod demux;
 mod egress;
 mod feedback;
+mod first_frame;
 mod forward;
 mod key;
 mod outbox;
@@ -594,6 +595,7 @@ impl Engine {
             expires: Some(now + self.config.handshake_timeout),
             deadline: None,
             nacks_seen: 0,
+            first_frames: 0,
             dirty: false,
             keys,
             egress: None,
@@ -647,6 +649,10 @@ impl Engine {
                 }
                 Ok(Output::Transmit(t)) => {
                     let path = Path::from(&t);
+                    // Our final DTLS flight again: the peer never got it, so a viewer could
+                    // not decrypt the first frame it was sent (first_frame.rs).
+                    let flight_again =
+                        peer.connected && first_frame::is_dtls_handshake(&t.contents);
                     if !is_stun(&t.contents) {
                         // DTLS and RTCP leave on the selected pair; STUN answers go wherever
                         // the check came from.
@@ -659,6 +665,9 @@ impl Engine {
                     self.counters.packets_out += 1;
                     self.counters.bytes_out += t.contents.len() as u64;
                     self.outbox.push_copy(path, &t.contents);
+                    if flight_again {
+                        self.resend_first_frame(key);
+                    }
                 }
                 Ok(Output::Event(e)) => self.on_event(now, key, e),
                 Err(e) => {
@@ -670,7 +679,8 @@ impl Engine {
         }
     }
 
-    /// Sends a viewer's sender reports if they are due (viewers we seal for only).
+    /// Sends a viewer's sender reports and first-frame repeats when they are due (viewers we
+    /// seal for only).
     fn report(&mut self, now: Instant, key: PeerKey) {
         let Some(peer) = live(&mut self.peers, key) else {
             return;
@@ -679,9 +689,9 @@ impl Engine {
         let Some(egress) = peer.egress.as_mut() else {
             return;
         };
-        if egress.report(now, path, &mut self.outbox) {
-            self.reschedule(key);
-        }
+        self.counters.retransmissions += egress.repair_first_frame(now, path, &mut self.outbox);
+        egress.report(now, path, &mut self.outbox);
+        self.reschedule(key);
     }
 
     fn reschedule(&mut self, key: PeerKey) {
@@ -802,6 +812,10 @@ impl Engine {
             && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
         {
             self.pending_plis.push((b, i));
+        }
+        if kind == MediaKind::Video {
+            // No picture yet: the cached keyframe did not arrive whole (first_frame.rs).
+            self.resend_first_frame(viewer);
         }
     }
 

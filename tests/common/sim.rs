@@ -40,11 +40,17 @@ pub struct Client {
     pub video_mid: Option<Mid>,
     pub audio_mid: Option<Mid>,
     pub frames: Vec<Frame>,
+    /// Video packets (sequence number, payload) of a viewer in RTP mode (`rtp_mode_viewers`),
+    /// retransmissions unwrapped, in arrival order.
+    pub video_rtp: Vec<(u64, Vec<u8>)>,
     pub audio_frames: usize,
     pub keyframe_requests: usize,
     /// Drop every datagram to or from this client while set (a crash or a cut cable).
     pub unplugged: bool,
 }
+
+/// Chooses datagrams to lose, by sender, receiver and contents (see [`Sim::drop_if`]).
+pub type DropFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
 
 struct InFlight {
     at: Instant,
@@ -107,6 +113,10 @@ pub struct Sim<S: Sfu = Engine> {
     pub jitter: Duration,
     /// Deliver every n-th datagram twice (0: never).
     pub duplicate_every: usize,
+    /// Drops each datagram for which it returns true: `(from, to, contents)`.
+    pub drop_if: Option<DropFilter>,
+    /// New viewers run str0m in RTP mode and record their video packets instead of frames.
+    pub rtp_mode_viewers: bool,
     rng: u64,
     counter: usize,
     wire: VecDeque<InFlight>,
@@ -153,6 +163,8 @@ impl<S: Sfu> Sim<S> {
             str0m_seals_viewers: false,
             jitter: Duration::ZERO,
             duplicate_every: 0,
+            drop_if: None,
+            rtp_mode_viewers: false,
             rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
             wire: VecDeque::new(),
@@ -293,6 +305,7 @@ impl<S: Sfu> Sim<S> {
     #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn view(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
         let cfg = RtcConfig::new()
+            .set_rtp_mode(self.rtp_mode_viewers)
             .clear_codecs()
             .enable_h264(true)
             .enable_vp8(true)
@@ -527,6 +540,10 @@ impl<S: Sfu> Sim<S> {
                             seq_end: **d.seq_range.end(),
                         }),
                         Event::MediaData(d) if Some(d.mid) == c.audio_mid => c.audio_frames += 1,
+                        // Opus keeps the publisher's PT 111 in every viewer's answer.
+                        Event::RtpPacket(p) if *p.header.payload_type != 111 => {
+                            c.video_rtp.push((*p.seq_no, p.payload.to_vec()));
+                        }
                         Event::KeyframeRequest(_) => c.keyframe_requests += 1,
                         _ => {}
                     }
@@ -541,6 +558,9 @@ impl<S: Sfu> Sim<S> {
             .clients
             .iter()
             .any(|c| c.unplugged && (c.addr == from || c.addr == to));
+        if self.drop_if.as_mut().is_some_and(|f| f(from, to, &data)) {
+            return;
+        }
         let lossy = self.drop_only_at.is_none_or(|a| a == from || a == to);
         if lossy {
             self.counter += 1;
@@ -587,6 +607,7 @@ impl<S: Sfu> Sim<S> {
             video_mid: None,
             audio_mid: None,
             frames: Vec::new(),
+            video_rtp: Vec::new(),
             audio_frames: 0,
             keyframe_requests: 0,
             unplugged: false,
