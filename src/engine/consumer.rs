@@ -187,6 +187,11 @@ impl Consumer {
         Some((epoch, out.wrapping_sub(self.seq_offset), out))
     }
 
+    /// The output sequence number for a source sequence number, with the current offsets.
+    pub(crate) fn seq_out(&self, source_seq: u64) -> u64 {
+        source_seq.wrapping_add(self.seq_offset)
+    }
+
     /// The output timestamp for a source timestamp, with the current offsets.
     pub(crate) fn ts_out(&self, source_ts: u32) -> u32 {
         source_ts.wrapping_add(self.ts_offset)

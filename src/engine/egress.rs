@@ -29,6 +29,7 @@ use str0m::rtp::{Extension, VideoOrientation};
 
 use super::consumer::{Consumer, RtpStart};
 use super::feedback::{Feedback, for_each_feedback};
+use super::first_frame::FirstFrame;
 use super::outbox::{Outbox, Path};
 use super::router::CachedPacket;
 use crate::srtp::capture::Captured;
@@ -68,6 +69,8 @@ pub(crate) struct Egress {
     /// The instant our SR NTP clock counts from (see [`ntp_at`]).
     origin: Instant,
     cname: String,
+    /// The cached keyframe this viewer started on, while it may still need repair.
+    first_frame: Option<FirstFrame>,
 }
 
 /// A queued packet: a [`CachedPacket`]'s fields, numbered for the viewer, with the stream
@@ -155,6 +158,7 @@ impl Egress {
             resends: ResendBudget::default(),
             origin: now,
             cname,
+            first_frame: None,
         })
     }
 
@@ -316,7 +320,53 @@ impl Egress {
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.next_report
+        let first_frame = self.first_frame.as_ref().map(FirstFrame::next_deadline);
+        [self.next_report, first_frame].into_iter().flatten().min()
+    }
+
+    /// Keeps the cached keyframe just queued on `mid` (numbered from `out`, its PT mapped as
+    /// `pt`) so it can be repaired (see `first_frame.rs`).
+    pub(crate) fn started_on(
+        &mut self,
+        mid: Mid,
+        packets: Arc<[CachedPacket]>,
+        out: (u64, u32),
+        pt: (Pt, Pt),
+        now: Instant,
+    ) {
+        if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
+            self.first_frame = Some(FirstFrame::new(packets, stream, out, pt, now));
+        }
+    }
+
+    /// The first frame's packet the viewer knows as `seq16` on `stream`, as it was sent.
+    pub(crate) fn first_frame_packet(&self, stream: usize, seq16: u16) -> Option<CachedPacket> {
+        self.first_frame.as_ref()?.packet(stream, seq16)
+    }
+
+    /// Sends the first frame's first and last packets again when that is due, and lets the
+    /// first frame go once its time is over. Returns how many packets were resent.
+    pub(crate) fn repair_first_frame(
+        &mut self,
+        now: Instant,
+        path: Option<Path>,
+        out: &mut Outbox,
+    ) -> u64 {
+        let Some(ff) = self.first_frame.as_mut() else {
+            return 0;
+        };
+        if !ff.alive(now) {
+            self.first_frame = None;
+            return 0;
+        }
+        let (Some(packets), Some(path)) = (ff.take_due_repeat(now), path) else {
+            return 0;
+        };
+        let stream = ff.stream();
+        packets
+            .iter()
+            .filter(|p| self.resend(stream, p, path, out))
+            .count() as u64
     }
 
     /// Sends the sender reports if they are due. Returns whether the deadline moved.

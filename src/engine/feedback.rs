@@ -2,7 +2,9 @@
 //! has send streams for them (see `egress.rs`), so it would ignore it.
 //!
 //! - NACKs: each lost number is mapped back through the viewer's consumer to the publisher
-//!   packet (kept once per broadcast in the router's ring) and sealed again for that viewer.
+//!   packet (kept once per broadcast in the router's ring) and sealed again for that viewer;
+//!   numbers of the cached keyframe the viewer started on are found in its first frame
+//!   (`first_frame.rs`).
 //! - PLI and FIR: a keyframe request for the broadcast's video, like str0m's
 //!   `Event::KeyframeRequest` for everyone else.
 
@@ -37,6 +39,12 @@ impl Engine {
                 let (Some(route), Some(path)) = (route, *media_path) else {
                     break;
                 };
+                if let Some(again) = egress.first_frame_packet(stream, seq16) {
+                    if egress.resend(stream, &again, path, &mut self.outbox) {
+                        self.counters.retransmissions += 1;
+                    }
+                    continue;
+                }
                 let Some(consumer) = egress
                     .mid(stream)
                     .and_then(|mid| consumers.iter().find(|c| c.mid == mid))

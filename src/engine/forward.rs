@@ -266,9 +266,13 @@ impl Engine {
         else {
             return;
         };
+        let (keyframe, epoch) = (route.tracks[ti].keyframe.clone(), route.epoch);
         let mut burst = std::mem::take(&mut self.scratch_packets);
         burst.clear();
-        burst.extend_from_slice(&route.tracks[ti].keyframe);
+        // The first packet twice: a receiver counts from the first packet it gets, so no
+        // NACK could ever ask for a lost first packet (see first_frame.rs for the last).
+        burst.extend(keyframe.first().cloned());
+        burst.extend_from_slice(&keyframe);
         debug!(peer = %v, packets = burst.len(), "sending cached keyframe");
         let _ = self.write_to_viewer(
             now,
@@ -280,13 +284,30 @@ impl Engine {
             now,
             &ExtensionValues::default(),
         );
-        if let Some(c) = self
-            .peer_mut(v)
-            .and_then(|p| p.consumer_mut(MediaKind::Video))
-        {
-            c.unsync();
-        }
         self.scratch_packets = burst;
+        let Some(peer) = self.peer_mut(v) else { return };
+        peer.first_frames = peer.first_frames.saturating_add(1);
+        let Peer {
+            role: Role::Viewer(consumers),
+            egress,
+            ..
+        } = peer
+        else {
+            return;
+        };
+        let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video) else {
+            return;
+        };
+        // Kept with the numbers it was sent under, before the consumer forgets them.
+        if let (Some(egress), Some(first)) = (egress, keyframe.first())
+            && c.is_synced_to(epoch)
+            && let Some(pt) = c.mapped_pt(first.pt)
+        {
+            let out = (c.seq_out(first.seq), c.ts_out(first.ts));
+            egress.started_on(c.mid, keyframe.clone(), out, (first.pt, pt), now);
+        }
+        c.unsync();
+        self.reschedule(v);
     }
 
     /// Work deferred until no `Rtc` is being drained: keyframe-cache bursts for viewers that

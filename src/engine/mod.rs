@@ -25,6 +25,7 @@ mod deadline;
 mod demux;
 mod egress;
 mod feedback;
+mod first_frame;
 mod forward;
 mod key;
 mod outbox;
@@ -623,6 +624,7 @@ impl Engine {
             deadline: None,
             heard: None,
             nacks_seen: 0,
+            first_frames: 0,
             dirty: false,
             keys,
             egress: None,
@@ -677,6 +679,10 @@ impl Engine {
                 }
                 Ok(Output::Transmit(t)) => {
                     let path = Path::from(&t);
+                    // Our final DTLS flight again: the peer never got it, so a viewer could
+                    // not decrypt the first frame it was sent (first_frame.rs).
+                    let flight_again =
+                        peer.connected && first_frame::is_dtls_handshake(&t.contents);
                     if !is_stun(&t.contents) {
                         if !peer.consent.fresh((path.proto, path.destination), now) {
                             // Not heard from lately: maybe not the peer's address at all.
@@ -693,6 +699,9 @@ impl Engine {
                     self.counters.packets_out += 1;
                     self.counters.bytes_out += t.contents.len() as u64;
                     self.outbox.push_copy(path, &t.contents);
+                    if flight_again {
+                        self.resend_first_frame(key);
+                    }
                 }
                 Ok(Output::Event(e)) => self.on_event(now, key, e),
                 Err(e) => {
@@ -704,7 +713,8 @@ impl Engine {
         }
     }
 
-    /// Sends a viewer's sender reports if they are due (viewers we seal for only).
+    /// Sends a viewer's sender reports and first-frame repeats when they are due (viewers we
+    /// seal for only).
     fn report(&mut self, now: Instant, key: PeerKey) {
         let Some(peer) = live(&mut self.peers, key) else {
             return;
@@ -719,9 +729,9 @@ impl Engine {
         let Some(egress) = peer.egress.as_mut() else {
             return;
         };
-        if egress.report(now, path, &mut self.outbox) {
-            self.reschedule(key);
-        }
+        self.counters.retransmissions += egress.repair_first_frame(now, path, &mut self.outbox);
+        egress.report(now, path, &mut self.outbox);
+        self.reschedule(key);
     }
 
     fn reschedule(&mut self, key: PeerKey) {
@@ -898,6 +908,10 @@ impl Engine {
             && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
         {
             self.pending_plis.push((b, i));
+        }
+        if kind == MediaKind::Video {
+            // No picture yet: the cached keyframe did not arrive whole (first_frame.rs).
+            self.resend_first_frame(viewer);
         }
     }
 

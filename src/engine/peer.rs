@@ -44,6 +44,8 @@ pub(crate) struct Peer {
     pub(crate) heard: Option<Instant>,
     /// The cumulative NACK count in this peer's last str0m stats event.
     pub(crate) nacks_seen: u64,
+    /// How many times a viewer was sent the cached keyframe (see `first_frame.rs`).
+    pub(crate) first_frames: u8,
     /// Packets were written since the last tick (see `Engine::flush_writes`).
     pub(crate) dirty: bool,
     /// The session's SRTP keys, once its DTLS handshake exports them.

@@ -85,8 +85,9 @@ pub(crate) struct Track {
     max_seq: Option<u64>,
     pub(crate) doctor: Doctor,
     /// The last complete keyframe (SPS/PPS included), in sequence order: sent to a new viewer
-    /// at once, and where a waiting viewer starts.
-    pub(crate) keyframe: Vec<CachedPacket>,
+    /// at once, and where a waiting viewer starts. Shared, so a viewer that was sent it can
+    /// keep it for its NACKs without a copy (`first_frame.rs`).
+    pub(crate) keyframe: Arc<[CachedPacket]>,
     last_pli: Option<Instant>,
     /// Video: the newest packets by sequence number modulo [`RECENT`], shared by every viewer
     /// for answering their NACKs (empty until the first packet, and for audio).
@@ -236,7 +237,7 @@ impl Track {
             last_marker: None,
             max_seq: None,
             doctor: Doctor::default(),
-            keyframe: Vec::new(),
+            keyframe: Arc::from([]),
             last_pli: None,
             recent: Vec::new(),
         }
@@ -321,7 +322,7 @@ impl Track {
             return false;
         }
         self.frame.sort_by_key(|p| p.seq);
-        self.keyframe.clone_from(&self.frame);
+        self.keyframe = Arc::from(self.frame.as_slice());
         self.doctor.keyframe(now);
         // Complete once: later duplicates of this frame must not report it again.
         self.frame_is_key = false;

@@ -40,6 +40,9 @@ pub struct Client {
     pub video_mid: Option<Mid>,
     pub audio_mid: Option<Mid>,
     pub frames: Vec<Frame>,
+    /// Video packets (sequence number, payload) of a viewer in RTP mode (`rtp_mode_viewers`),
+    /// retransmissions unwrapped, in arrival order.
+    pub video_rtp: Vec<(u64, Vec<u8>)>,
     pub audio_frames: usize,
     pub keyframe_requests: usize,
     /// Drop every datagram to or from this client while set (a crash or a cut cable).
@@ -47,6 +50,9 @@ pub struct Client {
     /// A viewer's SRTP keys as the server holds them (to read what it seals).
     pub server_keys: Option<KeySlot>,
 }
+
+/// Chooses datagrams to lose, by sender, receiver and contents (see [`Sim::drop_if`]).
+pub type DropFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
 
 struct InFlight {
     at: Instant,
@@ -114,6 +120,10 @@ pub struct Sim<S: Sfu = Engine> {
     pub tapped: Vec<(Instant, Vec<u8>)>,
     /// Datagrams the server sent, per destination (delivered or not).
     pub sent_to: std::collections::HashMap<SocketAddr, usize>,
+    /// Drops each datagram for which it returns true: `(from, to, contents)`.
+    pub drop_if: Option<DropFilter>,
+    /// New viewers run str0m in RTP mode and record their video packets instead of frames.
+    pub rtp_mode_viewers: bool,
     rng: u64,
     counter: usize,
     wire: VecDeque<InFlight>,
@@ -164,6 +174,8 @@ impl<S: Sfu> Sim<S> {
             tap: None,
             tapped: Vec::new(),
             sent_to: Default::default(),
+            drop_if: None,
+            rtp_mode_viewers: false,
             rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
             wire: VecDeque::new(),
@@ -315,6 +327,7 @@ impl<S: Sfu> Sim<S> {
     #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn view(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
         let cfg = RtcConfig::new()
+            .set_rtp_mode(self.rtp_mode_viewers)
             .clear_codecs()
             .enable_h264(true)
             .enable_vp8(true)
@@ -550,6 +563,10 @@ impl<S: Sfu> Sim<S> {
                             seq_end: **d.seq_range.end(),
                         }),
                         Event::MediaData(d) if Some(d.mid) == c.audio_mid => c.audio_frames += 1,
+                        // Opus keeps the publisher's PT 111 in every viewer's answer.
+                        Event::RtpPacket(p) if *p.header.payload_type != 111 => {
+                            c.video_rtp.push((*p.seq_no, p.payload.to_vec()));
+                        }
                         Event::KeyframeRequest(_) => c.keyframe_requests += 1,
                         _ => {}
                     }
@@ -569,6 +586,9 @@ impl<S: Sfu> Sim<S> {
             .any(|c| c.unplugged && (c.addr == from || c.addr == to));
         if self.tap == Some(to) && from == SERVER.parse().unwrap() {
             self.tapped.push((self.now, data.clone()));
+        }
+        if self.drop_if.as_mut().is_some_and(|f| f(from, to, &data)) {
+            return;
         }
         let lossy = self.drop_only_at.is_none_or(|a| a == from || a == to);
         if lossy {
@@ -616,6 +636,7 @@ impl<S: Sfu> Sim<S> {
             video_mid: None,
             audio_mid: None,
             frames: Vec::new(),
+            video_rtp: Vec::new(),
             audio_frames: 0,
             keyframe_requests: 0,
             unplugged: false,
