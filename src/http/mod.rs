@@ -6,6 +6,7 @@
 mod api;
 pub mod limits;
 mod listen;
+mod patch;
 mod problem;
 mod sse;
 mod tls;
@@ -191,26 +192,7 @@ async fn session(
             Outcome::Closed(true) => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "")),
             _ => Err(ApiError::UnknownSession),
         },
-        Method::PATCH => {
-            require_content_type(&req, "application/trickle-ice-sdpfrag")?;
-            if req.headers().contains_key(header::IF_MATCH) {
-                // ICE restart (RFC 9725 §4.3.2). Trickle is supported, restart is not: 422.
-                return Err(ApiError::IceRestartUnsupported);
-            }
-            // The session is checked before the body is read: strangers get no read.
-            match call(state, Command::Trickle { session, publisher }).await? {
-                // We are ICE-lite: the peer's candidates are learnt from its own checks, so a
-                // trickled candidate needs no action beyond acknowledging it (RFC 9725 §4.3.1).
-                Outcome::Trickled(true) => {
-                    let _ = read_body(state, req).await?;
-                    Ok(Response::builder()
-                        .status(StatusCode::NO_CONTENT)
-                        .body(full(Bytes::new()))
-                        .expect("valid"))
-                }
-                _ => Err(ApiError::UnknownSession),
-            }
-        }
+        Method::PATCH => patch::patch(state, req, session, publisher).await,
         _ => Err(ApiError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: "DELETE, PATCH, OPTIONS",

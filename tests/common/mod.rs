@@ -9,4 +9,5 @@ pub mod page_test;
 pub mod raw_http;
 pub mod server;
 pub mod sim;
+pub mod sim_session;
 pub mod udp_client;
