@@ -31,13 +31,20 @@ pub struct Crowd {
 }
 
 /// What a group of joins achieved.
+#[derive(Default)]
 pub struct JoinReport {
+    pub requested: usize,
+    /// WHEP answered; the rest failed (HTTP error, bad answer).
     pub joined: usize,
     pub connected: usize,
+    /// Got a video RTP packet.
     pub playing: usize,
     /// Completed WHEP + ICE + DTLS per second, from the first POST to the last `Connected`.
     pub joins_per_s: f64,
-    pub ttff_ms: Vec<f64>,
+    /// POST → first video RTP packet (every viewer), and POST → first complete video frame
+    /// (full viewers only).
+    pub first_packet_ms: Vec<f64>,
+    pub first_frame_ms: Vec<f64>,
     /// POST → answer and POST → ICE + DTLS connected, for the breakdown of the above.
     pub answer_ms: Vec<f64>,
     pub connect_ms: Vec<f64>,
@@ -88,9 +95,17 @@ impl Crowd {
             }
         }
         let new = &self.viewers[first..];
-        let done = |c: &Counters| c.ended.load(Relaxed) || c.first_video_us.load(Relaxed) > 0;
+        let done = |v: &Viewer| {
+            let c = &v.counters;
+            let video = if v.full {
+                &c.first_frame_us
+            } else {
+                &c.first_packet_us
+            };
+            c.ended.load(Relaxed) || video.load(Relaxed) > 0
+        };
         let remaining = limit.saturating_sub(start.elapsed());
-        if !wait_until(|| new.iter().all(|v| done(&v.counters)), remaining).await {
+        if !wait_until(|| new.iter().all(done), remaining).await {
             eprintln!("some viewers did not get video within {limit:?}");
         }
         let start_us = crate::peer::micros_since(self.epoch, start);
@@ -102,18 +117,26 @@ impl Crowd {
         let last = connected.iter().copied().max().unwrap_or(start_us);
         let span_s = last.saturating_sub(start_us) as f64 / 1e6;
         JoinReport {
+            requested: n,
             joined: new.len(),
             connected: connected.len(),
             playing: new
                 .iter()
-                .filter(|v| v.counters.first_video_us.load(Relaxed) > 0)
+                .filter(|v| v.counters.first_packet_us.load(Relaxed) > 0)
                 .count(),
             joins_per_s: if span_s > 0.0 {
                 connected.len() as f64 / span_s
             } else {
                 f64::NAN
             },
-            ttff_ms: new.iter().filter_map(|v| v.counters.ttff_ms()).collect(),
+            first_packet_ms: new
+                .iter()
+                .filter_map(|v| v.counters.first_packet_ms())
+                .collect(),
+            first_frame_ms: new
+                .iter()
+                .filter_map(|v| v.counters.first_frame_ms())
+                .collect(),
             answer_ms: new
                 .iter()
                 .filter_map(|v| v.counters.since_post_ms(&v.counters.answered_us))
@@ -138,6 +161,7 @@ impl Crowd {
         }
         let k = leaving.len();
         for v in &leaving {
+            v.counters.left.store(true, Relaxed);
             v.stop();
             self.sessions.delete(&self.base, &v.location).await;
         }
@@ -167,11 +191,11 @@ impl Crowd {
         };
         let c = &v.counters;
         wait_until(
-            || c.first_video_us.load(Relaxed) > 0 || c.ended.load(Relaxed),
+            || c.first_frame_us.load(Relaxed) > 0 || c.ended.load(Relaxed),
             Duration::from_secs(5),
         )
         .await;
-        let ttff = c.ttff_ms();
+        let ttff = c.first_frame_ms();
         v.stop();
         self.sessions.delete(&self.base, &v.location).await;
         // Not retired: its packets would skew the window's totals after the fact.
@@ -184,9 +208,9 @@ impl Crowd {
         Totals::of(current.chain(self.retired.iter().map(|c| &**c)))
     }
 
-    /// Totals over the first `n` current viewers.
-    pub fn totals_of_first(&self, n: usize) -> Totals {
-        Totals::of(self.viewers.iter().take(n).map(|v| &*v.counters))
+    /// The current viewers' counters.
+    pub fn counters(&self) -> impl Iterator<Item = &Arc<Counters>> {
+        self.viewers.iter().map(|v| &v.counters)
     }
 
     /// Frame latencies the full viewers collected since the last call.
@@ -219,8 +243,24 @@ impl Drop for Crowd {
 }
 
 impl JoinReport {
-    pub fn ttff(&self, p: f64) -> f64 {
-        percentile(&mut self.ttff_ms.clone(), p)
+    pub fn first_packet(&self, p: f64) -> f64 {
+        percentile(&mut self.first_packet_ms.clone(), p)
+    }
+
+    pub fn first_frame(&self, p: f64) -> f64 {
+        percentile(&mut self.first_frame_ms.clone(), p)
+    }
+
+    /// Adds another group's joins (soak: every churn's).
+    pub fn absorb(&mut self, r: JoinReport) {
+        self.requested += r.requested;
+        self.joined += r.joined;
+        self.connected += r.connected;
+        self.playing += r.playing;
+        self.first_packet_ms.extend(r.first_packet_ms);
+        self.first_frame_ms.extend(r.first_frame_ms);
+        self.answer_ms.extend(r.answer_ms);
+        self.connect_ms.extend(r.connect_ms);
     }
 
     pub fn answer(&self, p: f64) -> f64 {

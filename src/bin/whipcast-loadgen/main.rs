@@ -8,17 +8,23 @@
 //!   every 20 ms;
 //! * joins `--viewers` WHEP viewers, each with its own UDP socket on 127.0.0.1, as tokio tasks
 //!   (32 WHEP requests in flight). Sink viewers complete ICE/DTLS with str0m and then count RTP
-//!   from the clear header (delivered packets/s, loss = 1 − received/expected from each
-//!   SSRC's sequence span, duplicates) while STUN/RTCP still reach str0m; `--full-viewers`
-//!   of them decode everything and check each frame's marker (latency, order, integrity);
-//! * time to first frame per viewer: WHEP POST sent → first video RTP packet (sink) or first
-//!   complete frame (full);
+//!   from the clear header (delivered packets/s, duplicates) while STUN/RTCP still reach str0m;
+//!   `--full-viewers` of them decode everything and check each frame's marker (latency, order,
+//!   integrity);
+//! * loss over the window, viewer by viewer, against the publisher's own count of packets
+//!   sent: a viewer that gets nothing or stalls counts as loss for all it missed
+//!   (`window.rs`). Reports viewers requested, joined, failed, playing at the end and playing
+//!   the whole window; viewers per core counts only the last;
+//! * time to first frame, two figures: WHEP POST sent → first video RTP packet
+//!   (`ttff_first_packet_*`, every viewer) and → first complete video frame
+//!   (`ttff_first_frame_*`, full viewers and the probes);
 //! * with `--server-pid`: the server's CPU % of one core over the measured window (from
 //!   /proc/<pid>/stat) and its RSS before and after the viewers joined (/proc/<pid>/status);
-//!   our own CPU % and the host's UDP buffer drops are reported too, to tell whether the
-//!   generator, not the server, was the limit;
-//! * `--join-storm N2`: after the window, N2 more viewers join at once; reports completed
-//!   joins (WHEP + ICE + DTLS) per second and the loss the existing viewers saw meanwhile.
+//!   our own CPU % (`loadgen_cpu_percent`) and the host's UDP buffer drops over the same
+//!   window, to tell whether the generator, not the server, was the limit;
+//! * `--join-storm N2`: after the window, N2 more viewers join at once (up to
+//!   `--full-viewers` of them full); reports completed joins (WHEP + ICE + DTLS) per second,
+//!   both times to first frame, and the loss the existing viewers saw meanwhile.
 //!
 //! It always ends: setup, the window and the storm each have a time limit, and every session
 //! it opened gets its DELETE (also on errors and Ctrl-C). One JSON line goes to stdout; the
@@ -34,7 +40,9 @@
 //! ```
 //!
 //! `--churn-every S --churn K` replaces K sink viewers every S seconds during the window
-//! (the soak test) and logs the server's RSS and open file descriptors as it goes.
+//! (the soak test), logs the server's RSS and open file descriptors as it goes, and reports
+//! the replacements' joins (`churn_*`); the window's loss then counts the viewers present
+//! from start to end that the generator did not replace.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::disallowed_methods)] // a load generator is a driver: it reads the clock
@@ -46,6 +54,7 @@ mod publisher;
 mod run;
 mod stats;
 mod viewer;
+mod window;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -79,8 +88,12 @@ pub(crate) struct Args {
     /// After the window, this many more viewers join at once.
     #[arg(long, default_value_t = 0)]
     pub(crate) join_storm: usize,
-    /// Seconds of warm-up between everyone playing and the start of the measured window.
-    #[arg(long, default_value_t = 2)]
+    /// Seconds of warm-up between everyone playing and the start of the measured window. A
+    /// new viewer gets the cached keyframe and then nothing of the video until the next live
+    /// one (the frames between reference pictures it never got): up to a GOP (2 s) that its
+    /// count would show as loss. 3 s covers the GOP and the last viewer's copy of that
+    /// keyframe at high N; less is allowed (with a warning) for quick runs.
+    #[arg(long, default_value_t = 3)]
     pub(crate) warmup: u64,
     /// After the window, this many full viewers join one at a time on the loaded server, for
     /// a time to first complete frame without the mass join's queueing.

@@ -182,19 +182,36 @@ fn answer_pts(sdp: &str) -> Pts {
 pub fn drain(
     rtc: &mut Rtc,
     socket: &UdpSocket,
+    on_event: impl FnMut(Event),
+) -> Result<Instant, String> {
+    drain_counting(rtc, socket, on_event, |_, _| {})
+}
+
+/// [`drain`], also telling `on_sent` of each datagram whether the socket took it.
+pub fn drain_counting(
+    rtc: &mut Rtc,
+    socket: &UdpSocket,
     mut on_event: impl FnMut(Event),
+    mut on_sent: impl FnMut(&[u8], bool),
 ) -> Result<Instant, String> {
     loop {
         match rtc.poll_output().map_err(|e| e.to_string())? {
             Output::Timeout(t) => return Ok(t),
             Output::Transmit(t) => {
                 if t.destination.ip().is_loopback() {
-                    let _ = socket.try_send_to(&t.contents, t.destination);
+                    let sent = socket.try_send_to(&t.contents, t.destination).is_ok();
+                    on_sent(&t.contents, sent);
                 }
             }
             Output::Event(e) => on_event(e),
         }
     }
+}
+
+/// RTP rather than STUN, DTLS or RTCP: version 2, and not an RTCP packet type (RFC 5761:
+/// 64–95 after the marker bit covers RTCP's 192–223).
+pub fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && d[0] & 0xc0 == 0x80 && !(64..=95).contains(&(d[1] & 0x7f))
 }
 
 /// Feeds one received datagram to `rtc` (ignoring what str0m cannot classify).

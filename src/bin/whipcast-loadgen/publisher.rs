@@ -42,6 +42,10 @@ pub struct Publisher {
     /// Video frames written so far, and frames skipped because the thread fell behind.
     pub frames: Arc<AtomicU64>,
     pub late_frames: Arc<AtomicU64>,
+    /// Media RTP packets the socket took (what every viewer should receive, as the server
+    /// forwards each one), and RTP packets a full socket buffer dropped before the server.
+    pub rtp_sent: Arc<AtomicU64>,
+    pub rtp_send_drops: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -68,10 +72,13 @@ impl Publisher {
         )
         .await?;
         let (connected, frames, late_frames, stop) = Default::default();
+        let (rtp_sent, rtp_send_drops) = Default::default();
         let shared = Shared {
             connected: Arc::clone(&connected),
             frames: Arc::clone(&frames),
             late_frames: Arc::clone(&late_frames),
+            rtp_sent: Arc::clone(&rtp_sent),
+            rtp_send_drops: Arc::clone(&rtp_send_drops),
             stop: Arc::clone(&stop),
         };
         // The socket belongs to this runtime's reactor; hand over the std socket instead.
@@ -97,6 +104,8 @@ impl Publisher {
             connected,
             frames,
             late_frames,
+            rtp_sent,
+            rtp_send_drops,
             stop,
             thread: Some(thread),
         })
@@ -121,6 +130,8 @@ struct Shared {
     connected: Arc<AtomicBool>,
     frames: Arc<AtomicU64>,
     late_frames: Arc<AtomicU64>,
+    rtp_sent: Arc<AtomicU64>,
+    rtp_send_drops: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -129,6 +140,24 @@ impl Shared {
         if matches!(e, Event::Connected) {
             self.connected.store(true, Relaxed);
         }
+    }
+
+    fn on_sent(&self, d: &[u8], sent: bool) {
+        if peer::is_rtp(d) {
+            match sent {
+                true => self.rtp_sent.fetch_add(1, Relaxed),
+                false => self.rtp_send_drops.fetch_add(1, Relaxed),
+            };
+        }
+    }
+
+    fn drain(&self, rtc: &mut Rtc, socket: &tokio::net::UdpSocket) -> Result<Instant, String> {
+        peer::drain_counting(
+            rtc,
+            socket,
+            |e| self.on_event(&e),
+            |d, ok| self.on_sent(d, ok),
+        )
     }
 }
 
@@ -146,7 +175,7 @@ async fn run(
     let (mut next_video, mut next_audio) = (Instant::now(), Instant::now());
     let mut started = false;
     while !s.stop.load(Relaxed) {
-        let mut wake = peer::drain(&mut rtc, &socket, |e| s.on_event(&e))?;
+        let mut wake = s.drain(&mut rtc, &socket)?;
         let now = Instant::now();
         if s.connected.load(Relaxed) {
             if !started {
@@ -190,7 +219,7 @@ async fn run(
                     match socket.try_recv_from(&mut buf) {
                         Ok((len, src)) => {
                             peer::feed(&mut rtc, local, src, &buf[..len])?;
-                            peer::drain(&mut rtc, &socket, |e| s.on_event(&e))?;
+                            s.drain(&mut rtc, &socket)?;
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         // An ICMP error from an earlier send; the socket is still fine.

@@ -5,11 +5,12 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::crowd::{self, Crowd};
+use crate::crowd::{self, Crowd, JoinReport};
 use crate::http::{self, Base};
-use crate::peer::{Sessions, wait_until};
+use crate::peer::{self, Sessions, wait_until};
 use crate::publisher::Publisher;
 use crate::stats::{self, Sample, percentile};
+use crate::window::{self, Window};
 use crate::{Args, join_limit};
 
 pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, String> {
@@ -61,44 +62,66 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     if joined.playing == 0 {
         return Err("no viewer got video".into());
     }
+    if a.warmup < 3 {
+        eprintln!(
+            "warning: --warmup {} is shorter than a GOP and its fan-out: viewers still waiting \
+             for their first live keyframe show as loss",
+            a.warmup
+        );
+    }
     tokio::time::sleep(Duration::from_secs(a.warmup)).await;
 
     // The measured window.
+    let now_us = || peer::micros_since(epoch, Instant::now());
+    let sent = || publisher.rtp_sent.load(Relaxed);
     let (s0, t0) = (sample(), crowd.totals());
+    let window = Window::open(now_us(), sent(), crowd.counters());
     crowd.take_latencies();
-    let window = Duration::from_secs(a.seconds);
+    let length = Duration::from_secs(a.seconds);
     let mut next_log = Instant::now() + Duration::from_secs(5);
     let mut next_churn = Instant::now() + Duration::from_secs(a.churn_every.max(1));
-    let mut replaced = 0;
-    while s0.at.elapsed() < window {
-        tokio::time::sleep(Duration::from_millis(100).min(window.saturating_sub(s0.at.elapsed())))
+    let mut churned = JoinReport::default();
+    while s0.at.elapsed() < length {
+        tokio::time::sleep(Duration::from_millis(100).min(length.saturating_sub(s0.at.elapsed())))
             .await;
         if a.churn_every > 0 && a.churn > 0 && Instant::now() >= next_churn {
-            replaced += crowd.churn(a.churn, join_limit(a.churn)).await.joined;
+            let r = crowd.churn(a.churn, join_limit(a.churn)).await;
+            eprintln!(
+                "churn: {} of {} joined, {} playing, first packet p95 {:.0} ms",
+                r.joined,
+                r.requested,
+                r.playing,
+                r.first_packet(0.95)
+            );
+            churned.absorb(r);
             next_churn += Duration::from_secs(a.churn_every);
         }
         if Instant::now() >= next_log {
             next_log += Duration::from_secs(5);
             let (s, t) = (sample(), crowd.totals().since(&t0));
+            let w = window.report(now_us(), sent());
             let secs = s.at.duration_since(s0.at).as_secs_f64();
             eprintln!(
                 "t={secs:>4.0}s {:>8.0} pkt/s loss {:.5} server {:.1}% cpu {:.1} MB, fds {}, loadgen {:.1}% cpu, {} replaced, {} ended",
                 t.received as f64 / secs,
-                t.loss(),
+                w.loss,
                 s.cpu_percent_since(&s0).0,
                 s.server_rss_mb.unwrap_or(f64::NAN),
-                pid.and_then(stats::open_fds).unwrap_or(0),
+                pid.and_then(stats::open_fds)
+                    .map_or("?".into(), |n| n.to_string()),
                 s.cpu_percent_since(&s0).1,
-                replaced,
+                churned.joined,
                 crowd.ended(),
             );
         }
     }
-    let (s1, t1) = (sample(), crowd.totals());
+    let (s1, t1, end_us) = (sample(), crowd.totals(), now_us());
+    let w = window.report(end_us, sent());
+    let playing_at_end = window::playing_at(end_us, crowd.counters().map(|c| &**c));
     let mut latencies = crowd.take_latencies();
     let (server_cpu, own_cpu) = s1.cpu_percent_since(&s0);
     let secs = s1.at.duration_since(s0.at).as_secs_f64();
-    let w = t1.since(&t0);
+    let t = t1.since(&t0);
     let fds_loaded = pid.and_then(stats::open_fds);
     let ended = crowd.ended();
     if ended > 0 {
@@ -114,28 +137,31 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         probe_ttff.extend(crowd.probe().await);
     }
 
-    // Join storm: N2 at once while the others keep watching.
+    // Join storm: N2 at once (some of them full viewers) while the others keep watching.
     let storm = if a.join_storm > 0 {
-        let existing = crowd.viewers.len();
-        let before = crowd.totals_of_first(existing);
         let start = sample();
+        let watching = Window::open(now_us(), sent(), crowd.counters());
         eprintln!("join storm: {} viewers", a.join_storm);
-        let r = crowd.join(a.join_storm, 0, join_limit(a.join_storm)).await;
-        let loss = crowd.totals_of_first(existing).since(&before).loss();
+        let full = a.full_viewers.min(a.join_storm);
+        let r = crowd
+            .join(a.join_storm, full, join_limit(a.join_storm))
+            .await;
+        let seen = watching.report(now_us(), sent());
         let after = sample();
-        let cpu = after.cpu_percent_since(&start).0;
+        let (cpu, own_cpu) = after.cpu_percent_since(&start);
         let drops = after
             .server_socket_drops
             .zip(start.server_socket_drops)
             .map(|(y, x)| y.saturating_sub(x));
         eprintln!(
-            "storm: {} joined, {} connected, {} playing, {:.0} joins/s, existing viewers' loss {:.5}, server {cpu:.0}% cpu",
-            r.joined, r.connected, r.playing, r.joins_per_s, loss
+            "storm: {} of {} joined, {} connected, {} playing, {:.0} joins/s, existing viewers' loss {:.5}, server {cpu:.0}% cpu, loadgen {own_cpu:.0}% cpu",
+            r.joined, r.requested, r.connected, r.playing, r.joins_per_s, seen.loss
         );
         Some(Storm {
             joins: r,
-            loss,
+            loss: seen.loss,
             server_cpu: cpu,
+            own_cpu,
             server_socket_drops: drops,
         })
     } else {
@@ -155,12 +181,9 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         (Some(x), Some(y)) => Some(y.saturating_sub(x)),
         _ => None,
     };
-    let loss = if a.churn_every > 0 {
-        f64::NAN
-    } else {
-        w.loss()
-    };
-    let viewers_per_core = a.viewers as f64 / (server_cpu / 100.0);
+    // Only viewers that played the whole window count: a server that sheds viewers must not
+    // look cheaper per viewer for it.
+    let viewers_per_core = w.played_whole as f64 / (server_cpu / 100.0);
     if own_cpu > 80.0 * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64) {
         eprintln!("warning: the load generator used {own_cpu:.0}% CPU; it may be the limit");
     }
@@ -169,52 +192,79 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         .into_iter()
         .map(|b| round(b, 1))
         .collect();
+    let st = storm.as_ref();
     let mut line = serde_json::json!({
-        "viewers": a.viewers,
+        "viewers_requested": a.viewers,
+        "viewers_joined": joined.joined,
+        "viewers_failed": a.viewers - joined.joined,
+        "viewers_playing_at_end": playing_at_end,
+        "viewers_played_whole_window": w.played_whole,
         "seconds": a.seconds,
         "receiver_gro": a.receiver_gro,
         "server_cpu_percent": round(server_cpu, 1),
-        "delivered_pps": round(w.received as f64 / secs, 0),
-        "loss_ratio": round(loss, 6),
-        "ttff_p50_ms": round(joined.ttff(0.5), 1),
-        "ttff_p95_ms": round(joined.ttff(0.95), 1),
-        "probe_ttff_p50_ms": round(percentile(&mut probe_ttff, 0.5), 1),
-        "probe_ttff_p95_ms": round(percentile(&mut probe_ttff, 0.95), 1),
+        "loadgen_cpu_percent": round(own_cpu, 1),
+        "delivered_pps": round(t.received as f64 / secs, 0),
+        "loss_ratio": round(w.loss, 6),
+        "ttff_first_packet_p50_ms": round(joined.first_packet(0.5), 1),
+        "ttff_first_packet_p95_ms": round(joined.first_packet(0.95), 1),
+        "ttff_first_frame_p50_ms": round(joined.first_frame(0.5), 1),
+        "ttff_first_frame_p95_ms": round(joined.first_frame(0.95), 1),
+        "probe_ttff_first_frame_p50_ms": round(percentile(&mut probe_ttff, 0.5), 1),
+        "probe_ttff_first_frame_p95_ms": round(percentile(&mut probe_ttff, 0.95), 1),
         "latency_p99_ms": round(percentile(&mut latencies, 0.99), 1),
         "rss_mb_per_viewer": round(rss_per_viewer, 3),
-        "joins_per_s": storm.as_ref().map(|s| round(s.joins.joins_per_s, 1)),
-        "join_storm_loss_ratio": storm.as_ref().map(|s| round(s.loss, 6)),
-        "join_storm_ttff_p95_ms": storm.as_ref().map(|s| round(s.joins.ttff(0.95), 1)),
-        "join_storm_connected": storm.as_ref().map(|s| s.joins.connected),
-        "join_storm_server_cpu_percent": storm.as_ref().map(|s| round(s.server_cpu, 1)),
-        "join_storm_server_socket_drops": storm.as_ref().map(|s| s.server_socket_drops),
+        "viewers_per_core": round(viewers_per_core, 0),
     });
-    // The diagnostics (one json! would exceed the macro recursion limit).
+    // The rest (one json! would exceed the macro recursion limit).
+    let storm_line = serde_json::json!({
+        "join_storm_requested": st.map(|s| s.joins.requested),
+        "join_storm_joined": st.map(|s| s.joins.joined),
+        "join_storm_connected": st.map(|s| s.joins.connected),
+        "join_storm_playing": st.map(|s| s.joins.playing),
+        "joins_per_s": st.map(|s| round(s.joins.joins_per_s, 1)),
+        "join_storm_loss_ratio": st.map(|s| round(s.loss, 6)),
+        "join_storm_ttff_first_packet_p50_ms": st.map(|s| round(s.joins.first_packet(0.5), 1)),
+        "join_storm_ttff_first_packet_p95_ms": st.map(|s| round(s.joins.first_packet(0.95), 1)),
+        "join_storm_ttff_first_frame_p50_ms": st.map(|s| round(s.joins.first_frame(0.5), 1)),
+        "join_storm_ttff_first_frame_p95_ms": st.map(|s| round(s.joins.first_frame(0.95), 1)),
+        "join_storm_server_cpu_percent": st.map(|s| round(s.server_cpu, 1)),
+        "join_storm_loadgen_cpu_percent": st.map(|s| round(s.own_cpu, 1)),
+        "join_storm_server_socket_drops": st.map(|s| s.server_socket_drops),
+    });
+    let churn = (a.churn_every > 0).then_some(&churned);
+    let churn_line = serde_json::json!({
+        "churn_requested": churn.map(|c| c.requested),
+        "churn_joined": churn.map(|c| c.joined),
+        "churn_playing": churn.map(|c| c.playing),
+        "churn_ttff_first_packet_p50_ms": churn.map(|c| round(c.first_packet(0.5), 1)),
+        "churn_ttff_first_packet_p95_ms": churn.map(|c| round(c.first_packet(0.95), 1)),
+        "churn_connect_p95_ms": churn.map(|c| round(c.connect(0.95), 1)),
+    });
     let more = serde_json::json!({
         "latency_p50_ms": round(percentile(&mut latencies, 0.5), 1),
         "answer_p50_ms": round(joined.answer(0.5), 1),
         "connect_p50_ms": round(joined.connect(0.5), 1),
         "connect_p95_ms": round(joined.connect(0.95), 1),
-        "viewers_per_core": round(viewers_per_core, 0),
-        "server_cpu_us_per_pkt": round(server_cpu / 100.0 * 1e6 / (w.received as f64 / secs), 2),
+        "server_cpu_us_per_pkt": round(server_cpu / 100.0 * 1e6 / (t.received as f64 / secs), 2),
         "viewers_connected": joined.connected,
         "viewers_playing": joined.playing,
         "viewers_ended": ended,
+        "window_viewers": w.viewers,
+        "window_packets_sent": w.sent,
         "join_failures": crowd.failures,
-        "duplicates": w.duplicates,
-        "rtx_packets": w.rtx,
-        "frames_ok": w.frames_ok,
-        "frames_bad": w.frames_bad,
-        "frames_missing": w.frames_missing,
+        "duplicates": t.duplicates,
+        "rtx_packets": t.rtx,
+        "frames_ok": t.frames_ok,
+        "frames_bad": t.frames_bad,
+        "frames_missing": t.frames_missing,
         "publisher_frames": publisher.frames.load(Relaxed),
         "publisher_late_frames": publisher.late_frames.load(Relaxed),
-        "loadgen_cpu_percent": round(own_cpu, 1),
+        "publisher_rtp_send_drops": publisher.rtp_send_drops.load(Relaxed),
         "host_core_busy_percent": core_busy,
         "udp_rcvbuf_errors": drops(|s| s.udp_rcvbuf_errors),
         "udp_sndbuf_errors": drops(|s| s.udp_sndbuf_errors),
         "server_socket_drops": drops(|s| s.server_socket_drops),
         "loadgen_socket_drops": drops(|s| s.other_socket_drops),
-        "replaced_viewers": replaced,
         "server_rss_mb_start": idle.server_rss_mb.map(|x| round(x, 1)),
         "server_rss_mb_loaded": s1.server_rss_mb.map(|x| round(x, 1)),
         "server_rss_mb_end": rss_end.map(|x| round(x, 1)),
@@ -222,8 +272,12 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         "server_fds_loaded": fds_loaded,
         "server_fds_end": pid.and_then(stats::open_fds),
     });
-    if let (Some(line), serde_json::Value::Object(more)) = (line.as_object_mut(), more) {
-        line.extend(more);
+    if let Some(line) = line.as_object_mut() {
+        for part in [storm_line, churn_line, more] {
+            if let serde_json::Value::Object(part) = part {
+                line.extend(part);
+            }
+        }
     }
     Ok(line.to_string())
 }
@@ -233,6 +287,7 @@ struct Storm {
     /// Loss the viewers already watching saw meanwhile.
     loss: f64,
     server_cpu: f64,
+    own_cpu: f64,
     server_socket_drops: Option<u64>,
 }
 

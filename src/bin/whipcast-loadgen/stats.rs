@@ -1,6 +1,7 @@
-//! What the load generator measures: per-SSRC sequence tracking (delivered, loss, duplicates)
-//! from clear RTP headers, per-viewer counters shared with the main task through atomics,
-//! percentiles, and the server's (and our own) CPU and memory from /proc.
+//! What the load generator measures: per-SSRC sequence tracking (distinct packets delivered,
+//! duplicates) from clear RTP headers, per-viewer counters shared with the main task through
+//! atomics, percentiles, and the server's (and our own) CPU and memory from /proc. Loss is not
+//! here: it needs the publisher's send count ([`crate::window`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -12,8 +13,7 @@ const WINDOW: u64 = 1024;
 /// One SSRC's packets, from the clear RTP header (no decryption).
 pub struct SeqCounter {
     pub ssrc: u32,
-    /// Extended sequence numbers (a 64-bit count that survives 16-bit wrap-around).
-    first: u64,
+    /// Highest extended sequence number (a 64-bit count that survives 16-bit wrap-around).
     highest: u64,
     /// Distinct packets received, and repeats of ones already seen.
     pub received: u64,
@@ -28,7 +28,6 @@ impl SeqCounter {
         let ext = (1 << 16) + seq as u64;
         let mut c = Self {
             ssrc,
-            first: ext,
             highest: ext,
             received: 1,
             duplicates: 0,
@@ -55,19 +54,12 @@ impl SeqCounter {
         } else if self.highest - ext >= WINDOW {
             // Too old to tell; count it (this does not happen on loopback).
             self.received += 1;
-            self.first = self.first.min(ext);
         } else if self.is_set(ext) {
             self.duplicates += 1;
         } else {
             self.set(ext);
             self.received += 1;
-            self.first = self.first.min(ext);
         }
-    }
-
-    /// Packets the sender sent in the span seen so far.
-    pub fn expected(&self) -> u64 {
-        self.highest - self.first + 1
     }
 
     fn set(&mut self, ext: u64) {
@@ -90,15 +82,22 @@ impl SeqCounter {
 /// Times are µs since the run's epoch, 0 for "not yet".
 #[derive(Default)]
 pub struct Counters {
+    /// Distinct media RTP packets (video and audio) received so far.
     pub received: AtomicU64,
-    pub expected: AtomicU64,
     pub duplicates: AtomicU64,
     /// Retransmissions (RTX payload type), counted apart from the media streams.
     pub rtx: AtomicU64,
     pub posted_us: AtomicU64,
     pub answered_us: AtomicU64,
     pub connected_us: AtomicU64,
-    pub first_video_us: AtomicU64,
+    /// The first video RTP packet (every viewer) and the first complete video frame str0m
+    /// handed up (full viewers only; sinks never depacketize).
+    pub first_packet_us: AtomicU64,
+    pub first_frame_us: AtomicU64,
+    /// The last batch that brought media RTP, and the longest time between two such batches
+    /// since the main task last reset it: a viewer that stalls mid-window shows here.
+    pub last_rtp_us: AtomicU64,
+    pub longest_silence_us: AtomicU64,
     /// Full viewers: frames whose marker and filler checked out, frames corrupt or out of
     /// order, frame numbers skipped.
     pub frames_ok: AtomicU64,
@@ -108,6 +107,9 @@ pub struct Counters {
     pub latencies_ms: Mutex<Vec<f64>>,
     /// Set when the viewer's task ended on its own (error, server closed the session).
     pub ended: AtomicBool,
+    /// Set when the load generator itself made the viewer leave (soak churn): its silence
+    /// afterwards is nobody's loss.
+    pub left: AtomicBool,
 }
 
 impl Counters {
@@ -115,9 +117,14 @@ impl Counters {
         std::mem::take(&mut *self.latencies_ms.lock().expect("latency lock"))
     }
 
-    /// POST sent → first video (RTP packet for sinks, whole frame for full viewers).
-    pub fn ttff_ms(&self) -> Option<f64> {
-        self.since_post_ms(&self.first_video_us)
+    /// POST sent → first video RTP packet.
+    pub fn first_packet_ms(&self) -> Option<f64> {
+        self.since_post_ms(&self.first_packet_us)
+    }
+
+    /// POST sent → first complete video frame (full viewers only).
+    pub fn first_frame_ms(&self) -> Option<f64> {
+        self.since_post_ms(&self.first_frame_us)
     }
 
     /// POST sent → the moment in `t` (answer received, ICE + DTLS connected, …).
@@ -131,7 +138,6 @@ impl Counters {
 #[derive(Clone, Copy, Default)]
 pub struct Totals {
     pub received: u64,
-    pub expected: u64,
     pub duplicates: u64,
     pub rtx: u64,
     pub frames_ok: u64,
@@ -144,7 +150,6 @@ impl Totals {
         let mut t = Self::default();
         for c in all {
             t.received += c.received.load(Relaxed);
-            t.expected += c.expected.load(Relaxed);
             t.duplicates += c.duplicates.load(Relaxed);
             t.rtx += c.rtx.load(Relaxed);
             t.frames_ok += c.frames_ok.load(Relaxed);
@@ -158,21 +163,11 @@ impl Totals {
     pub fn since(&self, before: &Self) -> Self {
         Self {
             received: self.received.saturating_sub(before.received),
-            expected: self.expected.saturating_sub(before.expected),
             duplicates: self.duplicates.saturating_sub(before.duplicates),
             rtx: self.rtx.saturating_sub(before.rtx),
             frames_ok: self.frames_ok.saturating_sub(before.frames_ok),
             frames_bad: self.frames_bad.saturating_sub(before.frames_bad),
             frames_missing: self.frames_missing.saturating_sub(before.frames_missing),
-        }
-    }
-
-    /// 1 − received / expected, for a [`Totals::since`] delta (NaN when nothing was expected).
-    pub fn loss(&self) -> f64 {
-        if self.expected > 0 {
-            (1.0 - self.received as f64 / self.expected as f64).max(0.0)
-        } else {
-            f64::NAN
         }
     }
 }
@@ -358,7 +353,7 @@ mod tests {
             c.add(s);
         }
         // 65530..=3 is 10 packets; 65534 and 2 never came; 1 came twice.
-        assert_eq!((c.expected(), c.received, c.duplicates), (10, 8, 1));
+        assert_eq!((c.received, c.duplicates), (8, 1));
     }
 
     #[test]

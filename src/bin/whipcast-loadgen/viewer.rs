@@ -1,6 +1,7 @@
 //! A WHEP viewer: a browser-like recvonly offer (H.264 variants + Opus, RTX, TWCC), its own
 //! loopback UDP socket and a tokio task. After ICE and DTLS, every RTP packet is counted from
-//! its clear header (SSRC, sequence number: delivered, loss, duplicates) without decrypting.
+//! its clear header (SSRC, sequence number: distinct packets delivered, duplicates) without
+//! decrypting; loss is what the publisher sent minus what arrived ([`crate::window`]).
 //!
 //! * **Sink** viewers hand only STUN, DTLS and RTCP to str0m, so consent checks and receiver
 //!   reports keep running while RTP costs one header parse; that keeps the generator cheaper
@@ -215,7 +216,7 @@ impl State {
         d: &[u8],
         c: &Counters,
     ) -> Result<(), String> {
-        if is_rtp(d) {
+        if peer::is_rtp(d) {
             self.count_rtp(d, c);
             if !self.full {
                 return Ok(());
@@ -237,20 +238,26 @@ impl State {
             Some(s) => s.add(seq),
             None => self.seqs.push(SeqCounter::new(ssrc, seq)),
         }
-        if !self.full && Some(pt) == self.pts.video && c.first_video_us.load(Relaxed) == 0 {
-            c.first_video_us
+        if Some(pt) == self.pts.video && c.first_packet_us.load(Relaxed) == 0 {
+            c.first_packet_us
                 .store(peer::micros_since(self.epoch, Instant::now()), Relaxed);
         }
     }
 
-    /// Makes this batch's counts visible to the main task.
+    /// Makes this batch's counts visible to the main task, and notes when media last came.
     fn publish(&self, c: &Counters) {
-        let (mut r, mut e, mut d) = (0, 0, 0);
+        let (mut r, mut d) = (0, 0);
         for s in &self.seqs {
-            (r, e, d) = (r + s.received, e + s.expected(), d + s.duplicates);
+            (r, d) = (r + s.received, d + s.duplicates);
         }
-        c.received.store(r, Relaxed);
-        c.expected.store(e, Relaxed);
+        if r > c.received.swap(r, Relaxed) {
+            let now = peer::micros_since(self.epoch, Instant::now());
+            let last = c.last_rtp_us.swap(now, Relaxed);
+            if last > 0 {
+                c.longest_silence_us
+                    .fetch_max(now.saturating_sub(last), Relaxed);
+            }
+        }
         c.duplicates.store(d, Relaxed);
         c.rtx.store(self.other_rtp, Relaxed);
     }
@@ -268,8 +275,8 @@ fn on_event(e: Event, video: Mid, epoch: Instant, last_frame: &mut Option<u64>, 
         Event::MediaData(d) if d.mid == video => {
             let now = Instant::now();
             let now_us = peer::micros_since(epoch, now);
-            if c.first_video_us.load(Relaxed) == 0 {
-                c.first_video_us.store(now_us, Relaxed);
+            if c.first_frame_us.load(Relaxed) == 0 {
+                c.first_frame_us.store(now_us, Relaxed);
             }
             match publisher::check_frame(&d.data) {
                 Ok((n, sent_us)) => {
@@ -300,10 +307,4 @@ fn on_event(e: Event, video: Mid, epoch: Instant, last_frame: &mut Option<u64>, 
         }
         _ => {}
     }
-}
-
-/// RTP rather than STUN, DTLS or RTCP: version 2, and not an RTCP packet type (RFC 5761:
-/// 64–95 after the marker bit covers RTCP's 192–223).
-fn is_rtp(d: &[u8]) -> bool {
-    d.len() >= 12 && d[0] & 0xc0 == 0x80 && !(64..=95).contains(&(d[1] & 0x7f))
 }
