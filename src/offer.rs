@@ -342,9 +342,6 @@ pub fn viewer_cname(first_ssrc: u32) -> String {
     format!("whipcast-{first_ssrc:08x}")
 }
 
-/// Which transports a session's answer offers: viewers' (UDP and TCP) also get viewers'
-/// header extensions.
-
 impl SessionSetup {
     /// Our ICE candidates: one UDP host candidate per advertised address, and with `tcp` the
     /// passive ICE-TCP ones (viewers only). Also sent again after an ICE restart.
@@ -375,6 +372,8 @@ pub fn ice_credentials() -> IceCreds {
     }
 }
 
+/// Which transports a session's answer offers: viewers' (UDP and TCP) also get viewers'
+/// header extensions.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ice {
     Udp,
