@@ -84,7 +84,7 @@ impl GstClient {
         let want = format!("out: {line}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.lines.lock().unwrap().iter().any(|l| *l == want) {
+            if self.lines.lock().unwrap().contains(&want) {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {

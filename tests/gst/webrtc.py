@@ -3,7 +3,6 @@ WHIP/WHEP exchange (one offer with every candidate, no trickle), a deadline, and
 session failed. Run with Debian's /usr/bin/python3 (python3-gi); tests/gstreamer.rs does."""
 
 import sys
-import time
 import urllib.error
 import urllib.request
 
