@@ -141,3 +141,47 @@ async fn junk_frames_do_not_keep_an_ice_tcp_connection_open() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_keeps_answering_during_a_udp_flood() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = start(&[]).await;
+    let base = format!("http://{}", server.http_addr);
+    let udp = server.udp_addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four senders of junk on loopback, each bounded to 300,000 datagrams.
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let junk = [0x80u8; 200];
+                for _ in 0..300_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = s.send_to(&junk, udp);
+                }
+            })
+        })
+        .collect();
+    // Each status request is an engine command; under the flood each must still be answered.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut answered = 0;
+    for _ in 0..20 {
+        let res = http.get(format!("{base}/api/status")).send().await;
+        if res.is_ok_and(|r| r.status().is_success()) {
+            answered += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in flood {
+        t.join().unwrap();
+    }
+    assert_eq!(answered, 20, "API requests answered during the flood");
+    server.shutdown().await;
+}
