@@ -8,6 +8,10 @@
 //! - **answer**: the `201` answer arrived;
 //! - **frame**: the first video frame was presented (`requestVideoFrameCallback`).
 //!
+//! Each load's line also has when `getStats` (polled) first showed a video packet received
+//! and a frame decoded, and its NACK, PLI, loss and dropped-frame counts: where a slow load
+//! waited.
+//!
 //! The page is not changed for the measurement, so the same bench measures any version of
 //! `www/player.js`. One load before the measured ones warms the freshly started browser up. It reports p50, p95 and max of each over the loads that showed a frame,
 //! and the loads that did not within [`FRAME_LIMIT`]. A benchmark, not a test: the figures
@@ -67,6 +71,24 @@ const PROBE: &str = r#"
     const v = document.querySelector('video');
     if (v) v.requestVideoFrameCallback((_, meta) => { ff.frame = meta.presentationTime - t0; });
   });
+  // Where a slow first frame waited: the first video packet received, the first decoded.
+  const poll = () => {
+    const pc = window.whipcast && window.whipcast.pc;
+    if (ff.frame !== null && ff.decoded !== null) return;
+    if (!pc) return setTimeout(poll, 10);
+    pc.getStats().then((stats) => {
+      stats.forEach((r) => {
+        if (r.type !== 'inbound-rtp' || r.kind !== 'video') return;
+        if (ff.received === null && r.packetsReceived > 0) ff.received = since();
+        if (ff.decoded === null && r.framesDecoded > 0) ff.decoded = since();
+        ff.stats = { nacks: r.nackCount, plis: r.pliCount, lost: r.packetsLost, dropped: r.framesDropped };
+      });
+      setTimeout(poll, 10);
+    }, () => setTimeout(poll, 10));
+  };
+  ff.received = null;
+  ff.decoded = null;
+  poll();
 })();
 "#;
 
@@ -131,10 +153,14 @@ fn main() {
         let r = browser_load(&browser, &url);
         let ms = |k: &str| r.get(k).and_then(Value::as_f64);
         eprintln!(
-            "load {i:>3}: post {:>6.1} answer {:>6.1} frame {:>7.1} ms",
+            "load {i:>3}: post {:>6.1} answer {:>6.1} frame {:>7.1} ms \
+             (first video packet {:>6.1}, decoded {:>6.1}; {})",
             ms("post").unwrap_or(f64::NAN),
             ms("answer").unwrap_or(f64::NAN),
-            ms("frame").unwrap_or(f64::NAN)
+            ms("frame").unwrap_or(f64::NAN),
+            ms("received").unwrap_or(f64::NAN),
+            ms("decoded").unwrap_or(f64::NAN),
+            r.get("stats").unwrap_or(&Value::Null)
         );
         match ms("frame") {
             Some(f) => frame.push(f),
