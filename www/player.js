@@ -7,6 +7,7 @@ const viewId = new URLSearchParams(location.search).get('id') || '';
 const video = $('video');
 const player = {
   pc: null, state: 'connecting', session: null, events: null, ended: false, iceLost: false, timer: null, backoff: 1000,
+  gatherFirst: false,
 };
 window.whipcast = player;
 
@@ -59,6 +60,13 @@ function retryAfter(header) {
   return Math.min(ms, MAX_RETRY_MS);
 }
 
+// whipcast is ICE-lite: it learns the browser's address from the browser's connectivity
+// checks (peer-reflexive), so the offer goes out at once instead of after ICE gathering (which
+// costs 200 ms or more). Nothing is trickled: the server takes no candidates from PATCH.
+// Should a network need the candidates in the offer after all (no ICE connection this long
+// after the answer), the page offers again with them, for the rest of its life.
+const UNGATHERED_CONNECT_MS = 3000;
+
 function gathered(pc, limitMs) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
@@ -106,7 +114,7 @@ async function attempt() {
     }
   };
   await pc.setLocalDescription(await pc.createOffer());
-  await gathered(pc, 1000);
+  if (player.gatherFirst) await gathered(pc, 1000);
   let res;
   try {
     res = await fetch(`/stream?id=${encodeURIComponent(viewId)}`, {
@@ -124,6 +132,7 @@ async function attempt() {
     player.session = res.headers.get('Location');
     player.etag = res.headers.get('ETag');
     await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    if (!player.gatherFirst) fallBackToGathering(pc);
     // Events are an extra: without them the picture still plays.
     subscribe(res.headers.get('Link')).catch(() => {});
     if (player.state !== 'live') show('connecting', 'Starting video…', '', { spinner: true });
@@ -185,6 +194,16 @@ async function restartIce(pc) {
 }
 // Tests (and the console) can restart ICE on the current session.
 player.restartIce = () => restartIce(player.pc);
+
+// Offers again with gathered candidates if an offer without them has not connected.
+function fallBackToGathering(pc) {
+  setTimeout(() => {
+    const ice = pc.iceConnectionState;
+    if (pc !== player.pc || ice === 'connected' || ice === 'completed') return;
+    player.gatherFirst = true;
+    retry(0);
+  }, UNGATHERED_CONNECT_MS);
+}
 
 /// The WHEP server-sent-events extension: POST the wanted events to the Link URL, then follow
 /// the stream it gives back.

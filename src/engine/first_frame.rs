@@ -83,6 +83,7 @@ impl FirstFrame {
             ts: p.ts.wrapping_sub(first.ts).wrapping_add(self.ts),
             pt: (p.pt == self.pt.0).then_some(self.pt.1)?,
             marker: p.marker,
+            orientation: p.orientation,
             payload: p.payload.clone(),
         })
     }
@@ -175,6 +176,7 @@ mod tests {
                 ts: 7000,
                 pt: 96.into(),
                 marker: i == 4,
+                orientation: None,
                 payload: Arc::from([i as u8].as_slice()),
             })
             .collect()

@@ -36,7 +36,7 @@ pub(super) async fn patch(
     // The session (and the ETag named) is checked before the body is read: a stranger, or
     // a session that has ended, gets no read (a check is a trickle, which changes nothing).
     let check = Patch {
-        session,
+        session: session.clone(),
         publisher,
         if_match: if_match.clone(),
         remote: None,

@@ -172,6 +172,15 @@ impl Browser {
         )
     }
 
+    /// Runs a Chrome DevTools Protocol command (chromedriver's `goog/cdp/execute`).
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.call(
+            "POST",
+            &format!("/session/{}/goog/cdp/execute", self.session),
+            json!({ "cmd": cmd, "params": params }),
+        )
+    }
+
     pub fn click(&self, css: &str) {
         self.js("document.querySelector(arguments[0]).click()", json!([css]));
     }
