@@ -232,36 +232,18 @@ impl SessionSetup {
         stats: Duration,
         ice: Ice,
     ) -> Result<Accepted<()>, OfferError> {
-        let ufrag = secret::random_token().replace(['-', '_'], "x");
-        let pass = format!("{}{}", secret::random_token(), secret::random_token())
-            .replace(['-', '_'], "y");
+        let creds = ice_credentials();
+        let ufrag = creds.ufrag.clone();
         let mut config = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_dtls_cert(self.dtls_cert.clone())
-            .set_local_ice_credentials(IceCreds {
-                ufrag: ufrag.clone(),
-                pass,
-            })
+            .set_local_ice_credentials(creds)
             .set_stats_interval(Some(stats));
         *config.codec_config() = CodecConfig::new_from_payload_params(codecs);
         let (mut rtc, keys) = build_rtc(config, now);
-        for addr in &self.candidates {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        if ice == Ice::UdpAndTcp {
-            for addr in &self.tcp_candidates {
-                let tcp = Candidate::builder()
-                    .tcp()
-                    .host(*addr)
-                    .tcptype(TcpType::Passive)
-                    .build();
-                if let Ok(c) = tcp {
-                    rtc.add_local_candidate(c);
-                }
-            }
+        for c in self.local_candidates(ice == Ice::UdpAndTcp) {
+            rtc.add_local_candidate(c);
         }
         let answer = rtc
             .sdp_api()
@@ -274,6 +256,36 @@ impl SessionSetup {
             keys,
             tracks: Vec::new(),
         })
+    }
+}
+
+impl SessionSetup {
+    /// Our ICE candidates: one UDP host candidate per advertised address, and with `tcp` the
+    /// passive ICE-TCP ones (viewers only). Also sent again after an ICE restart.
+    pub fn local_candidates(&self, tcp: bool) -> Vec<Candidate> {
+        let udp = self
+            .candidates
+            .iter()
+            .filter_map(|a| Candidate::host(*a, "udp").ok());
+        let tcp = self.tcp_candidates.iter().filter(|_| tcp).filter_map(|a| {
+            Candidate::builder()
+                .tcp()
+                .host(*a)
+                .tcptype(TcpType::Passive)
+                .build()
+                .ok()
+        });
+        udp.chain(tcp).collect()
+    }
+}
+
+/// Fresh local ICE credentials for a session (or its ICE restart): 128-bit random ufrag and
+/// 256-bit password, in ICE's character set (RFC 8839 §5.4: no `-` or `_`).
+pub fn ice_credentials() -> IceCreds {
+    IceCreds {
+        ufrag: secret::random_token().replace(['-', '_'], "x"),
+        pass: format!("{}{}", secret::random_token(), secret::random_token())
+            .replace(['-', '_'], "y"),
     }
 }
 

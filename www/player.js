@@ -96,7 +96,8 @@ async function attempt() {
     if (s === 'failed' || s === 'disconnected') {
       player.iceLost = true;
       show('reconnecting', 'Connection lost', 'Reconnecting…', { spinner: true });
-      retry(s === 'failed' ? 0 : DISCONNECTED_GRACE_MS);
+      clearTimeout(player.timer);
+      player.timer = setTimeout(() => restartThenRejoin(pc), s === 'failed' ? 0 : DISCONNECTED_GRACE_MS);
     } else if (s === 'connected' && player.iceLost) {
       // Healed within the grace period: keep this session.
       player.iceLost = false;
@@ -121,6 +122,7 @@ async function attempt() {
   if (res.status === 201) {
     player.backoff = 1000;
     player.session = res.headers.get('Location');
+    player.etag = res.headers.get('ETag');
     await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
     // Events are an extra: without them the picture still plays.
     subscribe(res.headers.get('Link')).catch(() => {});
@@ -146,6 +148,43 @@ async function attempt() {
   show('error', 'Something went wrong', `${sentence(problem.detail) || `The server answered ${res.status}.`} Retrying…`);
   retry(retryAfter(res.headers.get('Retry-After')));
 }
+
+// How long an ICE restart may take to bring the connection back before a new session is made.
+const RESTART_WAIT_MS = 5000;
+
+// The network changed under the session (Wi-Fi to cellular, a NAT rebinding): try an ICE
+// restart on the same session first (same tracks, the picture continues), and make a new
+// session only if the restart is refused or does not reconnect in time.
+function restartThenRejoin(pc) {
+  if (pc !== player.pc) return;
+  restartIce(pc).then(() => retry(RESTART_WAIT_MS), () => retry(0));
+}
+
+// ICE restart (RFC 9725 §4.3.2): new local ICE credentials PATCHed to the session with
+// If-Match; the server answers with its own new credentials, applied to its answer.
+async function restartIce(pc) {
+  if (!player.session) throw new Error('no session to restart');
+  pc.restartIce();
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  const line = (sdp, name) => (sdp.match(new RegExp(`a=${name}:(\\S+)`)) || [])[1];
+  const frag = `a=ice-ufrag:${line(offer.sdp, 'ice-ufrag')}\r\na=ice-pwd:${line(offer.sdp, 'ice-pwd')}\r\n`
+    + `m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:${line(offer.sdp, 'mid')}\r\n`;
+  const res = await fetch(player.session, {
+    method: 'PATCH',
+    headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': player.etag || '*' },
+    body: frag,
+  });
+  if (res.status !== 200) throw new Error(`ICE restart answered ${res.status}`);
+  player.etag = res.headers.get('ETag') || player.etag;
+  const answer = await res.text();
+  const sdp = pc.remoteDescription.sdp
+    .replace(/a=ice-ufrag:\S+/g, `a=ice-ufrag:${line(answer, 'ice-ufrag')}`)
+    .replace(/a=ice-pwd:\S+/g, `a=ice-pwd:${line(answer, 'ice-pwd')}`);
+  await pc.setRemoteDescription({ type: 'answer', sdp });
+}
+// Tests (and the console) can restart ICE on the current session.
+player.restartIce = () => restartIce(player.pc);
 
 /// The WHEP server-sent-events extension: POST the wanted events to the Link URL, then follow
 /// the stream it gives back.

@@ -1,9 +1,9 @@
 //! What crosses the boundary between the HTTP layer and the engine: commands in, outcomes and
 //! events out. Commands are imperative, events are in the past tense.
 
-use str0m::Rtc;
 use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid};
+use str0m::{IceCreds, Rtc};
 
 use super::key::{BroadcastKey, SessionId};
 use crate::srtp::KeySlot;
@@ -20,9 +20,9 @@ pub enum Command {
     /// End a session (HTTP DELETE). `publisher` says which URL space the ID came from, so a
     /// viewer session URL cannot be used to stop the publisher and vice versa.
     Close { session: SessionId, publisher: bool },
-    /// Trickled ICE candidates arrived for a session (HTTP PATCH). We are ICE-lite and learn
-    /// peer addresses from their checks, so this only confirms the session exists.
-    Trickle { session: SessionId, publisher: bool },
+    /// A PATCH on a session URL (RFC 9725 §4.3): trickled candidates, or an ICE restart when
+    /// the fragment carries new remote credentials (see `restart.rs`).
+    Patch(Patch),
     /// Counters for `/healthz`, `/metrics` and tests.
     Stats,
     /// State of one broadcast, for the broadcaster's live panel.
@@ -47,6 +47,40 @@ pub struct NewPeer {
     pub rtc: Rtc,
     /// The session's SRTP keys, once DTLS exports them: viewers' media is sealed with them.
     pub keys: KeySlot,
+}
+
+/// A parsed PATCH (`application/trickle-ice-sdpfrag`).
+pub struct Patch {
+    pub session: SessionId,
+    /// Which URL space the ID came from, as for [`Command::Close`].
+    pub publisher: bool,
+    /// The `If-Match` header as sent (`*` or a list of entity tags), if any.
+    pub if_match: Option<String>,
+    /// The fragment's `a=ice-ufrag` and `a=ice-pwd`, if it has them.
+    pub remote: Option<IceCreds>,
+    /// Our credentials should this be an ICE restart (drawn by the HTTP layer, which owns
+    /// the randomness).
+    pub local: IceCreds,
+}
+
+/// What a PATCH did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Patched {
+    /// Trickle: nothing to do for an ICE-lite server (`204`).
+    Trickled,
+    /// ICE restarted with our new credentials (`200` + sdpfrag + the new `ETag`).
+    Restarted { local: IceCreds, etag: String },
+}
+
+/// Why a PATCH was refused (RFC 9725 §4.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    #[error("there is no such session")]
+    UnknownSession,
+    #[error("If-Match does not name the session's current ETag")]
+    StaleEtag,
+    #[error("an ICE restart needs If-Match: \"*\" or the session's ETag")]
+    IfMatchRequired,
 }
 
 /// One track the publisher sends, as negotiated in its offer/answer.
@@ -75,7 +109,7 @@ pub enum Outcome {
     Subscribed(Result<(), CommandError>),
     Described(Option<Vec<IngestTrack>>),
     Closed(bool),
-    Trickled(bool),
+    Patched(Result<Patched, PatchError>),
     Stats(Stats),
     Info(BroadcastInfo),
     Status(Vec<(BroadcastKey, BroadcastInfo)>),
@@ -198,6 +232,8 @@ pub enum CloseReason {
     Revoked,
     /// ICE/DTLS never completed in time, or consent was lost.
     TimedOut,
-    /// The peer sent something str0m could not handle, or closed DTLS.
+    /// The peer sent something str0m could not handle.
     PeerFailed,
+    /// The peer closed its connection cleanly (DTLS close_notify): it hung up on purpose.
+    HungUp,
 }

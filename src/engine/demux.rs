@@ -42,6 +42,26 @@ impl Demux {
         self.by_ufrag.insert(ufrag, key);
     }
 
+    /// An ICE restart gave `key` a new local ufrag: STUN with the old one no longer reaches
+    /// it, so a peer holds one ufrag entry whatever it does.
+    pub(crate) fn replace_ufrag(&mut self, key: PeerKey, old: &str, new: String) {
+        self.remove(key, old, &[]);
+        self.insert_ufrag(new, key);
+    }
+
+    /// Forgets every address of `key` but `keep` (the path an ICE restart moved it to).
+    pub(crate) fn retain_addr(&mut self, key: PeerKey, keep: Remote, addrs: &mut Vec<Remote>) {
+        addrs.retain(|a| {
+            if *a == keep {
+                return true;
+            }
+            if self.by_addr.get(a) == Some(&key) {
+                self.by_addr.remove(a);
+            }
+            false
+        });
+    }
+
     /// Records that `key` talks from `src`. `addrs` is the peer's own list of its addresses;
     /// the oldest is forgotten past the cap so a peer cannot grow the index.
     pub(crate) fn insert_addr(&mut self, src: Remote, key: PeerKey, addrs: &mut Vec<Remote>) {
@@ -76,6 +96,60 @@ impl Demux {
 /// Only the framing is checked here (RFC 8489 §5 and §14); the message integrity is checked by
 /// the peer's `Rtc` before any state is kept for the source address.
 pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
+    let mut local = None;
+    for_each_stun_attribute(datagram, |typ, value| {
+        if typ == STUN_ATTR_USERNAME {
+            local = std::str::from_utf8(value)
+                .ok()
+                .and_then(|u| u.split_once(':'))
+                .map(|(local, _remote)| local);
+            return false;
+        }
+        true
+    })?;
+    local
+}
+
+/// What the engine reads from a STUN binding request the peer's `Rtc` accepted: the remote
+/// ufrag (to tell a trickle PATCH from an ICE restart) and whether it nominates its path.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BindingRequest<'a> {
+    pub(crate) remote_ufrag: &'a str,
+    pub(crate) use_candidate: bool,
+}
+
+/// The USERNAME's remote part and USE-CANDIDATE of a STUN binding request (RFC 8445 §7.1.2).
+pub(crate) fn binding_request(datagram: &[u8]) -> Option<BindingRequest<'_>> {
+    if datagram.get(..2)? != STUN_BINDING_REQUEST {
+        return None;
+    }
+    let mut remote_ufrag = None;
+    let mut use_candidate = false;
+    for_each_stun_attribute(datagram, |typ, value| {
+        match typ {
+            STUN_ATTR_USERNAME => {
+                remote_ufrag = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|u| u.split_once(':'))
+                    .map(|(_local, remote)| remote);
+            }
+            STUN_ATTR_USE_CANDIDATE => use_candidate = true,
+            _ => {}
+        }
+        true
+    })?;
+    Some(BindingRequest {
+        remote_ufrag: remote_ufrag?,
+        use_candidate,
+    })
+}
+
+/// Calls `f` with each attribute of a STUN message until it returns `false`. `None` when the
+/// framing is broken (RFC 8489 §5 and §14).
+fn for_each_stun_attribute<'a>(
+    datagram: &'a [u8],
+    mut f: impl FnMut(u16, &'a [u8]) -> bool,
+) -> Option<()> {
     if datagram.len() < STUN_HEADER_LEN || datagram[0] & 0xc0 != 0 {
         return None;
     }
@@ -83,21 +157,18 @@ pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
         return None;
     }
     let body_len = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
-    let body = datagram.get(STUN_HEADER_LEN..STUN_HEADER_LEN + body_len)?;
-    let mut rest = body;
+    let mut rest = datagram.get(STUN_HEADER_LEN..STUN_HEADER_LEN + body_len)?;
     while rest.len() >= 4 {
         let typ = u16::from_be_bytes([rest[0], rest[1]]);
         let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
         let value = rest.get(4..4 + len)?;
-        if typ == STUN_ATTR_USERNAME {
-            let username = std::str::from_utf8(value).ok()?;
-            let (local, _remote) = username.split_once(':')?;
-            return Some(local);
+        if !f(typ, value) {
+            return Some(());
         }
         let padded = (len + 3) & !3;
         rest = rest.get(4 + padded..)?;
     }
-    None
+    Some(())
 }
 
 /// Two addresses cover a peer that is reachable over IPv4 and IPv6, plus a rebinding or two.
@@ -120,6 +191,8 @@ pub(crate) fn is_rtcp(datagram: &[u8]) -> bool {
 }
 
 const STUN_ATTR_USERNAME: u16 = 0x0006;
+const STUN_ATTR_USE_CANDIDATE: u16 = 0x0025;
+const STUN_BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
 
 #[cfg(test)]
 mod tests {
@@ -158,6 +231,40 @@ mod tests {
         assert_eq!(stun_local_ufrag(&msg[..msg.len() - 4]), None);
         assert_eq!(stun_local_ufrag(&[0x80; 40]), None, "RTP is not STUN");
         assert_eq!(stun_local_ufrag(&binding_request("nocolon")), None);
+    }
+
+    #[test]
+    fn binding_requests_show_the_remote_ufrag_and_nomination() {
+        let mut msg = binding_request("ours:theirs");
+        assert_eq!(
+            super::binding_request(&msg),
+            Some(BindingRequest {
+                remote_ufrag: "theirs",
+                use_candidate: false
+            })
+        );
+        msg.extend_from_slice(&STUN_ATTR_USE_CANDIDATE.to_be_bytes());
+        msg.extend_from_slice(&[0, 0]);
+        let len = (msg.len() - STUN_HEADER_LEN) as u16;
+        msg[2..4].copy_from_slice(&len.to_be_bytes());
+        assert!(super::binding_request(&msg).unwrap().use_candidate);
+        msg[..2].copy_from_slice(&[0x01, 0x01]); // a success response is no request
+        assert_eq!(super::binding_request(&msg), None);
+    }
+
+    #[test]
+    fn a_replaced_ufrag_no_longer_routes() {
+        let mut demux = Demux::default();
+        let key = PeerKey {
+            index: 0,
+            generation: 1,
+        };
+        demux.insert_ufrag("old".into(), key);
+        demux.replace_ufrag(key, "old", "new".into());
+        let src = (Protocol::Udp, SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(demux.route(src, &binding_request("old:x")), None);
+        assert_eq!(demux.route(src, &binding_request("new:x")), Some(key));
+        assert_eq!(demux.len(), (0, 1));
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod forward;
 mod key;
 mod outbox;
 mod peer;
+mod restart;
 mod router;
 mod teardown;
 
@@ -43,11 +44,12 @@ use tracing::{debug, info, trace};
 
 pub use self::command::{
     BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, IngestTrack,
-    NewPeer, Outcome, Stats, ViewerTrack,
+    NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
 pub use self::outbox::{Transmit, TransmitRun};
+pub use self::restart::etag;
 
 use self::consumer::Consumer;
 use self::deadline::Deadlines;
@@ -56,6 +58,7 @@ use self::egress::Egress;
 use self::outbox::{Outbox, Path};
 use self::peer::{Ingest, Peer, Role, contained, live};
 use self::router::{CachedPacket, Router};
+use self::teardown::HungUp;
 use crate::config::WhenFull;
 
 /// Limits and policies the engine enforces.
@@ -83,6 +86,8 @@ pub struct Engine {
     router: Router,
     deadlines: Deadlines,
     sessions: HashMap<SessionId, PeerKey>,
+    /// Sessions that closed cleanly a moment ago and still answer DELETE (teardown.rs).
+    hung_up: HungUp,
     outbox: Outbox,
     events: VecDeque<EngineEvent>,
     /// Keyframe requests gathered while draining viewers, sent to publishers afterwards
@@ -133,6 +138,7 @@ impl Engine {
             router: Router::default(),
             deadlines: Deadlines::default(),
             sessions: HashMap::new(),
+            hung_up: HungUp::default(),
             outbox: Outbox::default(),
             events: VecDeque::new(),
             pending_plis: Vec::new(),
@@ -204,6 +210,12 @@ impl Engine {
             self.flush_deferred(now);
             return;
         }
+        let moved = is_stun(data)
+            && demux::binding_request(data)
+                .is_some_and(|req| self.on_binding_request(key, remote, destination, &req));
+        let Some(peer) = live(&mut self.peers, key) else {
+            return;
+        };
         if let Err(e) = contained(|| peer.rtc.handle_input(input)) {
             debug!(peer = %key, error = %e, "peer input failed");
             self.close_peer(now, key, CloseReason::PeerFailed);
@@ -219,6 +231,9 @@ impl Engine {
             self.demux.insert_addr(remote, key, &mut peer.addrs);
         }
         self.drain(now, key);
+        if moved {
+            self.path_moved(now, key);
+        }
         self.flush_deferred(now);
     }
 
@@ -262,12 +277,7 @@ impl Engine {
             Command::Close { session, publisher } => {
                 Outcome::Closed(self.close_session(now, &session, publisher))
             }
-            Command::Trickle { session, publisher } => Outcome::Trickled(
-                self.sessions
-                    .get(&session)
-                    .and_then(|k| self.peers.get(k.index as usize))
-                    .is_some_and(|p| p.is_publisher() == publisher),
-            ),
+            Command::Patch(patch) => Outcome::Patched(self.patch(now, patch)),
             Command::Stats => Outcome::Stats(self.stats()),
             Command::Info(b) => Outcome::Info(self.info(now, b)),
             Command::Status => Outcome::Status(
@@ -546,7 +556,7 @@ impl Engine {
 
     fn close_session(&mut self, now: Instant, session: &SessionId, publisher: bool) -> bool {
         let Some(&key) = self.sessions.get(session) else {
-            return false;
+            return self.delete_hung_up(now, session, publisher);
         };
         let Some(peer) = self.peer_mut(key) else {
             return false;
@@ -586,6 +596,8 @@ impl Engine {
             rtc: Box::new(rtc),
             session,
             ufrag,
+            remote_ufrag: None,
+            ice_restarting: false,
             broadcast,
             role,
             connected: false,
@@ -735,7 +747,8 @@ impl Engine {
                 debug!(peer = %key, "ice disconnected");
                 self.close_peer(now, key, CloseReason::TimedOut);
             }
-            Event::Closed => self.close_peer(now, key, CloseReason::PeerFailed),
+            // DTLS close_notify: the peer hung up on purpose (teardown.rs).
+            Event::Closed => self.hang_up(now, key),
             _ => {}
         }
     }

@@ -27,6 +27,11 @@ pub(crate) struct Peer {
     pub(crate) rtc: Box<Rtc>,
     pub(crate) session: SessionId,
     pub(crate) ufrag: String,
+    /// The peer's own ICE ufrag, from its accepted checks (or its ICE restart): a PATCH
+    /// fragment with another one is an ICE restart (restart.rs).
+    pub(crate) remote_ufrag: Option<String>,
+    /// An ICE restart is under way: the peer's next nomination moves its media (restart.rs).
+    pub(crate) ice_restarting: bool,
     pub(crate) broadcast: BroadcastKey,
     pub(crate) role: Role,
     /// DTLS is up and media may flow (str0m's `Event::Connected`).

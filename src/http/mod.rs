@@ -4,6 +4,7 @@
 //! [`Command`](crate::engine::Command). They never hold engine state.
 
 mod api;
+mod patch;
 mod problem;
 mod sse;
 mod tls;
@@ -287,23 +288,7 @@ async fn session(
             Outcome::Closed(true) => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "")),
             _ => Err(ApiError::UnknownSession),
         },
-        Method::PATCH => {
-            require_content_type(&req, "application/trickle-ice-sdpfrag")?;
-            if req.headers().contains_key(header::IF_MATCH) {
-                // ICE restart (RFC 9725 §4.3.2). Trickle is supported, restart is not: 422.
-                return Err(ApiError::IceRestartUnsupported);
-            }
-            let _ = read_body(state, req).await?;
-            match call(state, Command::Trickle { session, publisher }).await? {
-                // We are ICE-lite: the peer's candidates are learnt from its own checks, so a
-                // trickled candidate needs no action beyond acknowledging it (RFC 9725 §4.3.1).
-                Outcome::Trickled(true) => Ok(Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .body(full(Bytes::new()))
-                    .expect("valid")),
-                _ => Err(ApiError::UnknownSession),
-            }
-        }
+        Method::PATCH => patch::patch(state, req, session, publisher).await,
         _ => Err(ApiError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: "DELETE, PATCH, OPTIONS",

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode, header};
 use serde::Serialize;
 
-use crate::engine::CommandError;
+use crate::engine::{CommandError, PatchError};
 use crate::offer::OfferError;
 
 /// Everything a request can fail with. Each variant names the condition; `response` decides
@@ -39,8 +39,14 @@ pub enum ApiError {
     NoFreeSlot,
     #[error("the broadcast has as many viewers as it allows; try again later")]
     ViewerLimitReached,
-    #[error("ICE restart is not supported; start a new session with POST")]
-    IceRestartUnsupported,
+    #[error("the ICE fragment is not usable: {0}")]
+    BadFragment(&'static str),
+    #[error(
+        "If-Match does not name this session's current ETag (another ICE restart came first); PATCH again with the newest ETag or \"*\""
+    )]
+    StaleEtag,
+    #[error("an ICE restart needs If-Match: \"*\" or the session's ETag")]
+    IfMatchRequired,
     #[error("{method} is not allowed here")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("there is nothing at this address")]
@@ -75,6 +81,16 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<PatchError> for ApiError {
+    fn from(e: PatchError) -> Self {
+        match e {
+            PatchError::UnknownSession => Self::UnknownSession,
+            PatchError::StaleEtag => Self::StaleEtag,
+            PatchError::IfMatchRequired => Self::IfMatchRequired,
+        }
+    }
+}
+
 impl ApiError {
     fn status(&self) -> StatusCode {
         use OfferError as O;
@@ -99,7 +115,9 @@ impl ApiError {
             | Self::ViewerLimitReached
             | Self::ShuttingDown
             | Self::TooManyBroadcasts => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadFragment(_) => StatusCode::BAD_REQUEST,
+            Self::StaleEtag => StatusCode::PRECONDITION_FAILED,
+            Self::IfMatchRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

@@ -32,6 +32,7 @@ pub(super) async fn subscribe(
     };
     let accepted = state.setup.accept_viewer(now(), offer, &publisher)?;
     let session = SessionId::random();
+    let etag = crate::engine::etag(&accepted.ufrag);
     let peer = NewPeer {
         broadcast,
         session: session.clone(),
@@ -49,6 +50,7 @@ pub(super) async fn subscribe(
     let mut response = sdp_created(
         &format!("/stream/session/{}", session.as_str()),
         accepted.answer,
+        &etag,
     );
     let link = format!(
         "</stream/session/{}/sse>; rel=\"urn:ietf:params:whep:ext:core:server-sent-events\"; events=\"{}\"",

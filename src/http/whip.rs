@@ -36,6 +36,7 @@ pub(super) async fn publish(
     let offer = offer.as_str();
     let accepted = state.setup.accept_publisher(now(), offer)?;
     let session = SessionId::random();
+    let etag = crate::engine::etag(&accepted.ufrag);
     let peer = NewPeer {
         broadcast,
         session: session.clone(),
@@ -59,16 +60,19 @@ pub(super) async fn publish(
     Ok(sdp_created(
         &format!("/broadcast/session/{}", session.as_str()),
         accepted.answer,
+        &etag,
     ))
 }
 
-/// `201 Created` with an SDP answer and the session URL.
-pub(super) fn sdp_created(location: &str, answer: String) -> HttpResponse {
+/// `201 Created` with an SDP answer, the session URL and its `ETag` (for ICE restarts,
+/// RFC 9725 §4.3.2).
+pub(super) fn sdp_created(location: &str, answer: String, etag: &str) -> HttpResponse {
     Response::builder()
         .status(StatusCode::CREATED)
         .header(header::CONTENT_TYPE, "application/sdp")
         // An absolute path: OBS resolves relative ones wrongly (notes/whip-whep-obs.md §B.3).
         .header(header::LOCATION, location)
+        .header(header::ETAG, etag)
         .body(super::full(Bytes::from(answer)))
         .expect("valid headers")
 }

@@ -7,4 +7,5 @@ pub mod netns;
 pub mod page_test;
 pub mod server;
 pub mod sim;
+pub mod sim_session;
 pub mod udp_client;
