@@ -1,6 +1,7 @@
-//! Allocations per viewer-packet on whipcast's fan-out path in steady state: the same setup
-//! and measured step as the `fanout` bench (`support.rs`), with a global allocator that
-//! counts what the step allocates.
+//! Allocations in whipcast's engine in steady state, counted by a global allocator: per
+//! viewer-packet on the fan-out path (the `fanout` bench's setup and step, `support.rs`), and
+//! per viewer-second in the server's share of the STUN/RTCP exchange once a virtual second
+//! (`Fanout::settle`, not the clients' share): together, whole virtual seconds of the server.
 //!
 //! `cargo bench --bench alloc`; with `ALLOC_BACKTRACE=1` it also records a backtrace of every
 //! allocation in a few packets, then of every allocation but the most common size over two
@@ -26,7 +27,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use sim::{Sim, engine_config};
-use support::{Fanout, Sink};
+use support::Fanout;
 
 /// Steady-state packets counted per N, after `Fanout::connect`'s warm-up.
 const PACKETS: usize = 2_000;
@@ -146,41 +147,48 @@ static GLOBAL: Counting = Counting;
 fn main() {
     let trace = std::env::var_os("ALLOC_BACKTRACE").is_some();
     println!(
-        "allocations on the whipcast fan-out path (handle_datagram → poll_transmit drained), steady state"
+        "allocations in whipcast's engine, steady state: the fan-out path (handle_datagram → \
+         poll_transmit drained) per viewer-packet, and its STUN/RTCP work (the viewers' consent \
+         checks and reports, once a virtual second) per viewer-second"
     );
     println!(
-        "{:>8} {:>8} {:>12} {:>13} {:>21} {:>18}",
-        "viewers", "packets", "allocations", "bytes", "allocs/viewer-packet", "bytes/viewer-pkt"
+        " viewers  packets  seconds  allocations         bytes  allocs/viewer-packet   \
+         bytes/viewer-pkt    stun/rtcp  allocs/viewer-second"
     );
     let mut sites = Vec::new();
     for viewers in [10usize, 100] {
         let mut config = engine_config();
         config.max_viewers = viewers;
         let mut f = Fanout::connect(Sim::new(config), viewers);
+        f.meter = |on| COUNTING.store(on, Ordering::Relaxed);
+        let start = f.sim.now;
         ALLOCS.store(0, Ordering::Relaxed);
         BYTES.store(0, Ordering::Relaxed);
-        let mut done = 0;
+        let (mut done, mut feedback) = (0, 0);
         while done < PACKETS {
             let batch = f.prepare(32.min(PACKETS - done));
-            let mut sink = Sink::default();
             COUNTING.store(true, Ordering::Relaxed);
             for p in &batch {
-                sink = sink + f.forward(p);
+                f.forward(p);
             }
             COUNTING.store(false, Ordering::Relaxed);
             done += batch.len();
-            f.check(&batch, sink);
+            f.check(&batch);
+            let before = ALLOCS.load(Ordering::Relaxed);
             f.settle();
+            feedback += ALLOCS.load(Ordering::Relaxed) - before;
         }
+        let seconds = (f.sim.now - start).as_secs_f64();
         let (allocs, bytes) = (
-            ALLOCS.load(Ordering::Relaxed),
+            ALLOCS.load(Ordering::Relaxed) - feedback,
             BYTES.load(Ordering::Relaxed),
         );
         let vp = (PACKETS * viewers) as f64;
         println!(
-            "{viewers:>8} {PACKETS:>8} {allocs:>12} {bytes:>13} {:>21.3} {:>18.0}",
+            "{viewers:>8} {PACKETS:>8} {seconds:>8.2} {allocs:>12} {bytes:>13} {:>21.3} {:>18.0} {feedback:>12} {:>21.2}",
             allocs as f64 / vp,
-            bytes as f64 / vp
+            bytes as f64 / vp,
+            feedback as f64 / (viewers as f64 * seconds)
         );
         if trace {
             sites.push((viewers, traced_sites(&mut f)));
@@ -222,8 +230,8 @@ fn heap_per_viewer() {
         let mut f = Fanout::connect(Sim::new(config), viewers);
         // A full-size keyframe first, so per-viewer queues are as large as they get.
         let keyframe = f.prepare_keyframe();
-        let sink = f.forward(&keyframe);
-        f.check(std::slice::from_ref(&keyframe), sink);
+        f.forward(&keyframe);
+        f.check(std::slice::from_ref(&keyframe));
         f.settle();
         let loaded = LIVE.load(Ordering::Relaxed);
         let malloc_loaded = malloc_in_use();
@@ -317,16 +325,15 @@ fn trace_packets(f: &mut Fanout<whipcast::engine::Engine>, packets: usize) -> (S
     let mut done = 0;
     while done < packets {
         let batch = f.prepare(32.min(packets - done));
-        let mut sink = Sink::default();
         COUNTING.store(true, Ordering::Relaxed);
         TRACING.store(true, Ordering::Relaxed);
         for p in &batch {
-            sink = sink + f.forward(p);
+            f.forward(p);
         }
         TRACING.store(false, Ordering::Relaxed);
         COUNTING.store(false, Ordering::Relaxed);
         done += batch.len();
-        f.check(&batch, sink);
+        f.check(&batch);
         f.settle();
     }
     let traces = std::mem::take(&mut *TRACES.lock().expect("trace lock"));

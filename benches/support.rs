@@ -44,12 +44,14 @@ pub struct Packet {
     pub rtp: usize,
 }
 
-/// What came out of the server for a run of packets; contents go nowhere.
-#[derive(Default, Debug, Clone, Copy)]
+/// What came out of the server for a run of packets; contents go nowhere, but each RTP
+/// packet's destination is kept (in room reserved before the timing) so that
+/// [`Fanout::check`] can tell every viewer got exactly one copy.
+#[derive(Default, Debug)]
 pub struct Sink {
     pub datagrams: usize,
-    pub rtp: usize,
     pub bytes: usize,
+    pub rtp_to: Vec<SocketAddr>,
 }
 
 pub struct Fanout<S: Sfu> {
@@ -63,6 +65,12 @@ pub struct Fanout<S: Sfu> {
     next_feedback: Instant,
     /// The server's answers to the publisher (STUN, RTCP), delivered after the timed part.
     to_publisher: Vec<(SocketAddr, Vec<u8>)>,
+    /// What [`forward`](Self::forward) sent since the last [`check`](Self::check).
+    sink: Sink,
+    /// Called with `true` before and `false` after each of the server's own steps in
+    /// [`settle`](Self::settle) (its STUN and RTCP work), so the alloc bench can count them
+    /// apart from the clients'.
+    pub meter: fn(bool),
 }
 
 impl<S: Sfu> Fanout<S> {
@@ -110,14 +118,18 @@ impl<S: Sfu> Fanout<S> {
             clients,
             n: 0,
             to_publisher: Vec::with_capacity(64),
+            sink: Sink::default(),
+            meter: |_| {},
         };
         let warm_up = (WARM_UP.as_micros() / PACKET_INTERVAL.as_micros()) as usize;
         let mut left = warm_up;
         while left > 0 {
             let batch = f.prepare(left.min(64));
             left -= batch.len();
-            let sink = batch.iter().fold(Sink::default(), |s, p| s + f.forward(p));
-            f.check(&batch, sink);
+            for p in &batch {
+                f.forward(p);
+            }
+            f.check(&batch);
             f.settle();
         }
         f
@@ -126,14 +138,25 @@ impl<S: Sfu> Fanout<S> {
     /// Has the publisher send `k` packets, [`PACKET_INTERVAL`] apart in virtual time, and
     /// keeps their datagrams for [`forward`](Self::forward). Not timed.
     pub fn prepare(&mut self, k: usize) -> Vec<Packet> {
-        (0..k).map(|_| self.publisher_packet()).collect()
+        let batch: Vec<Packet> = (0..k).map(|_| self.publisher_packet()).collect();
+        self.reserve(&batch);
+        batch
+    }
+
+    /// Room for every copy of `batch`, so that keeping their destinations does not allocate
+    /// in the measured step.
+    fn reserve(&mut self, batch: &[Packet]) {
+        let copies = batch.iter().map(|p| p.rtp).sum::<usize>() * self.viewers;
+        self.sink.rtp_to.reserve(copies);
     }
 
     /// A whole IDR (`KEYFRAME` bytes, ~70 RTP packets) in one turn: the datagrams reach the
     /// server together, as a keyframe burst does within one receive round of the io loop.
     #[allow(dead_code)] // as KEYFRAME
     pub fn prepare_keyframe(&mut self) -> Packet {
-        self.publisher_write(0x65, KEYFRAME)
+        let keyframe = self.publisher_write(0x65, KEYFRAME);
+        self.reserve(std::slice::from_ref(&keyframe));
+        keyframe
     }
 
     fn publisher_packet(&mut self) -> Packet {
@@ -177,7 +200,7 @@ impl<S: Sfu> Fanout<S> {
     /// The measured step: one publisher turn into the server, every transmit out to the null
     /// sink, as the io loop does it (datagram, due timeouts, transmits, events).
     #[inline(never)]
-    pub fn forward(&mut self, p: &Packet) -> Sink {
+    pub fn forward(&mut self, p: &Packet) {
         let engine = &mut self.sim.engine;
         for d in &p.datagrams {
             engine.handle_datagram(p.now, self.publisher_addr, self.server, d);
@@ -185,29 +208,35 @@ impl<S: Sfu> Fanout<S> {
         if engine.poll_timeout().is_some_and(|t| t <= p.now) {
             engine.handle_timeout(p.now);
         }
-        let mut sink = Sink::default();
+        let sink = &mut self.sink;
         while let Some(t) = engine.poll_transmit() {
             if t.destination == self.publisher_addr {
                 self.to_publisher.push((t.destination, t.contents.to_vec()));
                 continue;
             }
             sink.datagrams += 1;
-            sink.rtp += usize::from(is_rtp(t.contents));
+            if is_rtp(t.contents) {
+                sink.rtp_to.push(t.destination);
+            }
             sink.bytes += black_box(t.contents).len();
         }
         while engine.poll_event().is_some() {}
-        sink
     }
 
-    /// Every viewer got exactly one copy of every publisher RTP packet in `batch`.
-    pub fn check(&self, batch: &[Packet], sink: Sink) {
+    /// Every viewer got exactly one copy of every publisher RTP packet in `batch` (nobody
+    /// two and another none); resets the sink for the next batch. Not timed.
+    pub fn check(&mut self, batch: &[Packet]) {
         let sent: usize = batch.iter().map(|p| p.rtp).sum();
-        assert_eq!(
-            sink.rtp,
-            sent * self.viewers,
-            "{sent} publisher packets × {} viewers",
-            self.viewers
-        );
+        let mut copies: HashMap<SocketAddr, usize> = HashMap::with_capacity(self.viewers);
+        for to in self.sink.rtp_to.drain(..) {
+            *copies.entry(to).or_default() += 1;
+        }
+        let viewers = self.clients.iter().filter(|&(_, &i)| i != self.publisher);
+        for (addr, _) in viewers {
+            let got = copies.remove(addr).unwrap_or(0);
+            assert_eq!(got, sent, "viewer {addr}: {got} copies of {sent} packets");
+        }
+        assert!(copies.is_empty(), "RTP to strangers: {copies:?}");
     }
 
     /// Not timed: the publisher gets the server's answers, and about once a second every
@@ -236,19 +265,31 @@ impl<S: Sfu> Fanout<S> {
     fn exchange(&mut self, mut to_server: Vec<(SocketAddr, Vec<u8>)>) {
         let now = self.sim.now;
         for _ in 0..EXCHANGE_ROUNDS {
+            // Copies for the clients are made with the meter off: they are the bench's, not
+            // the server's.
+            let mut back = Vec::new();
             for (from, d) in to_server.drain(..) {
+                (self.meter)(true);
                 self.sim.engine.handle_datagram(now, from, self.server, &d);
+                (self.meter)(false);
             }
+            (self.meter)(true);
             if self.sim.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.sim.engine.handle_timeout(now);
             }
-            let mut back = Vec::new();
-            while let Some(t) = self.sim.engine.poll_transmit() {
+            (self.meter)(false);
+            loop {
+                (self.meter)(true);
+                let t = self.sim.engine.poll_transmit();
+                (self.meter)(false);
+                let Some(t) = t else { break };
                 if t.destination == self.publisher_addr || !is_rtp(t.contents) {
                     back.push((t.destination, t.contents.to_vec()));
                 }
             }
+            (self.meter)(true);
             while self.sim.engine.poll_event().is_some() {}
+            (self.meter)(false);
             if back.is_empty() {
                 return;
             }
@@ -267,17 +308,6 @@ impl<S: Sfu> Fanout<S> {
             && c.rtc.handle_input(Input::Receive(self.sim.now, r)).is_ok()
         {
             drain(c, |from, d| out.push((from, d.to_vec())));
-        }
-    }
-}
-
-impl std::ops::Add for Sink {
-    type Output = Sink;
-    fn add(self, o: Sink) -> Sink {
-        Sink {
-            datagrams: self.datagrams + o.datagrams,
-            rtp: self.rtp + o.rtp,
-            bytes: self.bytes + o.bytes,
         }
     }
 }

@@ -185,7 +185,8 @@ async fn viewers_keep_playing_through_a_publisher_drop_and_resume() {
         let viewer = watch(&base, &view, "viewer-before-drop");
         viewer.js("window.loadedOnce = true", json!([]));
         let pc_before = viewer.js(
-            "window.pcBefore = window.whipcast.pc; return true",
+            "window.pcBefore = window.whipcast.pc; \
+             return window.pcBefore instanceof RTCPeerConnection",
             json!([]),
         );
         assert_eq!(pc_before, true);

@@ -744,20 +744,44 @@ mod limits {
         }
     }
 
-    #[tokio::test]
-    async fn slow_headers_are_cut_off() {
-        let r = start(&["--http-header-timeout", "1s"]).await;
-        let mut s = TcpStream::connect(r.server.http_addr).await.unwrap();
+    /// Sends the start of a request that never ends.
+    async fn unfinished_request(server: &Server) -> TcpStream {
+        let mut s = TcpStream::connect(server.http_addr).await.unwrap();
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             .await
-            .unwrap(); // never finished
-        let answer = read_some(&mut s).await;
+            .unwrap();
+        s
+    }
+
+    /// True while the server has neither answered nor closed the connection.
+    fn still_open(s: &TcpStream) -> bool {
+        let mut buf = [0; 1];
+        matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    #[tokio::test]
+    async fn slow_headers_are_cut_off_after_the_configured_time() {
+        // Two servers, the same unfinished request to each: only the configured time differs.
+        let short = start(&["--http-header-timeout", "1s"]).await;
+        let long = start(&["--http-header-timeout", "60s"]).await;
+        let started = std::time::Instant::now();
+        let mut cut = unfinished_request(&short.server).await;
+        let waiting = unfinished_request(&long.server).await;
+        let answer = read_some(&mut cut).await;
+        let after = started.elapsed();
         assert!(
             answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
             "{}",
             String::from_utf8_lossy(&answer)
         );
-        r.server.shutdown().await;
+        // Causes, not timings: a timer cannot fire before its time, and the 60 s server still
+        // holds its connection when the 1 s one has given up on its own.
+        assert!(after >= Duration::from_secs(1), "cut off after {after:?}");
+        assert!(still_open(&waiting), "the 60 s server waited too");
+        // And near 1 s, not at the 10 s default: a bound far above 1 s, still below 10 s.
+        assert!(after < Duration::from_secs(8), "cut off after {after:?}");
+        short.server.shutdown().await;
+        long.server.shutdown().await;
     }
 
     #[tokio::test]

@@ -250,12 +250,18 @@ impl Browser {
         )
     }
 
-    /// Waits until the page has decoded more frames than it had, twice in a row.
+    /// Waits until the page has decoded more than 10 frames beyond what it had, and then
+    /// more again at the next look: decoding goes on, it did not just drain a buffer.
     pub fn wait_decoding(&self, what: &str) -> u64 {
         let start = self.frames_decoded();
+        let mut seen: Option<u64> = None;
         self.wait(what, |b| {
             let n = b.frames_decoded();
-            (n > start + 10).then_some(n)
+            let rising = seen.is_some_and(|s| n > s);
+            if n > start + 10 && seen.is_none() {
+                seen = Some(n);
+            }
+            rising.then_some(n)
         })
     }
 }
