@@ -105,16 +105,6 @@ impl From<PatchError> for ApiError {
     }
 }
 
-impl From<PatchError> for ApiError {
-    fn from(e: PatchError) -> Self {
-        match e {
-            PatchError::UnknownSession => Self::UnknownSession,
-            PatchError::StaleEtag => Self::StaleEtag,
-            PatchError::IfMatchRequired => Self::IfMatchRequired,
-        }
-    }
-}
-
 impl ApiError {
     fn status(&self) -> StatusCode {
         use OfferError as O;
