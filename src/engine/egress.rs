@@ -10,8 +10,7 @@
 //!   broadcast, `router::Track::recent`) and it is sent again on the negotiated RTX stream
 //!   (RFC 4588), or as it was when the viewer has no RTX.
 //! - **Keyframe requests.** PLI and FIR are read from the same SRTCP (`feedback.rs`).
-//! - **Sender reports.** Browsers align audio and video with each stream's SR (RTP time ↔
-//!   NTP time). One compound SR + SDES for all streams goes out every [`REPORT_INTERVAL`].
+//! - **Sender reports.** Counted and scheduled per viewer here, written by `report.rs`.
 //!
 //! str0m's send streams for a viewer are taken out of its session when the viewer
 //! subscribes (their RTX buffers, stats and report timers were the largest part of a
@@ -31,6 +30,7 @@ use super::consumer::{Consumer, RtpStart};
 use super::feedback::{Feedback, for_each_feedback};
 use super::first_frame::FirstFrame;
 use super::outbox::{Outbox, Path};
+use super::report::{Reports, Sent};
 use super::router::CachedPacket;
 use crate::srtp::capture::Captured;
 use crate::srtp::context::{SrtcpReceiver, SrtpSender};
@@ -63,12 +63,8 @@ pub(crate) struct Egress {
     rtcp_in: SrtcpReceiver,
     streams: Vec<OutStream>,
     pending: Vec<Pending>,
-    /// When the next sender report is due; `None` until media has been sent.
-    next_report: Option<Instant>,
+    reports: Reports,
     resends: ResendBudget,
-    /// The instant our SR NTP clock counts from (see [`ntp_at`]).
-    origin: Instant,
-    cname: String,
     /// The cached keyframe this viewer started on, while it may still need repair.
     first_frame: Option<FirstFrame>,
 }
@@ -90,13 +86,8 @@ struct OutStream {
     mid: Mid,
     ssrc: u32,
     rtx: Option<Rtx>,
-    clock_rate: u32,
-    /// Packets and payload octets sealed (RFC 3550 §6.4.1), not merely queued.
-    packets: u32,
-    octets: u32,
-    /// RTP timestamp and wall-clock time of the newest packet (the highest timestamp, not
-    /// the last queued, which can be a late retransmission or a B-frame), for the SR.
-    last: Option<(u32, Instant)>,
+    /// What its sender reports tell.
+    sent: Sent,
     /// The id the viewer gave urn:3gpp:video-orientation, the one header extension we
     /// negotiate (src/offer.rs) and so write.
     orientation_id: Option<u8>,
@@ -137,10 +128,7 @@ impl Egress {
                     // An RTP stream of its own: a random start too (RFC 3550 §5.1).
                     seq: RtpStart::random(None).seq,
                 }),
-                clock_rate: 0,
-                packets: 0,
-                octets: 0,
-                last: None,
+                sent: Sent::default(),
                 orientation_id: rtc
                     .media(c.mid)
                     .filter(|_| video)
@@ -154,10 +142,8 @@ impl Egress {
             rtcp_in,
             streams,
             pending: Vec::new(),
-            next_report: None,
+            reports: Reports::new(cname, now),
             resends: ResendBudget::default(),
-            origin: now,
-            cname,
             first_frame: None,
         })
     }
@@ -172,14 +158,9 @@ impl Egress {
         wallclock: Instant,
     ) {
         if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
-            let s = &mut self.streams[stream];
-            // Timestamps are compared as RFC 3550 serial numbers (they wrap).
-            if s.last
-                .is_none_or(|(ts, _)| (packet.ts.wrapping_sub(ts) as i32) > 0)
-            {
-                s.last = Some((packet.ts, wallclock));
-            }
-            s.clock_rate = clock_rate;
+            self.streams[stream]
+                .sent
+                .queued(packet.ts, clock_rate, wallclock);
             self.pending.push(Pending {
                 seq: packet.seq,
                 payload: packet.payload,
@@ -208,8 +189,7 @@ impl Egress {
         } = self;
         for p in pending.drain(..) {
             let s = &mut streams[usize::from(p.stream)];
-            s.packets = s.packets.wrapping_add(1);
-            s.octets = s.octets.wrapping_add(p.payload.len() as u32);
+            s.sent.sealed(p.payload.len());
             let header = Header {
                 ssrc: s.ssrc,
                 seq: p.seq,
@@ -222,8 +202,7 @@ impl Egress {
             flushed.datagrams += 1;
         }
         self.resends.sent(flushed.datagrams);
-        if flushed.datagrams > 0 && self.next_report.is_none() {
-            self.next_report = Some(now + FIRST_REPORT_AFTER);
+        if flushed.datagrams > 0 && self.reports.media_sent(now) {
             flushed.rescheduled = true;
         }
         flushed
@@ -321,7 +300,10 @@ impl Egress {
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let first_frame = self.first_frame.as_ref().map(FirstFrame::next_deadline);
-        [self.next_report, first_frame].into_iter().flatten().min()
+        [self.reports.next_deadline(), first_frame]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Keeps the cached keyframe just queued on `mid` (numbered from `out`, its PT mapped as
@@ -371,49 +353,18 @@ impl Egress {
 
     /// Sends the sender reports if they are due. Returns whether the deadline moved.
     pub(crate) fn report(&mut self, now: Instant, path: Option<Path>, out: &mut Outbox) -> bool {
-        if self.next_report.is_none_or(|t| t > now) {
+        if !self.reports.due(now) {
             return false;
         }
-        self.next_report = Some(now + REPORT_INTERVAL);
         self.resends.refill();
         let Some(path) = path else { return true };
-        let ntp = ntp_at(self.origin, now);
         let buf = out.bytes();
         let start = buf.len();
-        let mut sources = 0u8;
-        for s in &self.streams {
-            let Some((ts, at)) = s.last else { continue };
-            let elapsed = now.saturating_duration_since(at);
-            let rtp_now = ts.wrapping_add((elapsed.as_secs_f64() * f64::from(s.clock_rate)) as u32);
-            rtcp_header(buf, 0, PT_SR, 6);
-            buf.extend_from_slice(&s.ssrc.to_be_bytes());
-            buf.extend_from_slice(&ntp.to_be_bytes());
-            buf.extend_from_slice(&rtp_now.to_be_bytes());
-            buf.extend_from_slice(&s.packets.to_be_bytes());
-            buf.extend_from_slice(&s.octets.to_be_bytes());
-            sources += 1;
+        let streams = self.streams.iter().map(|s| (s.ssrc, &s.sent));
+        if self.reports.write(buf, now, streams) {
+            self.srtp.seal_rtcp(buf, start);
+            out.commit(path, start);
         }
-        if sources == 0 {
-            return true;
-        }
-        // SDES: one chunk per reported stream, each its SSRC, the CNAME item, then zero
-        // padding to a 32-bit boundary (at least one zero ends the item list).
-        let sdes = buf.len();
-        rtcp_header(buf, sources, PT_SDES, 0);
-        for s in self.streams.iter().filter(|s| s.last.is_some()) {
-            buf.extend_from_slice(&s.ssrc.to_be_bytes());
-            buf.push(SDES_CNAME);
-            buf.push(self.cname.len() as u8);
-            buf.extend_from_slice(self.cname.as_bytes());
-            buf.push(0);
-            while !(buf.len() - sdes).is_multiple_of(4) {
-                buf.push(0);
-            }
-        }
-        let words = ((buf.len() - sdes) / 4 - 1) as u16;
-        buf[sdes + 2..sdes + 4].copy_from_slice(&words.to_be_bytes());
-        self.srtp.seal_rtcp(buf, start);
-        out.commit(path, start);
         true
     }
 }
@@ -524,24 +475,6 @@ fn seal(
     len
 }
 
-fn rtcp_header(buf: &mut Vec<u8>, count: u8, pt: u8, words_minus_one: u16) {
-    buf.push(0x80 | (count & 0x1f));
-    buf.push(pt);
-    buf.extend_from_slice(&words_minus_one.to_be_bytes());
-}
-
-/// A 64-bit NTP timestamp for `now`: [`NTP_ORIGIN_SECS`] at `origin`, counting on. Only
-/// differences between one viewer's reports matter to receivers (A/V alignment, RTT), and
-/// the engine never reads the wall clock.
-fn ntp_at(origin: Instant, now: Instant) -> u64 {
-    let d = now.saturating_duration_since(origin);
-    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
-    ((NTP_ORIGIN_SECS + d.as_secs()) << 32) | frac
-}
-
-/// 2026-01-01 00:00 UTC in NTP seconds (since 1900).
-const NTP_ORIGIN_SECS: u64 = 3_976_214_400;
-
 /// A NACK storm must not turn into a resend storm.
 const MAX_RESENDS_PER_RTCP: usize = 64;
 /// Packets queued per viewer before they are sealed anyway. A whole keyframe (~70 packets
@@ -550,15 +483,8 @@ const MAX_RESENDS_PER_RTCP: usize = 64;
 /// keyframe sealed 32 packets for every viewer at once (~40 MB of outbox at 1,000 viewers)
 /// before the first left.
 pub(crate) const MAX_QUEUED: usize = 128;
-/// As str0m does for video (RFC 3550 leaves it to the profile); the first report soon
-/// after media starts, so browsers can align audio and video from the start.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-const FIRST_REPORT_AFTER: Duration = Duration::from_millis(100);
 
 const SRTP_INDEX_MASK: u64 = (1 << 48) - 1;
-const PT_SR: u8 = 200;
-const PT_SDES: u8 = 202;
-const SDES_CNAME: u8 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -578,90 +504,6 @@ mod tests {
             (0..1000).filter(|_| b.take()).count() as u64,
             RESENDS_BASE,
             "nothing sent since"
-        );
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // any instant will do as the start
-    fn sender_reports_count_sealed_packets_and_pair_the_newest_timestamp() {
-        use crate::srtp::SrtcpReceiver;
-        use str0m::crypto::dtls::SrtpProfile;
-        use str0m::media::MediaKind;
-        use str0m::net::Protocol;
-
-        let t0 = Instant::now();
-        let keys = Captured {
-            profile: SrtpProfile::AEAD_AES_128_GCM,
-            material: (0..56).collect(),
-            active: false,
-        };
-        let mid = Mid::from("0");
-        let start = RtpStart { seq: 1, ts: 0 };
-        let c = Consumer::new(mid, MediaKind::Video, 7.into(), None, start);
-        let mut e = Egress::new(&keys, &mut Rtc::new(t0), &[c], t0).unwrap();
-        let mut out = Outbox::default();
-        let packet = |seq, ts| CachedPacket {
-            seq,
-            ts,
-            pt: 96.into(),
-            marker: false,
-            orientation: None,
-            payload: vec![0u8; 100].into(),
-        };
-        // Queued while the viewer had no path: dropped, never sent.
-        e.queue(mid, packet(1, 1000), 90_000, t0);
-        e.flush(t0, None, &mut out);
-        // Sent: a frame, then a late packet of an older frame (an older timestamp).
-        let t1 = t0 + Duration::from_millis(10);
-        let addr = "127.0.0.1:9".parse().unwrap();
-        let path = Path {
-            proto: Protocol::Udp,
-            source: addr,
-            destination: addr,
-        };
-        e.queue(mid, packet(2, 4000), 90_000, t0);
-        e.queue(mid, packet(3, 1000), 90_000, t1);
-        e.flush(t1, Some(path), &mut out);
-        let at = t1 + FIRST_REPORT_AFTER;
-        assert!(e.report(at, Some(path), &mut out));
-        for _ in 0..2 {
-            out.pop().expect("the two RTP packets sent");
-        }
-        let sr = out.pop().expect("the report").contents;
-        // Opened as the viewer does, with the other half of the keys.
-        let rx = SrtcpReceiver::new(&Captured {
-            active: true,
-            ..keys
-        })
-        .unwrap();
-        let mut scratch = Vec::new();
-        let sr = rx.open(sr, &mut scratch).expect("the SR opens");
-        let word = |i: usize| u32::from_be_bytes(sr[i..i + 4].try_into().unwrap());
-        assert_eq!((sr[1], word(4)), (PT_SR, 7));
-        assert_eq!(
-            (word(20), word(24)),
-            (2, 200),
-            "packets and octets sent, not queued"
-        );
-        // The newest packet (timestamp 4000 at t0), 110 ms on at 90 kHz.
-        let rtp = word(16);
-        assert!(
-            (13_899..=13_900).contains(&rtp),
-            "RTP time from the newest timestamp: {rtp}"
-        );
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // any instant will do as the origin
-    fn ntp_time_counts_from_the_origin() {
-        let t0 = Instant::now();
-        assert_eq!(ntp_at(t0, t0), NTP_ORIGIN_SECS << 32);
-        let later = ntp_at(t0, t0 + Duration::from_millis(1500));
-        assert_eq!(later >> 32, NTP_ORIGIN_SECS + 1);
-        assert_eq!(
-            later & 0xffff_ffff,
-            1 << 31,
-            "half a second is half the fraction"
         );
     }
 }

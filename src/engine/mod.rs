@@ -30,6 +30,7 @@ mod forward;
 mod key;
 mod outbox;
 mod peer;
+mod report;
 mod restart;
 mod router;
 mod teardown;

@@ -1,0 +1,251 @@
+//! What we tell a viewer about the streams we send it: sender reports.
+//!
+//! Browsers align audio and video with each stream's SR (RTP time ↔ NTP time). One
+//! compound SR + SDES for all of a viewer's streams goes out every [`REPORT_INTERVAL`],
+//! the first [`FIRST_REPORT_AFTER`] its media starts. Only for viewers whose media we seal
+//! ourselves (`egress.rs`, which seals the compound with the viewer's keys); str0m reports
+//! on the streams it sends.
+
+use std::time::{Duration, Instant};
+
+/// What one stream has sent, as its SR tells it.
+#[derive(Default)]
+pub(super) struct Sent {
+    clock_rate: u32,
+    /// Packets and payload octets sealed (RFC 3550 §6.4.1), not merely queued.
+    packets: u32,
+    octets: u32,
+    /// RTP timestamp and wall-clock time of the newest packet (the highest timestamp, not
+    /// the last queued, which can be a late retransmission or a B-frame), for the SR.
+    last: Option<(u32, Instant)>,
+}
+
+impl Sent {
+    /// A packet with RTP timestamp `ts` (at `clock_rate`) was queued; its media was current
+    /// at `wallclock`.
+    pub(super) fn queued(&mut self, ts: u32, clock_rate: u32, wallclock: Instant) {
+        // Timestamps are compared as RFC 3550 serial numbers (they wrap).
+        if self
+            .last
+            .is_none_or(|(last, _)| (ts.wrapping_sub(last) as i32) > 0)
+        {
+            self.last = Some((ts, wallclock));
+        }
+        self.clock_rate = clock_rate;
+    }
+
+    /// A packet with `payload_len` octets of payload was sealed.
+    pub(super) fn sealed(&mut self, payload_len: usize) {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload_len as u32);
+    }
+}
+
+/// One viewer's report schedule, NTP clock and CNAME.
+pub(super) struct Reports {
+    /// When the next report is due; `None` until media has been sent.
+    next: Option<Instant>,
+    /// The instant our SR NTP clock counts from (see [`ntp_at`]).
+    origin: Instant,
+    cname: String,
+}
+
+impl Reports {
+    pub(super) fn new(cname: String, now: Instant) -> Self {
+        Self {
+            next: None,
+            origin: now,
+            cname,
+        }
+    }
+
+    /// Media was sent at `now`: the first media schedules the first report. Returns whether
+    /// the deadline changed.
+    pub(super) fn media_sent(&mut self, now: Instant) -> bool {
+        if self.next.is_some() {
+            return false;
+        }
+        self.next = Some(now + FIRST_REPORT_AFTER);
+        true
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether the reports are due at `now`; when they are, the next ones are scheduled.
+    pub(super) fn due(&mut self, now: Instant) -> bool {
+        if self.next.is_none_or(|t| t > now) {
+            return false;
+        }
+        self.next = Some(now + REPORT_INTERVAL);
+        true
+    }
+
+    /// Appends the compound SR + SDES (plain RTCP, to be sealed) for the `(ssrc, sent)`
+    /// streams that have sent media. Returns `false`, having written nothing, when none has.
+    pub(super) fn write<'a>(
+        &self,
+        buf: &mut Vec<u8>,
+        now: Instant,
+        streams: impl Iterator<Item = (u32, &'a Sent)> + Clone,
+    ) -> bool {
+        let ntp = ntp_at(self.origin, now);
+        let mut sources = 0u8;
+        for (ssrc, s) in streams.clone() {
+            let Some((ts, at)) = s.last else { continue };
+            let elapsed = now.saturating_duration_since(at);
+            let rtp_now = ts.wrapping_add((elapsed.as_secs_f64() * f64::from(s.clock_rate)) as u32);
+            rtcp_header(buf, 0, PT_SR, 6);
+            buf.extend_from_slice(&ssrc.to_be_bytes());
+            buf.extend_from_slice(&ntp.to_be_bytes());
+            buf.extend_from_slice(&rtp_now.to_be_bytes());
+            buf.extend_from_slice(&s.packets.to_be_bytes());
+            buf.extend_from_slice(&s.octets.to_be_bytes());
+            sources += 1;
+        }
+        if sources == 0 {
+            return false;
+        }
+        // SDES: one chunk per reported stream, each its SSRC, the CNAME item, then zero
+        // padding to a 32-bit boundary (at least one zero ends the item list).
+        let sdes = buf.len();
+        rtcp_header(buf, sources, PT_SDES, 0);
+        for (ssrc, _) in streams.filter(|(_, s)| s.last.is_some()) {
+            buf.extend_from_slice(&ssrc.to_be_bytes());
+            buf.push(SDES_CNAME);
+            buf.push(self.cname.len() as u8);
+            buf.extend_from_slice(self.cname.as_bytes());
+            buf.push(0);
+            while !(buf.len() - sdes).is_multiple_of(4) {
+                buf.push(0);
+            }
+        }
+        let words = ((buf.len() - sdes) / 4 - 1) as u16;
+        buf[sdes + 2..sdes + 4].copy_from_slice(&words.to_be_bytes());
+        true
+    }
+}
+
+fn rtcp_header(buf: &mut Vec<u8>, count: u8, pt: u8, words_minus_one: u16) {
+    buf.push(0x80 | (count & 0x1f));
+    buf.push(pt);
+    buf.extend_from_slice(&words_minus_one.to_be_bytes());
+}
+
+/// A 64-bit NTP timestamp for `now`: [`NTP_ORIGIN_SECS`] at `origin`, counting on. Only
+/// differences between one viewer's reports matter to receivers (A/V alignment, RTT), and
+/// the engine never reads the wall clock.
+fn ntp_at(origin: Instant, now: Instant) -> u64 {
+    let d = now.saturating_duration_since(origin);
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    ((NTP_ORIGIN_SECS + d.as_secs()) << 32) | frac
+}
+
+/// 2026-01-01 00:00 UTC in NTP seconds (since 1900).
+const NTP_ORIGIN_SECS: u64 = 3_976_214_400;
+
+/// As str0m does for video (RFC 3550 leaves it to the profile); the first report soon
+/// after media starts, so browsers can align audio and video from the start.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const FIRST_REPORT_AFTER: Duration = Duration::from_millis(100);
+
+const PT_SR: u8 = 200;
+const PT_SDES: u8 = 202;
+const SDES_CNAME: u8 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any instant will do as the start
+    fn sender_reports_count_sealed_packets_and_pair_the_newest_timestamp() {
+        use str0m::Rtc;
+        use str0m::crypto::dtls::SrtpProfile;
+        use str0m::media::{MediaKind, Mid};
+        use str0m::net::Protocol;
+
+        use crate::engine::consumer::{Consumer, RtpStart};
+        use crate::engine::egress::Egress;
+        use crate::engine::outbox::{Outbox, Path};
+        use crate::engine::router::CachedPacket;
+        use crate::srtp::SrtcpReceiver;
+        use crate::srtp::capture::Captured;
+
+        let t0 = Instant::now();
+        let keys = Captured {
+            profile: SrtpProfile::AEAD_AES_128_GCM,
+            material: (0..56).collect(),
+            active: false,
+        };
+        let mid = Mid::from("0");
+        let start = RtpStart { seq: 1, ts: 0 };
+        let c = Consumer::new(mid, MediaKind::Video, 7.into(), None, start);
+        let mut e = Egress::new(&keys, &mut Rtc::new(t0), &[c], t0).unwrap();
+        let mut out = Outbox::default();
+        let packet = |seq, ts| CachedPacket {
+            seq,
+            ts,
+            pt: 96.into(),
+            marker: false,
+            orientation: None,
+            payload: vec![0u8; 100].into(),
+        };
+        // Queued while the viewer had no path: dropped, never sent.
+        e.queue(mid, packet(1, 1000), 90_000, t0);
+        e.flush(t0, None, &mut out);
+        // Sent: a frame, then a late packet of an older frame (an older timestamp).
+        let t1 = t0 + Duration::from_millis(10);
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let path = Path {
+            proto: Protocol::Udp,
+            source: addr,
+            destination: addr,
+        };
+        e.queue(mid, packet(2, 4000), 90_000, t0);
+        e.queue(mid, packet(3, 1000), 90_000, t1);
+        e.flush(t1, Some(path), &mut out);
+        let at = t1 + FIRST_REPORT_AFTER;
+        assert!(e.report(at, Some(path), &mut out));
+        for _ in 0..2 {
+            out.pop().expect("the two RTP packets sent");
+        }
+        let sr = out.pop().expect("the report").contents;
+        // Opened as the viewer does, with the other half of the keys.
+        let rx = SrtcpReceiver::new(&Captured {
+            active: true,
+            ..keys
+        })
+        .unwrap();
+        let mut scratch = Vec::new();
+        let sr = rx.open(sr, &mut scratch).expect("the SR opens");
+        let word = |i: usize| u32::from_be_bytes(sr[i..i + 4].try_into().unwrap());
+        assert_eq!((sr[1], word(4)), (PT_SR, 7));
+        assert_eq!(
+            (word(20), word(24)),
+            (2, 200),
+            "packets and octets sent, not queued"
+        );
+        // The newest packet (timestamp 4000 at t0), 110 ms on at 90 kHz.
+        let rtp = word(16);
+        assert!(
+            (13_899..=13_900).contains(&rtp),
+            "RTP time from the newest timestamp: {rtp}"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any instant will do as the origin
+    fn ntp_time_counts_from_the_origin() {
+        let t0 = Instant::now();
+        assert_eq!(ntp_at(t0, t0), NTP_ORIGIN_SECS << 32);
+        let later = ntp_at(t0, t0 + Duration::from_millis(1500));
+        assert_eq!(later >> 32, NTP_ORIGIN_SECS + 1);
+        assert_eq!(
+            later & 0xffff_ffff,
+            1 << 31,
+            "half a second is half the fraction"
+        );
+    }
+}
