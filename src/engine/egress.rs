@@ -89,7 +89,7 @@ struct OutStream {
     /// What its sender reports tell.
     sent: Sent,
     /// The id the viewer gave urn:3gpp:video-orientation, the one header extension we
-    /// negotiate (src/offer.rs) and so write.
+    /// negotiate (src/offer/mod.rs) and so write.
     orientation_id: Option<u8>,
 }
 
@@ -425,7 +425,7 @@ pub(crate) struct Flushed {
 
 /// The fields of the RTP header we write: no CSRCs, and no extension but the video
 /// orientation (the SSRCs are in the SDP answer, so receivers need no MID extension to place
-/// them; see src/offer.rs for what is negotiated).
+/// them; see src/offer/mod.rs for what is negotiated).
 #[derive(Clone, Copy)]
 struct Header {
     ssrc: u32,

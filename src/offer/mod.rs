@@ -1,6 +1,10 @@
 //! From an SDP offer to a ready str0m `Rtc` and its answer, for publishers (WHIP) and viewers
 //! (WHEP). Pure functions of their inputs: no IO, no engine state, so the HTTP layer runs them
 //! off the media loop and the fuzzer can call them directly.
+//!
+//! Here: the codecs each side gets and the `Rtc` built from them. `answer.rs` rewrites a
+//! viewer's answer text (one stream, one CNAME); `ice.rs` makes our ICE credentials and
+//! candidates.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,13 +13,19 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, PayloadParams};
 use str0m::media::{Direction, MediaKind, Pt};
-use str0m::net::TcpType;
 use str0m::rtp::{Extension, ExtensionMap};
-use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+use str0m::{Rtc, RtcConfig};
 
 use crate::engine::{IngestTrack, ViewerTrack};
-use crate::secret;
 use crate::srtp::{KeySlot, build_rtc};
+
+mod answer;
+mod ice;
+
+pub use answer::viewer_cname;
+pub use ice::ice_credentials;
+
+use answer::one_stream;
 
 /// What every session shares: our candidates and DTLS certificate.
 #[derive(Clone)]
@@ -295,83 +305,6 @@ impl SessionSetup {
     }
 }
 
-/// One media stream for all of a viewer's tracks: the same msid stream id (libwebrtc puts
-/// the tracks of one stream in one sync group, and only then aligns audio with video) and
-/// the same CNAME (RFC 7022), the one our sender reports carry
-/// ([`viewer_cname`]). str0m picks a random stream id and CNAME per m-line when the offer
-/// names none, as Chromium's recvonly offers do.
-fn one_stream(answer: &str) -> String {
-    let first_ssrc = answer.lines().find_map(|l| {
-        let rest = l.strip_prefix("a=ssrc:")?;
-        rest.split(' ').next()?.parse::<u32>().ok()
-    });
-    let Some(first_ssrc) = first_ssrc else {
-        return answer.to_string();
-    };
-    let cname = viewer_cname(first_ssrc);
-    let stream = format!("whipcast-{first_ssrc:08x}");
-    let mut out = String::with_capacity(answer.len() + 64);
-    for line in answer.lines() {
-        if line.starts_with("a=msid-semantic") {
-            out.push_str(&format!("a=msid-semantic: WMS {stream}"));
-        } else if let Some(rest) = line.strip_prefix("a=msid:") {
-            let track = rest.split_once(' ').map_or("", |(_, t)| t);
-            out.push_str(&format!("a=msid:{stream} {track}"));
-        } else if let Some((ssrc, attr)) =
-            line.strip_prefix("a=ssrc:").and_then(|r| r.split_once(' '))
-        {
-            if attr.starts_with("cname:") {
-                out.push_str(&format!("a=ssrc:{ssrc} cname:{cname}"));
-            } else if let Some(msid) = attr.strip_prefix("msid:") {
-                let track = msid.split_once(' ').map_or("", |(_, t)| t);
-                out.push_str(&format!("a=ssrc:{ssrc} msid:{stream} {track}"));
-            } else {
-                out.push_str(line);
-            }
-        } else {
-            out.push_str(line);
-        }
-        out.push_str("\r\n");
-    }
-    out
-}
-
-/// The CNAME of a viewer's streams, from the SSRC of its first: written in the answer
-/// ([`one_stream`]) and in the SDES of our sender reports (src/engine/egress.rs).
-pub fn viewer_cname(first_ssrc: u32) -> String {
-    format!("whipcast-{first_ssrc:08x}")
-}
-
-impl SessionSetup {
-    /// Our ICE candidates: one UDP host candidate per advertised address, and with `tcp` the
-    /// passive ICE-TCP ones (viewers only). Also sent again after an ICE restart.
-    pub fn local_candidates(&self, tcp: bool) -> Vec<Candidate> {
-        let udp = self
-            .candidates
-            .iter()
-            .filter_map(|a| Candidate::host(*a, "udp").ok());
-        let tcp = self.tcp_candidates.iter().filter(|_| tcp).filter_map(|a| {
-            Candidate::builder()
-                .tcp()
-                .host(*a)
-                .tcptype(TcpType::Passive)
-                .build()
-                .ok()
-        });
-        udp.chain(tcp).collect()
-    }
-}
-
-/// Fresh local ICE credentials for a session (or its ICE restart): 128-bit random ufrag and
-/// 256-bit password, in ICE's character set (RFC 8839 §5.4: no `-` or `_`).
-pub fn ice_credentials() -> IceCreds {
-    IceCreds {
-        ufrag: secret::random_token().replace(['-', '_'], "x"),
-        pass: format!("{}{}", secret::random_token(), secret::random_token())
-            .replace(['-', '_'], "y"),
-    }
-}
-
 /// Which transports a session's answer offers: viewers' (UDP and TCP) also get viewers'
 /// header extensions.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -470,14 +403,14 @@ const VIEWER_STATS_INTERVAL: Duration = Duration::from_secs(5);
 mod tests {
     use super::*;
 
-    const OBS: &str = include_str!("../tests/fixtures/obs-31-offer.sdp");
-    const CHROMIUM: &str = include_str!("../tests/fixtures/chromium-recvonly-offer.sdp");
+    const OBS: &str = include_str!("../../tests/fixtures/obs-31-offer.sdp");
+    const CHROMIUM: &str = include_str!("../../tests/fixtures/chromium-recvonly-offer.sdp");
 
     fn setup() -> SessionSetup {
         SessionSetup::new(vec!["127.0.0.1:8189".parse().unwrap()])
     }
 
-    fn viewer_answer() -> String {
+    pub(super) fn viewer_answer() -> String {
         let setup = setup();
         let now = Instant::now();
         let publisher = setup
@@ -487,44 +420,6 @@ mod tests {
             .accept_viewer(now, CHROMIUM, &publisher.tracks)
             .expect("Chromium offer accepted");
         viewer.answer
-    }
-
-    /// The values of `a=<attr>` lines, or of `a=ssrc:<n> <attr>` lines.
-    fn values(answer: &str, prefix: &str) -> Vec<String> {
-        answer
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix(prefix).or_else(|| {
-                    let (_, attr) = l.strip_prefix("a=ssrc:")?.split_once(' ')?;
-                    attr.strip_prefix(&prefix[2..])
-                })
-            })
-            .map(|v| v.split(' ').next().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    #[test]
-    fn a_viewers_audio_and_video_share_one_stream_id_and_cname() {
-        let answer = viewer_answer();
-        let mut streams = values(&answer, "a=msid:");
-        assert!(streams.len() >= 2, "both tracks carry an msid:\n{answer}");
-        streams.dedup();
-        assert_eq!(streams.len(), 1, "one msid stream id:\n{answer}");
-        let mut cnames = values(&answer, "a=cname:");
-        assert!(cnames.len() >= 2, "every SSRC has a cname:\n{answer}");
-        cnames.dedup();
-        assert_eq!(cnames.len(), 1, "one cname:\n{answer}");
-        let first_ssrc: u32 = values(&answer, "a=ssrc:")[0].parse().unwrap();
-        assert_eq!(
-            cnames[0],
-            viewer_cname(first_ssrc),
-            "the cname our SDES sends"
-        );
-        let semantic = answer
-            .lines()
-            .find(|l| l.starts_with("a=msid-semantic"))
-            .expect("msid-semantic line");
-        assert!(semantic.ends_with(&streams[0]), "{semantic}");
     }
 
     #[test]
