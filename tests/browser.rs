@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::chromium::{Browser, PUBLISH_FAKE_CAMERA};
+use common::chromium::Browser;
 use common::page_test::{blocking, start, start_in, watch};
 use common::server::create;
 use common::udp_client::Client;
@@ -18,13 +18,7 @@ async fn chromium_publisher_reaches_chromium_viewer_page() {
     let base = r.base.clone();
     blocking(move || {
         let (id, view) = create(&base);
-        let publisher = Browser::start();
-        publisher.goto(&format!("{base}/"));
-        let result = publisher.js_async(
-            PUBLISH_FAKE_CAMERA,
-            json!([format!("{base}/broadcast?id={id}")]),
-        );
-        assert_eq!(result, "ok");
+        let _publisher = Browser::publishing(&base, &id);
         let viewer = watch(
             &base,
             &view,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::chromium::{Browser, PUBLISH_FAKE_CAMERA};
+use common::chromium::Browser;
 use common::page_test::{blocking, start, watch};
 use common::server::create;
 use common::udp_client::{Client, http};
@@ -48,13 +48,7 @@ async fn a_publisher_page_that_closes_then_deletes_ends_the_broadcast_for_its_vi
     let base = r.base.clone();
     blocking(move || {
         let (id, view) = create(&base);
-        let publisher = Browser::start();
-        publisher.goto(&format!("{base}/"));
-        let result = publisher.js_async(
-            PUBLISH_FAKE_CAMERA,
-            json!([format!("{base}/broadcast?id={id}")]),
-        );
-        assert_eq!(result, "ok");
+        let publisher = Browser::publishing(&base, &id);
         let viewer = watch(&base, &view, "hang-up-viewer-live");
         publisher.js("window.publisher.pc.close(); return true", json!([]));
         // The close_notify reaches the server before the DELETE leaves, as when the two

@@ -18,11 +18,7 @@ async fn gstreamer_publisher_reaches_chromium_viewer_page() {
     let base = r.base.clone();
     blocking(move || {
         let (id, view) = create(&base);
-        let mut publisher = GstClient::start(
-            "whip_publisher.py",
-            &[&format!("{base}/broadcast"), &id, "120"],
-        );
-        publisher.wait_for_line("connected");
+        let publisher = GstClient::publishing(&base, &id);
         let viewer = watch(
             &base,
             &view,

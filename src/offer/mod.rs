@@ -21,6 +21,7 @@ use crate::srtp::{KeySlot, build_rtc};
 
 mod answer;
 mod ice;
+mod quirks;
 
 pub use answer::viewer_cname;
 pub use ice::ice_credentials;
@@ -125,6 +126,7 @@ impl SessionSetup {
             // A section whose codecs we cannot forward is refused, not dropped: going live
             // without the publisher's video would look like a broken stream to everyone.
             let p = pick_ingest_codec(&line.rtp_params()).ok_or(OfferError::CannotForward(kind))?;
+            let p = quirks::without_red(p);
             if !chosen
                 .iter()
                 .any(|c| c.spec().codec.kind() == p.spec().codec.kind())
@@ -323,8 +325,8 @@ fn parse(offer: &str) -> Result<SdpOffer, OfferError> {
     if !offer.starts_with("v=0") {
         return Err(OfferError::Malformed("it must start with \"v=0\"".into()));
     }
-    let parsed =
-        SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
+    let parsed = SdpOffer::from_sdp_string(&quirks::accept_bundle_only(offer))
+        .map_err(|e| OfferError::Malformed(e.to_string()))?;
     let n = parsed.media_lines.len();
     if n > MAX_MEDIA {
         return Err(OfferError::TooManyMedia(n));

@@ -125,6 +125,19 @@ impl Browser {
         v["value"].clone()
     }
 
+    /// A Chromium that publishes its fake camera and microphone over WHIP to broadcast `id`
+    /// from the server's home page; `window.publisher` holds its peer connection and session.
+    pub fn publishing(base: &str, id: &str) -> Self {
+        let publisher = Self::start();
+        publisher.goto(&format!("{base}/"));
+        let result = publisher.js_async(
+            PUBLISH_FAKE_CAMERA,
+            json!([format!("{base}/broadcast?id={id}")]),
+        );
+        assert_eq!(result, "ok", "the Chromium publisher's WHIP");
+        publisher
+    }
+
     pub fn goto(&self, url: &str) {
         self.call(
             "POST",
@@ -241,6 +254,23 @@ impl Browser {
             .unwrap_or(0)
     }
 
+    /// The viewer page's audio so far (`inbound-rtp`): (packets received, samples decoded,
+    /// i.e. `totalSamplesReceived - concealedSamples`).
+    pub fn audio_received(&self) -> (u64, u64) {
+        let v = self.js_async(AUDIO_RECEIVED, json!([]));
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        (n("packets"), n("samples"))
+    }
+
+    /// Waits until audio packets arrive and decoded samples rise: (packets, samples).
+    pub fn wait_audio(&self, what: &str) -> (u64, u64) {
+        let (packets, samples) = self.audio_received();
+        self.wait(what, |b| {
+            let (p, s) = b.audio_received();
+            (p > packets && s > samples).then_some((p, s))
+        })
+    }
+
     /// Mean luma and its spread over the `<video>` picture, drawn to a canvas.
     pub fn picture(&self) -> (f64, f64) {
         let v = self.js(PICTURE, json!([]));
@@ -291,6 +321,21 @@ pc.getStats().then(stats => {
   done(n);
 }).catch(() => done(0));";
 
+const AUDIO_RECEIVED: &str = "
+const done = arguments[arguments.length - 1];
+const pc = window.whipcast && window.whipcast.pc;
+if (!pc) return done({});
+pc.getStats().then(stats => {
+  const n = {};
+  stats.forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+      n.packets = r.packetsReceived || 0;
+      n.samples = (r.totalSamplesReceived || 0) - (r.concealedSamples || 0);
+    }
+  });
+  done(n);
+}).catch(() => done({}));";
+
 const PICTURE: &str = "
 const v = document.querySelector('video');
 if (!v || !v.videoWidth) return { mean: 0, spread: 0 };
@@ -305,7 +350,7 @@ const mean = sum / n;
 return { mean, spread: Math.sqrt(Math.max(0, sq / n - mean * mean)) };";
 
 /// Publishes the page's fake camera and microphone over WHIP from inside the browser.
-pub const PUBLISH_FAKE_CAMERA: &str = "
+const PUBLISH_FAKE_CAMERA: &str = "
 const [url, done] = [arguments[0], arguments[arguments.length - 1]];
 (async () => {
   const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });

@@ -73,6 +73,17 @@ impl GstClient {
         }
     }
 
+    /// A `webrtcbin` WHIP publisher (tests/gst/whip_publisher.py) of broadcast `id`, once its
+    /// peer connection is up. It publishes until `finish`.
+    pub fn publishing(base: &str, id: &str) -> Self {
+        let mut publisher = Self::start(
+            "whip_publisher.py",
+            &[&format!("{base}/broadcast"), id, "120"],
+        );
+        publisher.wait_for_line("connected");
+        publisher
+    }
+
     /// Everything it printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")

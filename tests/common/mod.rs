@@ -2,6 +2,7 @@
 
 pub mod annexb;
 pub mod chromium;
+pub mod firefox;
 pub mod gst;
 pub mod link;
 pub mod netns;

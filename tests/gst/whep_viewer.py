@@ -1,13 +1,15 @@
 """A GStreamer webrtcbin WHEP viewer: receives H.264 and Opus from a whipcast viewer URL,
-decodes the video with avdec_h264 and counts the decoded frames. Prints one line,
-`decoded N frames WxH`, and exits 0 once N frames are decoded; exits 1 with the reason
-otherwise. Usage: python3 whep_viewer.py <WHEP URL> <frames> <deadline seconds>"""
+decodes the video with avdec_h264 and the audio with opusdec, and counts decoded frames and
+audio buffers. Prints one line, `decoded N frames WxH, A audio buffers`, and exits 0 once N
+frames and A audio buffers (0 unless given) are decoded; exits 1 with the reason otherwise.
+Usage: python3 whep_viewer.py <WHEP URL> <frames> <deadline seconds> [<audio buffers>]"""
 
 import sys
 
 from webrtc import Gst, GstWebRTC, Session, log
 
 url, wanted, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+wanted_audio = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 
 pipeline = Gst.Pipeline.new("viewer")
 webrtc = Gst.ElementFactory.make("webrtcbin", "webrtc")
@@ -18,12 +20,23 @@ RECVONLY = GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY
 for caps in [
     "application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,"
     "packetization-mode=(string)1,profile-level-id=(string)42e01f",
-    "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000",
+    "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,"
+    "encoding-params=(string)2",
 ]:
     webrtc.emit("add-transceiver", RECVONLY, Gst.Caps.from_string(caps))
 
 decoded = 0
+audio = 0
 size = "?"
+
+
+def summary():
+    return "decoded %d frames %s, %d audio buffers" % (decoded, size, audio)
+
+
+def check_done():
+    if decoded >= wanted and audio >= wanted_audio:
+        session.finish(0, summary())
 
 
 def on_frame(_sink, buffer, pad):
@@ -33,8 +46,15 @@ def on_frame(_sink, buffer, pad):
         s = pad.get_current_caps().get_structure(0)
         size = "%dx%d" % (s.get_value("width"), s.get_value("height"))
         log("first decoded frame", size)
-    if decoded >= wanted:
-        session.finish(0, "decoded %d frames %s" % (decoded, size))
+    check_done()
+
+
+def on_audio(_sink, buffer, pad):
+    global audio
+    audio += 1
+    if audio == 1:
+        log("first decoded audio", pad.get_current_caps().to_string())
+    check_done()
 
 
 def on_pad(_webrtc, pad):
@@ -45,18 +65,19 @@ def on_pad(_webrtc, pad):
     if media == "video":
         chain = "rtph264depay ! h264parse ! avdec_h264 ! fakesink name=frames signal-handoffs=true"
     else:
-        chain = "fakesink"
+        chain = "rtpopusdepay ! opusdec ! fakesink name=samples signal-handoffs=true"
     bin = Gst.parse_bin_from_description(chain, True)
     pipeline.add(bin)
     bin.sync_state_with_parent()
     pad.link(bin.get_static_pad("sink"))
-    sink = bin.get_by_name("frames")
-    if sink:
-        sink.connect("handoff", on_frame)
+    for name, on_buffer in [("frames", on_frame), ("samples", on_audio)]:
+        sink = bin.get_by_name(name)
+        if sink:
+            sink.connect("handoff", on_buffer)
 
 
 webrtc.connect("pad-added", on_pad)
 code = session.run()
-if decoded < wanted:
-    print("decoded %d frames %s" % (decoded, size), flush=True)
+if decoded < wanted or audio < wanted_audio:
+    print(summary(), flush=True)
 sys.exit(code)

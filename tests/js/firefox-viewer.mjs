@@ -1,7 +1,9 @@
 // Plays a whipcast viewer page in Debian's headless firefox-esr, driven over WebDriver BiDi
 // (puppeteer-core, `browser: 'firefox'`), and prints what it saw as one line of JSON for
 // tests/firefox.rs to assert on:
-//   { state, size, framesAtLive, framesLater, screenshot: { mean, spread } }
+//   { state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot: { mean, spread } }
+// where audio* are the audio `inbound-rtp` counts { packets, samples } (samples decoded, not
+// concealed: totalSamplesReceived - concealedSamples).
 // Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>
 // Every step has a deadline; the browser is closed on every path.
 
@@ -73,6 +75,20 @@ const framesDecoded = (page) =>
     return n;
   });
 
+const audioReceived = (page) =>
+  page.evaluate(async () => {
+    const pc = window.whipcast && window.whipcast.pc;
+    const n = { packets: 0, samples: 0 };
+    if (!pc) return n;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        n.packets = r.packetsReceived || 0;
+        n.samples = (r.totalSamplesReceived || 0) - (r.concealedSamples || 0);
+      }
+    });
+    return n;
+  });
+
 // Mean luma and its spread over a PNG, read back through a canvas of the page.
 const pixels = (page, png) =>
   page.evaluate(async (b64) => {
@@ -116,6 +132,14 @@ try {
     const n = await framesDecoded(page);
     return n > framesAtLive + 10 ? n : null;
   });
+  const audioAtLive = await until('audio packets received', async () => {
+    const n = await audioReceived(page);
+    return n.packets > 0 ? n : null;
+  });
+  const audioLater = await until('audio samples keep being decoded', async () => {
+    const n = await audioReceived(page);
+    return n.packets > audioAtLive.packets && n.samples > audioAtLive.samples ? n : null;
+  });
   const size = await page.evaluate(() => {
     const v = document.querySelector('video');
     return [v.videoWidth, v.videoHeight];
@@ -125,7 +149,7 @@ try {
   writeFileSync(screenshotPath, Buffer.from(png, 'base64'));
   const screenshot = await pixels(page, png);
   const state = await page.evaluate(() => window.whipcast.state);
-  console.log(JSON.stringify({ state, size, framesAtLive, framesLater, screenshot }));
+  console.log(JSON.stringify({ state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot }));
 } catch (e) {
   failed = e;
 } finally {
