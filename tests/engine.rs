@@ -107,7 +107,7 @@ fn a_sealed_viewers_pli_and_fir_reach_the_publisher_at_most_once_a_second() {
     assert_eq!(
         sim.clients[p].keyframe_requests,
         asked + 1,
-        "a second request within the second is not passed on"
+        "a second request within the second waits"
     );
 
     sim.run_for(Duration::from_secs(1));
@@ -116,6 +116,36 @@ fn a_sealed_viewers_pli_and_fir_reach_the_publisher_at_most_once_a_second() {
         sim.clients[p].keyframe_requests,
         asked + 2,
         "FIR, a second later"
+    );
+}
+
+#[test]
+fn a_keyframe_request_held_back_by_the_throttle_goes_when_it_allows() {
+    // Browsers and GStreamer send a keyframe only when asked: a viewer that joins within a
+    // second of another must still cause one, or it may wait for it forever.
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    stream(&mut sim, p, 0..31);
+    let before = sim.clients[p].keyframe_requests;
+    sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.clients[p].keyframe_requests,
+        before + 1,
+        "the first join asks"
+    );
+    sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.clients[p].keyframe_requests,
+        before + 1,
+        "the second join, within the second, waits for the throttle"
+    );
+    sim.run_for(Duration::from_millis(1200));
+    assert_eq!(
+        sim.clients[p].keyframe_requests,
+        before + 2,
+        "and is sent once the throttle allows, not dropped"
     );
 }
 

@@ -327,6 +327,14 @@ impl Engine {
                 continue;
             };
             if !track.take_pli_slot(now) {
+                if let Some(at) = track.next_pli_slot()
+                    && !self
+                        .deferred_plis
+                        .iter()
+                        .any(|&(_, b2, t2)| (b2, t2) == (b, ti))
+                {
+                    self.deferred_plis.push((at, b, ti));
+                }
                 continue;
             }
             let mid = track.mid;

@@ -99,6 +99,10 @@ pub struct Engine {
     /// Keyframe requests gathered while draining viewers, sent to publishers afterwards
     /// (never in the middle of draining the publisher that is forwarding).
     pending_plis: Vec<(BroadcastKey, usize)>,
+    /// Keyframe requests the 1/s throttle held back, with when they may go: deferred, not
+    /// dropped, so a viewer that joins just after another still gets a fresh keyframe from
+    /// a publisher that sends one only when asked (browsers, GStreamer). One per track.
+    deferred_plis: Vec<(Instant, BroadcastKey, usize)>,
     /// Viewers that just connected and get the cached keyframe once their `Rtc` is drained:
     /// its final DTLS flight must leave before the first SRTP packet, or the browser cannot
     /// decrypt that packet yet.
@@ -149,6 +153,7 @@ impl Engine {
             outbox: Outbox::default(),
             events: VecDeque::new(),
             pending_plis: Vec::new(),
+            deferred_plis: Vec::new(),
             pending_starts: Vec::new(),
             dirty: VecDeque::new(),
             last_now: None,
@@ -260,6 +265,14 @@ impl Engine {
         let mut due = std::mem::take(&mut self.scratch_keys);
         due.clear();
         self.deadlines.pop_due(now, &mut due);
+        let pending = &mut self.pending_plis;
+        self.deferred_plis.retain(|&(at, b, ti)| {
+            let due = at <= now;
+            if due {
+                pending.push((b, ti));
+            }
+            !due
+        });
         for &key in &due {
             let Some(peer) = self.peer_mut(key) else {
                 continue;
@@ -359,7 +372,13 @@ impl Engine {
         match self.last_now {
             // Written packets wait for a tick: at once.
             Some(now) if !self.dirty.is_empty() => Some(now),
-            _ => self.deadlines.earliest(),
+            _ => {
+                let deferred = self.deferred_plis.iter().map(|(at, ..)| *at).min();
+                match (self.deadlines.earliest(), deferred) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         }
     }
 

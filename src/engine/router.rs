@@ -361,6 +361,11 @@ impl Track {
 
     /// Whether a keyframe request may go to the publisher now (at most one per
     /// [`PLI_INTERVAL`]: OBS largely ignores them and a storm of viewers must not flood it).
+    /// When the next keyframe request may go, if one went within [`PLI_INTERVAL`].
+    pub(crate) fn next_pli_slot(&self) -> Option<Instant> {
+        self.last_pli.map(|t| t + PLI_INTERVAL)
+    }
+
     pub(crate) fn take_pli_slot(&mut self, now: Instant) -> bool {
         match self.last_pli {
             Some(t) if now.saturating_duration_since(t) < PLI_INTERVAL => false,
