@@ -515,7 +515,8 @@ mod tests {
         }
     }
 
-    /// A client instance whose CertificateVerify uses exactly `sigalgs` (OpenSSL syntax).
+    /// A peer with `cert` (made client or server by `set_active`) whose signatures use
+    /// exactly `sigalgs` (OpenSSL syntax).
     fn client_with_sigalgs(cert: &DtlsCert, sigalgs: &str, now: Instant) -> Box<dyn DtlsInstance> {
         let mut b = SslContext::builder(SslMethod::dtls()).unwrap();
         b.set_certificate(&X509::from_der(&cert.certificate).unwrap())
@@ -667,5 +668,29 @@ mod tests {
         let (c, s) = handshake(&mut *client, &mut *server).unwrap();
         assert!(c.connected && s.connected);
         assert_eq!(c.keys, s.keys);
+    }
+
+    #[test]
+    fn as_client_we_connect_to_a_server_whose_certificate_is_rsa() {
+        // The edge's WHEP client, or any session where we end up active, against an RSA
+        // server (signing its key exchange with PKCS#1 v1.5 or PSS).
+        let now = Instant::now();
+        let rsa = rsa_cert();
+        for sigalgs in ["RSA+SHA256:ECDSA+SHA256", "RSA-PSS+SHA256:ECDSA+SHA256"] {
+            let mut server = client_with_sigalgs(&rsa, sigalgs, now);
+            server.set_active(false);
+            let mut client = OpensslDtls
+                .new_dtls(&ours(), now, DtlsVersion::Dtls12, None)
+                .unwrap();
+            client.set_active(true);
+            let (c, s) = handshake(&mut *client, &mut *server).expect(sigalgs);
+            assert!(c.connected && s.connected, "{sigalgs}: {c:?} {s:?}");
+            assert_eq!(
+                c.peer_cert.as_deref(),
+                Some(&rsa.certificate[..]),
+                "{sigalgs}"
+            );
+            assert_eq!(c.keys, s.keys, "{sigalgs}");
+        }
     }
 }
