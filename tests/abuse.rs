@@ -8,56 +8,14 @@ mod common;
 
 use std::io::Write;
 
+use common::http_server::{self, Running, create, create_with, post_sdp};
 use common::raw_http::{raw, read_head};
 use common::sim::{obs_offer, viewer_offer};
-use reqwest::{Client, StatusCode, header};
+use reqwest::{StatusCode, header};
 use serde_json::Value;
-use whipcast::Server;
-
-struct Running {
-    server: Server,
-    base: String,
-    http: Client,
-    dir: std::path::PathBuf,
-}
 
 async fn start(extra: &[&str]) -> Running {
-    let dir = common::server::temp_dir("abuse");
-    let (server, base) = common::server::start_in(&dir, extra).await;
-    Running {
-        server,
-        base,
-        http: Client::new(),
-        dir,
-    }
-}
-
-async fn create_with(r: &Running, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut req = r.http.post(format!("{}/api/broadcasts", r.base));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
-}
-
-async fn create(r: &Running) -> (String, String) {
-    let res = create_with(r, &[]).await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let v: Value = res.json().await.unwrap();
-    (
-        v["broadcast_id"].as_str().unwrap().to_owned(),
-        v["view_id"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn post_sdp(r: &Running, path: &str, sdp: String) -> reqwest::Response {
-    r.http
-        .post(format!("{}{path}", r.base))
-        .header(header::CONTENT_TYPE, "application/sdp")
-        .body(sdp)
-        .send()
-        .await
-        .unwrap()
+    http_server::start("abuse", extra).await
 }
 
 /// A live broadcast (its publisher is in place; media never flows): (broadcast, view) IDs.

@@ -6,45 +6,14 @@
 mod common;
 
 use clap::Parser;
+use common::http_server::{self, Running, create, start_in};
 use common::sim::{obs_offer, viewer_offer};
-use reqwest::{Client, StatusCode, header};
+use reqwest::{StatusCode, header};
 use serde_json::Value;
 use whipcast::{Config, Server};
 
-struct Running {
-    server: Server,
-    base: String,
-    http: Client,
-    dir: std::path::PathBuf,
-}
-
 async fn start(extra: &[&str]) -> Running {
-    start_in(common::server::temp_dir("http"), extra).await
-}
-
-async fn start_in(dir: std::path::PathBuf, extra: &[&str]) -> Running {
-    let (server, base) = common::server::start_in(&dir, extra).await;
-    Running {
-        server,
-        base,
-        http: Client::new(),
-        dir,
-    }
-}
-
-async fn create(r: &Running) -> (String, String) {
-    let res = r
-        .http
-        .post(format!("{}/api/broadcasts", r.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let v: Value = res.json().await.unwrap();
-    (
-        v["broadcast_id"].as_str().unwrap().to_owned(),
-        v["view_id"].as_str().unwrap().to_owned(),
-    )
+    http_server::start("http", extra).await
 }
 
 /// Asserts a problem+json answer with this status and a human sentence; returns the response

@@ -4,6 +4,7 @@ pub mod annexb;
 pub mod chromium;
 pub mod firefox;
 pub mod gst;
+pub mod http_server;
 pub mod link;
 pub mod netns;
 pub mod page_test;
