@@ -78,30 +78,14 @@ pub async fn serve(
                 .header_read_timeout(state.config.http_header_timeout)
                 .timer(hyper_util::rt::TokioTimer::new());
             match &state.tls {
-                None => {
-                    serve_one(
-                        &builder,
-                        TokioIo::new(stream),
-                        service,
-                        &mut conn_shutdown,
-                        peer,
-                    )
-                    .await
-                }
+                None => serve_one(&builder, stream, service, &mut conn_shutdown, peer).await,
                 Some(tls) => {
                     // The handshake gets the same deadline as the headers (slowloris).
                     match tokio::time::timeout(state.config.http_header_timeout, tls.accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            serve_one(
-                                &builder,
-                                TokioIo::new(stream),
-                                service,
-                                &mut conn_shutdown,
-                                peer,
-                            )
-                            .await
+                            serve_one(&builder, stream, service, &mut conn_shutdown, peer).await
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => debug!(%peer, "tls handshake timed out"),
@@ -180,7 +164,7 @@ fn refuse(stream: tokio::net::TcpStream, answer: &'static [u8], tls: bool) {
     });
 }
 
-/// Serves one connection until it ends or the server shuts down.
+/// Serves one connection (plain TCP or TLS) until it ends or the server shuts down.
 async fn serve_one<I, S>(
     builder: &http1::Builder,
     io: I,
@@ -188,11 +172,11 @@ async fn serve_one<I, S>(
     shutdown: &mut watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = BoxBody<Bytes, Infallible>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
