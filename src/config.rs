@@ -141,6 +141,13 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]
     pub create_token: Option<String>,
 
+    /// Media threads, each with its own share of the sessions (engine, timers, sending
+    /// handle on the one UDP port). A broadcast's publisher and viewers stay on one worker;
+    /// broadcasts spread over the workers, so several live broadcasts use several cores.
+    /// 1 (the default until one broadcast can span workers) keeps the single media loop.
+    #[arg(long, env = "WHIPCAST_WORKERS", default_value_t = 1, value_parser = parse_workers)]
+    pub workers: usize,
+
     /// TESTING ONLY, hidden from --help: every viewer stream's first RTP sequence number
     /// instead of a random one, so a test crosses the 16-bit wrap within seconds.
     #[arg(long, env = "WHIPCAST_TEST_SEQ_START", hide = true)]
@@ -212,6 +219,20 @@ impl Config {
         addrs
     }
 }
+
+/// `--workers`: 1 to [`MAX_WORKERS`].
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "\"{s}\" is not a worker count from 1 to {MAX_WORKERS}"
+        )),
+    }
+}
+
+/// More media threads than any machine we target has cores; each costs a thread and a
+/// queue, so a typo like 1000 is refused rather than obeyed.
+pub const MAX_WORKERS: usize = 256;
 
 /// `90`, `90s`, `5m`, `2h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -288,5 +309,14 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn workers_default_to_one_and_reject_zero() {
+        assert_eq!(Config::parse_from(["whipcast"]).workers, 1);
+        let c = Config::parse_from(["whipcast", "--workers", "2"]);
+        assert_eq!(c.workers, 2);
+        assert!(Config::try_parse_from(["whipcast", "--workers", "0"]).is_err());
+        assert!(Config::try_parse_from(["whipcast", "--workers", "9999"]).is_err());
     }
 }

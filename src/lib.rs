@@ -19,7 +19,9 @@
 //!   into one outbox, one deadline index. No IO, no clock.
 //! - [`srtp`]: each session's DTLS-SRTP keys read through str0m's crypto-provider interface,
 //!   and the AES-GCM seal whipcast does itself for forwarded media.
-//! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.
+//! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop; with
+//!   `--workers N`, a receive thread and N worker threads each driving its own `Engine`, and
+//!   the [`io::EngineHandle`] that sends each HTTP command to the worker that owns it.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
 //! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
 //! - [`server`]: wiring the above together.
@@ -35,6 +37,19 @@
 //! and DTLS for every session, and the whole send path (RTCP input and keyframe requests
 //! included) for sessions whose SRTP profile is not AES-GCM; for the others, their NACKs,
 //! PLIs and FIRs are read by the engine from their SRTCP.
+//!
+//! # Workers
+//!
+//! `--workers N` (N > 1) runs N engines, one per thread, on the one UDP port. A receive
+//! thread reads the socket (GRO batches) and routes each datagram to its worker: STUN by the
+//! ufrag in USERNAME (the HTTP handle tells it each session's ufrag before the answer
+//! leaves), everything else by the source address learned from that STUN. Datagrams go
+//! through one bounded FIFO per worker, in reused batches; a full queue loses that worker's
+//! datagrams only (`whipcast_worker_queue_drops_total`). Each worker sends on its own clone
+//! of the socket. A broadcast lives on one worker with all its viewers, so every broadcast
+//! rule is one engine's; new broadcasts go to the worker with the fewest, and a resuming
+//! publisher to its broadcast's worker. Not yet: one broadcast's viewers spread over workers
+//! (relaying the publisher's packets between workers).
 
 #![forbid(unsafe_code)]
 

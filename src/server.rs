@@ -2,12 +2,11 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
 
 use crate::config::Config;
 use crate::engine::{Command, Engine, EngineConfig, EngineEvent, Outcome, Stats};
@@ -24,8 +23,7 @@ pub struct Server {
     pub ice_tcp_addr: Option<SocketAddr>,
     /// The addresses in our ICE candidates.
     pub advertised: Vec<SocketAddr>,
-    stop_media: Option<oneshot::Sender<()>>,
-    media_thread: Option<JoinHandle<()>>,
+    media: Option<io::Media>,
     stop_http: watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
     engine: Option<EngineHandle>,
@@ -42,7 +40,7 @@ pub enum StartError {
     },
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("cannot start the media thread: {0}")]
+    #[error("cannot start the media threads: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]
     Tls(#[from] http::TlsError),
@@ -85,7 +83,7 @@ impl Server {
             source,
         })?;
 
-        let engine = Engine::new(EngineConfig {
+        let engine_config = EngineConfig {
             candidates: advertised.clone(),
             tcp_candidates: advertised_tcp.clone(),
             max_live_broadcasts: config.max_live_broadcasts,
@@ -94,31 +92,14 @@ impl Server {
             resume_grace: config.resume_grace,
             handshake_timeout: config.handshake_timeout,
             test_seq_start: config.test_seq_start,
-        });
-        let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        };
+        let engines = (0..config.workers)
+            .map(|_| Engine::new(engine_config.clone()))
+            .collect();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<EngineEvent>();
-        let (stop_media, stop_media_rx) = oneshot::channel();
-        // The media loop gets a thread of its own so HTTP work (building an `Rtc` costs about
-        // 1 ms) never delays packets.
-        let media_thread = std::thread::Builder::new()
-            .name("whipcast-media".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a tokio runtime for the media thread");
-                if let Err(e) = rt.block_on(io::drive(
-                    engine,
-                    sockets,
-                    command_rx,
-                    event_tx,
-                    stop_media_rx,
-                )) {
-                    error!(error = %e, "media loop failed");
-                }
-            })
-            .map_err(StartError::Thread)?;
-        let engine_handle = EngineHandle::new(command_tx);
+        let (media, engine_handle) =
+            io::start(engines, sockets, event_tx, config.max_live_broadcasts)
+                .map_err(StartError::Thread)?;
         let state = Arc::new(AppState {
             setup: SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp),
             registry: Arc::new(Mutex::new(registry)),
@@ -134,6 +115,7 @@ impl Server {
         tokio::spawn(async move {
             while let Some(event) = event_rx.recv().await {
                 tracing::debug!(?event, "engine event");
+                events_state.engine.observe(&event);
                 events_state
                     .hub
                     .apply(&event, events_state.config.max_viewers);
@@ -151,8 +133,7 @@ impl Server {
             udp_addr,
             ice_tcp_addr,
             advertised,
-            stop_media: Some(stop_media),
-            media_thread: Some(media_thread),
+            media: Some(media),
             stop_http,
             http_task,
             engine: Some(engine_handle),
@@ -178,11 +159,8 @@ impl Server {
         }
         let _ = self.stop_http.send(true);
         let _ = (&mut self.http_task).await;
-        if let Some(stop) = self.stop_media.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.media_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(media) = self.media.take() {
+            let _ = tokio::task::spawn_blocking(move || media.join()).await;
         }
     }
 }
@@ -259,11 +237,8 @@ fn bind_udp(addr: SocketAddr) -> Result<(UdpSocket, SocketAddr), StartError> {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop_http.send(true);
-        if let Some(stop) = self.stop_media.take() {
-            let _ = stop.send(());
+        if let Some(media) = self.media.as_mut() {
+            media.stop();
         }
     }
 }
-
-/// HTTP requests waiting for the engine; beyond this, requests wait (back-pressure).
-const COMMAND_QUEUE: usize = 1024;

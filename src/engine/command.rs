@@ -166,6 +166,33 @@ pub struct Stats {
     pub late_packets_dropped: u64,
 }
 
+impl std::ops::AddAssign for Stats {
+    /// Adds another engine's counters: the whole server's, with several workers.
+    fn add_assign(&mut self, o: Self) {
+        self.peers += o.peers;
+        self.publishers += o.publishers;
+        self.viewers += o.viewers;
+        self.viewers_sealed += o.viewers_sealed;
+        self.live_broadcasts += o.live_broadcasts;
+        self.demux_addrs += o.demux_addrs;
+        self.demux_ufrags += o.demux_ufrags;
+        self.deadlines += o.deadlines;
+        self.datagrams_dropped += o.datagrams_dropped;
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        self.packets_forwarded += o.packets_forwarded;
+        self.plis_sent += o.plis_sent;
+        self.plis_received += o.plis_received;
+        self.nacks_sent += o.nacks_sent;
+        self.nacks_received += o.nacks_received;
+        self.retransmissions += o.retransmissions;
+        self.evictions += o.evictions;
+        self.late_packets_dropped += o.late_packets_dropped;
+    }
+}
+
 /// Where a broadcast is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -391,6 +391,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         "Connectivity tests waiting to connect.",
         stats.peers.saturating_sub(stats.publishers + stats.viewers) as u64,
     );
+    let workers = state
+        .engine
+        .worker_loads()
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?;
+    worker_metrics(&mut out, &workers);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(
@@ -399,6 +405,46 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         )
         .body(super::full(out))
         .expect("valid headers"))
+}
+
+/// Each media worker's share (`--workers`), labelled by its index: whether the load is
+/// spread, and whether a worker falls behind (its queue drops).
+fn worker_metrics(out: &mut String, workers: &[crate::io::WorkerLoad]) {
+    type Value = fn(&crate::io::WorkerLoad) -> u64;
+    let series: [(&str, &str, &str, Value); 4] = [
+        (
+            "worker_publishers",
+            "gauge",
+            "Publisher sessions per media worker.",
+            |w| w.stats.publishers as u64,
+        ),
+        (
+            "worker_viewers",
+            "gauge",
+            "Viewer sessions per media worker.",
+            |w| w.stats.viewers as u64,
+        ),
+        (
+            "worker_packets_out_total",
+            "counter",
+            "Datagrams sent per media worker.",
+            |w| w.stats.packets_out,
+        ),
+        (
+            "worker_queue_drops_total",
+            "counter",
+            "Datagrams lost because a media worker's receive queue was full.",
+            |w| w.queue_drops,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        out.push_str(&format!(
+            "# HELP whipcast_{name} {help}\n# TYPE whipcast_{name} {kind}\n"
+        ));
+        for (i, w) in workers.iter().enumerate() {
+            out.push_str(&format!("whipcast_{name}{{worker=\"{i}\"}} {}\n", value(w)));
+        }
+    }
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {

@@ -3,9 +3,21 @@
 //! One task owns the [`Engine`] and loops: receive a bounded batch of datagrams and feed them,
 //! run commands from the HTTP layer, fire the one earliest deadline, then drain transmits
 //! into the socket and events to the HTTP layer.
+//!
+//! With `--workers N` (workers.rs) a receive thread owns the socket's receive side and N
+//! such loops each own an `Engine`, fed from a queue instead of the socket (inbox.rs, routed
+//! by route.rs), sending on their own handle of the socket; the HTTP layer reaches them
+//! through one [`EngineHandle`] (handle.rs).
 
+mod handle;
+mod inbox;
+mod route;
 mod tcp;
 mod udp;
+mod workers;
+
+pub use self::handle::{EngineGone, EngineHandle, Request, WorkerLoad};
+pub use self::workers::{Media, start};
 
 use std::io;
 use std::net::{TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
@@ -16,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use self::tcp::IceTcp;
-use self::udp::{MAX_GSO_BYTES, MediaSocket};
-use crate::engine::{Command, Engine, EngineEvent, Outcome, TransmitRun};
+use self::udp::{MAX_GSO_BYTES, MediaSocket, Outbound};
+use crate::engine::{Engine, EngineEvent, TransmitRun};
 
 /// The single clock read of the media path: the engine itself takes `now` as an argument.
 #[allow(clippy::disallowed_methods)] // this is the one place allowed to read the clock
@@ -32,38 +44,6 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A command plus where its outcome goes.
-pub struct Request {
-    pub command: Command,
-    pub reply: oneshot::Sender<Outcome>,
-}
-
-/// The HTTP layer's handle to the engine task.
-#[derive(Clone)]
-pub struct EngineHandle {
-    tx: mpsc::Sender<Request>,
-}
-
-/// The engine task has stopped (shutdown in progress).
-#[derive(Debug, thiserror::Error)]
-#[error("the media engine is not running")]
-pub struct EngineGone;
-
-impl EngineHandle {
-    pub fn new(tx: mpsc::Sender<Request>) -> Self {
-        Self { tx }
-    }
-
-    pub async fn call(&self, command: Command) -> Result<Outcome, EngineGone> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { command, reply })
-            .await
-            .map_err(|_| EngineGone)?;
-        rx.await.map_err(|_| EngineGone)
-    }
 }
 
 /// The media sockets: the UDP socket, and the ICE-TCP listener if it is on.
@@ -84,14 +64,8 @@ pub async fn drive(
     let mut tcp = sockets.tcp.map(IceTcp::start).transpose()?;
     debug!(addr = %socket.local_addr(), "media loop running");
     loop {
-        flush(&mut engine, &socket, tcp.as_ref(), &events).await;
-        let deadline = engine.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        flush(&mut engine, &socket, &mut tcp_sender(tcp.as_ref()), &events).await;
+        let sleep = sleep_until(engine.poll_timeout());
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -107,33 +81,58 @@ pub async fn drive(
                 }
             },
             request = commands.recv() => {
-                let Some(Request { command, reply }) = request else { break };
-                let outcome = engine.handle_command(now(), command);
-                let _ = reply.send(outcome); // the HTTP request may have gone away
+                let Some(request) = request else { break };
+                run_command(&mut engine, request);
             }
             _ = sleep => {}
         }
-        // A busy socket (a flood) keeps winning the biased select above: commands from HTTP
-        // get a share of every turn anyway, so WHIP, WHEP and the API keep answering.
-        for _ in 0..COMMANDS_PER_TURN {
-            let Ok(Request { command, reply }) = commands.try_recv() else {
-                break;
-            };
-            let outcome = engine.handle_command(now(), command);
-            let _ = reply.send(outcome);
-        }
-        // Check the clock ourselves rather than trusting which branch woke us: a busy socket
-        // must not starve timers.
-        let now = now();
-        if engine.poll_timeout().is_some_and(|t| t <= now) {
-            engine.handle_timeout(now);
-        }
+        end_turn(&mut engine, &mut commands);
     }
-    flush(&mut engine, &socket, tcp.as_ref(), &events).await;
+    flush(&mut engine, &socket, &mut tcp_sender(tcp.as_ref()), &events).await;
     Ok(())
 }
 
-async fn next_tcp_frame(tcp: &mut Option<IceTcp>) -> Option<tcp::Frame> {
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn run_command(engine: &mut Engine, Request { command, reply }: Request) {
+    let outcome = engine.handle_command(now(), command);
+    let _ = reply.send(outcome); // the HTTP request may have gone away
+}
+
+/// The end of every loop turn, whatever woke it.
+fn end_turn(engine: &mut Engine, commands: &mut mpsc::Receiver<Request>) {
+    // A busy socket (a flood) keeps winning the biased select: commands from HTTP get a
+    // share of every turn anyway, so WHIP, WHEP and the API keep answering.
+    for _ in 0..COMMANDS_PER_TURN {
+        let Ok(request) = commands.try_recv() else {
+            break;
+        };
+        run_command(engine, request);
+    }
+    // Check the clock ourselves rather than trusting which branch woke us: a busy socket
+    // must not starve timers.
+    let now = now();
+    if engine.poll_timeout().is_some_and(|t| t <= now) {
+        engine.handle_timeout(now);
+    }
+}
+
+/// Where ICE-TCP transmits go when the loop owns the listener.
+fn tcp_sender(tcp: Option<&IceTcp>) -> impl FnMut(std::net::SocketAddr, &[u8]) + '_ {
+    move |to, packet| {
+        if let Some(tcp) = tcp {
+            tcp.send(to, packet);
+        }
+    }
+}
+
+pub(crate) async fn next_tcp_frame(tcp: &mut Option<IceTcp>) -> Option<tcp::Frame> {
     match tcp {
         Some(tcp) => tcp.next_frame().await,
         None => std::future::pending().await,
@@ -170,19 +169,17 @@ fn receive(engine: &mut Engine, socket: &mut MediaSocket) {
 }
 
 /// Sends every pending transmit (UDP in GSO runs per destination, straight from the
-/// engine's buffer; ICE-TCP to its connection) and hands events on.
+/// engine's buffer; ICE-TCP through `tcp`) and hands events on.
 async fn flush(
     engine: &mut Engine,
-    socket: &MediaSocket,
-    tcp: Option<&IceTcp>,
+    socket: &impl Outbound,
+    tcp: &mut impl FnMut(std::net::SocketAddr, &[u8]),
     events: &mpsc::UnboundedSender<EngineEvent>,
 ) {
     let max_segments = socket.max_gso_segments();
     while let Some(run) = engine.poll_transmit_run(max_segments, MAX_GSO_BYTES) {
         if run.proto != Protocol::Udp {
-            if let Some(tcp) = tcp {
-                tcp.send(run.destination, run.contents);
-            }
+            tcp(run.destination, run.contents);
             continue;
         }
         send(socket, run).await;
@@ -193,7 +190,7 @@ async fn flush(
 }
 
 /// Sends a run, waiting out back-pressure rather than dropping it.
-async fn send(socket: &MediaSocket, run: TransmitRun<'_>) {
+async fn send(socket: &impl Outbound, run: TransmitRun<'_>) {
     let segment = (run.segments > 1).then_some(run.segment_size);
     loop {
         match socket.try_send(run.destination, run.contents, segment) {

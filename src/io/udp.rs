@@ -6,6 +6,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 
 /// A bound UDP socket with its receive buffers.
@@ -105,6 +106,94 @@ impl MediaSocket {
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
+}
+
+/// A worker's handle for sending on the shared media socket (a `try_clone` of it, so the
+/// port stays one). Registered for writability only: the receive thread reads, and the
+/// workers are not woken by every datagram that arrives. UDP `sendmsg` from several
+/// threads on one socket needs no lock of ours, and takes none in the kernel for uncorked
+/// sockets, so sends scale with the workers.
+pub(crate) struct SendSocket {
+    fd: AsyncFd<StdUdpSocket>,
+    state: UdpSocketState,
+}
+
+impl SendSocket {
+    /// Wraps a clone of the (already non-blocking) media socket. Must run inside a tokio
+    /// runtime.
+    pub(crate) fn new(std_socket: StdUdpSocket) -> io::Result<Self> {
+        std_socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
+        // Deprecated because the fd could be closed under the registration; the `AsyncFd`
+        // owns the socket here, so it cannot, and the safe call keeps `forbid(unsafe_code)`.
+        #[allow(deprecated)]
+        let fd = AsyncFd::with_interest(std_socket, Interest::WRITABLE)?;
+        Ok(Self { fd, state })
+    }
+}
+
+impl Outbound for SendSocket {
+    fn try_send(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        self.state
+            .try_send(UdpSockRef::from(self.fd.get_ref()), &transmit)
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        let mut ready = self.fd.writable().await?;
+        // The caller retries its send next; should that fail again, the next wait is for a
+        // fresh edge, not this (perhaps stale) readiness.
+        ready.clear_ready();
+        Ok(())
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+}
+
+impl Outbound for MediaSocket {
+    fn try_send(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        MediaSocket::try_send(self, destination, contents, segment_size)
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        MediaSocket::writable(self).await
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        MediaSocket::max_gso_segments(self)
+    }
+}
+
+/// What the loop needs to send: the socket itself (one worker) or a worker's handle on it.
+pub(crate) trait Outbound {
+    /// Sends one datagram, or a GSO run with `segment_size`, without blocking.
+    fn try_send(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()>;
+    /// Waits until a send that failed with `WouldBlock` may succeed.
+    async fn writable(&self) -> io::Result<()>;
+    fn max_gso_segments(&self) -> usize;
 }
 
 /// Large enough for any datagram a WebRTC peer sends (MTU-sized, with headroom for jumbo

@@ -16,7 +16,8 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 }
 
 /// Starts whipcast on 127.0.0.1:0 (HTTP and UDP) with `dir` as its data directory and
-/// `extra` flags; returns it with its base URL.
+/// `extra` flags; returns it with its base URL. `WHIPCAST_*` variables apply as for the
+/// binary: CI runs the suites again with `WHIPCAST_WORKERS=2`.
 pub async fn start_in(dir: &Path, extra: &[&str]) -> (Server, String) {
     let d = dir.to_str().unwrap().to_owned();
     let mut args = vec![

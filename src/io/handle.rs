@@ -1,0 +1,334 @@
+//! The HTTP layer's handle to the media workers: each command goes to the worker that owns
+//! what it names, and commands about the whole server are gathered from every worker.
+//!
+//! Placement: a broadcast (its publisher and all its viewers) lives on one worker, so the
+//! broadcast rules (viewer cap and eviction, resume, stop → ended, the keyframe cache and
+//! the PLI throttle) stay those of one engine. A new live broadcast goes to the worker with
+//! the fewest broadcasts holding a slot; a publisher that resumes or replaces goes where its
+//! broadcast already is. The live-broadcast limit is the server's, so publishing is placed
+//! one at a time against every worker's count.
+//!
+//! Receive routing follows from the same book-keeping: before a session's command leaves,
+//! its ICE ufrag is given to the receive thread ([`RouteUpdate`]), so the first STUN check
+//! from the peer (which can only come after the HTTP answer) already finds its worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::inbox::ReceiveCounters;
+use super::route::RouteUpdate;
+use crate::engine::{
+    BroadcastKey, Command, CommandError, EngineEvent, Outcome, PatchError, Patched, SessionId,
+    Stats,
+};
+
+/// A command plus where its outcome goes.
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// The engine task has stopped (shutdown in progress).
+#[derive(Debug, thiserror::Error)]
+#[error("the media engine is not running")]
+pub struct EngineGone;
+
+/// The HTTP layer's handle to the media workers. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    workers: Vec<mpsc::Sender<Request>>,
+    /// Ufrags to the receive thread; `None` with one worker, which reads the socket itself.
+    routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
+    /// What the receive thread dropped.
+    received: Arc<ReceiveCounters>,
+    max_live_broadcasts: usize,
+    /// Held while a publisher is placed, so two cannot both take the last free slot.
+    placing: tokio::sync::Mutex<()>,
+    books: Mutex<Books>,
+    next_probe: AtomicUsize,
+}
+
+/// Who lives where. Bounded: sessions are forgotten when their `SessionClosed` event passes
+/// by, broadcasts are few (one entry per broadcast ever published since start).
+#[derive(Default)]
+struct Books {
+    broadcasts: HashMap<BroadcastKey, usize>,
+    sessions: HashMap<SessionId, (usize, String)>,
+}
+
+/// One worker's share of the load, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerLoad {
+    pub stats: Stats,
+    pub queue_drops: u64,
+}
+
+impl EngineHandle {
+    /// A handle to one engine task (the single-worker server, and tests).
+    pub fn new(tx: mpsc::Sender<Request>) -> Self {
+        Self::with_workers(vec![tx], None, ReceiveCounters::new(1), usize::MAX)
+    }
+
+    pub(crate) fn with_workers(
+        workers: Vec<mpsc::Sender<Request>>,
+        routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
+        received: Arc<ReceiveCounters>,
+        max_live_broadcasts: usize,
+    ) -> Self {
+        debug_assert!(!workers.is_empty(), "at least one worker");
+        Self {
+            inner: Arc::new(Inner {
+                workers,
+                routes,
+                received,
+                max_live_broadcasts,
+                placing: tokio::sync::Mutex::new(()),
+                books: Mutex::default(),
+                next_probe: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub async fn call(&self, command: Command) -> Result<Outcome, EngineGone> {
+        if self.inner.workers.len() == 1 {
+            return self.call_on(0, command).await;
+        }
+        match command {
+            Command::Publish(peer, tracks) => self.publish(peer, tracks).await,
+            Command::Subscribe(peer, tracks) => {
+                let w = self.worker_of(peer.broadcast);
+                self.start_session(w, &peer.session, &peer.ufrag);
+                let (session, ufrag) = (peer.session.clone(), peer.ufrag.clone());
+                let outcome = self.call_on(w, Command::Subscribe(peer, tracks)).await;
+                if !matches!(outcome, Ok(Outcome::Subscribed(Ok(())))) {
+                    self.end_session(&session, Some(&ufrag));
+                }
+                outcome
+            }
+            Command::Probe(peer) => {
+                let w = self.inner.next_probe.fetch_add(1, Ordering::Relaxed)
+                    % self.inner.workers.len();
+                self.start_session(w, &peer.session, &peer.ufrag);
+                self.call_on(w, Command::Probe(peer)).await
+            }
+            Command::Describe(b) => self.call_on(self.worker_of(b), Command::Describe(b)).await,
+            Command::Info(b) => self.call_on(self.worker_of(b), Command::Info(b)).await,
+            Command::RevokeViewers(b) => {
+                let w = self.worker_of(b);
+                self.call_on(w, Command::RevokeViewers(b)).await
+            }
+            Command::Close { session, publisher } => self.close(session, publisher).await,
+            Command::Patch(patch) => self.patch(patch).await,
+            Command::Stats => {
+                let mut total = Stats::default();
+                for load in self.worker_loads().await? {
+                    total += load.stats;
+                }
+                // Dropped before any engine saw them: the receive thread found no route.
+                total.datagrams_dropped += self.inner.received.unroutable();
+                Ok(Outcome::Stats(total))
+            }
+            Command::Status => Ok(Outcome::Status(self.status().await?)),
+            Command::Shutdown => {
+                let mut n = 0;
+                for w in 0..self.inner.workers.len() {
+                    if let Outcome::ShutDown(k) = self.call_on(w, Command::Shutdown).await? {
+                        n += k;
+                    }
+                }
+                Ok(Outcome::ShutDown(n))
+            }
+        }
+    }
+
+    /// Every worker's counters, in worker order.
+    pub async fn worker_loads(&self) -> Result<Vec<WorkerLoad>, EngineGone> {
+        let mut loads = Vec::with_capacity(self.inner.workers.len());
+        for w in 0..self.inner.workers.len() {
+            let Outcome::Stats(stats) = self.call_on(w, Command::Stats).await? else {
+                unreachable!("Stats is answered with Stats");
+            };
+            let queue_drops = self.inner.received.queue_drops(w);
+            loads.push(WorkerLoad { stats, queue_drops });
+        }
+        Ok(loads)
+    }
+
+    /// Keeps the books in step with the engines: a closed session no longer routes. Call
+    /// with every [`EngineEvent`] before it is acted on.
+    pub fn observe(&self, event: &EngineEvent) {
+        if let EngineEvent::SessionClosed { session, .. } = event {
+            self.end_session(session, None);
+        }
+    }
+
+    async fn call_on(&self, worker: usize, command: Command) -> Result<Outcome, EngineGone> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.workers[worker]
+            .send(Request { command, reply })
+            .await
+            .map_err(|_| EngineGone)?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    async fn publish(
+        &self,
+        peer: crate::engine::NewPeer,
+        tracks: Vec<crate::engine::IngestTrack>,
+    ) -> Result<Outcome, EngineGone> {
+        let _placing = self.inner.placing.lock().await;
+        let b = peer.broadcast;
+        let mut holders = vec![0usize; self.inner.workers.len()];
+        let mut home = None;
+        for (w, (key, _)) in self.status_by_worker().await? {
+            holders[w] += 1;
+            if key == b {
+                home = Some(w);
+            }
+        }
+        let w = match home {
+            Some(w) => w,
+            None if holders.iter().sum::<usize>() >= self.inner.max_live_broadcasts => {
+                return Ok(Outcome::Published(Err(CommandError::NoFreeSlot)));
+            }
+            None => (0..holders.len())
+                .min_by_key(|&w| holders[w])
+                .expect("at least one worker"),
+        };
+        let (session, ufrag) = (peer.session.clone(), peer.ufrag.clone());
+        self.start_session(w, &session, &ufrag);
+        let outcome = self.call_on(w, Command::Publish(peer, tracks)).await;
+        if matches!(outcome, Ok(Outcome::Published(Ok(())))) {
+            self.books().broadcasts.insert(b, w);
+        } else {
+            self.end_session(&session, Some(&ufrag));
+        }
+        outcome
+    }
+
+    async fn close(&self, session: SessionId, publisher: bool) -> Result<Outcome, EngineGone> {
+        for w in self.candidates_for(&session) {
+            let command = Command::Close {
+                session: session.clone(),
+                publisher,
+            };
+            if let Outcome::Closed(true) = self.call_on(w, command).await? {
+                return Ok(Outcome::Closed(true));
+            }
+        }
+        Ok(Outcome::Closed(false))
+    }
+
+    async fn patch(&self, patch: crate::engine::Patch) -> Result<Outcome, EngineGone> {
+        let candidates = self.candidates_for(&patch.session);
+        let last = candidates.len() - 1;
+        let mut patch = Some(patch);
+        for (i, w) in candidates.into_iter().enumerate() {
+            let p = patch.take().expect("one patch per try");
+            let attempt = crate::engine::Patch {
+                session: p.session.clone(),
+                publisher: p.publisher,
+                if_match: p.if_match.clone(),
+                remote: p.remote.clone(),
+                local: p.local.clone(),
+            };
+            let session = p.session.clone();
+            patch = Some(p);
+            let outcome = self.call_on(w, Command::Patch(attempt)).await?;
+            match &outcome {
+                Outcome::Patched(Err(PatchError::UnknownSession)) if i < last => continue,
+                Outcome::Patched(Ok(Patched::Restarted { local, .. })) => {
+                    // STUN now carries the new ufrag; the old one no longer reaches the peer,
+                    // but its addresses still do until the new checks arrive.
+                    let old = self
+                        .books()
+                        .sessions
+                        .insert(session.clone(), (w, local.ufrag.clone()));
+                    if let Some(routes) = &self.inner.routes {
+                        let (new, worker) = (local.ufrag.clone(), w);
+                        let _ = routes.send(match old {
+                            Some((_, old)) => RouteUpdate::Rename { old, new, worker },
+                            None => RouteUpdate::Add { ufrag: new, worker },
+                        });
+                    }
+                }
+                _ => {}
+            }
+            return Ok(outcome);
+        }
+        unreachable!("at least one worker is tried")
+    }
+
+    /// The session's worker first if it is known, then every other (a session that hung up
+    /// still answers DELETE for a moment after its books entry is gone).
+    fn candidates_for(&self, session: &SessionId) -> Vec<usize> {
+        let known = self.books().sessions.get(session).map(|(w, _)| *w);
+        let mut order: Vec<usize> = known.into_iter().collect();
+        order.extend((0..self.inner.workers.len()).filter(|w| Some(*w) != known));
+        order
+    }
+
+    async fn status(
+        &self,
+    ) -> Result<Vec<(BroadcastKey, crate::engine::BroadcastInfo)>, EngineGone> {
+        Ok(self
+            .status_by_worker()
+            .await?
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect())
+    }
+
+    async fn status_by_worker(
+        &self,
+    ) -> Result<Vec<(usize, (BroadcastKey, crate::engine::BroadcastInfo))>, EngineGone> {
+        let mut all = Vec::new();
+        for w in 0..self.inner.workers.len() {
+            let Outcome::Status(s) = self.call_on(w, Command::Status).await? else {
+                unreachable!("Status is answered with Status");
+            };
+            all.extend(s.into_iter().map(|entry| (w, entry)));
+        }
+        Ok(all)
+    }
+
+    /// The worker holding broadcast `b`, or worker 0 for one never published (it answers
+    /// "not live" like any worker would).
+    fn worker_of(&self, b: BroadcastKey) -> usize {
+        self.books().broadcasts.get(&b).copied().unwrap_or(0)
+    }
+
+    fn start_session(&self, worker: usize, session: &SessionId, ufrag: &str) {
+        self.books()
+            .sessions
+            .insert(session.clone(), (worker, ufrag.to_owned()));
+        if let Some(routes) = &self.inner.routes {
+            let _ = routes.send(RouteUpdate::Add {
+                ufrag: ufrag.to_owned(),
+                worker,
+            });
+        }
+    }
+
+    /// Forgets a session and its ufrag route (`ufrag` for one the books may no longer hold).
+    fn end_session(&self, session: &SessionId, ufrag: Option<&str>) {
+        let booked = self.books().sessions.remove(session).map(|(_, u)| u);
+        let Some(routes) = &self.inner.routes else {
+            return;
+        };
+        for ufrag in booked.into_iter().chain(ufrag.map(str::to_owned)) {
+            let _ = routes.send(RouteUpdate::Forget { ufrag });
+        }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.inner.books.lock().expect("books lock")
+    }
+}
