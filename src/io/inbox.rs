@@ -160,3 +160,54 @@ impl Outlet {
 /// Batches waiting per worker: at up to 256 datagrams a batch, a worker may fall ~16 k
 /// datagrams (a few keyframes of a whole audience's feedback) behind before losing any.
 const QUEUE_BATCHES: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_full_worker_queue_loses_its_own_datagrams_only_and_keeps_order() {
+        let counters = ReceiveCounters::new(2);
+        let (mut outlets, mut inlets, pool) = queues(2, counters.clone());
+        let rounds = QUEUE_BATCHES + 5;
+        let mut got = Vec::new();
+        for i in 0..rounds {
+            for outlet in &mut outlets {
+                outlet.push(Protocol::Udp, addr(1), addr(2), &(i as u32).to_be_bytes());
+                outlet.push(Protocol::Udp, addr(1), addr(2), &[0xff]);
+                outlet.send(&pool);
+            }
+            // Worker 1 keeps up; worker 0 takes nothing.
+            while let Ok(batch) = inlets[1].rx.try_recv() {
+                got.extend(batch.iter().map(|(_, _, _, d)| d.to_vec()));
+                inlets[1].recycle(batch);
+            }
+        }
+        assert_eq!(
+            counters.queue_drops(0),
+            2 * 5,
+            "the 5 batches past the bound"
+        );
+        assert_eq!(counters.queue_drops(1), 0);
+        let want: Vec<Vec<u8>> = (0..rounds as u32)
+            .flat_map(|i| [i.to_be_bytes().to_vec(), vec![0xff]])
+            .collect();
+        assert_eq!(
+            got, want,
+            "every datagram of the worker that keeps up, in order"
+        );
+        let mut queued = 0;
+        while let Ok(batch) = inlets[0].rx.try_recv() {
+            queued += batch.len();
+        }
+        assert_eq!(
+            queued,
+            2 * QUEUE_BATCHES,
+            "the slow worker still has the first ones"
+        );
+    }
+}
