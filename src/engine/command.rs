@@ -167,29 +167,53 @@ pub struct Stats {
 }
 
 impl std::ops::AddAssign for Stats {
-    /// Adds another engine's counters: the whole server's, with several workers.
-    fn add_assign(&mut self, o: Self) {
-        self.peers += o.peers;
-        self.publishers += o.publishers;
-        self.viewers += o.viewers;
-        self.viewers_sealed += o.viewers_sealed;
-        self.live_broadcasts += o.live_broadcasts;
-        self.demux_addrs += o.demux_addrs;
-        self.demux_ufrags += o.demux_ufrags;
-        self.deadlines += o.deadlines;
-        self.datagrams_dropped += o.datagrams_dropped;
-        self.packets_in += o.packets_in;
-        self.bytes_in += o.bytes_in;
-        self.packets_out += o.packets_out;
-        self.bytes_out += o.bytes_out;
-        self.packets_forwarded += o.packets_forwarded;
-        self.plis_sent += o.plis_sent;
-        self.plis_received += o.plis_received;
-        self.nacks_sent += o.nacks_sent;
-        self.nacks_received += o.nacks_received;
-        self.retransmissions += o.retransmissions;
-        self.evictions += o.evictions;
-        self.late_packets_dropped += o.late_packets_dropped;
+    /// Adds another engine's counters: the whole server's, with several workers. Spelled out
+    /// field by field so a new counter cannot be forgotten here.
+    fn add_assign(&mut self, other: Self) {
+        let Self {
+            peers,
+            publishers,
+            viewers,
+            viewers_sealed,
+            live_broadcasts,
+            demux_addrs,
+            demux_ufrags,
+            deadlines,
+            datagrams_dropped,
+            packets_in,
+            bytes_in,
+            packets_out,
+            bytes_out,
+            packets_forwarded,
+            plis_sent,
+            plis_received,
+            nacks_sent,
+            nacks_received,
+            retransmissions,
+            evictions,
+            late_packets_dropped,
+        } = other;
+        self.peers += peers;
+        self.publishers += publishers;
+        self.viewers += viewers;
+        self.viewers_sealed += viewers_sealed;
+        self.live_broadcasts += live_broadcasts;
+        self.demux_addrs += demux_addrs;
+        self.demux_ufrags += demux_ufrags;
+        self.deadlines += deadlines;
+        self.datagrams_dropped += datagrams_dropped;
+        self.packets_in += packets_in;
+        self.bytes_in += bytes_in;
+        self.packets_out += packets_out;
+        self.bytes_out += bytes_out;
+        self.packets_forwarded += packets_forwarded;
+        self.plis_sent += plis_sent;
+        self.plis_received += plis_received;
+        self.nacks_sent += nacks_sent;
+        self.nacks_received += nacks_received;
+        self.retransmissions += retransmissions;
+        self.evictions += evictions;
+        self.late_packets_dropped += late_packets_dropped;
     }
 }
 
