@@ -74,8 +74,9 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_MAX_CREATIONS_PER_IP", default_value_t = 10)]
     pub max_creations_per_ip: usize,
 
-    /// Viewer sessions one client may have connecting at once (counted as WHEP sessions it
-    /// started within --handshake-timeout); more get `429`. A household opens a few.
+    /// Viewer sessions one client may have connecting at once (answered, handshake not yet
+    /// done; a session gives its place back when it connects or closes); more get `429`
+    /// with `Retry-After: 1`. A household opens a few at a time.
     #[arg(long, env = "WHIPCAST_MAX_PENDING_VIEWERS_PER_IP", default_value_t = 8)]
     pub max_pending_viewers_per_ip: usize,
 

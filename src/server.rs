@@ -134,6 +134,11 @@ impl Server {
         tokio::spawn(async move {
             while let Some(event) = event_rx.recv().await {
                 tracing::debug!(?event, "engine event");
+                if let EngineEvent::ViewerConnected(session)
+                | EngineEvent::SessionClosed { session, .. } = &event
+                {
+                    events_state.limits.pending_viewers.settled(session);
+                }
                 events_state
                     .hub
                     .apply(&event, events_state.config.max_viewers);

@@ -215,6 +215,8 @@ pub enum EngineEvent {
     },
     /// A connectivity test completed ICE and DTLS over UDP.
     ProbeConnected(SessionId),
+    /// A viewer session finished its handshake and took its place.
+    ViewerConnected(SessionId),
     /// A session ended, and why.
     SessionClosed {
         session: SessionId,

@@ -869,6 +869,8 @@ impl Engine {
                 "str0m"
             };
             info!(broadcast = %b, peer = %key, srtp = sealing, "viewer connected");
+            let session = peer.session.clone();
+            self.events.push_back(EngineEvent::ViewerConnected(session));
             self.pending_starts.push(key);
             // Ask for a fresh keyframe too: the cached one may be a while old.
             if let Some(route) = self.router.route(b)

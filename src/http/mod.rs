@@ -7,6 +7,7 @@ mod api;
 pub mod limits;
 mod listen;
 mod patch;
+mod pending;
 mod problem;
 mod sse;
 mod tls;

@@ -147,7 +147,7 @@ impl Hub {
                     .1 = *viewers;
                 s.send_to_broadcast(*broadcast, || viewercount(*viewers));
             }
-            EngineEvent::ProbeConnected(_) => {}
+            EngineEvent::ProbeConnected(_) | EngineEvent::ViewerConnected(_) => {}
             EngineEvent::SessionClosed { session, reason } => {
                 let Some(w) = s.sessions.remove(session) else {
                     return;

@@ -24,12 +24,12 @@ pub(super) async fn subscribe(
         .by_view_id(&view_id)
         .ok_or(ApiError::UnknownView)?;
     // Sessions still connecting from one client are bounded: a viewer link must not let
-    // its holder pile up sessions (only successful ones count, so polling on 409 is free).
+    // its holder pile up sessions (pending.rs; a place comes back when the session connects).
     let client = super::limits::client_of(&req);
-    state
+    let place = state
         .limits
         .pending_viewers
-        .check(client, now())
+        .reserve(client, now())
         .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
@@ -61,6 +61,8 @@ pub(super) async fn subscribe(
     // Registered before the engine has the session: its `SessionClosed` can only come
     // later, so it always finds (and removes) the watcher.
     state.hub.register(session.clone(), broadcast);
+    // Kept before the engine has the session too, so its connecting always finds the place.
+    place.keep(session.clone());
     let subscribed = match call(state, Command::Subscribe(peer, accepted.tracks)).await {
         Ok(Outcome::Subscribed(Ok(()))) => Ok(()),
         Ok(Outcome::Subscribed(Err(e))) => Err(e.into()),
@@ -69,9 +71,9 @@ pub(super) async fn subscribe(
     };
     if let Err(e) = subscribed {
         state.hub.forget(&session);
+        state.limits.pending_viewers.settled(&session);
         return Err(e);
     }
-    state.limits.pending_viewers.record(client, now());
     info!(broadcast = %broadcast, session = %session, "viewer session started");
     let mut response = sdp_created(
         &format!("/stream/session/{}", session.as_str()),
