@@ -1,8 +1,22 @@
-# Writes a production-like Janus 1.1 configuration for the loopback benchmark into "$1"; ICE
-# gathers on interface "$2" only (run.sh gives it 127.0.0.2 and says why).
-# Sourced by run.sh; every choice is explained next to it. Written from Janus's documented
-# options (the sample files Debian installs in /etc/janus), not copied from them.
+# Shared by run.sh and profile.sh: the network namespace the benchmark runs in, and a
+# production-like Janus 1.1 configuration.
 # shellcheck shell=bash
+
+# Creates namespace "$1" with loopback up and a veth interface "$2" holding 127.0.0.2 (run.sh
+# says why Janus needs it); its peer end "$2p" stays in the namespace too, carrying nothing.
+bench_namespace() {
+    local ns=$1 dev=$2
+    ip netns add "$ns"
+    ip netns exec "$ns" ip link set lo up
+    ip netns exec "$ns" ip link add "$dev" type veth peer name "${dev}p"
+    ip netns exec "$ns" ip addr add 127.0.0.2/32 dev "$dev"
+    ip netns exec "$ns" ip link set "$dev" up
+    ip netns exec "$ns" ip link set "${dev}p" up
+}
+
+# Writes the Janus configuration into "$1"; ICE gathers on interface "$2" only.
+# Every choice is explained next to it. Written from Janus's documented
+# options (the sample files Debian installs in /etc/janus), not copied from them.
 
 janus_config() {
     local dir=$1 iface=$2 lib=/usr/lib/x86_64-linux-gnu/janus

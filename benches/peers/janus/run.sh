@@ -61,12 +61,7 @@ log "building whipcast and the load generator (release)"
 wc=$root/target/release/whipcast
 lg=$root/target/release/whipcast-loadgen
 
-ip netns add "$ns"
-in_ns ip link set lo up
-in_ns ip link add "$dev" type veth peer name "${dev}p"
-in_ns ip addr add "$local_ip/32" dev "$dev"
-in_ns ip link set "$dev" up
-in_ns ip link set "${dev}p" up
+bench_namespace "$ns" "$dev"
 
 janus_config "$tmp/janus" "$dev"
 
