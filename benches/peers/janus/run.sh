@@ -9,7 +9,8 @@
 #
 # Prints one JSON line per server and N (the load generator's line, whose "server" field says
 # which), then one summary line per server: the largest N with < 0.1 % loss and its viewers
-# per core. Installs Janus with apt when missing. Stops everything it started on exit.
+# per core. Installs Janus (and curl, python3, iproute2) with apt when missing. Stops
+# everything it started on exit.
 #
 # Traffic stays in a network namespace this script creates, on loopback addresses. Janus's
 # ICE agent (libnice) never gathers on a loopback *interface* and pins each socket to the
@@ -49,10 +50,15 @@ trap 'exit 130' INT TERM
 in_ns() { ip netns exec "$ns" "$@"; }
 log() { echo "run.sh: $*" >&2; }
 
-if ! command -v janus >/dev/null; then
-    log "installing Janus (apt)"
+# What a fresh Debian machine may lack: Janus itself, and the tools this script uses.
+missing=()
+for tool in janus:janus curl:curl python3:python3 ip:iproute2 ss:iproute2; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} (apt)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 log "$(janus --version 2>/dev/null | head -1)"
 
