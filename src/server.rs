@@ -57,8 +57,11 @@ impl Server {
         };
         let mut registry = Registry::open(&config.data_dir)?;
         let expired = registry.expire(io::unix_now(), config.id_ttl, config.unpublished_ttl);
-        if expired > 0 {
+        if expired > 0 || registry.replayed_journal() {
+            // Also folds the journal into the snapshot (dropping a line a crash cut short).
             registry.save()?;
+        }
+        if expired > 0 {
             info!(expired, "forgot broadcasts unused for longer than --id-ttl");
         }
         let (udp, udp_addr) = bind_udp(config.udp_listen)?;
