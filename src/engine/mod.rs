@@ -34,6 +34,7 @@ mod report;
 mod restart;
 mod router;
 mod teardown;
+mod upstream;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -223,7 +224,9 @@ impl Engine {
             trace!(peer = %key, "datagram not accepted by peer");
             return;
         }
-        peer.heard = Some(now);
+        if !peer.is_upstream() || upstream::is_media(data) {
+            peer.heard = Some(now);
+        }
         peer.consent.heard(remote, now);
         if feedback_to_answer {
             self.answer_feedback(key, data);
@@ -304,6 +307,9 @@ impl Engine {
         self.last_now = Some(now);
         let outcome = match command {
             Command::Publish(peer, tracks) => Outcome::Published(self.publish(now, peer, tracks)),
+            Command::Pull(peer, tracks, origin) => {
+                Outcome::Published(self.pull(now, peer, tracks, &origin))
+            }
             Command::Subscribe(peer, tracks) => {
                 Outcome::Subscribed(self.subscribe(now, peer, tracks))
             }
@@ -840,6 +846,8 @@ impl Engine {
         }
         if publisher {
             info!(broadcast = %b, peer = %key, "publisher connected");
+            // An edge's pull is silent (see `upstream::is_media`) from here until its media.
+            peer.heard.get_or_insert(now);
             if let Some(route) = self.router.route_mut(b) {
                 route.live_since.get_or_insert(now);
             }
