@@ -17,12 +17,19 @@ pub(super) async fn subscribe(
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
     let view_id = query_param(&req, "id").unwrap_or_default().to_owned();
-    let broadcast = state
+    let local = state
         .registry
         .lock()
         .expect("registry lock")
-        .by_view_id(&view_id)
-        .ok_or(ApiError::UnknownView)?;
+        .by_view_id(&view_id);
+    if local.is_none() && state.edge.is_none() {
+        return Err(ApiError::UnknownView);
+    }
+    if local.is_some()
+        && let Some(redirect) = super::edges::redirect(state, &req, &view_id)
+    {
+        return Ok(redirect);
+    }
     // Sessions still connecting from one client are bounded: a viewer link must not let
     // its holder pile up sessions (only successful ones count, so polling on 409 is free).
     let client = super::limits::client_of(&req);
@@ -34,15 +41,23 @@ pub(super) async fn subscribe(
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
     // The body may have taken a while: a view ID rotated meanwhile no longer admits anyone.
-    let still_valid = state
-        .registry
-        .lock()
-        .expect("registry lock")
-        .by_view_id(&view_id)
-        == Some(broadcast);
-    if !still_valid {
-        return Err(ApiError::UnknownView);
-    }
+    let broadcast = match (local, &state.edge) {
+        (Some(broadcast), _) => {
+            let still_valid = state
+                .registry
+                .lock()
+                .expect("registry lock")
+                .by_view_id(&view_id)
+                == Some(broadcast);
+            if !still_valid {
+                return Err(ApiError::UnknownView);
+            }
+            broadcast
+        }
+        // An edge: the origin knows the view ID (and is asked once per broadcast).
+        (None, Some(edge)) => edge.resolve(&view_id).await?,
+        (None, None) => unreachable!("checked before the body was read"),
+    };
     let publisher = match call(state, Command::Describe(broadcast)).await? {
         Outcome::Described(Some(tracks)) => tracks,
         Outcome::Described(None) => return Err(ApiError::NotLive),
