@@ -37,20 +37,24 @@ async fn the_viewer_page_plays_through_an_edge_and_through_the_origin_when_the_e
     let edge_addr = edge_http.local_addr().unwrap();
     drop(edge_http);
     let ebase = format!("http://{edge_addr}");
-    let (edge, _) = start_in(
-        &temp_dir("edge"),
-        &[
-            "--http-listen",
-            &edge_addr.to_string(),
-            "--origin",
-            &obase,
-            "--edge-secret",
-            SECRET,
-            "--edge-url",
-            &ebase,
-        ],
-    )
-    .await;
+    let dir = temp_dir("edge");
+    let edge = whipcast::Server::start(<whipcast::Config as clap::Parser>::parse_from([
+        "whipcast",
+        "--http-listen",
+        &edge_addr.to_string(),
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--origin",
+        &obase,
+        "--edge-secret",
+        SECRET,
+        "--edge-url",
+        &ebase,
+    ]))
+    .await
+    .expect("the edge starts");
     let (o, e) = (obase.clone(), ebase.clone());
     let (publisher, browser) = blocking(move || {
         let (id, view) = create(&o);
