@@ -264,3 +264,91 @@ async fn the_origin_redirects_viewers_to_a_registered_edge_but_never_an_edges_pu
     .await;
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_of_an_edge_plays_and_each_hop_carries_one_session() {
+    let (origin, obase) = origin(&[]).await;
+    let (edge1, e1) = edge(&obase, &[]).await;
+    let (edge2, e2) = edge(&e1, &[]).await;
+    let (o, e1b, e2b) = (obase.clone(), e1.clone(), e2.clone());
+    let (publisher, viewer) = blocking(move || {
+        let (id, view) = create(&o);
+        let publisher = Client::publish(&o, &id).unwrap();
+        let viewer = playing_viewer(&e2b, &view);
+        assert_eq!(status(&o)["broadcasts"][0]["viewers"], 1, "edge1's pull");
+        assert_eq!(status(&e1b)["broadcasts"][0]["viewers"], 1, "edge2's pull");
+        assert_eq!(status(&e2b)["broadcasts"][0]["viewers"], 1, "the viewer");
+        (publisher, viewer)
+    })
+    .await;
+    blocking(move || {
+        viewer.stop();
+        publisher.stop();
+    })
+    .await;
+    for server in [edge2, edge1, origin] {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_view_id_at_the_origin_ends_edge_viewers_and_the_old_link_stops_working() {
+    let (origin, obase) = origin(&["--resume-grace", "60s"]).await;
+    let (edge, ebase) = edge(&obase, &["--resume-grace", "60s"]).await;
+    let (o, e) = (obase.clone(), ebase.clone());
+    let (id, view, publisher, viewer) = blocking(move || {
+        let (id, view) = create(&o);
+        let publisher = Client::publish(&o, &id).unwrap();
+        let viewer = playing_viewer(&e, &view);
+        (id, view, publisher, viewer)
+    })
+    .await;
+    let events = follow_events(&ebase, &viewer.location).await;
+    let (o, e, ev) = (obase.clone(), ebase.clone(), events.clone());
+    blocking(move || {
+        let (code, _, body) = http("POST", &format!("{o}/api/broadcasts/{id}/view-id"), &[], "");
+        assert_eq!(code, 200, "{body}");
+        wait_until("the edge's viewer is told the broadcast ended", || {
+            ev.lock().unwrap().contains("event: inactive")
+        });
+        let refused = Client::view(&e, &view)
+            .err()
+            .expect("the old link is refused");
+        assert_eq!(refused.status, 404, "{}", refused.body);
+        viewer.vanish();
+        publisher.stop();
+    })
+    .await;
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pull_ends_after_the_edges_last_viewer_leaves() {
+    let (origin, obase) = origin(&[]).await;
+    let (edge, ebase) = edge(&obase, &[]).await;
+    let (o, e) = (obase.clone(), ebase.clone());
+    let publisher = blocking(move || {
+        let (id, view) = create(&o);
+        let publisher = Client::publish(&o, &id).unwrap();
+        let viewer = playing_viewer(&e, &view);
+        assert_eq!(status(&o)["broadcasts"][0]["viewers"], 1, "the pull");
+        assert_eq!(viewer.stop(), 200);
+        publisher
+    })
+    .await;
+    let stats = origin.stats().await.unwrap();
+    assert_eq!(stats.viewers, 1, "the pull lingers a moment: {stats:?}");
+    let o = obase.clone();
+    blocking(move || {
+        wait_until("the origin no longer serves the edge", || {
+            status(&o)["broadcasts"][0]["viewers"] == 0
+        });
+        publisher.stop();
+    })
+    .await;
+    let stats = edge.stats().await.unwrap();
+    assert_eq!((stats.publishers, stats.viewers), (0, 0), "{stats:?}");
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
