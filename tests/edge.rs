@@ -173,6 +173,10 @@ async fn a_publisher_drop_resume_and_stop_at_the_origin_reach_edge_viewers() {
         wait_until("the edge's viewer is told the broadcast ended", || {
             in_order(&ev, "event: active", "event: inactive")
         });
+        assert!(
+            !in_order(&ev, "event: active", "event: reconnecting"),
+            "the origin's close ends the edge's broadcast at once, with no wait for a resume"
+        );
         viewer.vanish();
     })
     .await;
@@ -311,6 +315,10 @@ async fn a_rotated_view_id_at_the_origin_ends_edge_viewers_and_the_old_link_stop
         wait_until("the edge's viewer is told the broadcast ended", || {
             ev.lock().unwrap().contains("event: inactive")
         });
+        assert!(
+            !ev.lock().unwrap().contains("event: reconnecting"),
+            "a revoked pull ends the edge's broadcast at once, with no wait for a resume"
+        );
         let refused = Client::view(&e, &view)
             .err()
             .expect("the old link is refused");
