@@ -173,8 +173,10 @@ async fn a_publisher_drop_resume_and_stop_at_the_origin_reach_edge_viewers() {
         wait_until("the edge's viewer is told the broadcast ended", || {
             in_order(&ev, "event: active", "event: inactive")
         });
+        let text = ev.lock().unwrap().clone();
+        let since_resume = &text[text.rfind("event: active").unwrap()..];
         assert!(
-            !in_order(&ev, "event: active", "event: reconnecting"),
+            !since_resume.contains("event: reconnecting"),
             "the origin's close ends the edge's broadcast at once, with no wait for a resume"
         );
         viewer.vanish();
