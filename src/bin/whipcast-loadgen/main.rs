@@ -73,6 +73,10 @@ pub(crate) struct Args {
     /// The server's base URL; loopback only (127.0.0.1, localhost, [::1]).
     #[arg(long)]
     pub(crate) base: String,
+    /// Where the viewers join, if not at --base: an edge of --base (`--origin`), so the
+    /// publisher is on the origin and the viewers one hop further (BENCHMARKS.md, edges).
+    #[arg(long)]
+    pub(crate) view_base: Option<String>,
     /// Viewers watching during the measured window.
     #[arg(long, default_value_t = 50)]
     pub(crate) viewers: usize,
