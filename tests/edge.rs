@@ -362,3 +362,32 @@ async fn the_pull_ends_after_the_edges_last_viewer_leaves() {
     edge.shutdown().await;
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edges_pull_takes_no_viewers_place_at_the_origin() {
+    let (origin, obase) = origin(&["--max-viewers", "1"]).await;
+    let (edge, ebase) = edge(&obase, &[]).await;
+    let (o, e) = (obase.clone(), ebase.clone());
+    blocking(move || {
+        let (id, view) = create(&o);
+        let publisher = Client::publish(&o, &id).unwrap();
+        let at_edge = playing_viewer(&e, &view);
+        // With a cap of one, this viewer would evict the oldest: the pull, if it counted.
+        let direct = playing_viewer(&o, &view);
+        let before = at_edge.frames().len();
+        at_edge.wait_for("the edge's viewer keeps playing", |s| {
+            s.frames.len() > before + 10
+        });
+        assert_eq!(
+            status(&o)["broadcasts"][0]["viewers"],
+            2,
+            "the pull and the viewer"
+        );
+        for c in [at_edge, direct, publisher] {
+            c.stop();
+        }
+    })
+    .await;
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

@@ -15,6 +15,10 @@ pub enum Command {
     Publish(NewPeer, Vec<IngestTrack>),
     /// Add a viewer to a live broadcast.
     Subscribe(NewPeer, Vec<ViewerTrack>),
+    /// Add an edge's pull (a WHEP session with the edge secret) to a live broadcast: it
+    /// relays to the edge's own viewers, so it takes no viewer's place, is never evicted and
+    /// evicts no one. Answered with [`Outcome::Subscribed`].
+    Relay(NewPeer, Vec<ViewerTrack>),
     /// An edge's pull from its origin: a WHEP session we offered (full ICE, DTLS client)
     /// that publishes into a local broadcast like a WHIP publisher would. The origin's UDP
     /// candidates are indexed up front: its STUN answers carry no USERNAME to route by.

@@ -311,7 +311,10 @@ impl Engine {
                 Outcome::Published(self.pull(now, peer, tracks, &origin))
             }
             Command::Subscribe(peer, tracks) => {
-                Outcome::Subscribed(self.subscribe(now, peer, tracks))
+                Outcome::Subscribed(self.subscribe(now, peer, tracks, false))
+            }
+            Command::Relay(peer, tracks) => {
+                Outcome::Subscribed(self.subscribe(now, peer, tracks, true))
             }
             Command::Describe(b) => Outcome::Described(self.describe(b)),
             Command::Close { session, publisher } => {
@@ -468,6 +471,7 @@ impl Engine {
         now: Instant,
         mut new: NewPeer,
         tracks: Vec<ViewerTrack>,
+        relay: bool,
     ) -> Result<(), CommandError> {
         let b = new.broadcast;
         let Some(route) = self.router.route(b).filter(|r| r.publisher.is_some()) else {
@@ -480,7 +484,10 @@ impl Engine {
         if route.viewers.len() - connected >= self.pending_cap() {
             return Err(CommandError::TooManyPending);
         }
-        if connected >= self.config.max_viewers && self.config.when_full == WhenFull::Reject {
+        if !relay
+            && connected >= self.config.max_viewers
+            && self.config.when_full == WhenFull::Reject
+        {
             return Err(CommandError::ViewerLimitReached);
         }
         let mut consumers: Vec<Consumer> = Vec::with_capacity(2);
@@ -500,6 +507,9 @@ impl Engine {
             consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx, start));
         }
         let key = self.insert_peer(now, new, Role::Viewer(consumers));
+        if let Some(p) = self.peer_mut(key) {
+            p.relay = relay;
+        }
         let route = self.router.entry(b);
         route.viewers.push(key);
         let viewers = route.viewers.len();
@@ -668,6 +678,7 @@ impl Engine {
             egress: None,
             media_path: None,
             consent: Default::default(),
+            relay: false,
         });
         self.drain(now, key);
         key
@@ -897,7 +908,7 @@ impl Engine {
                 .filter(|v| {
                     self.peers
                         .get(v.index as usize)
-                        .is_some_and(|p| p.connected)
+                        .is_some_and(|p| p.connected && !p.relay)
                 })
                 .count()
         })
@@ -913,7 +924,8 @@ impl Engine {
     /// the broadcast is full (or, with `--when-full reject`, it is closed itself). Returns
     /// whether it stays.
     fn admit_connected(&mut self, now: Instant, b: BroadcastKey, key: PeerKey) -> bool {
-        if self.connected_viewers(b, Some(key)) < self.config.max_viewers {
+        let relay = self.peer_mut(key).is_some_and(|p| p.relay);
+        if relay || self.connected_viewers(b, Some(key)) < self.config.max_viewers {
             return true;
         }
         if self.config.when_full == WhenFull::Reject {
@@ -927,7 +939,7 @@ impl Engine {
                     && self
                         .peers
                         .get(v.index as usize)
-                        .is_some_and(|p| p.connected)
+                        .is_some_and(|p| p.connected && !p.relay)
             })
         });
         if let Some(oldest) = oldest {

@@ -62,6 +62,9 @@ pub(crate) struct Peer {
     pub(crate) media_path: Option<Path>,
     /// Which addresses may be sent to, and how fast new ones are admitted (consent.rs).
     pub(crate) consent: Consent,
+    /// A viewer that is an edge's pull ([`Command::Relay`](super::Command::Relay)): outside
+    /// the viewer cap.
+    pub(crate) relay: bool,
 }
 
 pub(crate) enum Role {

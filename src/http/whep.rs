@@ -38,6 +38,7 @@ pub(super) async fn subscribe(
         .pending_viewers
         .check(client, now())
         .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
+    let from_edge = super::edges::from_edge(state, &req);
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
     // The body may have taken a while: a view ID rotated meanwhile no longer admits anyone.
@@ -76,7 +77,13 @@ pub(super) async fn subscribe(
     // Registered before the engine has the session: its `SessionClosed` can only come
     // later, so it always finds (and removes) the watcher.
     state.hub.register(session.clone(), broadcast);
-    let subscribed = match call(state, Command::Subscribe(peer, accepted.tracks)).await {
+    // An edge's pull relays to the edge's own viewers: it takes no viewer's place here.
+    let command = if from_edge {
+        Command::Relay(peer, accepted.tracks)
+    } else {
+        Command::Subscribe(peer, accepted.tracks)
+    };
+    let subscribed = match call(state, command).await {
         Ok(Outcome::Subscribed(Ok(()))) => Ok(()),
         Ok(Outcome::Subscribed(Err(e))) => Err(e.into()),
         Ok(_) => unreachable!("Subscribe is answered with Subscribed"),
