@@ -142,6 +142,27 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_CREATE_TOKEN", hide_env_values = true)]
     pub create_token: Option<String>,
 
+    /// Run as an edge of this origin (`http://origin.example:8080`): a WHEP request for a
+    /// view ID this server does not know pulls that broadcast from the origin over WHEP (one
+    /// session per broadcast, however many viewers watch here). Needs --edge-secret.
+    #[arg(long, env = "WHIPCAST_ORIGIN", requires = "edge_secret", value_parser = parse_origin)]
+    pub origin: Option<String>,
+
+    /// The secret shared by an origin and its edges: an edge sends it with its pulls and its
+    /// registration; an origin accepts edges that know it. Set it on both.
+    #[arg(long, env = "WHIPCAST_EDGE_SECRET", hide_env_values = true)]
+    pub edge_secret: Option<String>,
+
+    /// This edge's own base URL as viewers reach it (`http://edge1.example:8080`), sent to
+    /// the origin when registering so the origin can redirect viewers here.
+    #[arg(long, env = "WHIPCAST_EDGE_URL", requires = "origin", value_parser = parse_origin)]
+    pub edge_url: Option<String>,
+
+    /// On an origin: answer a viewer's WHEP POST with `307` to the least-loaded registered
+    /// edge (RFC 9725 allows redirects); with no edge alive, or all full, serve it here.
+    #[arg(long, env = "WHIPCAST_REDIRECT_VIEWERS", requires = "edge_secret")]
+    pub redirect_viewers: bool,
+
     /// TESTING ONLY, hidden from --help: every viewer stream's first RTP sequence number
     /// instead of a random one, so a test crosses the 16-bit wrap within seconds.
     #[arg(long, env = "WHIPCAST_TEST_SEQ_START", hide = true)]
@@ -212,6 +233,20 @@ impl Config {
         }
         addrs
     }
+}
+
+/// `http://host:port` (a path prefix is allowed; no trailing slash is kept). Only plain
+/// HTTP: an edge's client has no TLS yet, so the origin–edge link belongs on a private
+/// network or a tunnel (deploy/DEPLOY.md).
+fn parse_origin(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        format!("\"{s}\" must start with http:// (https:// is not supported yet)")
+    })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
+        return Err(format!("\"{s}\" has no usable host:port"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 /// `90`, `90s`, `5m`, `2h`, `30d`.

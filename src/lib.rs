@@ -22,6 +22,7 @@
 //! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
 //! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
+//! - [`edge`]: edge mode, broadcasts pulled from an origin over WHEP and served here.
 //! - [`server`]: wiring the above together.
 //!
 //! # One packet's path
@@ -39,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod edge;
 pub mod engine;
 pub mod h264;
 pub mod http;

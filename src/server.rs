@@ -122,8 +122,23 @@ impl Server {
             })
             .map_err(StartError::Thread)?;
         let engine_handle = EngineHandle::new(command_tx);
+        let setup = SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp);
+        let edge = match (&config.origin, &config.edge_secret) {
+            (Some(origin), Some(secret)) => Some(crate::edge::Edge::new(
+                origin.clone(),
+                secret.clone(),
+                setup.clone(),
+                engine_handle.clone(),
+                config.resume_grace,
+            )),
+            _ => None,
+        };
+        if let (Some(edge), Some(url)) = (&edge, &config.edge_url) {
+            let capacity = config.max_live_broadcasts * config.max_viewers;
+            edge.clone().beat_forever(url.clone(), capacity);
+        }
         let state = Arc::new(AppState {
-            setup: SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp),
+            setup,
             registry: Arc::new(Mutex::new(registry)),
             saver: Arc::default(),
             limits: http::limits::Limits::new(&config),
@@ -131,6 +146,8 @@ impl Server {
             hub: Hub::default(),
             tls,
             agents: Default::default(),
+            edge,
+            edges: Default::default(),
             config,
         });
         let events_state = state.clone();
@@ -145,6 +162,9 @@ impl Server {
                 events_state
                     .hub
                     .apply(&event, events_state.config.max_viewers);
+                if let Some(edge) = &events_state.edge {
+                    edge.on_event(&event);
+                }
             }
         });
         tokio::spawn(crate::selftest::run(

@@ -89,6 +89,10 @@ pub(crate) struct Args {
     /// server). The Janus run uses 127.0.0.2 on an interface of its own (run.sh says why).
     #[arg(long)]
     pub(crate) local_ip: Option<std::net::IpAddr>,
+    /// Where the viewers join, if not at --base: an edge of --base (`--origin`), so the
+    /// publisher is on the origin and the viewers one hop further (BENCHMARKS.md, edges).
+    #[arg(long)]
+    pub(crate) view_base: Option<String>,
     /// Viewers watching during the measured window.
     #[arg(long, default_value_t = 50)]
     pub(crate) viewers: usize,

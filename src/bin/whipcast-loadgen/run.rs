@@ -35,7 +35,11 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     let fds_idle = pid.and_then(stats::open_fds);
     eprintln!("publisher live; {} viewers joining", a.viewers);
 
-    let mut crowd = Crowd::new(base, target, epoch, sessions, a.receiver_gro);
+    let view_base = match &a.view_base {
+        Some(url) => Base::parse(url)?,
+        None => base.clone(),
+    };
+    let mut crowd = Crowd::new(&view_base, target, epoch, sessions, a.receiver_gro);
     let joined = crowd
         .join(a.viewers, a.full_viewers, join_limit(a.viewers))
         .await;
