@@ -74,8 +74,9 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_MAX_CREATIONS_PER_IP", default_value_t = 10)]
     pub max_creations_per_ip: usize,
 
-    /// Viewer sessions one client may have connecting at once (counted as WHEP sessions it
-    /// started within --handshake-timeout); more get `429`. A household opens a few.
+    /// Viewer sessions one client may have connecting at once (answered, handshake not yet
+    /// done; a session gives its place back when it connects or closes); more get `429`
+    /// with `Retry-After: 1`. A household opens a few at a time.
     #[arg(long, env = "WHIPCAST_MAX_PENDING_VIEWERS_PER_IP", default_value_t = 8)]
     pub max_pending_viewers_per_ip: usize,
 
@@ -147,6 +148,27 @@ pub struct Config {
     /// 1 (the default until one broadcast can span workers) keeps the single media loop.
     #[arg(long, env = "WHIPCAST_WORKERS", default_value_t = 1, value_parser = parse_workers)]
     pub workers: usize,
+
+    /// Run as an edge of this origin (`http://origin.example:8080`): a WHEP request for a
+    /// view ID this server does not know pulls that broadcast from the origin over WHEP (one
+    /// session per broadcast, however many viewers watch here). Needs --edge-secret.
+    #[arg(long, env = "WHIPCAST_ORIGIN", requires = "edge_secret", value_parser = parse_origin)]
+    pub origin: Option<String>,
+
+    /// The secret shared by an origin and its edges: an edge sends it with its pulls and its
+    /// registration; an origin accepts edges that know it. Set it on both.
+    #[arg(long, env = "WHIPCAST_EDGE_SECRET", hide_env_values = true)]
+    pub edge_secret: Option<String>,
+
+    /// This edge's own base URL as viewers reach it (`http://edge1.example:8080`), sent to
+    /// the origin when registering so the origin can redirect viewers here.
+    #[arg(long, env = "WHIPCAST_EDGE_URL", requires = "origin", value_parser = parse_origin)]
+    pub edge_url: Option<String>,
+
+    /// On an origin: answer a viewer's WHEP POST with `307` to the least-loaded registered
+    /// edge (RFC 9725 allows redirects); with no edge alive, or all full, serve it here.
+    #[arg(long, env = "WHIPCAST_REDIRECT_VIEWERS", requires = "edge_secret")]
+    pub redirect_viewers: bool,
 
     /// TESTING ONLY, hidden from --help: every viewer stream's first RTP sequence number
     /// instead of a random one, so a test crosses the 16-bit wrap within seconds.
@@ -233,6 +255,20 @@ fn parse_workers(s: &str) -> Result<usize, String> {
 /// More media threads than any machine we target has cores; each costs a thread and a
 /// queue, so a typo like 1000 is refused rather than obeyed.
 pub const MAX_WORKERS: usize = 256;
+
+/// `http://host:port` (a path prefix is allowed; no trailing slash is kept). Only plain
+/// HTTP: an edge's client has no TLS yet, so the origin–edge link belongs on a private
+/// network or a tunnel (deploy/DEPLOY.md).
+fn parse_origin(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        format!("\"{s}\" must start with http:// (https:// is not supported yet)")
+    })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
+        return Err(format!("\"{s}\" has no usable host:port"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
 
 /// `90`, `90s`, `5m`, `2h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

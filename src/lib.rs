@@ -24,6 +24,7 @@
 //!   the [`io::EngineHandle`] that sends each HTTP command to the worker that owns it.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
 //! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
+//! - [`edge`]: edge mode, broadcasts pulled from an origin over WHEP and served here.
 //! - [`server`]: wiring the above together.
 //!
 //! # One packet's path
@@ -54,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod edge;
 pub mod engine;
 pub mod h264;
 pub mod http;

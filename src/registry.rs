@@ -1,5 +1,11 @@
 //! Broadcasts: their secret broadcast IDs (stored only as SHA-256), their view IDs, and the
-//! state file that lets them survive a restart.
+//! state files that let them survive a restart: a snapshot, `broadcasts.json`, and a journal
+//! of the changes since, `broadcasts.journal` (see [`journal`]), so that one creation costs
+//! one appended line rather than a rewrite of every broadcast.
+
+mod journal;
+
+pub use journal::Saver;
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,8 +25,13 @@ pub struct Registry {
     by_secret: HashMap<[u8; 32], BroadcastKey>,
     by_view: HashMap<String, BroadcastKey>,
     next_key: u64,
-    /// Bumped by every change; a snapshot carries the generation it shows.
+    /// Bumped by every change; a snapshot carries the generation it shows, and each journal
+    /// record the generation it made.
     generation: u64,
+    /// Changes not yet in the journal, oldest first (the [`Saver`] takes them).
+    pending: Vec<journal::Record>,
+    /// The journal held records when the registry was opened: compact it before serving.
+    replayed: bool,
 }
 
 /// The state file as of one generation of the registry, ready to be written off the lock.
@@ -30,7 +41,7 @@ pub struct Snapshot {
 }
 
 #[derive(Serialize, Deserialize, Clone)]
-struct Entry {
+pub(crate) struct Entry {
     #[serde(with = "hex32")]
     id_sha256: [u8; 32],
     view_id: String,
@@ -54,6 +65,10 @@ fn published_before_the_field() -> bool {
 #[derive(Serialize, Deserialize)]
 struct StateFile {
     version: u32,
+    /// The registry's generation the file shows: journal records up to it are in it already.
+    /// (Files from before the journal have none: every record is newer.)
+    #[serde(default)]
+    generation: u64,
     broadcasts: Vec<Entry>,
 }
 
@@ -75,7 +90,8 @@ pub enum RegistryError {
 }
 
 impl Registry {
-    /// Loads `<dir>/broadcasts.json`, or starts empty if there is none.
+    /// Loads `<dir>/broadcasts.json` and the journal of changes after it, or starts empty if
+    /// there is neither.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         let path = dir.join(STATE_FILE);
         fs::create_dir_all(dir).map_err(|source| RegistryError::Io {
@@ -89,26 +105,79 @@ impl Registry {
             by_view: HashMap::new(),
             next_key: 1,
             generation: 0,
+            pending: Vec::new(),
+            replayed: false,
         };
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(registry),
+        match fs::read_to_string(&path) {
+            Ok(text) => registry.load_snapshot(&text)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(RegistryError::Io { path, source }),
-        };
-        let state: StateFile = serde_json::from_str(&text).map_err(|e| RegistryError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if state.version != STATE_VERSION {
-            return Err(RegistryError::Corrupt {
-                path,
-                reason: format!("unknown version {}", state.version),
-            });
         }
-        for entry in state.broadcasts {
-            registry.insert(entry);
+        for record in journal::read(&journal::path_next_to(&path))? {
+            registry.replayed = true;
+            if record.generation() > registry.generation {
+                registry.generation = record.generation();
+                registry.apply(record);
+            }
         }
         Ok(registry)
+    }
+
+    fn load_snapshot(&mut self, text: &str) -> Result<(), RegistryError> {
+        let corrupt = |reason| RegistryError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let state: StateFile = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+        if state.version != STATE_VERSION {
+            return Err(corrupt(format!("unknown version {}", state.version)));
+        }
+        self.generation = state.generation;
+        for entry in state.broadcasts {
+            self.insert(entry);
+        }
+        Ok(())
+    }
+
+    /// Replays one journal record (not journalled again).
+    fn apply(&mut self, record: journal::Record) {
+        match record {
+            journal::Record::Put { entry, .. } => self.put(entry),
+            journal::Record::Delete { id_sha256, .. } => {
+                if let Some(key) = self.by_secret.get(&id_sha256).copied() {
+                    self.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Inserts an entry, or replaces the one with the same broadcast ID.
+    fn put(&mut self, entry: Entry) {
+        match self.by_secret.get(&entry.id_sha256).copied() {
+            Some(key) => {
+                let old = self.entries.insert(key, entry.clone());
+                if let Some(old) = old {
+                    self.by_view.remove(&old.view_id);
+                }
+                self.by_view.insert(entry.view_id, key);
+            }
+            None => {
+                self.insert(entry);
+            }
+        }
+    }
+
+    /// Records a change for the journal.
+    fn changed(&mut self, record: impl FnOnce(u64) -> journal::Record) {
+        self.generation += 1;
+        self.pending.push(record(self.generation));
+    }
+
+    /// Records the current state of one broadcast for the journal.
+    fn changed_entry(&mut self, key: BroadcastKey) {
+        if let Some(entry) = self.entries.get(&key).cloned() {
+            self.changed(|generation| journal::Record::Put { generation, entry });
+        }
     }
 
     /// Issues a new broadcast with fresh, independent broadcast and view IDs (in memory: see
@@ -125,7 +194,7 @@ impl Registry {
             published: false,
         };
         let key = self.insert(entry);
-        self.generation += 1;
+        self.changed_entry(key);
         Created {
             key,
             broadcast_id,
@@ -135,11 +204,20 @@ impl Registry {
 
     /// Removes a broadcast (a creation whose save failed).
     pub fn forget(&mut self, key: BroadcastKey) {
-        if let Some(e) = self.entries.remove(&key) {
-            self.by_secret.remove(&e.id_sha256);
-            self.by_view.remove(&e.view_id);
-            self.generation += 1;
+        if let Some(id_sha256) = self.remove(key) {
+            self.changed(|generation| journal::Record::Delete {
+                generation,
+                id_sha256,
+            });
         }
+    }
+
+    /// Removes a broadcast from memory; returns its digest if it was there.
+    fn remove(&mut self, key: BroadcastKey) -> Option<[u8; 32]> {
+        let e = self.entries.remove(&key)?;
+        self.by_secret.remove(&e.id_sha256);
+        self.by_view.remove(&e.view_id);
+        Some(e.id_sha256)
     }
 
     /// The broadcast a broadcast ID (publish secret) opens.
@@ -174,7 +252,7 @@ impl Registry {
         }
         e.published = true;
         e.last_used_unix = now_unix;
-        self.generation += 1;
+        self.changed_entry(key);
         true
     }
 
@@ -216,8 +294,9 @@ impl Registry {
         let e = self.entries.get_mut(&key)?;
         self.by_view.remove(&e.view_id);
         self.by_view.insert(view_id.clone(), key);
-        self.generation += 1;
-        Some(std::mem::replace(&mut e.view_id, view_id))
+        let old = std::mem::replace(&mut e.view_id, view_id);
+        self.changed_entry(key);
+        Some(old)
     }
 
     pub fn view_id(&self, key: BroadcastKey) -> Option<&str> {
@@ -236,13 +315,14 @@ impl Registry {
         self.entries.is_empty()
     }
 
-    /// The state file as it should be now; write it with [`Snapshot::write`] outside the
-    /// lock that guards the registry.
+    /// The state file as it should be now, to write outside the lock that guards the
+    /// registry.
     pub fn snapshot(&self) -> Snapshot {
         let mut broadcasts: Vec<Entry> = self.entries.values().cloned().collect();
         broadcasts.sort_by_key(|e| e.created_unix);
         let state = StateFile {
             version: STATE_VERSION,
+            generation: self.generation,
             broadcasts,
         };
         Snapshot {
@@ -261,9 +341,19 @@ impl Registry {
         &self.path
     }
 
-    /// Saves now, on this thread (start-up and tests).
-    pub fn save(&self) -> Result<(), RegistryError> {
-        self.snapshot().write(&self.path)
+    /// Whether the journal held records when the registry was opened (then start-up should
+    /// [`save`](Self::save), which folds them into the snapshot).
+    pub fn replayed_journal(&self) -> bool {
+        self.replayed
+    }
+
+    /// Writes a fresh snapshot and an empty journal now, on this thread (start-up and tests;
+    /// not once a [`Saver`] is writing, which keeps the journal open).
+    pub fn save(&mut self) -> Result<(), RegistryError> {
+        journal::compact(&self.path, &self.snapshot())?;
+        self.pending.clear();
+        self.replayed = false;
+        Ok(())
     }
 
     fn insert(&mut self, entry: Entry) -> BroadcastKey {
@@ -276,74 +366,11 @@ impl Registry {
     }
 }
 
-impl Snapshot {
-    /// Writes the state file atomically and privately (it holds every view ID): a fresh
-    /// temporary file of mode 0600 that no symlink can redirect (`create_new`), fsync,
-    /// rename over the state file, fsync the directory so the rename itself is durable.
-    pub fn write(&self, path: &Path) -> Result<(), RegistryError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let io_err = |source| RegistryError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let tmp = path.with_extension(format!("json.{}.tmp", secret::random_token()));
-        let write = || -> io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(self.text.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(e));
-        }
-        let dir = path.parent().unwrap_or(Path::new("."));
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err)
-    }
-}
-
-/// Writes the state file for the HTTP layer, one write at a time and off its async workers:
-/// the registry lock is held only to take a snapshot, and a change already covered by a
-/// newer write (creations that came together) costs no write of its own.
-#[derive(Default)]
-pub struct Saver {
-    saved: std::sync::Mutex<u64>,
-}
-
-impl Saver {
-    /// Makes sure the state file holds generation `generation` or a later one. Blocks: call
-    /// it from a blocking thread.
-    pub fn save_at_least(
-        &self,
-        registry: &std::sync::Mutex<Registry>,
-        generation: u64,
-    ) -> Result<(), RegistryError> {
-        let mut saved = self.saved.lock().expect("saver lock");
-        if *saved >= generation {
-            return Ok(());
-        }
-        let (snapshot, path) = {
-            let r = registry.lock().expect("registry lock");
-            (r.snapshot(), r.path().to_owned())
-        };
-        snapshot.write(&path)?;
-        *saved = snapshot.generation;
-        Ok(())
-    }
-}
-
 const STATE_FILE: &str = "broadcasts.json";
 const STATE_VERSION: u32 = 1;
 
 /// Hex (de)serialisation of a SHA-256 digest.
-mod hex32 {
+pub(crate) mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
@@ -364,112 +391,4 @@ mod hex32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "whipcast-registry-{name}-{}",
-            secret::random_token()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn broadcasts_survive_reopening_and_only_a_hash_is_stored() {
-        let dir = temp_dir("persist");
-        let mut r = Registry::open(&dir).unwrap();
-        let created = r.create(1);
-        r.save().unwrap();
-        let text = fs::read_to_string(dir.join(STATE_FILE)).unwrap();
-        assert!(
-            !text.contains(&created.broadcast_id),
-            "the broadcast ID must not be stored"
-        );
-        let reopened = Registry::open(&dir).unwrap();
-        let key = reopened
-            .by_broadcast_id(&created.broadcast_id)
-            .expect("broadcast ID still valid");
-        assert_eq!(reopened.by_view_id(&created.view_id), Some(key));
-        assert_eq!(
-            reopened.by_broadcast_id(&created.view_id),
-            None,
-            "a view ID cannot publish"
-        );
-        assert_eq!(
-            reopened.by_view_id(&created.broadcast_id),
-            None,
-            "a broadcast ID is not a view ID"
-        );
-    }
-
-    #[test]
-    fn unused_broadcasts_expire_and_rotation_revokes_the_old_view_id() {
-        let dir = temp_dir("expire");
-        let mut r = Registry::open(&dir).unwrap();
-        let old = r.create(1_000);
-        let fresh = r.create(1_000_000);
-        let ttl = std::time::Duration::from_secs(10_000);
-        assert_eq!(r.expire(1_000_000, ttl, ttl), 1);
-        assert_eq!(r.by_broadcast_id(&old.broadcast_id), None);
-        let (new_view, _) = r.rotate_view_id(fresh.key).unwrap();
-        r.save().unwrap();
-        assert_eq!(
-            r.by_view_id(&fresh.view_id),
-            None,
-            "old viewer link stops working"
-        );
-        let reopened = Registry::open(&dir).unwrap();
-        let key = reopened.by_broadcast_id(&fresh.broadcast_id).expect("kept");
-        assert_eq!(
-            reopened.by_view_id(&new_view),
-            Some(key),
-            "the new view ID survives a restart"
-        );
-    }
-
-    #[test]
-    fn never_published_broadcasts_expire_sooner_than_published_ones() {
-        let dir = temp_dir("unpublished");
-        let mut r = Registry::open(&dir).unwrap();
-        let idle = r.create(1_000);
-        let used = r.create(1_000);
-        assert!(r.touch(used.key, 1_000), "the first publish is recorded");
-        let (ttl, unpublished) = (
-            std::time::Duration::from_secs(30 * 86_400),
-            std::time::Duration::from_secs(6 * 3_600),
-        );
-        assert_eq!(r.expire(1_000 + 3_600, ttl, unpublished), 0);
-        assert_eq!(r.expire(1_000 + 7 * 3_600, ttl, unpublished), 1);
-        assert_eq!(r.by_broadcast_id(&idle.broadcast_id), None);
-        assert!(r.by_broadcast_id(&used.broadcast_id).is_some());
-    }
-
-    #[test]
-    fn the_state_file_is_private_and_no_temporary_file_is_left() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = temp_dir("private");
-        let mut r = Registry::open(&dir).unwrap();
-        r.create(1);
-        r.save().unwrap();
-        let mode = fs::metadata(dir.join(STATE_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
-    }
-
-    #[test]
-    fn corrupt_state_file_is_an_error_not_an_empty_registry() {
-        let dir = temp_dir("corrupt");
-        fs::write(dir.join(STATE_FILE), "{ not json").unwrap();
-        let err = Registry::open(&dir).err().expect("corrupt file must fail");
-        assert!(err.to_string().contains("corrupt"), "{err}");
-    }
-}
+mod tests;

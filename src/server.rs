@@ -44,19 +44,29 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error(transparent)]
     Tls(#[from] http::TlsError),
+    /// The receive thread routes by our ufrag in STUN requests, and an edge's pull hears
+    /// only STUN answers from its origin: edges keep to the single media loop for now.
+    #[error("an edge (--origin) runs one media worker for now: drop --workers {0}")]
+    EdgeWithWorkers(usize),
 }
 
 impl Server {
     /// Binds and starts everything. Call from inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        if config.origin.is_some() && config.workers > 1 {
+            return Err(StartError::EdgeWithWorkers(config.workers));
+        }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key)?),
             _ => None,
         };
         let mut registry = Registry::open(&config.data_dir)?;
         let expired = registry.expire(io::unix_now(), config.id_ttl, config.unpublished_ttl);
-        if expired > 0 {
+        if expired > 0 || registry.replayed_journal() {
+            // Also folds the journal into the snapshot (dropping a line a crash cut short).
             registry.save()?;
+        }
+        if expired > 0 {
             info!(expired, "forgot broadcasts unused for longer than --id-ttl");
         }
         let (udp, udp_addr) = bind_udp(config.udp_listen)?;
@@ -100,8 +110,23 @@ impl Server {
         let (media, engine_handle) =
             io::start(engines, sockets, event_tx, config.max_live_broadcasts)
                 .map_err(StartError::Thread)?;
+        let setup = SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp);
+        let edge = match (&config.origin, &config.edge_secret) {
+            (Some(origin), Some(secret)) => Some(crate::edge::Edge::new(
+                origin.clone(),
+                secret.clone(),
+                setup.clone(),
+                engine_handle.clone(),
+                config.resume_grace,
+            )),
+            _ => None,
+        };
+        if let (Some(edge), Some(url)) = (&edge, &config.edge_url) {
+            let capacity = config.max_live_broadcasts * config.max_viewers;
+            edge.clone().beat_forever(url.clone(), capacity);
+        }
         let state = Arc::new(AppState {
-            setup: SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp),
+            setup,
             registry: Arc::new(Mutex::new(registry)),
             saver: Arc::default(),
             limits: http::limits::Limits::new(&config),
@@ -109,6 +134,8 @@ impl Server {
             hub: Hub::default(),
             tls,
             agents: Default::default(),
+            edge,
+            edges: Default::default(),
             config,
         });
         let events_state = state.clone();
@@ -116,9 +143,17 @@ impl Server {
             while let Some(event) = event_rx.recv().await {
                 tracing::debug!(?event, "engine event");
                 events_state.engine.observe(&event);
+                if let EngineEvent::ViewerConnected(session)
+                | EngineEvent::SessionClosed { session, .. } = &event
+                {
+                    events_state.limits.pending_viewers.settled(session);
+                }
                 events_state
                     .hub
                     .apply(&event, events_state.config.max_viewers);
+                if let Some(edge) = &events_state.edge {
+                    edge.on_event(&event);
+                }
             }
         });
         tokio::spawn(crate::selftest::run(

@@ -53,6 +53,27 @@ async fn viewer_sessions_still_connecting_are_bounded_per_address() {
     r.server.shutdown().await;
 }
 
+/// The bound counts sessions in their handshake, not sessions started lately: a viewer who
+/// reloads the page again and again (each load connecting) is never made to wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_sessions_that_connect_give_their_pending_place_back() {
+    let r = start(&["--max-pending-viewers-per-ip", "2"]).await;
+    let (id, view) = create(&r).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let publisher = common::udp_client::Client::publish(&base, &id).unwrap();
+        publisher.wait_for("a frame sent", |s| !s.frames.is_empty());
+        for load in 0..5 {
+            let viewer = common::udp_client::Client::view(&base, &view)
+                .unwrap_or_else(|e| panic!("load {load} was refused: {e:?}"));
+            viewer.wait_for("a frame", |s| !s.frames.is_empty());
+            viewer.stop();
+        }
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn connectivity_tests_are_bounded_per_address_and_counted_in_metrics() {
     let r = start(&[]).await;

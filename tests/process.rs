@@ -5,62 +5,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{Proc, open_fds, spawn};
 use common::sim::{obs_offer, viewer_offer};
-
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Proc {
-    /// A failed assertion must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on free loopback ports and waits for its "open http://…" line.
-fn spawn(log: &str) -> Proc {
-    let dir = std::env::temp_dir().join(format!(
-        "whipcast-proc-{}",
-        whipcast::secret::random_token()
-    ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_whipcast"))
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--udp-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    if stdout.read_line(&mut line).is_err() || line.is_empty() {
-        let _ = child.kill();
-        panic!("the server printed no address");
-    }
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    child.stdout = Some(stdout.into_inner());
-    Proc {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
 
 fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
     let status = Command::new("kill")
@@ -236,14 +185,6 @@ fn check_config_validates_files_and_exits() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-}
-
-/// The server's open file descriptors; a /proc that cannot be read fails the test rather than
-/// reading as 0 (which would make every comparison pass).
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
-        .count()
 }
 
 #[test]

@@ -129,12 +129,16 @@ async function attempt() {
   if (pc !== player.pc) return;
   if (res.status === 201) {
     player.backoff = 1000;
-    player.session = res.headers.get('Location');
+    // The origin may have redirected us (307) to an edge: the session and its events live
+    // where the answer came from.
+    const base = res.redirected ? res.url : null;
+    const loc = res.headers.get('Location');
+    player.session = base ? new URL(loc, base).href : loc;
     player.etag = res.headers.get('ETag');
     await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
     if (!player.gatherFirst) fallBackToGathering(pc);
     // Events are an extra: without them the picture still plays.
-    subscribe(res.headers.get('Link')).catch(() => {});
+    subscribe(res.headers.get('Link'), base).catch(() => {});
     if (player.state !== 'live') show('connecting', 'Starting video…', '', { spinner: true });
     return;
   }
@@ -207,13 +211,15 @@ function fallBackToGathering(pc) {
 
 /// The WHEP server-sent-events extension: POST the wanted events to the Link URL, then follow
 /// the stream it gives back.
-async function subscribe(link) {
+async function subscribe(link, base) {
   const match = link && link.match(/<([^>]+)>\s*;[^,]*rel="urn:ietf:params:whep:ext:core:server-sent-events"/);
   if (!match) return;
+  if (base) match[1] = new URL(match[1], base).href;
   const wanted = ['active', 'inactive', 'viewercount', 'reconnect', 'reconnecting', 'evicted', 'revoked'];
   const res = await fetch(match[1], { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(wanted) });
   if (res.status !== 201) return;
-  const events = new EventSource(res.headers.get('Location') || match[1]);
+  const stream = res.headers.get('Location') || match[1];
+  const events = new EventSource(base ? new URL(stream, match[1]).href : stream);
   player.events = events;
   const data = (e) => { try { return JSON.parse(e.data); } catch (_) { return {}; } };
   events.addEventListener('active', () => {

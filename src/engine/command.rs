@@ -15,6 +15,15 @@ pub enum Command {
     Publish(NewPeer, Vec<IngestTrack>),
     /// Add a viewer to a live broadcast.
     Subscribe(NewPeer, Vec<ViewerTrack>),
+    /// Add an edge's pull (a WHEP session with the edge secret) to a live broadcast: it
+    /// relays to the edge's own viewers, so it takes no viewer's place, is never evicted and
+    /// evicts no one. Answered with [`Outcome::Subscribed`].
+    Relay(NewPeer, Vec<ViewerTrack>),
+    /// An edge's pull from its origin: a WHEP session we offered (full ICE, DTLS client)
+    /// that publishes into a local broadcast like a WHIP publisher would. The origin's UDP
+    /// candidates are indexed up front: its STUN answers carry no USERNAME to route by.
+    /// Answered with [`Outcome::Published`]. See `upstream.rs`.
+    Pull(NewPeer, Vec<IngestTrack>, Vec<std::net::SocketAddr>),
     /// The publisher's tracks, if the broadcast is live (to build a viewer's answer).
     Describe(BroadcastKey),
     /// End a session (HTTP DELETE). `publisher` says which URL space the ID came from, so a
@@ -266,6 +275,8 @@ pub enum EngineEvent {
     },
     /// A connectivity test completed ICE and DTLS over UDP.
     ProbeConnected(SessionId),
+    /// A viewer session finished its handshake and took its place.
+    ViewerConnected(SessionId),
     /// A session ended, and why.
     SessionClosed {
         session: SessionId,

@@ -81,3 +81,38 @@ const MIN_ADDR_CHANGE: Duration = Duration::from_secs(2);
 pub(crate) const CONSENT: Duration = Duration::from_secs(8);
 /// Addresses remembered per session (as many as the demux index keeps, and a spare).
 const MAX_HEARD: usize = 5;
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick their own start instant
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_addresses_are_capped_in_all_however_slowly_they_come() {
+        let mut consent = Consent::default();
+        let mut now = Instant::now();
+        for _ in 0..MAX_NEW_ADDRS {
+            assert!(consent.admits_new(now, true));
+            consent.added(now, true);
+            now += MIN_ADDR_CHANGE;
+        }
+        // The demux index keeps only a few addresses per peer, but str0m keeps every remote
+        // candidate it is shown: this total is what bounds its ICE agent.
+        assert!(!consent.admits_new(now + Duration::from_secs(3_600), true));
+    }
+
+    #[test]
+    fn once_connected_the_address_moves_at_most_once_per_interval() {
+        let mut consent = Consent::default();
+        let now = Instant::now();
+        // Before DTLS completes, a browser's candidates come in a burst.
+        for _ in 0..3 {
+            assert!(consent.admits_new(now, false));
+            consent.added(now, false);
+        }
+        assert!(consent.admits_new(now, true));
+        consent.added(now, true);
+        assert!(!consent.admits_new(now + MIN_ADDR_CHANGE / 2, true));
+        assert!(consent.admits_new(now + MIN_ADDR_CHANGE, true));
+    }
+}

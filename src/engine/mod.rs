@@ -34,6 +34,7 @@ mod report;
 mod restart;
 mod router;
 mod teardown;
+mod upstream;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -223,7 +224,9 @@ impl Engine {
             trace!(peer = %key, "datagram not accepted by peer");
             return;
         }
-        peer.heard = Some(now);
+        if !peer.is_upstream() || upstream::is_media(data) {
+            peer.heard = Some(now);
+        }
         peer.consent.heard(remote, now);
         if feedback_to_answer {
             self.answer_feedback(key, data);
@@ -304,8 +307,14 @@ impl Engine {
         self.last_now = Some(now);
         let outcome = match command {
             Command::Publish(peer, tracks) => Outcome::Published(self.publish(now, peer, tracks)),
+            Command::Pull(peer, tracks, origin) => {
+                Outcome::Published(self.pull(now, peer, tracks, &origin))
+            }
             Command::Subscribe(peer, tracks) => {
-                Outcome::Subscribed(self.subscribe(now, peer, tracks))
+                Outcome::Subscribed(self.subscribe(now, peer, tracks, false))
+            }
+            Command::Relay(peer, tracks) => {
+                Outcome::Subscribed(self.subscribe(now, peer, tracks, true))
             }
             Command::Describe(b) => Outcome::Described(self.describe(b)),
             Command::Close { session, publisher } => {
@@ -462,6 +471,7 @@ impl Engine {
         now: Instant,
         mut new: NewPeer,
         tracks: Vec<ViewerTrack>,
+        relay: bool,
     ) -> Result<(), CommandError> {
         let b = new.broadcast;
         let Some(route) = self.router.route(b).filter(|r| r.publisher.is_some()) else {
@@ -474,7 +484,10 @@ impl Engine {
         if route.viewers.len() - connected >= self.pending_cap() {
             return Err(CommandError::TooManyPending);
         }
-        if connected >= self.config.max_viewers && self.config.when_full == WhenFull::Reject {
+        if !relay
+            && connected >= self.config.max_viewers
+            && self.config.when_full == WhenFull::Reject
+        {
             return Err(CommandError::ViewerLimitReached);
         }
         let mut consumers: Vec<Consumer> = Vec::with_capacity(2);
@@ -494,6 +507,9 @@ impl Engine {
             consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx, start));
         }
         let key = self.insert_peer(now, new, Role::Viewer(consumers));
+        if let Some(p) = self.peer_mut(key) {
+            p.relay = relay;
+        }
         let route = self.router.entry(b);
         route.viewers.push(key);
         let viewers = route.viewers.len();
@@ -662,6 +678,7 @@ impl Engine {
             egress: None,
             media_path: None,
             consent: Default::default(),
+            relay: false,
         });
         self.drain(now, key);
         key
@@ -840,6 +857,8 @@ impl Engine {
         }
         if publisher {
             info!(broadcast = %b, peer = %key, "publisher connected");
+            // An edge's pull is silent (see `upstream::is_media`) from here until its media.
+            peer.heard.get_or_insert(now);
             if let Some(route) = self.router.route_mut(b) {
                 route.live_since.get_or_insert(now);
             }
@@ -869,6 +888,8 @@ impl Engine {
                 "str0m"
             };
             info!(broadcast = %b, peer = %key, srtp = sealing, "viewer connected");
+            let session = peer.session.clone();
+            self.events.push_back(EngineEvent::ViewerConnected(session));
             self.pending_starts.push(key);
             // Ask for a fresh keyframe too: the cached one may be a while old.
             if let Some(route) = self.router.route(b)
@@ -889,7 +910,7 @@ impl Engine {
                 .filter(|v| {
                     self.peers
                         .get(v.index as usize)
-                        .is_some_and(|p| p.connected)
+                        .is_some_and(|p| p.connected && !p.relay)
                 })
                 .count()
         })
@@ -905,7 +926,8 @@ impl Engine {
     /// the broadcast is full (or, with `--when-full reject`, it is closed itself). Returns
     /// whether it stays.
     fn admit_connected(&mut self, now: Instant, b: BroadcastKey, key: PeerKey) -> bool {
-        if self.connected_viewers(b, Some(key)) < self.config.max_viewers {
+        let relay = self.peer_mut(key).is_some_and(|p| p.relay);
+        if relay || self.connected_viewers(b, Some(key)) < self.config.max_viewers {
             return true;
         }
         if self.config.when_full == WhenFull::Reject {
@@ -919,7 +941,7 @@ impl Engine {
                     && self
                         .peers
                         .get(v.index as usize)
-                        .is_some_and(|p| p.connected)
+                        .is_some_and(|p| p.connected && !p.relay)
             })
         });
         if let Some(oldest) = oldest {

@@ -62,6 +62,9 @@ pub(crate) struct Peer {
     pub(crate) media_path: Option<Path>,
     /// Which addresses may be sent to, and how fast new ones are admitted (consent.rs).
     pub(crate) consent: Consent,
+    /// A viewer that is an edge's pull ([`Command::Relay`](super::Command::Relay)): outside
+    /// the viewer cap.
+    pub(crate) relay: bool,
 }
 
 pub(crate) enum Role {
@@ -74,6 +77,8 @@ pub(crate) enum Role {
 /// Publisher-side state: which of its SSRCs belong to which m-line.
 #[derive(Default)]
 pub(crate) struct Ingest {
+    /// An edge's pull from its origin (upstream.rs), not a WHIP publisher.
+    pub(crate) upstream: bool,
     /// SSRC → m-line, learned from str0m's `StreamRx` on the first packet of each SSRC (the
     /// MID extension is only in early packets). NACK is switched on at the same moment.
     ssrcs: Vec<(Ssrc, Mid, Option<Rid>)>,
@@ -82,6 +87,10 @@ pub(crate) struct Ingest {
 impl Peer {
     pub(crate) fn is_publisher(&self) -> bool {
         matches!(self.role, Role::Publisher(_))
+    }
+
+    pub(crate) fn is_upstream(&self) -> bool {
+        matches!(&self.role, Role::Publisher(i) if i.upstream)
     }
 
     pub(crate) fn is_viewer(&self) -> bool {

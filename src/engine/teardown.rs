@@ -51,6 +51,14 @@ impl Engine {
             return;
         };
         let (b, publisher) = (peer.broadcast, peer.is_publisher());
+        if peer.is_upstream() {
+            // The origin closed an edge's pull: its broadcast ended, or the view ID was
+            // rotated, or the edge was evicted. Either way this edge's viewers are done.
+            info!(broadcast = %b, "the origin closed the pull; the broadcast ends here too");
+            self.remove_peer(now, key, CloseReason::HungUp);
+            self.end_route(now, b);
+            return;
+        }
         let session = peer.session.clone();
         self.hung_up.insert(now, session, b, publisher);
         self.remove_peer(now, key, CloseReason::HungUp);

@@ -232,6 +232,8 @@ struct ServerStatus {
     slots_used: usize,
     slots_total: usize,
     broadcasts: Vec<LiveBroadcast>,
+    /// On an origin: the edges that beat lately, and their load (edges.rs).
+    edges: Vec<super::edges::EdgeLoad>,
 }
 
 #[derive(Serialize)]
@@ -266,6 +268,7 @@ pub(super) async fn server_status(state: &AppState) -> Result<HttpResponse, ApiE
         slots_used: broadcasts.len(),
         slots_total: state.config.max_live_broadcasts,
         broadcasts,
+        edges: state.edges.list(),
     };
     Ok(json(StatusCode::OK, &status))
 }

@@ -135,7 +135,7 @@ pub struct Limits {
     /// `POST /api/broadcasts` per client per hour.
     pub creations: RateLimit,
     /// WHEP sessions per client within the handshake timeout: those still connecting.
-    pub pending_viewers: RateLimit,
+    pub pending_viewers: super::pending::PendingViewers,
     /// Connectivity tests per client, and in total, within [`PROBE_TIMEOUT`].
     pub probes: RateLimit,
     pub probes_total: RateLimit,
@@ -151,8 +151,8 @@ impl Limits {
                 config.max_creations_per_ip.max(1),
                 Duration::from_secs(3600),
             ),
-            pending_viewers: RateLimit::new(
-                config.max_pending_viewers_per_ip.max(1),
+            pending_viewers: super::pending::PendingViewers::new(
+                config.max_pending_viewers_per_ip,
                 config.handshake_timeout,
             ),
             probes: RateLimit::new(PROBES_PER_CLIENT, PROBE_TIMEOUT),

@@ -4,9 +4,11 @@
 //! [`Command`](crate::engine::Command). They never hold engine state.
 
 mod api;
+mod edges;
 pub mod limits;
 mod listen;
 mod patch;
+mod pending;
 mod problem;
 mod sse;
 mod tls;
@@ -24,6 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
+pub use self::edges::{Beat, EdgeBook, HEARTBEAT};
 pub use self::listen::serve;
 pub use self::problem::ApiError;
 pub use self::sse::Hub;
@@ -48,6 +51,10 @@ pub struct AppState {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The publisher's client per broadcast (from its WHIP User-Agent), for the doctor.
     pub agents: Mutex<HashMap<crate::engine::BroadcastKey, String>>,
+    /// Set when this server is an edge (`--origin`).
+    pub edge: Option<Arc<crate::edge::Edge>>,
+    /// On an origin: the edges registered with it (edges.rs).
+    pub edges: edges::EdgeBook,
 }
 
 pub type HttpResponse = Response<BoxBody<Bytes, Infallible>>;
@@ -134,6 +141,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             }
             _ => Err(not_allowed("POST, OPTIONS")),
         },
+        "/api/edges" => match method {
+            Method::POST => edges::register(state, req).await,
+            _ => Err(not_allowed("POST, OPTIONS")),
+        },
         "/api/broadcasts" => match method {
             Method::POST => api::create_broadcast(state, req).await,
             _ => Err(not_allowed("POST, OPTIONS")),
@@ -144,7 +155,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             _ => Err(not_allowed("GET, POST, OPTIONS")),
         },
         "/stream" => match method {
-            Method::GET => Ok(page(STREAM_HTML)),
+            Method::GET => Ok(stream_page(state)),
             // WHEP discoverability: HEAD says this URL takes SDP offers.
             Method::HEAD => Ok(Response::builder()
                 .status(StatusCode::OK)
@@ -441,6 +452,24 @@ fn page(html: &'static str) -> HttpResponse {
         header::X_FRAME_OPTIONS,
         header::HeaderValue::from_static("DENY"),
     );
+    r
+}
+
+/// The viewer page. On an origin that redirects viewers, its WHEP requests may end at an
+/// edge: the live edges join `connect-src`.
+fn stream_page(state: &AppState) -> HttpResponse {
+    let mut r = page(STREAM_HTML);
+    if state.config.redirect_viewers {
+        let edges = state.edges.origins().join(" ");
+        let csp = PAGE_CSP.replacen(
+            "default-src 'self';",
+            &format!("default-src 'self'; connect-src 'self' {edges};"),
+            1,
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&csp) {
+            r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
     r
 }
 

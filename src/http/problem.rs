@@ -67,6 +67,16 @@ pub enum ApiError {
     UnknownEvent(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("this edge cannot reach its origin right now; try again shortly")]
+    OriginUnavailable,
+    #[error("edges register with the edge secret in the x-whipcast-edge-secret header")]
+    EdgeSecretRequired,
+    #[error(
+        "send a heartbeat as JSON {{\"url\": \"http://edge:8080\", \"viewers\": n, \"capacity\": n}}"
+    )]
+    BadHeartbeat,
+    #[error("this origin keeps track of as many edges as it allows")]
+    TooManyEdges,
     #[error("this server holds as many broadcasts as it allows; unused ones expire after --id-ttl")]
     TooManyBroadcasts,
 }
@@ -133,6 +143,10 @@ impl ApiError {
             | Self::ShuttingDown
             | Self::StateNotSaved
             | Self::TooManyBroadcasts => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OriginUnavailable => StatusCode::BAD_GATEWAY,
+            Self::EdgeSecretRequired => StatusCode::FORBIDDEN,
+            Self::BadHeartbeat => StatusCode::BAD_REQUEST,
+            Self::TooManyEdges => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadFragment(_) => StatusCode::BAD_REQUEST,
             Self::StaleEtag => StatusCode::PRECONDITION_FAILED,
             Self::IfMatchRequired => StatusCode::PRECONDITION_REQUIRED,
@@ -147,7 +161,7 @@ impl ApiError {
             Self::TooManyRequests { retry_after } => {
                 Some(Duration::from_secs(retry_secs(*retry_after)))
             }
-            Self::StateNotSaved => Some(Duration::from_secs(5)),
+            Self::StateNotSaved | Self::OriginUnavailable => Some(Duration::from_secs(5)),
             Self::NoFreeSlot => Some(Duration::from_secs(10)),
             Self::ViewerLimitReached | Self::TooManyPending | Self::ShuttingDown => {
                 Some(Duration::from_secs(5))

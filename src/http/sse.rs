@@ -3,7 +3,7 @@
 //!
 //! Engine events arrive on one channel; the [`Hub`] turns them into per-session event streams.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -44,6 +44,32 @@ pub struct Hub {
 struct HubState {
     sessions: HashMap<SessionId, Watcher>,
     broadcasts: HashMap<BroadcastKey, (BroadcastState, usize)>,
+    /// Recent sessions the engine closed while no watcher was registered for them, oldest
+    /// first. WHEP registers before the engine has a session, but engine events come on a
+    /// task of their own: this keeps a registration that comes late anyway from creating a
+    /// watcher that no `SessionClosed` would ever remove.
+    closed: ClosedSessions,
+}
+
+/// A bounded set of closed session IDs that forgets the oldest first.
+#[derive(Default)]
+struct ClosedSessions {
+    order: VecDeque<SessionId>,
+    set: HashSet<SessionId>,
+}
+
+impl ClosedSessions {
+    fn insert(&mut self, session: SessionId) {
+        if !self.set.insert(session.clone()) {
+            return;
+        }
+        self.order.push_back(session);
+        if self.order.len() > MAX_CLOSED_REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+    }
 }
 
 struct Watcher {
@@ -55,6 +81,9 @@ impl Hub {
     /// A viewer session was created (WHEP 201).
     pub fn register(&self, session: SessionId, broadcast: BroadcastKey) {
         let mut s = self.state.lock().expect("hub lock");
+        if s.closed.set.contains(&session) {
+            return; // closed already: nothing will come for it
+        }
         if s.sessions.len() < MAX_WATCHERS {
             s.sessions.insert(
                 session,
@@ -147,9 +176,12 @@ impl Hub {
                     .1 = *viewers;
                 s.send_to_broadcast(*broadcast, || viewercount(*viewers));
             }
-            EngineEvent::ProbeConnected(_) => {}
+            EngineEvent::ProbeConnected(_) | EngineEvent::ViewerConnected(_) => {}
             EngineEvent::SessionClosed { session, reason } => {
                 let Some(w) = s.sessions.remove(session) else {
+                    // Publishers and probes have no watcher; a viewer whose registration
+                    // is late must not get one now.
+                    s.closed.insert(session.clone());
                     return;
                 };
                 let last = match reason {
@@ -242,3 +274,55 @@ impl Body for SseBody {
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Bounds the map by the number of sessions the engine can hold anyway, with room.
 const MAX_WATCHERS: usize = 100_000;
+/// Closed sessions remembered without a watcher: a registration comes at most one HTTP
+/// handler step after its session's close, so a few thousand sessions closing meanwhile is
+/// far more than can happen.
+const MAX_CLOSED_REMEMBERED: usize = 4_096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(session: &SessionId) -> EngineEvent {
+        EngineEvent::SessionClosed {
+            session: session.clone(),
+            reason: CloseReason::Deleted,
+        }
+    }
+
+    #[test]
+    fn a_closed_session_leaves_no_watcher() {
+        let hub = Hub::default();
+        let session = SessionId::random();
+        hub.register(session.clone(), BroadcastKey(1));
+        assert!(hub.knows(&session));
+        hub.apply(&closed(&session), 3);
+        assert!(!hub.knows(&session), "the watcher went with its session");
+    }
+
+    #[test]
+    fn a_session_closed_before_it_was_registered_gets_no_watcher() {
+        let hub = Hub::default();
+        let session = SessionId::random();
+        hub.apply(&closed(&session), 3);
+        hub.register(session.clone(), BroadcastKey(1));
+        assert!(
+            !hub.knows(&session),
+            "a watcher nothing would ever remove was created"
+        );
+    }
+
+    #[test]
+    fn closed_sessions_are_remembered_in_a_bounded_set() {
+        let hub = Hub::default();
+        let first = SessionId::random();
+        hub.apply(&closed(&first), 3);
+        for _ in 0..MAX_CLOSED_REMEMBERED {
+            hub.apply(&closed(&SessionId::random()), 3);
+        }
+        let s = hub.state.lock().unwrap();
+        assert_eq!(s.closed.order.len(), MAX_CLOSED_REMEMBERED);
+        assert_eq!(s.closed.set.len(), MAX_CLOSED_REMEMBERED);
+        assert!(!s.closed.set.contains(&first), "the oldest was forgotten");
+    }
+}

@@ -17,32 +17,48 @@ pub(super) async fn subscribe(
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
     let view_id = query_param(&req, "id").unwrap_or_default().to_owned();
-    let broadcast = state
+    let local = state
         .registry
         .lock()
         .expect("registry lock")
-        .by_view_id(&view_id)
-        .ok_or(ApiError::UnknownView)?;
+        .by_view_id(&view_id);
+    if local.is_none() && state.edge.is_none() {
+        return Err(ApiError::UnknownView);
+    }
+    if local.is_some()
+        && let Some(redirect) = super::edges::redirect(state, &req, &view_id)
+    {
+        return Ok(redirect);
+    }
     // Sessions still connecting from one client are bounded: a viewer link must not let
-    // its holder pile up sessions (only successful ones count, so polling on 409 is free).
+    // its holder pile up sessions (pending.rs; a place comes back when the session connects).
     let client = super::limits::client_of(&req);
-    state
+    let place = state
         .limits
         .pending_viewers
-        .check(client, now())
+        .reserve(client, now())
         .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
+    let from_edge = super::edges::from_edge(state, &req);
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
     // The body may have taken a while: a view ID rotated meanwhile no longer admits anyone.
-    let still_valid = state
-        .registry
-        .lock()
-        .expect("registry lock")
-        .by_view_id(&view_id)
-        == Some(broadcast);
-    if !still_valid {
-        return Err(ApiError::UnknownView);
-    }
+    let broadcast = match (local, &state.edge) {
+        (Some(broadcast), _) => {
+            let still_valid = state
+                .registry
+                .lock()
+                .expect("registry lock")
+                .by_view_id(&view_id)
+                == Some(broadcast);
+            if !still_valid {
+                return Err(ApiError::UnknownView);
+            }
+            broadcast
+        }
+        // An edge: the origin knows the view ID (and is asked once per broadcast).
+        (None, Some(edge)) => edge.resolve(&view_id).await?,
+        (None, None) => unreachable!("checked before the body was read"),
+    };
     let publisher = match call(state, Command::Describe(broadcast)).await? {
         Outcome::Described(Some(tracks)) => tracks,
         Outcome::Described(None) => return Err(ApiError::NotLive),
@@ -61,7 +77,15 @@ pub(super) async fn subscribe(
     // Registered before the engine has the session: its `SessionClosed` can only come
     // later, so it always finds (and removes) the watcher.
     state.hub.register(session.clone(), broadcast);
-    let subscribed = match call(state, Command::Subscribe(peer, accepted.tracks)).await {
+    // Kept before the engine has the session too, so its connecting always finds the place.
+    place.keep(session.clone());
+    // An edge's pull relays to the edge's own viewers: it takes no viewer's place here.
+    let command = if from_edge {
+        Command::Relay(peer, accepted.tracks)
+    } else {
+        Command::Subscribe(peer, accepted.tracks)
+    };
+    let subscribed = match call(state, command).await {
         Ok(Outcome::Subscribed(Ok(()))) => Ok(()),
         Ok(Outcome::Subscribed(Err(e))) => Err(e.into()),
         Ok(_) => unreachable!("Subscribe is answered with Subscribed"),
@@ -69,9 +93,9 @@ pub(super) async fn subscribe(
     };
     if let Err(e) = subscribed {
         state.hub.forget(&session);
+        state.limits.pending_viewers.settled(&session);
         return Err(e);
     }
-    state.limits.pending_viewers.record(client, now());
     info!(broadcast = %broadcast, session = %session, "viewer session started");
     let mut response = sdp_created(
         &format!("/stream/session/{}", session.as_str()),

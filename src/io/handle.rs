@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::inbox::ReceiveCounters;
 use super::route::RouteUpdate;
 use crate::engine::{
-    BroadcastKey, Command, CommandError, EngineEvent, Outcome, PatchError, Patched, SessionId,
-    Stats,
+    BroadcastKey, Command, CommandError, EngineEvent, NewPeer, Outcome, PatchError, Patched,
+    SessionId, Stats, ViewerTrack,
 };
 
 /// A command plus where its outcome goes.
@@ -104,14 +104,16 @@ impl EngineHandle {
             Command::Publish(peer, tracks) => self.publish(peer, tracks).await,
             Command::Subscribe(peer, tracks) => {
                 let w = self.worker_of(peer.broadcast);
-                self.start_session(w, &peer.session, &peer.ufrag);
-                let (session, ufrag) = (peer.session.clone(), peer.ufrag.clone());
-                let outcome = self.call_on(w, Command::Subscribe(peer, tracks)).await;
-                if !matches!(outcome, Ok(Outcome::Subscribed(Ok(())))) {
-                    self.end_session(&session, Some(&ufrag));
-                }
-                outcome
+                self.start_viewer(w, Command::Subscribe, peer, tracks).await
             }
+            // An edge's pull is a viewer of the broadcast here, outside its viewer cap.
+            Command::Relay(peer, tracks) => {
+                let w = self.worker_of(peer.broadcast);
+                self.start_viewer(w, Command::Relay, peer, tracks).await
+            }
+            // An edge runs one worker (config.rs refuses --origin with --workers > 1): the
+            // origin's STUN answers carry no ufrag the receive thread could route by.
+            command @ Command::Pull(..) => self.call_on(0, command).await,
             Command::Probe(peer) => {
                 let w = self.inner.next_probe.fetch_add(1, Ordering::Relaxed)
                     % self.inner.workers.len();
@@ -176,6 +178,24 @@ impl EngineHandle {
             .await
             .map_err(|_| EngineGone)?;
         rx.await.map_err(|_| EngineGone)
+    }
+
+    /// Starts a viewer session (`Subscribe` or `Relay`) on worker `w`, its ufrag routed
+    /// there before the engine has it, and forgotten again if the engine refuses it.
+    async fn start_viewer(
+        &self,
+        w: usize,
+        command: fn(NewPeer, Vec<ViewerTrack>) -> Command,
+        peer: NewPeer,
+        tracks: Vec<ViewerTrack>,
+    ) -> Result<Outcome, EngineGone> {
+        self.start_session(w, &peer.session, &peer.ufrag);
+        let (session, ufrag) = (peer.session.clone(), peer.ufrag.clone());
+        let outcome = self.call_on(w, command(peer, tracks)).await;
+        if !matches!(outcome, Ok(Outcome::Subscribed(Ok(())))) {
+            self.end_session(&session, Some(&ufrag));
+        }
+        outcome
     }
 
     async fn publish(

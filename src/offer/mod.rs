@@ -336,7 +336,7 @@ fn parse(offer: &str) -> Result<SdpOffer, OfferError> {
 
 /// The negotiated media of an accepted session: (mid, kind, accepted payload types), for the
 /// m-lines that will carry media.
-fn media_of(rtc: &Rtc, answer: &str) -> Vec<(str0m::media::Mid, MediaKind, Vec<Pt>)> {
+pub(crate) fn media_of(rtc: &Rtc, answer: &str) -> Vec<(str0m::media::Mid, MediaKind, Vec<Pt>)> {
     let Ok(answer) = str0m::change::SdpAnswer::from_sdp_string(answer) else {
         return Vec::new();
     };

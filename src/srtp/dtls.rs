@@ -379,6 +379,11 @@ impl DtlsInstance for Instance {
         let Some(stream) = state.phase.stream() else {
             return Ok(());
         };
+        if packet.is_empty() {
+            // str0m's nudge to a new client ("send your ClientHello"), not a datagram: as a
+            // zero-length read OpenSSL would take it for the end of the connection.
+            return state.drive();
+        }
         let incoming = &mut stream.get_mut().incoming;
         if incoming.len() >= MAX_INCOMING {
             return Err(DtlsImplError::ReceiveQueueFull);

@@ -60,3 +60,39 @@ pub async fn post_sdp(r: &Running, path: &str, sdp: String) -> reqwest::Response
         .await
         .unwrap()
 }
+
+/// Asserts a problem+json answer with this status and a human sentence; returns the response
+/// headers.
+pub async fn problem(res: reqwest::Response, status: StatusCode) -> (header::HeaderMap, String) {
+    assert_eq!(res.status(), status);
+    let headers = res.headers().clone();
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["status"], status.as_u16());
+    let detail = v["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.len() > 10,
+        "a sentence a person can act on: {detail}"
+    );
+    (headers, detail)
+}
+
+/// `POST /broadcast` (WHIP), with the ID in the query or not.
+pub async fn whip(
+    r: &Running,
+    query_id: Option<&str>,
+    ctype: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let url = match query_id {
+        Some(id) => format!("{}/broadcast?id={id}", r.base),
+        None => format!("{}/broadcast", r.base),
+    };
+    r.http
+        .post(url)
+        .header(header::CONTENT_TYPE, ctype)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}

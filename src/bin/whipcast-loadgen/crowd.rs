@@ -11,14 +11,14 @@ use tokio::sync::Semaphore;
 use crate::http::Base;
 use crate::peer::{Sessions, wait_until};
 use crate::stats::{Counters, Totals, percentile};
-use crate::viewer::Viewer;
+use crate::viewer::{Target, Viewer};
 
 /// WHEP requests in flight at once.
 const IN_FLIGHT: usize = 32;
 
 pub struct Crowd {
     base: Base,
-    view_id: String,
+    target: Target,
     epoch: Instant,
     sessions: Sessions,
     /// Viewers' sockets take the server's GSO runs whole (`--receiver-gro`).
@@ -51,10 +51,16 @@ pub struct JoinReport {
 }
 
 impl Crowd {
-    pub fn new(base: &Base, view_id: &str, epoch: Instant, sessions: &Sessions, gro: bool) -> Self {
+    pub fn new(
+        base: &Base,
+        target: Target,
+        epoch: Instant,
+        sessions: &Sessions,
+        gro: bool,
+    ) -> Self {
         Self {
             base: base.clone(),
-            view_id: view_id.to_owned(),
+            target,
             epoch,
             sessions: sessions.clone(),
             gro,
@@ -76,11 +82,11 @@ impl Crowd {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let full = is_full(i);
-                let (gate, base, view) = (gate.clone(), self.base.clone(), self.view_id.clone());
+                let (gate, base, target) = (gate.clone(), self.base.clone(), self.target.clone());
                 let (epoch, sessions, gro) = (self.epoch, self.sessions.clone(), self.gro);
                 tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await.expect("semaphore");
-                    Viewer::join(&base, &view, full, gro, epoch, &sessions).await
+                    Viewer::join(&base, &target, full, gro, epoch, &sessions).await
                 })
             })
             .collect();
@@ -174,7 +180,7 @@ impl Crowd {
     pub async fn probe(&mut self) -> Option<f64> {
         let v = Viewer::join(
             &self.base,
-            &self.view_id,
+            &self.target,
             true,
             self.gro,
             self.epoch,

@@ -3,6 +3,7 @@
 //! timeout. Base URLs that are not loopback are refused, so the generator can never be
 //! pointed at someone else's server.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +23,9 @@ pub struct Base {
     prefix: String,
     /// Whether the host is IPv6 (`[::1]`), so UDP sockets bind the same family.
     pub ipv6: bool,
+    /// The loopback address our UDP sockets bind to: `127.0.0.1` or `::1` unless
+    /// `--local-ip` says otherwise ([`Base::with_local`]).
+    pub local: IpAddr,
 }
 
 impl Base {
@@ -63,7 +67,24 @@ impl Base {
             authority,
             prefix: path.trim_end_matches('/').to_owned(),
             ipv6,
+            local: if ipv6 {
+                Ipv6Addr::LOCALHOST.into()
+            } else {
+                Ipv4Addr::LOCALHOST.into()
+            },
         })
+    }
+
+    /// Binds our UDP sockets to `ip` instead, which must be a loopback address of the same
+    /// family (e.g. 127.0.0.2, which the Janus run gives a non-loopback interface).
+    pub fn with_local(mut self, ip: IpAddr) -> Result<Self, String> {
+        if !ip.is_loopback() || ip.is_ipv6() != self.ipv6 {
+            return Err(format!(
+                "--local-ip must be a loopback address of the server's family, not {ip}"
+            ));
+        }
+        self.local = ip;
+        Ok(self)
     }
 
     /// The full path of an endpoint, e.g. `/stream?id=…` under the prefix. Paths the server
@@ -206,6 +227,12 @@ mod tests {
         assert!(Base::parse("http://example.com").is_err());
         assert!(Base::parse("https://127.0.0.1").is_err());
         assert!(Base::parse("http://127.0.0.1.evil.com:80").is_err());
+        let v4 = Base::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(v4.local, IpAddr::from([127, 0, 0, 1]));
+        let other = v4.clone().with_local([127, 0, 0, 2].into()).unwrap();
+        assert_eq!(other.local, IpAddr::from([127, 0, 0, 2]));
+        assert!(v4.clone().with_local([192, 0, 2, 2].into()).is_err());
+        assert!(v4.with_local(Ipv6Addr::LOCALHOST.into()).is_err());
     }
 
     #[test]

@@ -39,6 +39,10 @@
 //!     --viewers 200 --seconds 10 --server-pid $! [--join-storm 200]
 //! ```
 //!
+//! `--peer janus --janus-url http://127.0.0.1:8088/janus` runs the same against Janus 1.1: a
+//! streaming mountpoint fed plain RTP, viewers through Janus's HTTP API (`janus.rs`,
+//! `rtp.rs`; `benches/peers/janus/run.sh` runs both servers side by side).
+//!
 //! `--churn-every S --churn K` replaces K sink viewers every S seconds during the window
 //! (the soak test), logs the server's RSS and open file descriptors as it goes, and reports
 //! the replacements' joins (`churn_*`); the window's loss then counts the viewers present
@@ -49,8 +53,10 @@
 
 mod crowd;
 mod http;
+mod janus;
 mod peer;
 mod publisher;
+mod rtp;
 mod run;
 mod stats;
 mod viewer;
@@ -59,7 +65,7 @@ mod window;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::http::Base;
 use crate::peer::Sessions;
@@ -71,8 +77,22 @@ use crate::peer::Sessions;
 )]
 pub(crate) struct Args {
     /// The server's base URL; loopback only (127.0.0.1, localhost, [::1]).
+    #[arg(long, required_if_eq("peer", "whipcast"))]
+    pub(crate) base: Option<String>,
+    /// The server under test: whipcast, or Janus for the side-by-side run (BENCHMARKS.md §6).
+    #[arg(long, value_enum, default_value_t = Peer::Whipcast)]
+    pub(crate) peer: Peer,
+    /// Janus's HTTP API (with --peer janus); loopback only.
+    #[arg(long, default_value = "http://127.0.0.1:8088/janus")]
+    pub(crate) janus_url: String,
+    /// The loopback address our UDP sockets bind to (default 127.0.0.1, or ::1 for an IPv6
+    /// server). The Janus run uses 127.0.0.2 on an interface of its own (run.sh says why).
     #[arg(long)]
-    pub(crate) base: String,
+    pub(crate) local_ip: Option<std::net::IpAddr>,
+    /// Where the viewers join, if not at --base: an edge of --base (`--origin`), so the
+    /// publisher is on the origin and the viewers one hop further (BENCHMARKS.md, edges).
+    #[arg(long)]
+    pub(crate) view_base: Option<String>,
     /// Viewers watching during the measured window.
     #[arg(long, default_value_t = 50)]
     pub(crate) viewers: usize,
@@ -112,9 +132,33 @@ pub(crate) struct Args {
     pub(crate) receiver_gro: bool,
 }
 
+/// The servers the load generator can drive.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Peer {
+    Whipcast,
+    /// Janus 1.1: a streaming mountpoint fed plain RTP, viewers over its HTTP API.
+    Janus,
+}
+
+impl Peer {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Peer::Whipcast => "whipcast",
+            Peer::Janus => "janus",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let base = match Base::parse(&args.base) {
+    let url = match args.peer {
+        Peer::Whipcast => args.base.clone().unwrap_or_default(),
+        Peer::Janus => args.janus_url.clone(),
+    };
+    let base = match Base::parse(&url).and_then(|b| match args.local_ip {
+        Some(ip) => b.with_local(ip),
+        None => Ok(b),
+    }) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("whipcast-loadgen: {e}");
@@ -132,7 +176,10 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        let sessions = Sessions::default();
+        let sessions = match args.peer {
+            Peer::Whipcast => Sessions::default(),
+            Peer::Janus => Sessions::janus(),
+        };
         let budget = budget(&args);
         // A task of its own, so that a panic, the time limit or Ctrl-C still get the cleanup.
         let task = tokio::spawn({

@@ -1,13 +1,14 @@
 //! What the publisher and the viewers share: the SDP offer/answer over HTTP (WHIP or WHEP),
-//! the payload types the server chose, the loopback-only candidate filter, the registry of
-//! open sessions (so every one gets its DELETE), and draining a str0m `Rtc` onto its socket.
+//! or the answer to a server's offer (Janus), the payload types the server chose, the
+//! loopback-only candidate filter, the registry of open sessions (so every one gets its
+//! DELETE, or its Janus `destroy`), and draining a str0m `Rtc` onto its socket.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpAnswer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -17,26 +18,60 @@ use crate::http::{self, Base};
 
 /// Sessions the server has created for us (their `Location`s), until each is deleted.
 #[derive(Clone, Default)]
-pub struct Sessions(Arc<Mutex<HashSet<String>>>);
+pub struct Sessions {
+    open: Arc<Mutex<HashSet<String>>>,
+    /// Janus sessions: closed by a `destroy` request, as Janus's HTTP API has no DELETE.
+    janus: bool,
+}
 
 impl Sessions {
-    fn add(&self, location: &str) {
-        self.0.lock().expect("sessions").insert(location.to_owned());
+    pub fn janus() -> Self {
+        Self {
+            janus: true,
+            ..Self::default()
+        }
     }
 
-    /// Sends DELETE for one session.
+    pub fn add(&self, location: &str) {
+        self.open
+            .lock()
+            .expect("sessions")
+            .insert(location.to_owned());
+    }
+
+    /// The sessions still open.
+    pub fn open(&self) -> Vec<String> {
+        self.open
+            .lock()
+            .expect("sessions")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Closes one session: DELETE, or Janus's `destroy`.
     pub async fn delete(&self, base: &Base, location: &str) {
-        if !self.0.lock().expect("sessions").remove(location) {
+        if !self.open.lock().expect("sessions").remove(location) {
             return;
         }
-        if let Err(e) = http::request(base, "DELETE", location, None, "").await {
-            eprintln!("DELETE {location}: {e}");
+        let done = if self.janus {
+            let destroy = serde_json::json!({"janus": "destroy"});
+            crate::janus::call(base, location, destroy)
+                .await
+                .map(|_| ())
+        } else {
+            http::request(base, "DELETE", location, None, "")
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = done {
+            eprintln!("closing {location}: {e}");
         }
     }
 
     /// Deletes every session still open, 32 requests at a time; returns how many.
     pub async fn delete_all(&self, base: &Base) -> usize {
-        let all: Vec<String> = self.0.lock().expect("sessions").iter().cloned().collect();
+        let all = self.open();
         let n = all.len();
         for chunk in all.chunks(32) {
             let tasks: Vec<_> = chunk
@@ -86,11 +121,7 @@ pub async fn negotiate(
     order: [MediaKind; 2],
     sessions: &Sessions,
 ) -> Result<Negotiated, String> {
-    let bind = if base.ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
-    let socket = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
-    let local = socket.local_addr().map_err(|e| e.to_string())?;
-    let mut rtc = cfg.build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
+    let (mut rtc, socket) = bind(cfg, base.local).await?;
     let mut api = rtc.sdp_api();
     let first = api.add_media(order[0], dir, None, None, None);
     let second = api.add_media(order[1], dir, None, None, None);
@@ -127,6 +158,62 @@ pub async fn negotiate(
         answered,
         server_port: candidate_port(&sdp),
     })
+}
+
+/// A new `Rtc` with a UDP socket on `ip` (loopback) as its one candidate.
+async fn bind(cfg: RtcConfig, ip: IpAddr) -> Result<(Rtc, UdpSocket), String> {
+    let socket = UdpSocket::bind((ip, 0)).await.map_err(|e| e.to_string())?;
+    let local = socket.local_addr().map_err(|e| e.to_string())?;
+    let mut rtc = cfg.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
+    Ok((rtc, socket))
+}
+
+/// The other way round, for a server that offers (Janus): accepts `offer` (its non-loopback
+/// candidates dropped) with a new loopback peer, a full ICE agent, and returns the peer and
+/// its answer. `location` and the times are the caller's to fill in.
+pub async fn answer(
+    offer: &str,
+    cfg: RtcConfig,
+    ip: IpAddr,
+) -> Result<(Negotiated, String), String> {
+    let (mut rtc, socket) = bind(cfg, ip).await?;
+    let (sdp, dropped) = loopback_candidates_only(offer);
+    if dropped > 0 {
+        log_limited(format_args!(
+            "ignored {dropped} non-loopback candidate(s) in an offer"
+        ));
+    }
+    let (Some(audio), Some(video)) = (mid_of(&sdp, "audio"), mid_of(&sdp, "video")) else {
+        return Err("the offer lacks an audio or a video section".into());
+    };
+    let offer = SdpOffer::from_sdp_string(&sdp).map_err(|e| format!("offer: {e}"))?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| format!("offer: {e}"))?;
+    let now = Instant::now();
+    let n = Negotiated {
+        rtc,
+        socket,
+        location: String::new(),
+        audio,
+        video,
+        pts: answer_pts(&sdp),
+        posted: now,
+        answered: now,
+        server_port: candidate_port(&sdp),
+    };
+    Ok((n, answer.to_sdp_string()))
+}
+
+/// The `a=mid` of the first `m=<kind>` section.
+fn mid_of(sdp: &str, kind: &str) -> Option<Mid> {
+    let section = sdp.split("m=").skip(1).find(|s| s.starts_with(kind))?;
+    let mid = section
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:"))?;
+    Some(Mid::from(mid))
 }
 
 /// Removes `a=candidate` lines whose address is not loopback (or not an address at all):
@@ -278,5 +365,10 @@ mod tests {
         let pts = answer_pts(&kept);
         assert_eq!((pts.video, pts.audio), (Some(102), Some(111)));
         assert_eq!(candidate_port(&kept), Some(8189));
+        assert_eq!(mid_of(sdp, "audio"), None);
+        let janus = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\n";
+        assert_eq!(mid_of(janus, "video"), Some(Mid::from("v")));
+        assert_eq!(mid_of(janus, "audio"), Some(Mid::from("a")));
     }
 }

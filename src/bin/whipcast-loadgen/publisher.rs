@@ -20,8 +20,8 @@ use str0m::{Event, Rtc, RtcConfig};
 use crate::http::Base;
 use crate::peer::{self, Sessions};
 
-const FRAME: Duration = Duration::from_micros(33_333);
-const AUDIO: Duration = Duration::from_millis(20);
+pub const FRAME: Duration = Duration::from_micros(33_333);
+pub const AUDIO: Duration = Duration::from_millis(20);
 /// An IDR every 60 frames (2 s).
 const GOP: u64 = 60;
 const IDR_FILLER: usize = 80_000;
@@ -71,19 +71,24 @@ impl Publisher {
             sessions,
         )
         .await?;
-        let (connected, frames, late_frames, stop) = Default::default();
-        let (rtp_sent, rtp_send_drops) = Default::default();
-        let shared = Shared {
-            connected: Arc::clone(&connected),
-            frames: Arc::clone(&frames),
-            late_frames: Arc::clone(&late_frames),
-            rtp_sent: Arc::clone(&rtp_sent),
-            rtp_send_drops: Arc::clone(&rtp_send_drops),
-            stop: Arc::clone(&stop),
-        };
         // The socket belongs to this runtime's reactor; hand over the std socket instead.
         let socket = n.socket.into_std().map_err(|e| e.to_string())?;
-        let (rtc, audio, video, server_port) = (n.rtc, n.audio, n.video, n.server_port);
+        let (rtc, audio, video) = (n.rtc, n.audio, n.video);
+        Self::spawn(n.server_port, move |shared| async move {
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(|e| e.to_string())?;
+            run(rtc, socket, audio, video, epoch, &shared).await
+        })
+    }
+
+    /// Runs `body` on a thread of its own (with a runtime of its own) until it returns or
+    /// [`Publisher::stop`]; `body` keeps the counters the run reads.
+    pub fn spawn<F, Fut>(server_port: Option<u16>, body: F) -> Result<Self, String>
+    where
+        F: FnOnce(Shared) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let shared = Shared::default();
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("publisher".into())
             .spawn(move || {
@@ -91,14 +96,19 @@ impl Publisher {
                     .enable_all()
                     .build()
                     .expect("publisher runtime");
-                rt.block_on(async move {
-                    let socket = tokio::net::UdpSocket::from_std(socket).expect("socket");
-                    if let Err(e) = run(rtc, socket, audio, video, epoch, &shared).await {
-                        eprintln!("publisher: {e}");
-                    }
-                });
+                if let Err(e) = rt.block_on(body(s)) {
+                    eprintln!("publisher: {e}");
+                }
             })
             .map_err(|e| e.to_string())?;
+        let Shared {
+            connected,
+            frames,
+            late_frames,
+            rtp_sent,
+            rtp_send_drops,
+            stop,
+        } = shared;
         Ok(Self {
             server_port,
             connected,
@@ -126,13 +136,15 @@ impl Drop for Publisher {
     }
 }
 
-struct Shared {
-    connected: Arc<AtomicBool>,
-    frames: Arc<AtomicU64>,
-    late_frames: Arc<AtomicU64>,
+/// The publisher thread's side of [`Publisher`]'s counters.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub connected: Arc<AtomicBool>,
+    pub frames: Arc<AtomicU64>,
+    pub late_frames: Arc<AtomicU64>,
     rtp_sent: Arc<AtomicU64>,
     rtp_send_drops: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -142,7 +154,7 @@ impl Shared {
         }
     }
 
-    fn on_sent(&self, d: &[u8], sent: bool) {
+    pub fn on_sent(&self, d: &[u8], sent: bool) {
         if peer::is_rtp(d) {
             match sent {
                 true => self.rtp_sent.fetch_add(1, Relaxed),

@@ -1,4 +1,4 @@
-//! One run, phase by phase: create a broadcast, publish, join the viewers, warm up, measure
+//! One run, phase by phase: create a broadcast (or a Janus mountpoint), publish, join the viewers, warm up, measure
 //! the window (optionally replacing viewers), probe single joins, run the join storm, close
 //! every session, and put the numbers into one JSON line.
 
@@ -10,28 +10,16 @@ use crate::http::{self, Base};
 use crate::peer::{self, Sessions, wait_until};
 use crate::publisher::Publisher;
 use crate::stats::{self, Sample, percentile};
+use crate::viewer::Target;
 use crate::window::{self, Window};
-use crate::{Args, join_limit};
+use crate::{Args, Peer, janus, join_limit, rtp};
 
 pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, String> {
     let epoch = Instant::now();
     let ticks = stats::clock_ticks();
     let pid = a.server_pid;
 
-    let created = http::post_created(
-        base,
-        &base.path("/api/broadcasts"),
-        "application/json",
-        "{}",
-    )
-    .await?
-    .0;
-    let v: serde_json::Value = serde_json::from_str(&created.body)
-        .map_err(|e| format!("create: {e}: {}", created.body))?;
-    let id = v["broadcast_id"].as_str().ok_or("no broadcast_id")?;
-    let view = v["view_id"].as_str().ok_or("no view_id")?;
-
-    let mut publisher = Publisher::start(base, id, epoch, sessions).await?;
+    let (mut publisher, target, mountpoint) = broadcast(a, base, sessions, epoch).await?;
     if !wait_until(
         || publisher.connected.load(Relaxed),
         Duration::from_secs(10),
@@ -47,7 +35,11 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     let fds_idle = pid.and_then(stats::open_fds);
     eprintln!("publisher live; {} viewers joining", a.viewers);
 
-    let mut crowd = Crowd::new(base, view, epoch, sessions, a.receiver_gro);
+    let view_base = match &a.view_base {
+        Some(url) => Base::parse(url)?,
+        None => base.clone(),
+    };
+    let mut crowd = Crowd::new(&view_base, target, epoch, sessions, a.receiver_gro);
     let joined = crowd
         .join(a.viewers, a.full_viewers, join_limit(a.viewers))
         .await;
@@ -169,6 +161,13 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     };
 
     crowd.stop_all();
+    if let Some((handle, id)) = &mountpoint {
+        // Stop feeding it first: its closed ports would answer with ICMP errors.
+        publisher.stop();
+        if let Err(e) = janus::destroy_mountpoint(base, handle, *id).await {
+            eprintln!("destroying the mountpoint: {e}");
+        }
+    }
     sessions.delete_all(base).await;
     publisher.stop();
     let rss_end = pid.and_then(stats::rss_mb);
@@ -241,6 +240,7 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         "churn_connect_p95_ms": churn.map(|c| round(c.connect(0.95), 1)),
     });
     let more = serde_json::json!({
+        "server": a.peer.name(),
         "latency_p50_ms": round(percentile(&mut latencies, 0.5), 1),
         "answer_p50_ms": round(joined.answer(0.5), 1),
         "connect_p50_ms": round(joined.connect(0.5), 1),
@@ -280,6 +280,36 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         }
     }
     Ok(line.to_string())
+}
+
+/// The broadcast and its publisher: a whipcast broadcast fed over WHIP, or a Janus
+/// streaming mountpoint fed plain RTP (then also its managing handle and id, to destroy it).
+async fn broadcast(
+    a: &Args,
+    base: &Base,
+    sessions: &Sessions,
+    epoch: Instant,
+) -> Result<(Publisher, Target, Option<(String, u64)>), String> {
+    if a.peer == Peer::Janus {
+        janus::keep_alive(base, sessions);
+        let (mp, handle) = janus::create_mountpoint(base, sessions).await?;
+        let publisher = rtp::start(mp.video, mp.audio, epoch)?;
+        return Ok((publisher, Target::Janus(mp.id), Some((handle, mp.id))));
+    }
+    let created = http::post_created(
+        base,
+        &base.path("/api/broadcasts"),
+        "application/json",
+        "{}",
+    )
+    .await?
+    .0;
+    let v: serde_json::Value = serde_json::from_str(&created.body)
+        .map_err(|e| format!("create: {e}: {}", created.body))?;
+    let id = v["broadcast_id"].as_str().ok_or("no broadcast_id")?;
+    let view = v["view_id"].as_str().ok_or("no view_id")?;
+    let publisher = Publisher::start(base, id, epoch, sessions).await?;
+    Ok((publisher, Target::Whep(view.to_owned()), None))
 }
 
 struct Storm {

@@ -1,5 +1,6 @@
-//! A WHEP viewer: a browser-like recvonly offer (H.264 variants + Opus, RTX, TWCC), its own
-//! loopback UDP socket and a tokio task. After ICE and DTLS, every RTP packet is counted from
+//! A viewer: a browser-like recvonly offer (H.264 variants + Opus, RTX, TWCC) over WHEP, or
+//! the same codecs answering Janus's offer ([`crate::janus::watch`]), its own loopback UDP
+//! socket and a tokio task. After ICE and DTLS, every RTP packet is counted from
 //! its clear header (SSRC, sequence number: distinct packets delivered, duplicates) without
 //! decrypting; loss is what the publisher sent minus what arrived ([`crate::window`]).
 //!
@@ -29,6 +30,7 @@ use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 
 use crate::http::Base;
+use crate::janus;
 use crate::peer::{self, Negotiated, Pts, Sessions};
 use crate::publisher;
 use crate::stats::{Counters, SeqCounter};
@@ -38,6 +40,15 @@ const BATCH: usize = 64;
 /// With UDP GRO, one receive can hold a whole GSO run from the server (≤ 64 KB).
 const GRO_BUFFER: usize = 65_536;
 
+/// What a viewer joins.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// whipcast: a WHEP POST to `/stream?id=<view id>`.
+    Whep(String),
+    /// Janus: a streaming mountpoint, by id.
+    Janus(u64),
+}
+
 pub struct Viewer {
     pub location: String,
     pub full: bool,
@@ -46,11 +57,11 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// POSTs the offer (the POST's send time starts the time-to-first-frame clock) and
+    /// Negotiates (the first request's send time starts the time-to-first-frame clock) and
     /// spawns the viewer's task on the current runtime.
     pub async fn join(
         base: &Base,
-        view_id: &str,
+        target: &Target,
         full: bool,
         gro: bool,
         epoch: Instant,
@@ -60,18 +71,16 @@ impl Viewer {
             .clear_codecs()
             .enable_h264(true)
             .enable_opus(true, false);
-        let path = base.path(&format!("/stream?id={view_id}"));
-        let n = peer::negotiate(
-            base,
-            &path,
-            cfg,
-            Direction::RecvOnly,
-            [MediaKind::Video, MediaKind::Audio],
-            sessions,
-        )
-        .await?;
+        let n = match target {
+            Target::Whep(view_id) => {
+                let path = base.path(&format!("/stream?id={view_id}"));
+                let order = [MediaKind::Video, MediaKind::Audio];
+                peer::negotiate(base, &path, cfg, Direction::RecvOnly, order, sessions).await?
+            }
+            Target::Janus(mountpoint) => janus::watch(base, *mountpoint, cfg, sessions).await?,
+        };
         if n.pts.video.is_none() {
-            return Err(format!("{path}: the answer has no H264"));
+            return Err(format!("{target:?}: no H264 was negotiated"));
         }
         let counters = Arc::new(Counters::default());
         counters
