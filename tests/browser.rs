@@ -301,6 +301,8 @@ async fn chromium_keeps_decoding_across_a_16_bit_sequence_number_wrap() {
         let viewer = watch(&base, &view, "viewer-before-seq-wrap");
         let received = viewer.wait("audio and video numbered past 65535", |b| {
             let n = b.js_async(PACKETS_RECEIVED, json!([]));
+            // Shown only if the test fails (the harness keeps a passing test's output).
+            eprintln!("packets received so far: {n} (state {})", b.player_state());
             let past = |kind: &str| n[kind].as_u64().is_some_and(|n| n > 300);
             (past("audio") && past("video")).then_some(n)
         });
