@@ -85,13 +85,7 @@ impl MediaSocket {
         contents: &[u8],
         segment_size: Option<usize>,
     ) -> io::Result<()> {
-        let transmit = quinn_udp::Transmit {
-            destination,
-            ecn: None,
-            contents,
-            segment_size,
-            src_ip: None,
-        };
+        let transmit = transmit(destination, contents, segment_size);
         self.socket.try_io(Interest::WRITABLE, || {
             self.state
                 .try_send(UdpSockRef::from(&self.socket), &transmit)
@@ -139,13 +133,7 @@ impl Outbound for SendSocket {
         contents: &[u8],
         segment_size: Option<usize>,
     ) -> io::Result<()> {
-        let transmit = quinn_udp::Transmit {
-            destination,
-            ecn: None,
-            contents,
-            segment_size,
-            src_ip: None,
-        };
+        let transmit = transmit(destination, contents, segment_size);
         self.state
             .try_send(UdpSockRef::from(self.fd.get_ref()), &transmit)
     }
@@ -223,3 +211,18 @@ fn set_buffers(state: &UdpSocketState, socket: &StdUdpSocket) {
 }
 
 const SOCKET_BUFFER: usize = 8 << 20;
+
+/// One datagram, or with `segment_size` a GSO run of equal-sized ones, to `destination`.
+fn transmit(
+    destination: SocketAddr,
+    contents: &[u8],
+    segment_size: Option<usize>,
+) -> quinn_udp::Transmit<'_> {
+    quinn_udp::Transmit {
+        destination,
+        ecn: None,
+        contents,
+        segment_size,
+        src_ip: None,
+    }
+}
