@@ -481,7 +481,15 @@ impl Engine {
         // one, in `admit_connected`): sessions that never finish DTLS cost a viewer link's
         // holder nothing, so they get their own small bound instead.
         let connected = self.connected_viewers(b, None);
-        if route.viewers.len() - connected >= self.pending_cap() {
+        // Counted directly: connected edge pulls are not in `connected` (they hold no
+        // place) and must not count as still connecting either.
+        let peers = &self.peers;
+        let pending = route
+            .viewers
+            .iter()
+            .filter(|v| peers.get(v.index as usize).is_some_and(|p| !p.connected))
+            .count();
+        if pending >= self.pending_cap() {
             return Err(CommandError::TooManyPending);
         }
         if !relay
