@@ -102,9 +102,15 @@ impl Server {
             resume_grace: config.resume_grace,
             handshake_timeout: config.handshake_timeout,
             test_seq_start: config.test_seq_start,
+            worker: 0,
         };
         let engines = (0..config.workers)
-            .map(|_| Engine::new(engine_config.clone()))
+            .map(|worker| {
+                Engine::new(EngineConfig {
+                    worker,
+                    ..engine_config.clone()
+                })
+            })
             .collect();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<EngineEvent>();
         let (media, engine_handle) =

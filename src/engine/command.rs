@@ -24,6 +24,9 @@ pub enum Command {
     /// candidates are indexed up front: its STUN answers carry no USERNAME to route by.
     /// Answered with [`Outcome::Published`]. See `upstream.rs`.
     Pull(NewPeer, Vec<IngestTrack>, Vec<std::net::SocketAddr>),
+    /// A viewer of the broadcast is about to start on the worker given (another one than
+    /// its publisher's): the publisher's engine relays to that worker (span.rs).
+    Mirror(BroadcastKey, usize),
     /// The publisher's tracks, if the broadcast is live (to build a viewer's answer).
     Describe(BroadcastKey),
     /// End a session (HTTP DELETE). `publisher` says which URL space the ID came from, so a
@@ -116,6 +119,8 @@ pub struct ViewerTrack {
 pub enum Outcome {
     Published(Result<(), CommandError>),
     Subscribed(Result<(), CommandError>),
+    /// `Mirror`: whether the broadcast is live on this engine.
+    Mirrored(bool),
     Described(Option<Vec<IngestTrack>>),
     Closed(bool),
     Patched(Result<Patched, PatchError>),

@@ -54,27 +54,40 @@ impl Engine {
             route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
-        route.tracks[ti].remember(&cached);
-        let keyframe_completed = route.tracks[ti].observe(now, &cached);
+        let exts = fresh_extensions(&pkt.header.ext_vals);
+        self.relay(b, ti, &cached, pkt.timestamp, &exts);
+        self.fan_out(now, b, ti, cached, pkt.timestamp, &exts);
+    }
+
+    /// A packet of broadcast `b`'s track `ti`, from its publisher here or relayed from its
+    /// home (span.rs): kept for NACKs and the keyframe cache, and written to every viewer.
+    pub(super) fn fan_out(
+        &mut self,
+        now: Instant,
+        b: BroadcastKey,
+        ti: usize,
+        cached: CachedPacket,
+        wallclock: Instant,
+        exts: &ExtensionValues,
+    ) {
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
+        let Some(track) = route.tracks.get_mut(ti) else {
+            return;
+        };
+        track.remember(&cached);
+        let keyframe_completed = track.observe(now, &cached);
         let mut packets = std::mem::take(&mut self.scratch_packets);
         packets.clear();
         packets.push(cached);
-        let exts = fresh_extensions(&pkt.header.ext_vals);
         let mut viewers = std::mem::take(&mut self.scratch_keys);
         viewers.clear();
         viewers.extend_from_slice(&route.viewers);
         let mut waiting = Vec::new();
         for &v in &viewers {
-            if !self.write_to_viewer(
-                now,
-                v,
-                b,
-                ti,
-                &packets,
-                Start::IfSynced,
-                pkt.timestamp,
-                &exts,
-            ) && keyframe_completed
+            if !self.write_to_viewer(now, v, b, ti, &packets, Start::IfSynced, wallclock, exts)
+                && keyframe_completed
             {
                 waiting.push(v);
             }
@@ -86,16 +99,7 @@ impl Engine {
                 packets.extend_from_slice(&route.tracks[ti].keyframe);
             }
             for v in waiting {
-                let _ = self.write_to_viewer(
-                    now,
-                    v,
-                    b,
-                    ti,
-                    &packets,
-                    Start::Here,
-                    pkt.timestamp,
-                    &exts,
-                );
+                let _ = self.write_to_viewer(now, v, b, ti, &packets, Start::Here, wallclock, exts);
             }
         }
         self.scratch_keys = viewers;
@@ -321,6 +325,8 @@ impl Engine {
                 continue;
             };
             let Some(publisher) = route.publisher else {
+                // A mirror's home throttles keyframe requests for the whole broadcast.
+                self.keyframe_from_home(b, ti);
                 continue;
             };
             let Some(track) = route.tracks.get_mut(ti) else {

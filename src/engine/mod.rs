@@ -18,6 +18,7 @@
 //! [`Demux`] (no scan), a timeout touches only the peers that are due, and a publisher packet
 //! touches that broadcast's viewers.
 
+mod audience;
 mod command;
 mod consent;
 mod consumer;
@@ -33,6 +34,7 @@ mod peer;
 mod report;
 mod restart;
 mod router;
+mod span;
 mod teardown;
 mod upstream;
 
@@ -54,7 +56,9 @@ pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
 pub use self::outbox::{Transmit, TransmitRun};
 pub use self::restart::etag;
+pub use self::span::SpanMessage;
 
+use self::audience::Admission;
 use self::consumer::{Consumer, RtpStart};
 use self::deadline::Deadlines;
 use self::demux::{Demux, is_rtcp, is_rtp_or_rtcp, is_stun};
@@ -82,6 +86,8 @@ pub struct EngineConfig {
     /// Testing only: every viewer stream's first sequence number, instead of a random one
     /// (tests start just below 65535 to cross the 16-bit wrap within seconds).
     pub test_seq_start: Option<u16>,
+    /// This engine's index among the workers (`--workers`), for messages between engines.
+    pub worker: usize,
 }
 
 /// The media engine. See the module docs for the call contract.
@@ -104,6 +110,12 @@ pub struct Engine {
     /// dropped, so a viewer that joins just after another still gets a fresh keyframe from
     /// a publisher that sends one only when asked (browsers, GStreamer). One per track.
     deferred_plis: Vec<(Instant, BroadcastKey, usize)>,
+    /// Broadcasts waiting for their publisher to resume, with when they end unless it does
+    /// (route generation and epoch tell a later wait from this one): the viewers' own expiry
+    /// ends them too, but a home whose viewers are all on other workers has none.
+    graces: Vec<(Instant, BroadcastKey, u64, u32)>,
+    /// Messages for other engines (span.rs).
+    span_out: VecDeque<(usize, SpanMessage)>,
     /// Viewers that just connected and get the cached keyframe once their `Rtc` is drained:
     /// its final DTLS flight must leave before the first SRTP packet, or the browser cannot
     /// decrypt that packet yet.
@@ -155,6 +167,8 @@ impl Engine {
             events: VecDeque::new(),
             pending_plis: Vec::new(),
             deferred_plis: Vec::new(),
+            graces: Vec::new(),
+            span_out: VecDeque::new(),
             pending_starts: Vec::new(),
             dirty: VecDeque::new(),
             last_now: None,
@@ -276,6 +290,7 @@ impl Engine {
             }
             !due
         });
+        self.end_graces(now);
         for &key in &due {
             let Some(peer) = self.peer_mut(key) else {
                 continue;
@@ -316,6 +331,7 @@ impl Engine {
             Command::Relay(peer, tracks) => {
                 Outcome::Subscribed(self.subscribe(now, peer, tracks, true))
             }
+            Command::Mirror(b, worker) => Outcome::Mirrored(self.mirror_to(b, worker)),
             Command::Describe(b) => Outcome::Described(self.describe(b)),
             Command::Close { session, publisher } => {
                 Outcome::Closed(self.close_session(now, &session, publisher))
@@ -382,7 +398,9 @@ impl Engine {
             // Written packets wait for a tick: at once.
             Some(now) if !self.dirty.is_empty() => Some(now),
             _ => {
-                let deferred = self.deferred_plis.iter().map(|(at, ..)| *at).min();
+                let deferred = (self.deferred_plis.iter().map(|(at, ..)| *at))
+                    .chain(self.graces.iter().map(|(at, ..)| *at))
+                    .min();
                 match (self.deadlines.earliest(), deferred) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -462,6 +480,7 @@ impl Engine {
             self.reschedule(v);
         }
         self.remap_viewers(now, b);
+        self.restart_mirrors(b);
         info!(broadcast = %b, peer = %key, "publisher session created");
         Ok(())
     }
@@ -474,29 +493,11 @@ impl Engine {
         relay: bool,
     ) -> Result<(), CommandError> {
         let b = new.broadcast;
-        let Some(route) = self.router.route(b).filter(|r| r.publisher.is_some()) else {
-            return Err(CommandError::NotLive);
-        };
-        // Only connected viewers hold a place (and only a viewer that connects may evict
-        // one, in `admit_connected`): sessions that never finish DTLS cost a viewer link's
-        // holder nothing, so they get their own small bound instead.
-        let connected = self.connected_viewers(b, None);
-        // Counted directly: connected edge pulls are not in `connected` (they hold no
-        // place) and must not count as still connecting either.
-        let peers = &self.peers;
-        let pending = route
-            .viewers
-            .iter()
-            .filter(|v| peers.get(v.index as usize).is_some_and(|p| !p.connected))
-            .count();
-        if pending >= self.pending_cap() {
-            return Err(CommandError::TooManyPending);
-        }
-        if !relay
-            && connected >= self.config.max_viewers
-            && self.config.when_full == WhenFull::Reject
-        {
-            return Err(CommandError::ViewerLimitReached);
+        let refused = self.admissible(b, relay);
+        if let Err(e) = refused {
+            // A mirror's home counted this session when the viewer was placed here.
+            self.left_mirror(b);
+            return Err(e);
         }
         let mut consumers: Vec<Consumer> = Vec::with_capacity(2);
         for t in tracks {
@@ -515,12 +516,14 @@ impl Engine {
             consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx, start));
         }
         let key = self.insert_peer(now, new, Role::Viewer(consumers));
-        if let Some(p) = self.peer_mut(key) {
-            p.relay = relay;
-        }
         let route = self.router.entry(b);
         route.viewers.push(key);
-        let viewers = route.viewers.len();
+        let viewers = route.audience.joined();
+        let audience = route.audience.clone();
+        if let Some(p) = self.peer_mut(key) {
+            p.relay = relay;
+            p.audience = Some(audience);
+        }
         self.events.push_back(EngineEvent::ViewerCountChanged {
             broadcast: b,
             viewers,
@@ -529,21 +532,36 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a new viewer session of `b` may start here.
+    fn admissible(&self, b: BroadcastKey, relay: bool) -> Result<(), CommandError> {
+        let Some(route) = self.router.route(b).filter(|r| r.is_live()) else {
+            return Err(CommandError::NotLive);
+        };
+        // Only connected viewers hold a place (and only a viewer that connects may evict
+        // one, in `admit_connected`): sessions that never finish DTLS cost a viewer link's
+        // holder nothing, so they get their own small bound instead (per worker).
+        let peers = &self.peers;
+        let pending = route
+            .viewers
+            .iter()
+            .filter(|v| peers.get(v.index as usize).is_some_and(|p| !p.connected))
+            .count();
+        if pending >= self.pending_cap() {
+            return Err(CommandError::TooManyPending);
+        }
+        if !relay
+            && route.audience.seated() >= self.config.max_viewers
+            && self.config.when_full == WhenFull::Reject
+        {
+            return Err(CommandError::ViewerLimitReached);
+        }
+        Ok(())
+    }
+
     fn describe(&self, b: BroadcastKey) -> Option<Vec<IngestTrack>> {
         let route = self.router.route(b)?;
         route.publisher?;
-        Some(
-            route
-                .tracks
-                .iter()
-                .map(|t| IngestTrack {
-                    mid: t.mid,
-                    kind: t.kind,
-                    params: t.params.clone(),
-                    layer: t.layer,
-                })
-                .collect(),
-        )
+        Some(route.ingest_tracks())
     }
 
     fn info(&self, now: Instant, b: BroadcastKey) -> BroadcastInfo {
@@ -565,7 +583,7 @@ impl Engine {
         let video = route.and_then(|r| r.tracks.iter().find(|t| t.kind == MediaKind::Video));
         BroadcastInfo {
             state,
-            viewers: route.map_or(0, |r| r.viewers.len()),
+            viewers: route.map_or(0, |r| r.audience.sessions()),
             bitrate_bps: route.map_or(0, |r| r.ingest.bps(now)),
             video_codec: codec(MediaKind::Video),
             audio_codec: codec(MediaKind::Audio),
@@ -619,9 +637,10 @@ impl Engine {
         for v in viewers {
             self.remove_peer(now, v, CloseReason::Revoked);
         }
+        let viewers = self.router.route(b).map_or(0, |r| r.audience.sessions());
         self.events.push_back(EngineEvent::ViewerCountChanged {
             broadcast: b,
-            viewers: 0,
+            viewers,
         });
         self.router.gc(b);
         n
@@ -687,6 +706,7 @@ impl Engine {
             media_path: None,
             consent: Default::default(),
             relay: false,
+            audience: None,
         });
         self.drain(now, key);
         key
@@ -909,55 +929,42 @@ impl Engine {
         self.reschedule(key);
     }
 
-    /// Viewers of `b` that finished DTLS, other than `except`.
-    fn connected_viewers(&self, b: BroadcastKey, except: Option<PeerKey>) -> usize {
-        self.router.route(b).map_or(0, |r| {
-            r.viewers
-                .iter()
-                .filter(|v| Some(**v) != except)
-                .filter(|v| {
-                    self.peers
-                        .get(v.index as usize)
-                        .is_some_and(|p| p.connected && !p.relay)
-                })
-                .count()
-        })
-    }
-
     /// Viewer sessions of one broadcast that may be in their handshake at once: enough for
     /// a full audience joining together, small enough that junk offers cost little.
     fn pending_cap(&self) -> usize {
         self.config.max_viewers.max(MIN_PENDING_VIEWERS)
     }
 
-    /// A viewer just connected: it takes a place, evicting the oldest connected viewer when
-    /// the broadcast is full (or, with `--when-full reject`, it is closed itself). Returns
-    /// whether it stays.
+    /// A viewer just connected: it takes a place, evicting the oldest connected viewer of
+    /// the broadcast (on whichever worker) when it is full, or, with `--when-full reject`,
+    /// it is closed itself. Returns whether it stays.
     fn admit_connected(&mut self, now: Instant, b: BroadcastKey, key: PeerKey) -> bool {
-        let relay = self.peer_mut(key).is_some_and(|p| p.relay);
-        if relay || self.connected_viewers(b, Some(key)) < self.config.max_viewers {
+        let Some(peer) = self.peer_mut(key) else {
+            return false;
+        };
+        if peer.relay {
             return true;
         }
-        if self.config.when_full == WhenFull::Reject {
-            info!(broadcast = %b, peer = %key, "broadcast full when the viewer connected");
-            self.remove_peer(now, key, CloseReason::Evicted);
-            return false;
+        let Some(audience) = peer.audience.clone() else {
+            return true;
+        };
+        let reject = self.config.when_full == WhenFull::Reject;
+        let seat = (self.config.worker, key);
+        match audience.admit(seat, self.config.max_viewers, reject) {
+            Admission::Refused => {
+                info!(broadcast = %b, peer = %key, "broadcast full when the viewer connected");
+                self.remove_peer(now, key, CloseReason::Evicted);
+                false
+            }
+            Admission::Seated { evict: None } => true,
+            Admission::Seated {
+                evict: Some(oldest),
+            } => {
+                info!(broadcast = %b, peer = %oldest.1, worker = oldest.0, "evicting the oldest viewer");
+                self.evict_on(now, b, oldest);
+                true
+            }
         }
-        let oldest = self.router.route(b).and_then(|r| {
-            r.viewers.iter().copied().find(|v| {
-                *v != key
-                    && self
-                        .peers
-                        .get(v.index as usize)
-                        .is_some_and(|p| p.connected && !p.relay)
-            })
-        });
-        if let Some(oldest) = oldest {
-            info!(broadcast = %b, peer = %oldest, "evicting the oldest viewer");
-            self.counters.evictions += 1;
-            self.remove_peer(now, oldest, CloseReason::Evicted);
-        }
-        true
     }
 
     /// A viewer asked for a keyframe on its `kind` track: the publisher of its broadcast is

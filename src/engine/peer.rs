@@ -65,6 +65,8 @@ pub(crate) struct Peer {
     /// A viewer that is an edge's pull ([`Command::Relay`](super::Command::Relay)): outside
     /// the viewer cap.
     pub(crate) relay: bool,
+    /// A viewer's broadcast audience (audience.rs), shared by every worker with viewers.
+    pub(crate) audience: Option<std::sync::Arc<super::audience::Audience>>,
 }
 
 pub(crate) enum Role {

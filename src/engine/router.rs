@@ -9,6 +9,7 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::{RtpPacket, VideoOrientation};
 
+use super::audience::Audience;
 use super::command::IngestTrack;
 use super::key::{BroadcastKey, PeerKey};
 
@@ -16,6 +17,8 @@ use super::key::{BroadcastKey, PeerKey};
 #[derive(Default)]
 pub(crate) struct Router {
     routes: HashMap<BroadcastKey, Route>,
+    /// Numbers the routes this engine creates (see [`Route::generation`]).
+    generations: u64,
 }
 
 /// One broadcast as the media path sees it.
@@ -33,6 +36,17 @@ pub(crate) struct Route {
     pub(crate) ingest: RateMeter,
     pub(crate) sps: Option<crate::h264::SpsInfo>,
     pub(crate) ingest_loss: Option<f32>,
+    /// Every viewer of the broadcast on any worker: the viewer cap's book (audience.rs).
+    pub(crate) audience: Arc<Audience>,
+    /// Set on a mirror (span.rs): the worker whose engine has the publisher.
+    pub(crate) home: Option<usize>,
+    /// Tells this route from an earlier one of the same broadcast, in messages between
+    /// engines (a mirror's is its home's).
+    pub(crate) generation: u64,
+    /// A mirror whose home has a publisher: it is live.
+    pub(crate) fed: bool,
+    /// On the home: the workers holding mirrors, with their viewer sessions.
+    pub(crate) relays: Vec<(usize, usize)>,
 }
 
 /// Bytes per second over windows of about a second.
@@ -168,13 +182,26 @@ impl Router {
     }
 
     pub(crate) fn entry(&mut self, b: BroadcastKey) -> &mut Route {
-        self.routes.entry(b).or_default()
+        let generations = &mut self.generations;
+        self.routes.entry(b).or_insert_with(|| {
+            *generations += 1;
+            Route {
+                generation: *generations,
+                ..Route::default()
+            }
+        })
+    }
+
+    pub(crate) fn remove(&mut self, b: BroadcastKey) {
+        self.routes.remove(&b);
     }
 
     /// Drops routes with neither publisher nor viewers, so the map stays as small as the
     /// set of active broadcasts.
     pub(crate) fn gc(&mut self, b: BroadcastKey) {
         if let Some(r) = self.routes.get(&b)
+            && r.home.is_none()
+            && r.relays.is_empty()
             && r.publisher.is_none()
             && r.lost_at.is_none()
             && r.viewers.is_empty()
@@ -185,16 +212,13 @@ impl Router {
 
     /// Broadcasts holding a slot: live, or waiting for their publisher to resume.
     pub(crate) fn slots_in_use(&self) -> usize {
-        self.routes
-            .values()
-            .filter(|r| r.publisher.is_some() || r.lost_at.is_some())
-            .count()
+        self.routes.values().filter(|r| r.holds_slot()).count()
     }
 
     pub(crate) fn holding_slots(&self) -> impl Iterator<Item = BroadcastKey> + '_ {
         self.routes
             .iter()
-            .filter(|(_, r)| r.publisher.is_some() || r.lost_at.is_some())
+            .filter(|(_, r)| r.holds_slot())
             .map(|(b, _)| *b)
     }
 
@@ -207,6 +231,43 @@ impl Router {
 }
 
 impl Route {
+    /// Viewers may join: a publisher here, or at the home of a mirror.
+    pub(crate) fn is_live(&self) -> bool {
+        self.publisher.is_some() || self.fed
+    }
+
+    /// Live or waiting for its publisher to resume, on its home (a mirror holds no slot).
+    pub(crate) fn holds_slot(&self) -> bool {
+        self.home.is_none() && (self.publisher.is_some() || self.lost_at.is_some())
+    }
+
+    /// The publisher's tracks as a new engine would be told them.
+    pub(crate) fn ingest_tracks(&self) -> Vec<IngestTrack> {
+        self.tracks
+            .iter()
+            .map(|t| IngestTrack {
+                mid: t.mid,
+                kind: t.kind,
+                params: t.params.clone(),
+                layer: t.layer,
+            })
+            .collect()
+    }
+
+    /// A mirror takes its home's publisher epoch, tracks and cached keyframes.
+    pub(crate) fn mirror_epoch(
+        &mut self,
+        epoch: u32,
+        tracks: &[IngestTrack],
+        keyframes: Vec<Arc<[CachedPacket]>>,
+    ) {
+        self.epoch = epoch;
+        self.tracks = tracks.iter().map(Track::new).collect();
+        for (t, k) in self.tracks.iter_mut().zip(keyframes) {
+            t.keyframe = k;
+        }
+    }
+
     /// Installs a new publisher's tracks; consumers re-sync at the next keyframe.
     pub(crate) fn start_epoch(&mut self, publisher: PeerKey, tracks: &[IngestTrack]) {
         self.publisher = Some(publisher);

@@ -98,13 +98,14 @@ impl Engine {
         let Some(route) = self.router.route_mut(b) else {
             return;
         };
-        if route.viewers.is_empty() {
+        if route.viewers.is_empty() && route.relays.is_empty() {
             self.events.push_back(EngineEvent::BroadcastEnded(b));
             self.router.gc(b);
             return;
         }
         let grace = until;
         route.lost_at = Some(now);
+        self.graces.push((until, b, route.generation, route.epoch));
         let viewers = route.viewers.clone();
         for v in viewers {
             if let Some(p) = self.peer_mut(v) {
@@ -113,6 +114,49 @@ impl Engine {
             self.reschedule(v);
         }
         self.events.push_back(EngineEvent::BroadcastReconnecting(b));
+        self.notify_mirrors(b, false);
+    }
+
+    /// Ends the broadcasts whose resume grace ran out without their publisher.
+    pub(super) fn end_graces(&mut self, now: Instant) {
+        if self.graces.iter().all(|g| g.0 > now) {
+            return;
+        }
+        let (due, waiting) = std::mem::take(&mut self.graces)
+            .into_iter()
+            .partition::<Vec<_>, _>(|g| g.0 <= now);
+        self.graces = waiting;
+        for (_, b, generation, epoch) in due {
+            let still_waiting = self.router.route(b).is_some_and(|r| {
+                r.generation == generation
+                    && r.epoch == epoch
+                    && r.publisher.is_none()
+                    && r.lost_at.is_some()
+            });
+            if still_waiting {
+                info!(broadcast = %b, "publisher did not resume in time");
+                self.end_route(now, b);
+            }
+        }
+    }
+
+    /// A broadcast whose publisher is away and whose last viewer (on any worker) just left
+    /// ends now: the resume grace exists to keep viewers, and none is left to keep.
+    pub(super) fn end_if_abandoned(&mut self, _now: Instant, b: BroadcastKey) {
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
+        if route.home.is_none()
+            && route.lost_at.is_some()
+            && route.publisher.is_none()
+            && route.viewers.is_empty()
+            && route.relays.is_empty()
+        {
+            info!(broadcast = %b, "last viewer left while the publisher was away");
+            route.lost_at = None;
+            self.events.push_back(EngineEvent::BroadcastEnded(b));
+            self.router.gc(b);
+        }
     }
 
     /// An engine-level expiry: a handshake that never finished, or a resume grace that ran out.
@@ -121,8 +165,9 @@ impl Engine {
             return;
         };
         let b = peer.broadcast;
-        let waiting_for_resume =
-            !peer.is_publisher() && self.router.route(b).is_some_and(|r| r.lost_at.is_some());
+        // A mirror's viewers wait for its home to say (span.rs).
+        let waiting_for_resume = !peer.is_publisher()
+            && (self.router.route(b)).is_some_and(|r| r.lost_at.is_some() && r.home.is_none());
         if waiting_for_resume {
             info!(broadcast = %b, "publisher did not resume in time");
             self.end_route(now, b);
@@ -142,6 +187,7 @@ impl Engine {
     }
 
     pub(super) fn end_route(&mut self, now: Instant, b: BroadcastKey) {
+        self.notify_mirrors(b, true);
         let Some(route) = self.router.route_mut(b) else {
             return;
         };
@@ -155,7 +201,7 @@ impl Engine {
     }
 
     /// Closes a peer's `Rtc` (DTLS close_notify goes out), then forgets it everywhere.
-    pub(super) fn remove_peer(&mut self, _now: Instant, key: PeerKey, reason: CloseReason) {
+    pub(super) fn remove_peer(&mut self, now: Instant, key: PeerKey, reason: CloseReason) {
         let Some(peer) = live(&mut self.peers, key) else {
             return;
         };
@@ -176,6 +222,11 @@ impl Engine {
         self.deadlines.update(key, peer.deadline, None);
         self.sessions.remove(&peer.session);
         let b = peer.broadcast;
+        let sessions = peer
+            .audience
+            .as_ref()
+            .map(|a| a.left((self.config.worker, key)));
+        let mut mirrored = false;
         if let Some(route) = self.router.route_mut(b) {
             if route.publisher == Some(key) {
                 route.publisher = None;
@@ -183,20 +234,18 @@ impl Engine {
             let before = route.viewers.len();
             route.viewers.retain(|v| *v != key);
             if route.viewers.len() != before {
-                let viewers = route.viewers.len();
+                let viewers = sessions.unwrap_or(route.viewers.len());
                 self.events.push_back(EngineEvent::ViewerCountChanged {
                     broadcast: b,
                     viewers,
                 });
             }
-            // The resume grace exists to keep viewers; with the last one gone there is
-            // nothing left to keep, so the broadcast ends and frees its slot now.
-            if route.lost_at.is_some() && route.publisher.is_none() && route.viewers.is_empty() {
-                info!(broadcast = %b, "last viewer left while the publisher was away");
-                route.lost_at = None;
-                self.events.push_back(EngineEvent::BroadcastEnded(b));
-            }
+            mirrored = route.home.is_some() && sessions.is_some();
         }
+        if mirrored {
+            self.left_mirror(b);
+        }
+        self.end_if_abandoned(now, b);
         if reason != CloseReason::Deleted {
             debug!(peer = %key, ?reason, "session closed");
         }

@@ -414,7 +414,7 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
 /// spread, and whether a worker falls behind (its queue drops).
 fn worker_metrics(out: &mut String, workers: &[crate::io::WorkerLoad]) {
     type Value = fn(&crate::io::WorkerLoad) -> u64;
-    let series: [(&str, &str, &str, Value); 4] = [
+    let series: [(&str, &str, &str, Value); 5] = [
         (
             "worker_publishers",
             "gauge",
@@ -438,6 +438,12 @@ fn worker_metrics(out: &mut String, workers: &[crate::io::WorkerLoad]) {
             "counter",
             "Datagrams lost because a media worker's receive queue was full.",
             |w| w.queue_drops,
+        ),
+        (
+            "worker_relay_drops_total",
+            "counter",
+            "Packets of a broadcast relayed from another worker that this one was too far behind to take.",
+            |w| w.relay_drops,
         ),
     ];
     for (name, kind, help, value) in series {

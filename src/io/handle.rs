@@ -1,12 +1,13 @@
 //! The HTTP layer's handle to the media workers: each command goes to the worker that owns
 //! what it names, and commands about the whole server are gathered from every worker.
 //!
-//! Placement: a broadcast (its publisher and all its viewers) lives on one worker, so the
-//! broadcast rules (viewer cap and eviction, resume, stop → ended, the keyframe cache and
-//! the PLI throttle) stay those of one engine. A new live broadcast goes to the worker with
-//! the fewest broadcasts holding a slot; a publisher that resumes or replaces goes where its
-//! broadcast already is. The live-broadcast limit is the server's, so publishing is placed
-//! one at a time against every worker's count.
+//! Placement: a broadcast's publisher lives on one worker (its *home*): a new live broadcast
+//! goes to the worker with the fewest broadcasts holding a slot, and a publisher that resumes
+//! or replaces goes where its broadcast already is. The live-broadcast limit is the
+//! server's, so publishing is placed one at a time against every worker's count. A new
+//! viewer goes to the worker with the fewest viewer sessions (its home on a tie); on another
+//! worker than the home, the home is told first (`Command::Mirror`) and relays the broadcast
+//! there (engine/span.rs), so one broadcast's audience uses every core.
 //!
 //! Receive routing follows from the same book-keeping: before a session's command leaves,
 //! its ICE ufrag is given to the receive thread ([`RouteUpdate`]), so the first STUN check
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::inbox::ReceiveCounters;
 use super::route::RouteUpdate;
+use super::span::SpanOutlet;
 use crate::engine::{
     BroadcastKey, Command, CommandError, EngineEvent, NewPeer, Outcome, PatchError, Patched,
     SessionId, Stats, ViewerTrack,
@@ -48,6 +50,8 @@ struct Inner {
     routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
     /// What the receive thread dropped.
     received: Arc<ReceiveCounters>,
+    /// The queues between workers, for what they dropped (empty with one worker).
+    span: Vec<SpanOutlet>,
     max_live_broadcasts: usize,
     /// Held while a publisher is placed, so two cannot both take the last free slot.
     placing: tokio::sync::Mutex<()>,
@@ -60,7 +64,16 @@ struct Inner {
 #[derive(Default)]
 struct Books {
     broadcasts: HashMap<BroadcastKey, usize>,
-    sessions: HashMap<SessionId, (usize, String)>,
+    sessions: HashMap<SessionId, Booked>,
+    /// Viewer sessions per worker, for placing the next viewer.
+    viewers: Vec<usize>,
+}
+
+/// A session's worker and ICE ufrag, and whether it is a viewer.
+struct Booked {
+    worker: usize,
+    ufrag: String,
+    viewer: bool,
 }
 
 /// One worker's share of the load, for `/metrics`.
@@ -68,29 +81,43 @@ struct Books {
 pub struct WorkerLoad {
     pub stats: Stats,
     pub queue_drops: u64,
+    /// Packets relayed from another worker that this one was too far behind to take.
+    pub relay_drops: u64,
 }
 
 impl EngineHandle {
     /// A handle to one engine task (the single-worker server, and tests).
     pub fn new(tx: mpsc::Sender<Request>) -> Self {
-        Self::with_workers(vec![tx], None, ReceiveCounters::new(1), usize::MAX)
+        Self::with_workers(
+            vec![tx],
+            None,
+            ReceiveCounters::new(1),
+            Vec::new(),
+            usize::MAX,
+        )
     }
 
     pub(crate) fn with_workers(
         workers: Vec<mpsc::Sender<Request>>,
         routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
         received: Arc<ReceiveCounters>,
+        span: Vec<SpanOutlet>,
         max_live_broadcasts: usize,
     ) -> Self {
         debug_assert!(!workers.is_empty(), "at least one worker");
+        let n = workers.len();
         Self {
             inner: Arc::new(Inner {
                 workers,
                 routes,
                 received,
+                span,
                 max_live_broadcasts,
                 placing: tokio::sync::Mutex::new(()),
-                books: Mutex::default(),
+                books: Mutex::new(Books {
+                    viewers: vec![0; n],
+                    ..Books::default()
+                }),
                 next_probe: AtomicUsize::new(0),
             }),
         }
@@ -103,28 +130,31 @@ impl EngineHandle {
         match command {
             Command::Publish(peer, tracks) => self.publish(peer, tracks).await,
             Command::Subscribe(peer, tracks) => {
-                let w = self.worker_of(peer.broadcast);
-                self.start_viewer(w, Command::Subscribe, peer, tracks).await
+                self.start_viewer(Command::Subscribe, peer, tracks).await
             }
             // An edge's pull is a viewer of the broadcast here, outside its viewer cap.
-            Command::Relay(peer, tracks) => {
-                let w = self.worker_of(peer.broadcast);
-                self.start_viewer(w, Command::Relay, peer, tracks).await
-            }
+            Command::Relay(peer, tracks) => self.start_viewer(Command::Relay, peer, tracks).await,
+            command @ Command::Mirror(b, _) => self.call_on(self.worker_of(b), command).await,
             // An edge runs one worker (config.rs refuses --origin with --workers > 1): the
             // origin's STUN answers carry no ufrag the receive thread could route by.
             command @ Command::Pull(..) => self.call_on(0, command).await,
             Command::Probe(peer) => {
                 let w = self.inner.next_probe.fetch_add(1, Ordering::Relaxed)
                     % self.inner.workers.len();
-                self.start_session(w, &peer.session, &peer.ufrag);
+                self.start_session(w, &peer.session, &peer.ufrag, false);
                 self.call_on(w, Command::Probe(peer)).await
             }
             Command::Describe(b) => self.call_on(self.worker_of(b), Command::Describe(b)).await,
             Command::Info(b) => self.call_on(self.worker_of(b), Command::Info(b)).await,
+            // Every worker may hold viewers of it.
             Command::RevokeViewers(b) => {
-                let w = self.worker_of(b);
-                self.call_on(w, Command::RevokeViewers(b)).await
+                let mut n = 0;
+                for w in 0..self.inner.workers.len() {
+                    if let Outcome::Revoked(k) = self.call_on(w, Command::RevokeViewers(b)).await? {
+                        n += k;
+                    }
+                }
+                Ok(Outcome::Revoked(n))
             }
             Command::Close { session, publisher } => self.close(session, publisher).await,
             Command::Patch(patch) => self.patch(patch).await,
@@ -158,7 +188,12 @@ impl EngineHandle {
                 unreachable!("Stats is answered with Stats");
             };
             let queue_drops = self.inner.received.queue_drops(w);
-            loads.push(WorkerLoad { stats, queue_drops });
+            let relay_drops = self.inner.span.get(w).map_or(0, SpanOutlet::drops);
+            loads.push(WorkerLoad {
+                stats,
+                queue_drops,
+                relay_drops,
+            });
         }
         Ok(loads)
     }
@@ -180,16 +215,24 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineGone)
     }
 
-    /// Starts a viewer session (`Subscribe` or `Relay`) on worker `w`, its ufrag routed
-    /// there before the engine has it, and forgotten again if the engine refuses it.
+    /// Starts a viewer session (`Subscribe` or `Relay`) on the worker with the fewest
+    /// viewers, mirroring the broadcast there first if its home is another; its ufrag is
+    /// routed there before the engine has it, and forgotten again if the engine refuses it.
     async fn start_viewer(
         &self,
-        w: usize,
         command: fn(NewPeer, Vec<ViewerTrack>) -> Command,
         peer: NewPeer,
         tracks: Vec<ViewerTrack>,
     ) -> Result<Outcome, EngineGone> {
-        self.start_session(w, &peer.session, &peer.ufrag);
+        let home = self.worker_of(peer.broadcast);
+        let w = self.least_viewers(home);
+        if w != home {
+            let mirror = Command::Mirror(peer.broadcast, w);
+            if !matches!(self.call_on(home, mirror).await?, Outcome::Mirrored(true)) {
+                return Ok(Outcome::Subscribed(Err(CommandError::NotLive)));
+            }
+        }
+        self.start_session(w, &peer.session, &peer.ufrag, true);
         let (session, ufrag) = (peer.session.clone(), peer.ufrag.clone());
         let outcome = self.call_on(w, command(peer, tracks)).await;
         if !matches!(outcome, Ok(Outcome::Subscribed(Ok(())))) {
@@ -223,7 +266,7 @@ impl EngineHandle {
                 .expect("at least one worker"),
         };
         let (session, ufrag) = (peer.session.clone(), peer.ufrag.clone());
-        self.start_session(w, &session, &ufrag);
+        self.start_session(w, &session, &ufrag, false);
         let outcome = self.call_on(w, Command::Publish(peer, tracks)).await;
         if matches!(outcome, Ok(Outcome::Published(Ok(())))) {
             self.books().broadcasts.insert(b, w);
@@ -267,14 +310,14 @@ impl EngineHandle {
                 Outcome::Patched(Ok(Patched::Restarted { local, .. })) => {
                     // STUN now carries the new ufrag; the old one no longer reaches the peer,
                     // but its addresses still do until the new checks arrive.
-                    let old = self
-                        .books()
-                        .sessions
-                        .insert(session.clone(), (w, local.ufrag.clone()));
+                    let old =
+                        self.books().sessions.get_mut(&session).map(|booked| {
+                            std::mem::replace(&mut booked.ufrag, local.ufrag.clone())
+                        });
                     if let Some(routes) = &self.inner.routes {
                         let (new, worker) = (local.ufrag.clone(), w);
                         let _ = routes.send(match old {
-                            Some((_, old)) => RouteUpdate::Rename { old, new, worker },
+                            Some(old) => RouteUpdate::Rename { old, new, worker },
                             None => RouteUpdate::Add { ufrag: new, worker },
                         });
                     }
@@ -289,7 +332,7 @@ impl EngineHandle {
     /// The session's worker first if it is known, then every other (a session that hung up
     /// still answers DELETE for a moment after its books entry is gone).
     fn candidates_for(&self, session: &SessionId) -> Vec<usize> {
-        let known = self.books().sessions.get(session).map(|(w, _)| *w);
+        let known = self.books().sessions.get(session).map(|b| b.worker);
         let mut order: Vec<usize> = known.into_iter().collect();
         order.extend((0..self.inner.workers.len()).filter(|w| Some(*w) != known));
         order
@@ -325,10 +368,30 @@ impl EngineHandle {
         self.books().broadcasts.get(&b).copied().unwrap_or(0)
     }
 
-    fn start_session(&self, worker: usize, session: &SessionId, ufrag: &str) {
-        self.books()
-            .sessions
-            .insert(session.clone(), (worker, ufrag.to_owned()));
+    /// The worker with the fewest viewer sessions, `home` on a tie (it needs no relay).
+    fn least_viewers(&self, home: usize) -> usize {
+        let books = self.books();
+        (0..books.viewers.len())
+            .min_by_key(|&w| (books.viewers[w], w != home))
+            .unwrap_or(home)
+    }
+
+    fn start_session(&self, worker: usize, session: &SessionId, ufrag: &str, viewer: bool) {
+        let booked = Booked {
+            worker,
+            ufrag: ufrag.to_owned(),
+            viewer,
+        };
+        let mut books = self.books();
+        if viewer {
+            books.viewers[worker] += 1;
+        }
+        if let Some(old) = books.sessions.insert(session.clone(), booked)
+            && old.viewer
+        {
+            books.viewers[old.worker] -= 1;
+        }
+        drop(books);
         if let Some(routes) = &self.inner.routes {
             let _ = routes.send(RouteUpdate::Add {
                 ufrag: ufrag.to_owned(),
@@ -339,7 +402,14 @@ impl EngineHandle {
 
     /// Forgets a session and its ufrag route (`ufrag` for one the books may no longer hold).
     fn end_session(&self, session: &SessionId, ufrag: Option<&str>) {
-        let booked = self.books().sessions.remove(session).map(|(_, u)| u);
+        let booked = {
+            let mut books = self.books();
+            let booked = books.sessions.remove(session);
+            if let Some(b) = booked.as_ref().filter(|b| b.viewer) {
+                books.viewers[b.worker] -= 1;
+            }
+            booked.map(|b| b.ufrag)
+        };
         let Some(routes) = &self.inner.routes else {
             return;
         };

@@ -12,6 +12,7 @@
 mod handle;
 mod inbox;
 mod route;
+mod span;
 mod tcp;
 mod udp;
 mod workers;
@@ -86,7 +87,7 @@ pub async fn drive(
             }
             _ = sleep => {}
         }
-        end_turn(&mut engine, &mut commands);
+        end_turn(&mut engine, &mut commands, |_| {});
     }
     flush(&mut engine, &socket, &mut tcp_sender(tcp.as_ref()), &events).await;
     Ok(())
@@ -105,14 +106,20 @@ fn run_command(engine: &mut Engine, Request { command, reply }: Request) {
     let _ = reply.send(outcome); // the HTTP request may have gone away
 }
 
-/// The end of every loop turn, whatever woke it.
-fn end_turn(engine: &mut Engine, commands: &mut mpsc::Receiver<Request>) {
+/// The end of every loop turn, whatever woke it. `before_command` runs before each command
+/// (a worker takes in what other workers sent it first: span.rs).
+fn end_turn(
+    engine: &mut Engine,
+    commands: &mut mpsc::Receiver<Request>,
+    mut before_command: impl FnMut(&mut Engine),
+) {
     // A busy socket (a flood) keeps winning the biased select: commands from HTTP get a
     // share of every turn anyway, so WHIP, WHEP and the API keep answering.
     for _ in 0..COMMANDS_PER_TURN {
         let Ok(request) = commands.try_recv() else {
             break;
         };
+        before_command(engine);
         run_command(engine, request);
     }
     // Check the clock ourselves rather than trusting which branch woke us: a busy socket

@@ -8,7 +8,8 @@
 //! kernel hashes the 4-tuple, so without a BPF steering program a peer's datagrams land on
 //! whichever socket the hash picks, not on the worker that owns its session. Each worker
 //! sends on its own clone of the socket ([`SendSocket`]) and runs its own sans-IO `Engine`;
-//! what a worker owns is decided by the HTTP handle (handle.rs).
+//! what a worker owns is decided by the HTTP handle (handle.rs). Workers whose engines share
+//! a broadcast pass its packets and events to each other through span.rs's queues.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -23,6 +24,7 @@ use tracing::{debug, error, warn};
 use super::handle::{EngineHandle, Request};
 use super::inbox::{self, Inlet, Outlet, Pool, ReceiveCounters};
 use super::route::{RouteUpdate, Routes};
+use super::span::{self, SpanInbox, SpanOutlet};
 use super::tcp::IceTcp;
 use super::udp::{MediaSocket, SendSocket};
 use super::{IO_LOOP_BOUND, MediaSockets, end_turn, flush, next_tcp_frame, now, run_command};
@@ -79,14 +81,18 @@ pub fn start(
             .push(spawn("whipcast-media".into(), async move {
                 super::drive(engine, sockets, rx, events, stopped).await
             })?);
-        let handle = EngineHandle::with_workers(commands, None, counters, max_live_broadcasts);
+        let handle =
+            EngineHandle::with_workers(commands, None, counters, Vec::new(), max_live_broadcasts);
         return Ok((media, handle));
     }
     let (outlets, inlets, pool) = inbox::queues(n, counters.clone());
     let (routes_tx, routes_rx) = mpsc::unbounded_channel();
     let (tcp_tx, tcp_rx) = mpsc::channel(TCP_OUT_QUEUE);
     let tcp_out = sockets.tcp.is_some().then_some(tcp_tx);
-    for (i, (engine, inlet)) in engines.into_iter().zip(inlets).enumerate() {
+    let (span_outlets, span_inboxes) = span::queues(n);
+    let peers: Arc<[SpanOutlet]> = span_outlets.clone().into();
+    let workers = engines.into_iter().zip(inlets).zip(span_inboxes);
+    for (i, ((engine, inlet), span)) in workers.enumerate() {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         commands.push(tx);
         let (stop, stopped) = oneshot::channel();
@@ -98,6 +104,8 @@ pub fn start(
             tcp_out: tcp_out.clone(),
             commands: rx,
             events: events.clone(),
+            span,
+            peers: peers.clone(),
         };
         media
             .threads
@@ -117,8 +125,13 @@ pub fn start(
         "whipcast-receive".into(),
         receiver.run(sockets, stopped),
     )?);
-    let handle =
-        EngineHandle::with_workers(commands, Some(routes_tx), counters, max_live_broadcasts);
+    let handle = EngineHandle::with_workers(
+        commands,
+        Some(routes_tx),
+        counters,
+        span_outlets,
+        max_live_broadcasts,
+    );
     Ok((media, handle))
 }
 
@@ -146,6 +159,9 @@ struct Worker {
     tcp_out: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     commands: mpsc::Receiver<Request>,
     events: mpsc::UnboundedSender<EngineEvent>,
+    /// Messages from the other engines, and the way to theirs (in worker order).
+    span: SpanInbox,
+    peers: Arc<[SpanOutlet]>,
 }
 
 impl Worker {
@@ -157,6 +173,8 @@ impl Worker {
             tcp_out,
             mut commands,
             events,
+            mut span,
+            peers,
         } = self;
         let socket = SendSocket::new(udp)?;
         // ICE-TCP connections belong to the receive thread; their packets go back through it.
@@ -167,6 +185,8 @@ impl Worker {
             }
         };
         loop {
+            // Other workers' viewers first: their engines start while this one sends.
+            span::send_all(&mut engine, &peers);
             flush(&mut engine, &socket, &mut tcp, &events).await;
             let sleep = super::sleep_until(engine.poll_timeout());
             tokio::select! {
@@ -181,14 +201,21 @@ impl Worker {
                         feed(&mut engine, &inlet, batch);
                     }
                 }
+                message = span.recv() => {
+                    let Some(message) = message else { break };
+                    engine.handle_span(super::now(), message);
+                    span.drain(&mut engine);
+                }
                 request = commands.recv() => {
                     let Some(request) = request else { break };
+                    span.drain(&mut engine);
                     run_command(&mut engine, request);
                 }
                 _ = sleep => {}
             }
-            end_turn(&mut engine, &mut commands);
+            end_turn(&mut engine, &mut commands, |engine| span.drain(engine));
         }
+        span::send_all(&mut engine, &peers);
         flush(&mut engine, &socket, &mut tcp, &events).await;
         Ok(())
     }

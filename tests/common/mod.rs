@@ -13,4 +13,5 @@ pub mod raw_http;
 pub mod server;
 pub mod sim;
 pub mod sim_session;
+pub mod sse;
 pub mod udp_client;

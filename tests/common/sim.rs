@@ -140,6 +140,7 @@ pub fn engine_config() -> EngineConfig {
         resume_grace: Duration::from_secs(30),
         handshake_timeout: Duration::from_secs(20),
         test_seq_start: None,
+        worker: 0,
     }
 }
 
