@@ -58,15 +58,15 @@ pub struct Fanout<S: Sfu> {
     pub sim: Sim<S>,
     pub viewers: usize,
     publisher: usize,
-    publisher_addr: SocketAddr,
-    server: SocketAddr,
+    pub publisher_addr: SocketAddr,
+    pub server: SocketAddr,
     clients: HashMap<SocketAddr, usize>,
     n: u64,
     next_feedback: Instant,
     /// The server's answers to the publisher (STUN, RTCP), delivered after the timed part.
-    to_publisher: Vec<(SocketAddr, Vec<u8>)>,
+    pub to_publisher: Vec<(SocketAddr, Vec<u8>)>,
     /// What [`forward`](Self::forward) sent since the last [`check`](Self::check).
-    sink: Sink,
+    pub sink: Sink,
     /// Called with `true` before and `false` after each of the server's own steps in
     /// [`settle`](Self::settle) (its STUN and RTCP work), so the alloc bench can count them
     /// apart from the clients'.

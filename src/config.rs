@@ -143,11 +143,11 @@ pub struct Config {
     pub create_token: Option<String>,
 
     /// Media threads, each with its own share of the sessions (engine, timers, sending
-    /// handle on the one UDP port). A broadcast's publisher and viewers stay on one worker;
-    /// broadcasts spread over the workers, so several live broadcasts use several cores.
-    /// 1 (the default until one broadcast can span workers) keeps the single media loop.
-    #[arg(long, env = "WHIPCAST_WORKERS", default_value_t = 1, value_parser = parse_workers)]
-    pub workers: usize,
+    /// handle on the one UDP port): broadcasts and each broadcast's viewers spread over
+    /// them. Default: one per core (an edge: 1). 1 keeps the single media loop, which also
+    /// reads the socket itself.
+    #[arg(long, env = "WHIPCAST_WORKERS", value_parser = parse_workers)]
+    pub workers: Option<usize>,
 
     /// Run as an edge of this origin (`http://origin.example:8080`): a WHEP request for a
     /// view ID this server does not know pulls that broadcast from the origin over WHEP (one
@@ -239,6 +239,20 @@ impl Config {
             addrs.push(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
         }
         addrs
+    }
+}
+
+impl Config {
+    /// The media threads to run: `--workers`, or one per core the process may use (an
+    /// edge keeps one: see `StartError::EdgeWithWorkers`).
+    pub fn media_workers(&self) -> usize {
+        match (self.workers, &self.origin) {
+            (Some(n), _) => n,
+            (None, Some(_)) => 1,
+            (None, None) => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS),
+        }
     }
 }
 
@@ -348,10 +362,23 @@ mod tests {
     }
 
     #[test]
-    fn workers_default_to_one_and_reject_zero() {
-        assert_eq!(Config::parse_from(["whipcast"]).workers, 1);
+    fn workers_default_to_one_per_core_and_reject_zero() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Config::parse_from(["whipcast"]).media_workers(), cores);
+        let edge = [
+            "whipcast",
+            "--origin",
+            "http://o:8080",
+            "--edge-secret",
+            "s",
+        ];
+        assert_eq!(
+            Config::parse_from(edge).media_workers(),
+            1,
+            "an edge keeps one"
+        );
         let c = Config::parse_from(["whipcast", "--workers", "2"]);
-        assert_eq!(c.workers, 2);
+        assert_eq!(c.media_workers(), 2);
         assert!(Config::try_parse_from(["whipcast", "--workers", "0"]).is_err());
         assert!(Config::try_parse_from(["whipcast", "--workers", "9999"]).is_err());
     }

@@ -41,16 +41,18 @@
 //!
 //! # Workers
 //!
-//! `--workers N` (N > 1) runs N engines, one per thread, on the one UDP port. A receive
-//! thread reads the socket (GRO batches) and routes each datagram to its worker: STUN by the
-//! ufrag in USERNAME (the HTTP handle tells it each session's ufrag before the answer
-//! leaves), everything else by the source address learned from that STUN. Datagrams go
-//! through one bounded FIFO per worker, in reused batches; a full queue loses that worker's
-//! datagrams only (`whipcast_worker_queue_drops_total`). Each worker sends on its own clone
-//! of the socket. A broadcast lives on one worker with all its viewers, so every broadcast
-//! rule is one engine's; new broadcasts go to the worker with the fewest, and a resuming
-//! publisher to its broadcast's worker. Not yet: one broadcast's viewers spread over workers
-//! (relaying the publisher's packets between workers).
+//! `--workers N` (default: one per core; N > 1) runs N engines, one per thread, on the one
+//! UDP port. A receive thread reads the socket (GRO batches) and routes each datagram to its
+//! worker: STUN by the ufrag in USERNAME (the HTTP handle tells it each session's ufrag
+//! before the answer leaves), everything else by the source address learned from that STUN.
+//! Datagrams go through one bounded FIFO per worker, in reused batches; a full queue loses
+//! that worker's datagrams only (`whipcast_worker_queue_drops_total`). Each worker sends on
+//! its own clone of the socket. A broadcast's publisher lives on one worker (its home; new
+//! broadcasts go to the worker with the fewest, a resuming publisher to its home), and its
+//! viewers on any: each new viewer goes to the worker with the fewest viewers, and the home
+//! relays the publisher's packets (`Arc`s, no copy) to the other workers holding viewers of
+//! it, which serve them from a mirror of the broadcast (`engine/span.rs`); the viewer cap is
+//! one book shared by those engines (`engine/audience.rs`).
 
 #![forbid(unsafe_code)]
 

@@ -53,8 +53,8 @@ pub enum StartError {
 impl Server {
     /// Binds and starts everything. Call from inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        if config.origin.is_some() && config.workers > 1 {
-            return Err(StartError::EdgeWithWorkers(config.workers));
+        if let (Some(_), Some(n @ 2..)) = (&config.origin, config.workers) {
+            return Err(StartError::EdgeWithWorkers(n));
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key)?),
@@ -104,7 +104,7 @@ impl Server {
             test_seq_start: config.test_seq_start,
             worker: 0,
         };
-        let engines = (0..config.workers)
+        let engines = (0..config.media_workers())
             .map(|worker| {
                 Engine::new(EngineConfig {
                     worker,

@@ -87,7 +87,7 @@ pub async fn drive(
             }
             _ = sleep => {}
         }
-        end_turn(&mut engine, &mut commands, |_| {});
+        end_turn(&mut engine, &mut commands, run_command);
     }
     flush(&mut engine, &socket, &mut tcp_sender(tcp.as_ref()), &events).await;
     Ok(())
@@ -106,12 +106,12 @@ fn run_command(engine: &mut Engine, Request { command, reply }: Request) {
     let _ = reply.send(outcome); // the HTTP request may have gone away
 }
 
-/// The end of every loop turn, whatever woke it. `before_command` runs before each command
-/// (a worker takes in what other workers sent it first: span.rs).
+/// The end of every loop turn, whatever woke it. `run` runs each command (a worker's
+/// also passes messages between engines: workers.rs).
 fn end_turn(
     engine: &mut Engine,
     commands: &mut mpsc::Receiver<Request>,
-    mut before_command: impl FnMut(&mut Engine),
+    mut run: impl FnMut(&mut Engine, Request),
 ) {
     // A busy socket (a flood) keeps winning the biased select: commands from HTTP get a
     // share of every turn anyway, so WHIP, WHEP and the API keep answering.
@@ -119,8 +119,7 @@ fn end_turn(
         let Ok(request) = commands.try_recv() else {
             break;
         };
-        before_command(engine);
-        run_command(engine, request);
+        run(engine, request);
     }
     // Check the clock ourselves rather than trusting which branch woke us: a busy socket
     // must not starve timers.

@@ -27,7 +27,7 @@ use super::route::{RouteUpdate, Routes};
 use super::span::{self, SpanInbox, SpanOutlet};
 use super::tcp::IceTcp;
 use super::udp::{MediaSocket, SendSocket};
-use super::{IO_LOOP_BOUND, MediaSockets, end_turn, flush, next_tcp_frame, now, run_command};
+use super::{IO_LOOP_BOUND, MediaSockets, end_turn, flush, next_tcp_frame, now};
 use crate::engine::{Engine, EngineEvent};
 
 /// The running media threads.
@@ -92,6 +92,7 @@ pub fn start(
     let (span_outlets, span_inboxes) = span::queues(n);
     let peers: Arc<[SpanOutlet]> = span_outlets.clone().into();
     let workers = engines.into_iter().zip(inlets).zip(span_inboxes);
+    let cores = pinned_cores(n);
     for (i, ((engine, inlet), span)) in workers.enumerate() {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         commands.push(tx);
@@ -107,9 +108,15 @@ pub fn start(
             span,
             peers: peers.clone(),
         };
-        media
-            .threads
-            .push(spawn(format!("whipcast-worker-{i}"), worker.run(stopped))?);
+        let core = cores.get(i).copied();
+        media.threads.push(spawn(format!("whipcast-worker-{i}"), async move {
+            if let Some(core) = core
+                && !core_affinity::set_for_current(core)
+            {
+                debug!(worker = i, "could not pin the worker to its core");
+            }
+            worker.run(stopped).await
+        })?);
     }
     let (stop, stopped) = oneshot::channel();
     media.stops.push(stop);
@@ -133,6 +140,16 @@ pub fn start(
         max_live_broadcasts,
     );
     Ok((media, handle))
+}
+
+/// The core each of `n` workers is pinned to: one each, from the cores the process may run
+/// on (its affinity mask: `taskset` and cgroups are respected). None when there are fewer
+/// cores than workers: threads that must share cores are left to the scheduler.
+fn pinned_cores(n: usize) -> Vec<core_affinity::CoreId> {
+    match core_affinity::get_core_ids() {
+        Some(cores) if cores.len() >= n => cores.into_iter().take(n).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A thread with a current-thread tokio runtime of its own, running `task`.
@@ -208,17 +225,29 @@ impl Worker {
                 }
                 request = commands.recv() => {
                     let Some(request) = request else { break };
-                    span.drain(&mut engine);
-                    run_command(&mut engine, request);
+                    run_spanning(&mut engine, &mut span, &peers, request);
                 }
                 _ = sleep => {}
             }
-            end_turn(&mut engine, &mut commands, |engine| span.drain(engine));
+            end_turn(&mut engine, &mut commands, |engine, request| {
+                run_spanning(engine, &mut span, &peers, request)
+            });
         }
         span::send_all(&mut engine, &peers);
         flush(&mut engine, &socket, &mut tcp, &events).await;
         Ok(())
     }
+}
+
+/// Runs a command in step with the other engines: what they sent before it was asked is
+/// taken in first, and what it makes this engine send them (a mirror's start) is on its way
+/// before the answer, so any command that follows the answer finds it there.
+fn run_spanning(engine: &mut Engine, span: &mut SpanInbox, peers: &[SpanOutlet], request: Request) {
+    span.drain(engine);
+    let Request { command, reply } = request;
+    let outcome = engine.handle_command(super::now(), command);
+    span::send_all(engine, peers);
+    let _ = reply.send(outcome); // the HTTP request may have gone away
 }
 
 fn feed(engine: &mut Engine, inlet: &Inlet, batch: inbox::Batch) {

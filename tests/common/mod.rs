@@ -8,6 +8,7 @@ pub mod http_server;
 pub mod link;
 pub mod netns;
 pub mod page_test;
+pub mod pair;
 pub mod process;
 pub mod raw_http;
 pub mod server;
