@@ -77,6 +77,20 @@ async fn viewer_sessions_that_connect_give_their_pending_place_back() {
 #[tokio::test]
 async fn connectivity_tests_are_bounded_per_address_and_counted_in_metrics() {
     let r = start(&[]).await;
+    // The server's own start-up self-test is a connectivity test too: let it finish first.
+    let metrics = || async {
+        let res = r.http.get(format!("{}/metrics", r.base)).send().await;
+        res.unwrap().text().await.unwrap()
+    };
+    for _ in 0..300 {
+        if metrics()
+            .await
+            .contains("whipcast_connectivity_tests_running 0")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     for _ in 0..2 {
         let res = post_sdp(&r, "/api/connectivity-test", viewer_offer(false)).await;
         assert_eq!(res.status(), StatusCode::CREATED);
@@ -84,15 +98,7 @@ async fn connectivity_tests_are_bounded_per_address_and_counted_in_metrics() {
     let res = post_sdp(&r, "/api/connectivity-test", viewer_offer(false)).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(retry_after(&res) >= 1);
-    let metrics = r
-        .http
-        .get(format!("{}/metrics", r.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics().await;
     for line in [
         "whipcast_connectivity_tests_total 2",
         "whipcast_connectivity_tests_refused_total 1",

@@ -837,6 +837,11 @@ impl Engine {
                     route.ingest_loss = Some(loss);
                 }
             }
+            Event::PeerStats(s) => {
+                if let Some(pair) = s.selected_candidate_pair {
+                    self.follow_selected_pair(now, key, pair);
+                }
+            }
             Event::MediaEgressStats(s) => {
                 let Some(peer) = self.peers.get_mut(key.index as usize) else {
                     return;

@@ -142,6 +142,34 @@ impl Engine {
 
     /// The peer's media moved to its new path: str0m is ticked so its send address follows
     /// the nomination now, and a viewer gets the cached keyframe and a fresh one is asked for.
+    /// str0m's ICE agent reports the pair it sends on (about once a second): a viewer whose
+    /// media we seal follows it when the peer nominated another pair without an ICE restart
+    /// (a browser may switch to a better pair at any time; str0m's own DTLS and RTCP, which
+    /// set `media_path`, seldom flow once connected). Only to an address heard from lately.
+    pub(super) fn follow_selected_pair(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        pair: str0m::stats::CandidatePairStats,
+    ) {
+        let Some(peer) = live(&mut self.peers, key) else {
+            return;
+        };
+        let path = Path {
+            proto: pair.protocol,
+            source: pair.local.addr,
+            destination: pair.remote.addr,
+        };
+        if peer.egress.is_none()
+            || peer.media_path == Some(path)
+            || !peer.consent.fresh((path.proto, path.destination), now)
+        {
+            return;
+        }
+        info!(peer = %key, to = %path.destination, "media follows the pair the peer selected");
+        peer.media_path = Some(path);
+    }
+
     pub(super) fn path_moved(&mut self, now: Instant, key: PeerKey) {
         self.tick(now, key);
         let Some(peer) = self.peer_mut(key) else {

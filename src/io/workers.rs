@@ -109,14 +109,16 @@ pub fn start(
             peers: peers.clone(),
         };
         let core = cores.get(i).copied();
-        media.threads.push(spawn(format!("whipcast-worker-{i}"), async move {
-            if let Some(core) = core
-                && !core_affinity::set_for_current(core)
-            {
-                debug!(worker = i, "could not pin the worker to its core");
-            }
-            worker.run(stopped).await
-        })?);
+        media
+            .threads
+            .push(spawn(format!("whipcast-worker-{i}"), async move {
+                if let Some(core) = core
+                    && !core_affinity::set_for_current(core)
+                {
+                    debug!(worker = i, "could not pin the worker to its core");
+                }
+                worker.run(stopped).await
+            })?);
     }
     let (stop, stopped) = oneshot::channel();
     media.stops.push(stop);
