@@ -45,6 +45,33 @@ impl SpanMessage {
     }
 }
 
+#[cfg(test)]
+impl SpanMessage {
+    /// A media packet, or a control message, for tests of the queues that carry them.
+    pub(crate) fn for_test(packet: bool) -> Self {
+        let b = BroadcastKey(1);
+        SpanMessage(if packet {
+            Message::Packet {
+                b,
+                generation: 1,
+                track: 0,
+                packet: CachedPacket {
+                    seq: 1,
+                    ts: 0,
+                    pt: 96.into(),
+                    marker: false,
+                    orientation: None,
+                    payload: Arc::from(&[0u8][..]),
+                },
+                wallclock: crate::io::now(),
+                audio: (None, None),
+            }
+        } else {
+            Message::Lost { b, generation: 1 }
+        })
+    }
+}
+
 impl std::fmt::Debug for SpanMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.0 {

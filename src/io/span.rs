@@ -102,3 +102,42 @@ pub(crate) fn send_all(engine: &mut Engine, outlets: &[SpanOutlet]) {
 /// Media packets queued for one worker before more are dropped: ~1 s of a 2.5 Mb/s
 /// broadcast's packets for each of a few broadcasts, far more than a healthy worker lags.
 const SPAN_PACKETS: usize = 2048;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_behind_loses_packets_never_control_messages() {
+        let (outlets, mut inboxes) = queues(2);
+        for _ in 0..SPAN_PACKETS + 10 {
+            outlets[1].send(SpanMessage::for_test(true));
+        }
+        outlets[1].send(SpanMessage::for_test(false));
+        assert_eq!(
+            outlets[1].drops(),
+            10,
+            "packets past the bound are dropped, counted"
+        );
+        assert_eq!(
+            outlets[0].drops(),
+            0,
+            "the other worker's queue is not affected"
+        );
+        let inbox = &mut inboxes[1];
+        let mut got = Vec::new();
+        while let Ok(m) = inbox.rx.try_recv() {
+            inbox.took(&m);
+            got.push(m.is_packet());
+        }
+        assert_eq!(got.len(), SPAN_PACKETS + 1);
+        assert_eq!(
+            got.last(),
+            Some(&false),
+            "the control message still arrives, in order"
+        );
+        // Taken in, the queue has room again.
+        outlets[1].send(SpanMessage::for_test(true));
+        assert_eq!(outlets[1].drops(), 10);
+    }
+}

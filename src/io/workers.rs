@@ -9,7 +9,8 @@
 //! whichever socket the hash picks, not on the worker that owns its session. Each worker
 //! sends on its own clone of the socket ([`SendSocket`]) and runs its own sans-IO `Engine`;
 //! what a worker owns is decided by the HTTP handle (handle.rs). Workers whose engines share
-//! a broadcast pass its packets and events to each other through span.rs's queues.
+//! a broadcast pass its packets and events to each other through span.rs's queues. With one
+//! core per worker, each worker is pinned to its own.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
