@@ -154,6 +154,7 @@ impl Server {
                 if let Some(edge) = &events_state.edge {
                     edge.on_event(&event);
                 }
+                http::cluster_event(&events_state, &event);
             }
         });
         tokio::spawn(crate::selftest::run(

@@ -43,6 +43,8 @@ pub struct Edge {
     engine: EngineHandle,
     resume_grace: Duration,
     pulls: Mutex<Pulls>,
+    /// Brings the next heartbeat forward: a viewer connected or left (beat.rs).
+    wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -93,6 +95,7 @@ impl Edge {
             engine,
             resume_grace,
             pulls: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -175,7 +178,10 @@ impl Edge {
     /// Follows the engine's events for the pulled broadcasts (called for every event).
     pub fn on_event(self: &Arc<Self>, event: &EngineEvent) {
         match event {
+            // The origin counts our viewers against the cluster's cap: tell it now.
+            EngineEvent::ViewerConnected(_) => self.wake.notify_one(),
             EngineEvent::ViewerCountChanged { broadcast, viewers } => {
+                self.wake.notify_one();
                 let mut pulls = self.pulls.lock().expect("pulls lock");
                 let Some(view) = pulls.by_key.get(broadcast).cloned() else {
                     return;

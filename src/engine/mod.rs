@@ -18,6 +18,7 @@
 //! [`Demux`] (no scan), a timeout touches only the peers that are due, and a publisher packet
 //! touches that broadcast's viewers.
 
+mod cluster;
 mod command;
 mod consent;
 mod consumer;
@@ -47,8 +48,8 @@ use str0m::{Event, IceConnectionState, Input, Output};
 use tracing::{debug, info, trace};
 
 pub use self::command::{
-    BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, IngestTrack,
-    NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
+    BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, Eviction,
+    IngestTrack, NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
@@ -330,6 +331,7 @@ impl Engine {
                     .collect(),
             ),
             Command::RevokeViewers(b) => Outcome::Revoked(self.revoke_viewers(now, b)),
+            Command::Evict(e) => Outcome::Evicted(self.evict(now, e)),
             Command::Shutdown => Outcome::ShutDown(self.shut_down(now)),
             Command::Probe(new) => {
                 let key = self.insert_peer(now, new, Role::Probe);
@@ -577,6 +579,7 @@ impl Engine {
             fps: video.and_then(|t| t.doctor.fps),
             keyframe_interval: video.and_then(|t| t.doctor.keyframe_interval),
             b_frames: video.is_some_and(|t| t.doctor.b_frames(now)),
+            connected_for: self.connected_for(now, b),
         }
     }
 
@@ -674,6 +677,7 @@ impl Engine {
             broadcast,
             role,
             connected: false,
+            connected_at: None,
             addrs: Vec::new(),
             rtc_deadline: None,
             expires: Some(now + self.config.handshake_timeout),
@@ -853,6 +857,7 @@ impl Engine {
             return;
         };
         peer.connected = true;
+        peer.connected_at = Some(now);
         peer.expires = None;
         let b = peer.broadcast;
         let publisher = peer.is_publisher();

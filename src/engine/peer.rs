@@ -37,6 +37,8 @@ pub(crate) struct Peer {
     pub(crate) role: Role,
     /// DTLS is up and media may flow (str0m's `Event::Connected`).
     pub(crate) connected: bool,
+    /// When DTLS came up: the viewer cap evicts by it across a cluster (cluster.rs).
+    pub(crate) connected_at: Option<Instant>,
     /// Addresses this peer talks from, as entered in the demux index.
     pub(crate) addrs: Vec<Remote>,
     /// The `Rtc`'s own next timeout.

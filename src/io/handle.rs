@@ -126,6 +126,10 @@ impl EngineHandle {
                 let w = self.worker_of(b);
                 self.call_on(w, Command::RevokeViewers(b)).await
             }
+            Command::Evict(e) => {
+                self.call_on(self.worker_of(e.broadcast), Command::Evict(e))
+                    .await
+            }
             Command::Close { session, publisher } => self.close(session, publisher).await,
             Command::Patch(patch) => self.patch(patch).await,
             Command::Stats => {

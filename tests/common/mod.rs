@@ -2,6 +2,7 @@
 
 pub mod annexb;
 pub mod chromium;
+pub mod edges;
 pub mod firefox;
 pub mod gst;
 pub mod http_server;
