@@ -114,11 +114,12 @@ impl Server {
         let edge = match (&config.origin, &config.edge_secret) {
             (Some(origin), Some(secret)) => Some(crate::edge::Edge::new(
                 origin.clone(),
+                config.origin_ca.as_deref(),
                 secret.clone(),
                 setup.clone(),
                 engine_handle.clone(),
                 config.resume_grace,
-            )),
+            )?),
             _ => None,
         };
         if let (Some(edge), Some(url)) = (&edge, &config.edge_url) {

@@ -12,7 +12,6 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::Edge;
-use super::client;
 use crate::engine::{Command, Eviction, Outcome};
 use crate::http::{Beat, BeatReply, HEARTBEAT, Watching};
 
@@ -40,7 +39,7 @@ impl Edge {
                     (super::EDGE_SECRET_HEADER, self.secret.as_str()),
                 ];
                 let target = format!("{}/api/edges", self.origin);
-                match client::request("POST", &target, &headers, body).await {
+                match self.client.request("POST", &target, &headers, body).await {
                     Ok(r) if r.status == 200 => {
                         if !registered {
                             info!(origin = %self.origin, %url, "registered with the origin");

@@ -21,23 +21,28 @@
 mod beat;
 mod client;
 mod pull;
+mod tls;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use self::client::ClientError;
 pub use self::pull::EDGE_SECRET_HEADER;
 use self::pull::PullError;
 use crate::engine::{BroadcastKey, CloseReason, Command, EngineEvent, Outcome, SessionId};
-use crate::http::ApiError;
+use crate::http::{ApiError, TlsError};
 use crate::io::EngineHandle;
 use crate::offer::SessionSetup;
 
 /// This server's role as an edge: its origin and the broadcasts it pulls from there.
 pub struct Edge {
     origin: String,
+    /// HTTP or HTTPS to the origin.
+    client: client::OriginClient,
     secret: String,
     setup: SessionSetup,
     engine: EngineHandle,
@@ -78,25 +83,35 @@ enum Refusal {
     UnknownView,
     NotLive,
     Unavailable,
+    /// The origin is `https://` and its certificate is not trusted (see `--origin-ca`).
+    Untrusted,
 }
 
 impl Edge {
+    /// An edge of `origin`; an `https://` origin's certificate must chain to the platform's
+    /// roots or to one in the PEM file `origin_ca`.
     pub fn new(
         origin: String,
+        origin_ca: Option<&Path>,
         secret: String,
         setup: SessionSetup,
         engine: EngineHandle,
         resume_grace: Duration,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, TlsError> {
+        let tls = match origin.starts_with("https://") {
+            true => Some(tls::connector(origin_ca)?),
+            false => None,
+        };
+        Ok(Arc::new(Self {
             origin,
+            client: client::OriginClient::new(tls),
             secret,
             setup,
             engine,
             resume_grace,
             pulls: Mutex::default(),
             wake: tokio::sync::Notify::new(),
-        })
+        }))
     }
 
     /// The local broadcast for `view_id`, pulled from the origin if it is not here yet.
@@ -136,7 +151,8 @@ impl Edge {
 
     /// Pulls `view_id` into `key` (the caller holds the view's attempt lock).
     async fn start(self: &Arc<Self>, view_id: &str, key: BroadcastKey) -> Result<(), Refusal> {
-        let result = pull::pull(&self.setup, &self.origin, &self.secret, view_id, key).await;
+        let origin = (&self.client, self.origin.as_str());
+        let result = pull::pull(&self.setup, origin, &self.secret, view_id, key).await;
         let refusal = match result {
             Ok(answered) => {
                 let session = answered.peer.session.clone();
@@ -165,6 +181,10 @@ impl Edge {
             }
             Err(PullError::UnknownView) => Refusal::UnknownView,
             Err(PullError::NotLive) => Refusal::NotLive,
+            Err(PullError::Unreachable(ClientError::Untrusted(reason))) => {
+                warn!(%reason, "the origin's TLS certificate is not trusted: see --origin-ca");
+                Refusal::Untrusted
+            }
             Err(e) => {
                 warn!(error = %e, "pull from the origin failed");
                 Refusal::Unavailable
@@ -247,7 +267,10 @@ impl Edge {
             if let Some(location) = location.filter(|l| l.starts_with('/')) {
                 // The origin also learns it from our DTLS close; the DELETE is the WHEP way.
                 let url = format!("{}{location}", edge.origin);
-                let _ = client::request("DELETE", &url, &[], String::new()).await;
+                let _ = edge
+                    .client
+                    .request("DELETE", &url, &[], String::new())
+                    .await;
             }
         });
     }
@@ -330,6 +353,7 @@ impl From<Refusal> for ApiError {
             Refusal::UnknownView => ApiError::UnknownView,
             Refusal::NotLive => ApiError::NotLive,
             Refusal::Unavailable => ApiError::OriginUnavailable,
+            Refusal::Untrusted => ApiError::OriginUntrusted,
         }
     }
 }

@@ -14,4 +14,5 @@ pub mod raw_http;
 pub mod server;
 pub mod sim;
 pub mod sim_session;
+pub mod tls_client;
 pub mod udp_client;
