@@ -208,6 +208,13 @@ pub fn check(config: &Config) -> Result<String, StartError> {
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         http::tls_acceptor(cert, key)?;
     }
+    if config
+        .origin
+        .as_deref()
+        .is_some_and(|o| o.starts_with("https://"))
+    {
+        crate::edge::Edge::check_tls(config.origin_ca.as_deref())?;
+    }
     let registry = Registry::open(&config.data_dir)?;
     let (udp, udp_addr) = bind_udp(config.udp_listen)?;
     let tcp =

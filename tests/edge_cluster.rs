@@ -116,12 +116,28 @@ async fn with_reject_the_cluster_cap_turns_away_the_newest_viewer() {
     let cluster = Cluster::start(&["--when-full", "reject"]).await;
     let (a, a_events) = cluster.viewer(1).await;
     let (b, b_events) = cluster.viewer(2).await;
-    // C may be turned away before its first frames: no waiting for them.
-    let (o, v) = (cluster.servers[0].1.clone(), cluster.view.clone());
-    let c = blocking(move || Client::view(&o, &v).unwrap()).await;
+    let (o, e2, v) = (
+        cluster.servers[0].1.clone(),
+        cluster.servers[2].1.clone(),
+        cluster.view.clone(),
+    );
+    let d = blocking(move || {
+        let refused = Client::view(&o, &v)
+            .err()
+            .expect("the full cluster refuses C");
+        assert_eq!(
+            refused.status, 503,
+            "before connecting, the WHEP way: {}",
+            refused.body
+        );
+        // Edge 2 does not know the cluster is full: D connects there, then is turned away.
+        // D may go before its first frames: no waiting for them.
+        Client::view(&e2, &v).unwrap()
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.evictions().await != [1, 0, 0] {
-        assert!(Instant::now() < deadline, "the origin never turned C away");
+    while cluster.evictions().await != [0, 0, 1] {
+        assert!(Instant::now() < deadline, "edge 2 never turned D away");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (a, b) = blocking(move || {
@@ -129,7 +145,7 @@ async fn with_reject_the_cluster_cap_turns_away_the_newest_viewer() {
             let before = viewer.frames().len();
             viewer.wait_for("A and B keep playing", |s| s.frames.len() > before + 30);
         }
-        assert_eq!(c.stop(), 404, "C's session is gone");
+        assert_eq!(d.stop(), 404, "D's session is gone");
         (a, b)
     })
     .await;

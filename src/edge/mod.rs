@@ -21,7 +21,6 @@
 mod beat;
 mod client;
 mod pull;
-mod tls;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -99,7 +98,7 @@ impl Edge {
         resume_grace: Duration,
     ) -> Result<Arc<Self>, TlsError> {
         let tls = match origin.starts_with("https://") {
-            true => Some(tls::connector(origin_ca)?),
+            true => Some(client::connector(origin_ca)?),
             false => None,
         };
         Ok(Arc::new(Self {
@@ -112,6 +111,11 @@ impl Edge {
             pulls: Mutex::default(),
             wake: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Whether the roots for an `https://` origin load (`--check-config`).
+    pub fn check_tls(origin_ca: Option<&Path>) -> Result<(), TlsError> {
+        client::connector(origin_ca).map(|_| ())
     }
 
     /// The local broadcast for `view_id`, pulled from the origin if it is not here yet.

@@ -22,7 +22,7 @@ use tracing::info;
 use super::AppState;
 use super::edges::{BeatReply, EvictOrder};
 use crate::config::WhenFull;
-use crate::engine::{Command, EngineEvent, Eviction, Outcome};
+use crate::engine::{BroadcastKey, Command, EngineEvent, Eviction, Outcome};
 use crate::io::now;
 
 /// Checks the cap of each broadcast in `views` (view IDs) across the cluster, evicting the
@@ -83,6 +83,29 @@ pub(super) async fn enforce(
         }
     }
     reply
+}
+
+/// With `--when-full reject`: whether the cluster already holds `--max-viewers` viewers of
+/// this broadcast (some of them on edges), so a new viewer is refused here (`503`) before it
+/// connects, or is redirected to an edge only to be turned away there.
+pub(super) async fn full(state: &AppState, view: &str, broadcast: BroadcastKey) -> bool {
+    if state.config.when_full != WhenFull::Reject {
+        return false;
+    }
+    let on_edges: usize = state
+        .edges
+        .viewers_of(view, now())
+        .iter()
+        .map(|(_, ages)| ages.len())
+        .sum();
+    if on_edges == 0 {
+        // The engine's own check covers viewers here.
+        return false;
+    }
+    let Ok(Outcome::Info(info)) = state.engine.call(Command::Info(broadcast)).await else {
+        return false;
+    };
+    info.connected_for.len() + on_edges >= state.config.max_viewers
 }
 
 /// Follows the origin's engine events: a viewer connecting here may fill the cluster.
