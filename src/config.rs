@@ -149,11 +149,17 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_WORKERS", value_parser = parse_workers)]
     pub workers: Option<usize>,
 
-    /// Run as an edge of this origin (`http://origin.example:8080`): a WHEP request for a
-    /// view ID this server does not know pulls that broadcast from the origin over WHEP (one
-    /// session per broadcast, however many viewers watch here). Needs --edge-secret.
+    /// Run as an edge of this origin (`https://origin.example:8443` or
+    /// `http://origin.example:8080`): a WHEP request for a view ID this server does not know
+    /// pulls that broadcast from the origin over WHEP (one session per broadcast, however
+    /// many viewers watch here). Needs --edge-secret.
     #[arg(long, env = "WHIPCAST_ORIGIN", requires = "edge_secret", value_parser = parse_origin)]
     pub origin: Option<String>,
+
+    /// PEM file with the CA certificate(s) an `https://` origin's certificate chains to,
+    /// besides the system's: a private CA, or the origin's self-signed certificate.
+    #[arg(long, env = "WHIPCAST_ORIGIN_CA", requires = "origin")]
+    pub origin_ca: Option<PathBuf>,
 
     /// The secret shared by an origin and its edges: an edge sends it with its pulls and its
     /// registration; an origin accepts edges that know it. Set it on both.
@@ -270,13 +276,14 @@ fn parse_workers(s: &str) -> Result<usize, String> {
 /// queue, so a typo like 1000 is refused rather than obeyed.
 pub const MAX_WORKERS: usize = 256;
 
-/// `http://host:port` (a path prefix is allowed; no trailing slash is kept). Only plain
-/// HTTP: an edge's client has no TLS yet, so the origin–edge link belongs on a private
-/// network or a tunnel (deploy/DEPLOY.md).
+/// `https://host:port` or `http://host:port` (a path prefix is allowed; no trailing slash
+/// is kept). Plain HTTP sends the edge secret in the clear: keep it on a private network or
+/// a tunnel (deploy/DEPLOY.md).
 fn parse_origin(s: &str) -> Result<String, String> {
-    let rest = s.strip_prefix("http://").ok_or_else(|| {
-        format!("\"{s}\" must start with http:// (https:// is not supported yet)")
-    })?;
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("\"{s}\" must start with https:// or http://"))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
         return Err(format!("\"{s}\" has no usable host:port"));
@@ -381,5 +388,21 @@ mod tests {
         assert_eq!(c.media_workers(), 2);
         assert!(Config::try_parse_from(["whipcast", "--workers", "0"]).is_err());
         assert!(Config::try_parse_from(["whipcast", "--workers", "9999"]).is_err());
+    }
+
+    #[test]
+    fn an_origin_is_an_https_or_http_base_url() {
+        let ok = |s: &str| parse_origin(s).ok();
+        assert_eq!(
+            ok("https://o.example:8443/").as_deref(),
+            Some("https://o.example:8443")
+        );
+        assert_eq!(
+            ok("http://10.0.0.1:8080").as_deref(),
+            Some("http://10.0.0.1:8080")
+        );
+        assert_eq!(ok("ftp://o.example"), None);
+        assert_eq!(ok("https://"), None);
+        assert_eq!(ok("https://user@o.example"), None);
     }
 }

@@ -120,11 +120,12 @@ impl Server {
         let edge = match (&config.origin, &config.edge_secret) {
             (Some(origin), Some(secret)) => Some(crate::edge::Edge::new(
                 origin.clone(),
+                config.origin_ca.as_deref(),
                 secret.clone(),
                 setup.clone(),
                 engine_handle.clone(),
                 config.resume_grace,
-            )),
+            )?),
             _ => None,
         };
         if let (Some(edge), Some(url)) = (&edge, &config.edge_url) {
@@ -160,6 +161,7 @@ impl Server {
                 if let Some(edge) = &events_state.edge {
                     edge.on_event(&event);
                 }
+                http::cluster_event(&events_state, &event);
             }
         });
         tokio::spawn(crate::selftest::run(
@@ -211,6 +213,13 @@ impl Server {
 pub fn check(config: &Config) -> Result<String, StartError> {
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         http::tls_acceptor(cert, key)?;
+    }
+    if config
+        .origin
+        .as_deref()
+        .is_some_and(|o| o.starts_with("https://"))
+    {
+        crate::edge::Edge::check_tls(config.origin_ca.as_deref())?;
     }
     let registry = Registry::open(&config.data_dir)?;
     let (udp, udp_addr) = bind_udp(config.udp_listen)?;

@@ -5,58 +5,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use common::server::{create, start_in, temp_dir};
+use common::edges::{
+    SECRET, blocking, edge, follow_events, in_order, origin, playing_viewer, status, wait_until,
+};
+use common::server::create;
 use common::udp_client::{Client, http};
-use whipcast::Server;
-
-const SECRET: &str = "edge-test-secret";
-
-/// Runs blocking client code (the media clients have their own threads) off the runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("no panic")
-}
-
-async fn origin(extra: &[&str]) -> (Server, String) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let mut args = vec!["--edge-secret", SECRET];
-    args.extend_from_slice(extra);
-    start_in(&temp_dir("origin"), &args).await
-}
-
-async fn edge(origin: &str, extra: &[&str]) -> (Server, String) {
-    let mut args = vec!["--origin", origin, "--edge-secret", SECRET];
-    args.extend_from_slice(extra);
-    start_in(&temp_dir("edge"), &args).await
-}
-
-fn status(base: &str) -> serde_json::Value {
-    let (code, _, body) = http("GET", &format!("{base}/api/status"), &[], "");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// A viewer on `base` that has decoded a few frames, the first of them a keyframe.
-fn playing_viewer(base: &str, view: &str) -> Client {
-    let v = Client::view(base, view).unwrap_or_else(|r| panic!("viewer refused: {r:?}"));
-    v.wait_for("the viewer gets frames", |s| s.frames.len() >= 5);
-    assert!(v.frames()[0].keyframe, "playback starts on a keyframe");
-    v
-}
-
-/// Waits (bounded: a guard against "never happened", not a speed check) until `f` holds.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edge_serves_its_viewers_from_one_session_at_the_origin() {
@@ -88,39 +41,6 @@ async fn an_edge_serves_its_viewers_from_one_session_at_the_origin() {
     .await;
     edge.shutdown().await;
     origin.shutdown().await;
-}
-
-/// The named events of a viewer session's SSE stream on `base`, as they arrive.
-async fn follow_events(base: &str, location: &str) -> Arc<Mutex<String>> {
-    let http = reqwest::Client::new();
-    let url = format!("{base}{location}/sse");
-    let created = http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(r#"["active","inactive","reconnecting"]"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let mut stream = http.get(&url).send().await.unwrap();
-    assert_eq!(stream.status(), 200);
-    let text = Arc::new(Mutex::new(String::new()));
-    let seen = text.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(chunk)) = stream.chunk().await {
-            seen.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&chunk));
-        }
-    });
-    text
-}
-
-/// Whether `events` holds `first` and, after it, `then`.
-fn in_order(events: &Mutex<String>, first: &str, then: &str) -> bool {
-    let text = events.lock().unwrap();
-    text.find(first)
-        .is_some_and(|i| text[i + first.len()..].contains(then))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,21 +1,23 @@
-//! The viewer page in Chromium against an origin that redirects viewers to an edge: it
-//! follows the 307, plays through the edge, and plays again through the origin when the
-//! edge dies.
+//! The viewer page in Chromium against an origin that redirects viewers to its edges: it
+//! follows the 307, plays through an edge (pages spread over the edges), and plays again
+//! through the origin when the edge dies.
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
 mod common;
 
+use common::chromium::Browser;
+use common::edges::{origin, registered_edge, status, wait_for_edges};
 use common::page_test::{blocking, watch};
-use common::server::{create, start_in, temp_dir};
-use common::udp_client::{Client, http};
+use common::server::create;
+use common::udp_client::Client;
 
-const SECRET: &str = "edge-browser-secret";
-
-fn status(base: &str) -> serde_json::Value {
-    let (code, _, body) = http("GET", &format!("{base}/api/status"), &[], "");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+/// The page's WHEP session URL (absolute when it was redirected to another server).
+fn session_of(page: &Browser) -> String {
+    page.js("return window.whipcast.session", serde_json::json!([]))
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Viewer sessions of the one live broadcast on `base`.
@@ -27,52 +29,15 @@ fn viewers(base: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_viewer_page_plays_through_an_edge_and_through_the_origin_when_the_edge_dies() {
-    let (origin, obase) = start_in(
-        &temp_dir("origin"),
-        &["--edge-secret", SECRET, "--redirect-viewers"],
-    )
-    .await;
-    // The edge's HTTP port is known only once it listens: it registers with that URL.
-    let edge_http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let edge_addr = edge_http.local_addr().unwrap();
-    drop(edge_http);
-    let ebase = format!("http://{edge_addr}");
-    let dir = temp_dir("edge");
-    let edge = whipcast::Server::start(<whipcast::Config as clap::Parser>::parse_from([
-        "whipcast",
-        "--http-listen",
-        &edge_addr.to_string(),
-        "--udp-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--origin",
-        &obase,
-        "--edge-secret",
-        SECRET,
-        "--edge-url",
-        &ebase,
-    ]))
-    .await
-    .expect("the edge starts");
+    let (origin, obase) = origin(&["--redirect-viewers"]).await;
+    let (edge, ebase) = registered_edge(&obase, &[]).await;
     let (o, e) = (obase.clone(), ebase.clone());
     let (publisher, browser) = blocking(move || {
         let (id, view) = create(&o);
         let publisher = Client::publish(&o, &id).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while status(&o)["edges"].as_array().is_none_or(|a| a.is_empty()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the edge never registered"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_for_edges(&o, 1);
         let browser = watch(&o, &view, "edge-redirected");
-        let session = browser
-            .js("return window.whipcast.session", serde_json::json!([]))
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let session = session_of(&browser);
         assert!(
             session.starts_with(&format!("{e}/stream/session/")),
             "the page's session is on the edge: {session}"
@@ -87,11 +52,7 @@ async fn the_viewer_page_plays_through_an_edge_and_through_the_origin_when_the_e
     let o = obase.clone();
     blocking(move || {
         browser.wait("the page plays again, through the origin", |b| {
-            let session = b
-                .js("return window.whipcast.session", serde_json::json!([]))
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let session = session_of(b);
             // Served by the origin itself: a path on the page's own server.
             let here = session.starts_with("/stream/session/")
                 || session.starts_with(&format!("{o}/stream/session/"));
@@ -104,4 +65,55 @@ async fn the_viewer_page_plays_through_an_edge_and_through_the_origin_when_the_e
     })
     .await;
     origin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_pages_opened_at_the_origin_are_spread_over_two_edges_and_play() {
+    let (origin, obase) = origin(&["--redirect-viewers"]).await;
+    let (edge1, e1) = registered_edge(&obase, &[]).await;
+    let (edge2, e2) = registered_edge(&obase, &[]).await;
+    let o = obase.clone();
+    blocking(move || {
+        wait_for_edges(&o, 2);
+        let (id, view) = create(&o);
+        let publisher = Client::publish(&o, &id).unwrap();
+        // Each page opens the origin's link; `watch` returns once it decodes frames.
+        let pages = [
+            watch(&o, &view, "two-edges-first"),
+            watch(&o, &view, "two-edges-second"),
+        ];
+        let mut served_by: Vec<&str> = pages
+            .iter()
+            .map(|p| {
+                let session = session_of(p);
+                [e1.as_str(), e2.as_str()]
+                    .into_iter()
+                    .find(|e| session.starts_with(&format!("{e}/stream/session/")))
+                    .unwrap_or_else(|| panic!("the page watches on an edge: {session}"))
+            })
+            .collect();
+        served_by.sort_unstable();
+        let mut edges = vec![e1.as_str(), e2.as_str()];
+        edges.sort_unstable();
+        assert_eq!(served_by, edges, "the least-loaded edge gets the next page");
+        assert_eq!(
+            (viewers(&e1), viewers(&e2)),
+            (1, 1),
+            "one page on each edge"
+        );
+        assert_eq!(
+            viewers(&o),
+            2,
+            "the origin serves only the two edges' pulls"
+        );
+        for page in &pages {
+            page.wait_decoding("each page keeps decoding");
+        }
+        drop(pages);
+        publisher.stop();
+    })
+    .await;
+    for server in [edge1, edge2, origin] {
+        server.shutdown().await;
+    }
 }

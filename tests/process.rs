@@ -8,27 +8,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{Proc, open_fds, spawn};
+use common::process::{open_fds, sigterm, spawn};
 use common::sim::{obs_offer, viewer_offer};
-
-fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn sigterm_closes_sessions_and_exits_0() {

@@ -1,15 +1,19 @@
-//! The edge's heartbeat: every [`HEARTBEAT`] it tells its origin where viewers reach it and
-//! how many it has, so the origin can redirect viewers to it (http/edges.rs). An origin that
-//! stops hearing it drops it after three missed beats.
+//! The edge's heartbeat: every [`HEARTBEAT`] it tells its origin where viewers reach it, how
+//! many it has, and how long each viewer of each pulled broadcast has been connected, so the
+//! origin can redirect viewers to it (http/edges.rs) and cap the viewers of a broadcast
+//! across the whole cluster (http/cluster.rs). The origin's reply names the viewers to
+//! evict. A viewer connecting or leaving brings the next beat forward, so the cap holds
+//! within a round trip for a newcomer here. An origin that stops hearing an edge drops it
+//! after three missed beats.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use super::Edge;
-use super::client;
-use crate::engine::{Command, Outcome};
-use crate::http::{Beat, HEARTBEAT};
+use crate::engine::{Command, Eviction, Outcome};
+use crate::http::{Beat, BeatReply, HEARTBEAT, Watching};
 
 impl Edge {
     /// Beats until the engine is gone; `url` is this edge's base URL for viewers and
@@ -27,6 +31,7 @@ impl Edge {
                     url: url.clone(),
                     viewers,
                     capacity,
+                    broadcasts: self.watching().await,
                 };
                 let body = serde_json::to_string(&beat).expect("a beat serialises");
                 let headers = [
@@ -34,13 +39,16 @@ impl Edge {
                     (super::EDGE_SECRET_HEADER, self.secret.as_str()),
                 ];
                 let target = format!("{}/api/edges", self.origin);
-                match client::request("POST", &target, &headers, body).await {
+                match self.client.request("POST", &target, &headers, body).await {
                     Ok(r) if r.status == 200 => {
                         if !registered {
                             info!(origin = %self.origin, %url, "registered with the origin");
                             registered = true;
                         }
                         debug!(viewers, "heartbeat");
+                        // An origin from before the cluster cap answers `{}`.
+                        let reply: BeatReply = serde_json::from_str(&r.body).unwrap_or_default();
+                        self.obey(reply).await;
                     }
                     Ok(r) => {
                         warn!(status = r.status, body = %r.body, "the origin refused our heartbeat");
@@ -51,8 +59,61 @@ impl Edge {
                         registered = false;
                     }
                 }
-                tokio::time::sleep(HEARTBEAT).await;
+                // A viewer connecting or leaving beats at once (but not more often than
+                // every EARLIEST, so a crowd joining costs the origin a few beats).
+                tokio::time::sleep(EARLIEST).await;
+                let _ = tokio::time::timeout(HEARTBEAT - EARLIEST, self.wake.notified()).await;
             }
         });
     }
+
+    /// The viewers of each broadcast pulled now, as the heartbeat lists them.
+    async fn watching(&self) -> Vec<Watching> {
+        let pulled: Vec<(String, crate::engine::BroadcastKey)> = {
+            let pulls = self.pulls.lock().expect("pulls lock");
+            pulls
+                .by_view
+                .iter()
+                .filter(|(_, p)| p.session.is_some())
+                .map(|(view, p)| (view.clone(), p.key))
+                .collect()
+        };
+        let mut watching = Vec::with_capacity(pulled.len());
+        for (view, key) in pulled {
+            let Ok(Outcome::Info(info)) = self.engine.call(Command::Info(key)).await else {
+                continue;
+            };
+            let listed = info.connected_for.len().min(crate::http::MAX_LISTED);
+            watching.push(Watching {
+                view,
+                connected_ms: info.connected_for[..listed]
+                    .iter()
+                    .map(|d| d.as_millis() as u64)
+                    .collect(),
+                more: info.connected_for.len() - listed,
+            });
+        }
+        watching
+    }
+
+    /// Evicts the viewers the origin named: the cluster is over its viewer cap.
+    async fn obey(&self, reply: BeatReply) {
+        for order in reply.evict {
+            let key = {
+                let pulls = self.pulls.lock().expect("pulls lock");
+                pulls.by_view.get(&order.view).map(|p| p.key)
+            };
+            let Some(broadcast) = key else { continue };
+            info!(%broadcast, count = order.count, "the origin says the cluster is full: evicting");
+            let eviction = Eviction {
+                broadcast,
+                count: order.count,
+                newest: order.newest,
+            };
+            let _ = self.engine.call(Command::Evict(eviction)).await;
+        }
+    }
 }
+
+/// The least time between two beats: viewers connecting together share one.
+const EARLIEST: Duration = Duration::from_millis(100);

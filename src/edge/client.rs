@@ -1,14 +1,26 @@
 //! The edge's HTTP/1.1 client for its origin: one request per connection, every request
-//! bounded by a timeout and every answer by a size limit. Plain HTTP only (see
-//! `config::parse_origin`).
+//! bounded by a timeout and every answer by a size limit. HTTP, or HTTPS when the origin's
+//! URL says so (`--origin https://…`): rustls trusting the platform's roots (the system's
+//! CA bundle, as `rustls-native-certs` finds it) plus the certificates of `--origin-ca` (a
+//! private CA, or the origin's own self-signed certificate).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tracing::{debug, warn};
+
+use crate::http::TlsError;
 
 /// What the origin answered.
 #[derive(Debug)]
@@ -27,33 +39,84 @@ pub(crate) enum ClientError {
     Connect(String, std::io::Error),
     #[error("the origin did not answer within {} s", TIMEOUT.as_secs())]
     Timeout,
+    #[error(
+        "the origin's TLS certificate is not trusted by this edge ({0}): give the edge the \
+         origin's CA (or its self-signed certificate) with --origin-ca"
+    )]
+    Untrusted(String),
+    #[error("TLS with the origin failed: {0}")]
+    Tls(String),
     #[error("HTTP with the origin failed: {0}")]
     Http(String),
 }
 
-/// `method url` with `headers` and `body`; the answer's status, `Location` and body.
-pub(crate) async fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> Result<Reply, ClientError> {
-    tokio::time::timeout(TIMEOUT, request_unbounded(method, url, headers, body))
-        .await
-        .map_err(|_| ClientError::Timeout)?
+/// How this edge reaches its origin: plain HTTP, or HTTPS with the roots it trusts.
+#[derive(Clone, Default)]
+pub(crate) struct OriginClient {
+    tls: Option<TlsConnector>,
 }
 
-async fn request_unbounded(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> Result<Reply, ClientError> {
-    let (authority, path) = split_url(url).ok_or_else(|| ClientError::BadUrl(url.into()))?;
-    let stream = TcpStream::connect(authority)
-        .await
-        .map_err(|e| ClientError::Connect(authority.into(), e))?;
-    let _ = stream.set_nodelay(true);
+impl OriginClient {
+    /// `tls` is set when the origin is `https://`.
+    pub(crate) fn new(tls: Option<TlsConnector>) -> Self {
+        Self { tls }
+    }
+
+    /// `method url` with `headers` and `body`; the answer's status, `Location` and body.
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<Reply, ClientError> {
+        let call = self.request_unbounded(method, url, headers, body);
+        tokio::time::timeout(TIMEOUT, call)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn request_unbounded(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<Reply, ClientError> {
+        let (https, authority, path) =
+            split_url(url).ok_or_else(|| ClientError::BadUrl(url.into()))?;
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| ClientError::Connect(authority.into(), e))?;
+        let _ = stream.set_nodelay(true);
+        let request = (method, authority, path, headers, body);
+        match (https, &self.tls) {
+            (false, _) => exchange(stream, request).await,
+            (true, Some(tls)) => {
+                let name = server_name(authority).ok_or_else(|| ClientError::BadUrl(url.into()))?;
+                let stream = tls
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| match untrusted(&e) {
+                        Some(reason) => ClientError::Untrusted(reason),
+                        None => ClientError::Tls(e.to_string()),
+                    })?;
+                exchange(stream, request).await
+            }
+            // The configuration builds a connector for an https:// origin.
+            (true, None) => Err(ClientError::BadUrl(url.into())),
+        }
+    }
+}
+
+/// One request and its answer on a connected stream.
+async fn exchange<S>(
+    stream: S,
+    (method, authority, path, headers, body): (&str, &str, &str, &[(&str, &str)], String),
+) -> Result<Reply, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -95,9 +158,71 @@ async fn request_unbounded(
     })
 }
 
-/// `http://host:port/path?query` → (`host:port`, `/path?query`).
-fn split_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("http://")?;
+/// The host of `host:port` (`[v6]:port` too) as TLS checks it against the certificate.
+fn server_name(authority: &str) -> Option<ServerName<'static>> {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    ServerName::try_from(host.to_owned()).ok()
+}
+
+/// A connector for the origin that speaks HTTP/1.1 and trusts the platform's roots and
+/// those in the PEM file `ca`.
+pub(crate) fn connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    if let Some(e) = native.errors.first() {
+        // A missing system bundle is not fatal when --origin-ca names the origin's CA.
+        warn!(error = %e, "some of the system's CA certificates could not be read");
+    }
+    let (platform, _unusable) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca {
+        let ca_err = |reason: String| TlsError::Cert {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("no CERTIFICATE block in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+        }
+    }
+    debug!(
+        platform,
+        total = roots.len(),
+        "roots trusted for the origin"
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Why a handshake failed, when it is the origin's certificate that is not accepted (not
+/// signed by a trusted CA, expired, for another name).
+fn untrusted(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(reason) => Some(format!("{reason:?}")),
+        _ => None,
+    }
+}
+
+/// `http(s)://host:port/path?query` → (whether HTTPS, `host:port`, `/path?query`).
+fn split_url(url: &str) -> Option<(bool, &str, &str)> {
+    let (https, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
@@ -105,7 +230,7 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
     if authority.is_empty() {
         return None;
     }
-    Some((authority, path))
+    Some((https, authority, path))
 }
 
 /// Connect to last byte: an SDP answer takes the origin a few milliseconds.
@@ -121,10 +246,23 @@ mod tests {
     fn urls_split_into_authority_and_path() {
         assert_eq!(
             split_url("http://127.0.0.1:8080/stream?id=x"),
-            Some(("127.0.0.1:8080", "/stream?id=x"))
+            Some((false, "127.0.0.1:8080", "/stream?id=x"))
         );
-        assert_eq!(split_url("http://[::1]:80"), Some(("[::1]:80", "/")));
-        assert_eq!(split_url("https://a/"), None);
+        assert_eq!(split_url("http://[::1]:80"), Some((false, "[::1]:80", "/")));
+        assert_eq!(split_url("https://a/"), Some((true, "a", "/")));
+        assert_eq!(split_url("ftp://a/"), None);
         assert_eq!(split_url("http:///x"), None);
+    }
+
+    #[test]
+    fn the_certificate_is_checked_against_the_host_without_its_port() {
+        let name = |a: &str| server_name(a).map(|n| n.to_str().into_owned());
+        assert_eq!(
+            name("origin.example:8443").as_deref(),
+            Some("origin.example")
+        );
+        assert_eq!(name("origin.example").as_deref(), Some("origin.example"));
+        assert_eq!(name("127.0.0.1:8443").as_deref(), Some("127.0.0.1"));
+        assert_eq!(name("[::1]:8443").as_deref(), Some("::1"));
     }
 }

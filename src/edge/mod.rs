@@ -23,26 +23,32 @@ mod client;
 mod pull;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use self::client::ClientError;
 pub use self::pull::EDGE_SECRET_HEADER;
 use self::pull::PullError;
 use crate::engine::{BroadcastKey, CloseReason, Command, EngineEvent, Outcome, SessionId};
-use crate::http::ApiError;
+use crate::http::{ApiError, TlsError};
 use crate::io::EngineHandle;
 use crate::offer::SessionSetup;
 
 /// This server's role as an edge: its origin and the broadcasts it pulls from there.
 pub struct Edge {
     origin: String,
+    /// HTTP or HTTPS to the origin.
+    client: client::OriginClient,
     secret: String,
     setup: SessionSetup,
     engine: EngineHandle,
     resume_grace: Duration,
     pulls: Mutex<Pulls>,
+    /// Brings the next heartbeat forward: a viewer connected or left (beat.rs).
+    wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -76,24 +82,40 @@ enum Refusal {
     UnknownView,
     NotLive,
     Unavailable,
+    /// The origin is `https://` and its certificate is not trusted (see `--origin-ca`).
+    Untrusted,
 }
 
 impl Edge {
+    /// An edge of `origin`; an `https://` origin's certificate must chain to the platform's
+    /// roots or to one in the PEM file `origin_ca`.
     pub fn new(
         origin: String,
+        origin_ca: Option<&Path>,
         secret: String,
         setup: SessionSetup,
         engine: EngineHandle,
         resume_grace: Duration,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, TlsError> {
+        let tls = match origin.starts_with("https://") {
+            true => Some(client::connector(origin_ca)?),
+            false => None,
+        };
+        Ok(Arc::new(Self {
             origin,
+            client: client::OriginClient::new(tls),
             secret,
             setup,
             engine,
             resume_grace,
             pulls: Mutex::default(),
-        })
+            wake: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Whether the roots for an `https://` origin load (`--check-config`).
+    pub fn check_tls(origin_ca: Option<&Path>) -> Result<(), TlsError> {
+        client::connector(origin_ca).map(|_| ())
     }
 
     /// The local broadcast for `view_id`, pulled from the origin if it is not here yet.
@@ -133,7 +155,8 @@ impl Edge {
 
     /// Pulls `view_id` into `key` (the caller holds the view's attempt lock).
     async fn start(self: &Arc<Self>, view_id: &str, key: BroadcastKey) -> Result<(), Refusal> {
-        let result = pull::pull(&self.setup, &self.origin, &self.secret, view_id, key).await;
+        let origin = (&self.client, self.origin.as_str());
+        let result = pull::pull(&self.setup, origin, &self.secret, view_id, key).await;
         let refusal = match result {
             Ok(answered) => {
                 let session = answered.peer.session.clone();
@@ -162,6 +185,10 @@ impl Edge {
             }
             Err(PullError::UnknownView) => Refusal::UnknownView,
             Err(PullError::NotLive) => Refusal::NotLive,
+            Err(PullError::Unreachable(ClientError::Untrusted(reason))) => {
+                warn!(%reason, "the origin's TLS certificate is not trusted: see --origin-ca");
+                Refusal::Untrusted
+            }
             Err(e) => {
                 warn!(error = %e, "pull from the origin failed");
                 Refusal::Unavailable
@@ -175,7 +202,10 @@ impl Edge {
     /// Follows the engine's events for the pulled broadcasts (called for every event).
     pub fn on_event(self: &Arc<Self>, event: &EngineEvent) {
         match event {
+            // The origin counts our viewers against the cluster's cap: tell it now.
+            EngineEvent::ViewerConnected(_) => self.wake.notify_one(),
             EngineEvent::ViewerCountChanged { broadcast, viewers } => {
+                self.wake.notify_one();
                 let mut pulls = self.pulls.lock().expect("pulls lock");
                 let Some(view) = pulls.by_key.get(broadcast).cloned() else {
                     return;
@@ -241,7 +271,10 @@ impl Edge {
             if let Some(location) = location.filter(|l| l.starts_with('/')) {
                 // The origin also learns it from our DTLS close; the DELETE is the WHEP way.
                 let url = format!("{}{location}", edge.origin);
-                let _ = client::request("DELETE", &url, &[], String::new()).await;
+                let _ = edge
+                    .client
+                    .request("DELETE", &url, &[], String::new())
+                    .await;
             }
         });
     }
@@ -324,6 +357,7 @@ impl From<Refusal> for ApiError {
             Refusal::UnknownView => ApiError::UnknownView,
             Refusal::NotLive => ApiError::NotLive,
             Refusal::Unavailable => ApiError::OriginUnavailable,
+            Refusal::Untrusted => ApiError::OriginUntrusted,
         }
     }
 }

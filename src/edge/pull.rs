@@ -12,7 +12,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, RtcConfig};
 
-use super::client::{self, ClientError};
+use super::client::{ClientError, OriginClient};
 use crate::engine::{BroadcastKey, IngestTrack, NewPeer, SessionId};
 use crate::offer::{SessionSetup, ice_credentials, media_of};
 use crate::srtp::build_rtc;
@@ -46,10 +46,11 @@ pub(crate) enum PullError {
 /// right one (it is an edge pulling, not a viewer).
 pub const EDGE_SECRET_HEADER: &str = "x-whipcast-edge-secret";
 
-/// Offers to the origin's WHEP endpoint for `view_id` and applies its answer.
+/// Offers to the origin's WHEP endpoint for `view_id` and applies its answer; `origin` is
+/// the client and base URL to reach it.
 pub(crate) async fn pull(
     setup: &SessionSetup,
-    origin: &str,
+    (client, origin): (&OriginClient, &str),
     secret: &str,
     view_id: &str,
     broadcast: BroadcastKey,
@@ -79,7 +80,9 @@ pub(crate) async fn pull(
         ("content-type", "application/sdp"),
         (EDGE_SECRET_HEADER, secret),
     ];
-    let reply = client::request("POST", &url, &headers, offer.to_sdp_string()).await?;
+    let reply = client
+        .request("POST", &url, &headers, offer.to_sdp_string())
+        .await?;
     match reply.status {
         201 => {}
         404 => return Err(PullError::UnknownView),

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use super::key::PeerKey;
 
@@ -24,8 +25,9 @@ pub(crate) struct Audience {
 struct Book {
     /// Viewer sessions (edge pulls included), connected or not.
     sessions: usize,
-    /// Connected viewers holding a place (edge pulls hold none), oldest first.
-    seated: VecDeque<Seat>,
+    /// Connected viewers holding a place (edge pulls hold none), with when they connected,
+    /// oldest first.
+    seated: VecDeque<(Seat, Instant)>,
 }
 
 /// Whether a viewer that just connected keeps its place.
@@ -49,7 +51,7 @@ impl Audience {
     pub(crate) fn left(&self, seat: Seat) -> usize {
         let mut book = self.book();
         book.sessions = book.sessions.saturating_sub(1);
-        if let Some(i) = book.seated.iter().position(|s| *s == seat) {
+        if let Some(i) = book.seated.iter().position(|s| s.0 == seat) {
             book.seated.remove(i);
         }
         book.sessions
@@ -64,22 +66,27 @@ impl Audience {
         self.book().seated.len()
     }
 
-    /// Seats a viewer that just connected, at most `cap` seated in all: when full, the
+    /// Every seated viewer with when it connected, oldest first.
+    pub(crate) fn seats(&self) -> Vec<(Seat, Instant)> {
+        self.book().seated.iter().copied().collect()
+    }
+
+    /// Seats a viewer that connected at `now`, at most `cap` seated in all: when full, the
     /// oldest makes room, or with `reject` the newcomer is refused.
-    pub(crate) fn admit(&self, seat: Seat, cap: usize, reject: bool) -> Admission {
+    pub(crate) fn admit(&self, seat: Seat, now: Instant, cap: usize, reject: bool) -> Admission {
         let mut book = self.book();
-        if book.seated.contains(&seat) {
+        if book.seated.iter().any(|s| s.0 == seat) {
             return Admission::Seated { evict: None };
         }
         if book.seated.len() >= cap && reject {
             return Admission::Refused;
         }
         let evict = if book.seated.len() >= cap {
-            book.seated.pop_front()
+            book.seated.pop_front().map(|s| s.0)
         } else {
             None
         };
-        book.seated.push_back(seat);
+        book.seated.push_back((seat, now));
         Admission::Seated { evict }
     }
 
@@ -92,6 +99,10 @@ impl Audience {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now() -> Instant {
+        crate::io::now()
+    }
 
     fn seat(w: usize, i: u32) -> Seat {
         (
@@ -110,15 +121,15 @@ mod tests {
             a.joined();
         }
         assert_eq!(
-            a.admit(seat(1, 0), 2, false),
+            a.admit(seat(1, 0), now(), 2, false),
             Admission::Seated { evict: None }
         );
         assert_eq!(
-            a.admit(seat(0, 0), 2, false),
+            a.admit(seat(0, 0), now(), 2, false),
             Admission::Seated { evict: None }
         );
         assert_eq!(
-            a.admit(seat(0, 1), 2, false),
+            a.admit(seat(0, 1), now(), 2, false),
             Admission::Seated {
                 evict: Some(seat(1, 0))
             }
@@ -133,10 +144,10 @@ mod tests {
         a.joined();
         a.joined();
         assert_eq!(
-            a.admit(seat(0, 0), 1, true),
+            a.admit(seat(0, 0), now(), 1, true),
             Admission::Seated { evict: None }
         );
-        assert_eq!(a.admit(seat(1, 0), 1, true), Admission::Refused);
+        assert_eq!(a.admit(seat(1, 0), now(), 1, true), Admission::Refused);
         assert_eq!(a.left(seat(1, 0)), 1);
         assert_eq!(a.left(seat(0, 0)), 0);
         assert_eq!(a.seated(), 0);

@@ -43,6 +43,9 @@ pub enum Command {
     Status,
     /// Close every viewer session of a broadcast (the view ID was rotated).
     RevokeViewers(BroadcastKey),
+    /// Close some connected viewers of a broadcast as evicted: the viewer cap across a
+    /// cluster of servers (an origin and its edges) decided they go (`cluster.rs`).
+    Evict(Eviction),
     /// The server is stopping: end every broadcast and close every session.
     Shutdown,
     /// A connectivity test: a peer that only completes ICE and DTLS (no broadcast, no slot),
@@ -59,6 +62,16 @@ pub struct NewPeer {
     pub rtc: Rtc,
     /// The session's SRTP keys, once DTLS exports them: viewers' media is sealed with them.
     pub keys: KeySlot,
+}
+
+/// Which viewers of one broadcast a [`Command::Evict`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eviction {
+    pub broadcast: BroadcastKey,
+    pub count: usize,
+    /// The most recently connected instead of the oldest (`--when-full reject`: the newest
+    /// viewers are the ones refused).
+    pub newest: bool,
 }
 
 /// A parsed PATCH (`application/trickle-ice-sdpfrag`).
@@ -128,6 +141,7 @@ pub enum Outcome {
     Info(BroadcastInfo),
     Status(Vec<(BroadcastKey, BroadcastInfo)>),
     Revoked(usize),
+    Evicted(usize),
     ShutDown(usize),
     /// The probe is in place (its slab index, for logs).
     Probing(usize),
@@ -263,6 +277,9 @@ pub struct BroadcastInfo {
     pub keyframe_interval: Option<std::time::Duration>,
     /// Frames arrived in decode order different from presentation order (B-frames).
     pub b_frames: bool,
+    /// How long each connected viewer (not an edge's relay) has been connected, oldest
+    /// first: an edge reports them to its origin, which caps the whole cluster.
+    pub connected_for: Vec<std::time::Duration>,
 }
 
 /// Something that happened, for the HTTP layer (viewer counts, SSE) and logs.

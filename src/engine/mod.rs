@@ -19,6 +19,7 @@
 //! touches that broadcast's viewers.
 
 mod audience;
+mod cluster;
 mod command;
 mod consent;
 mod consumer;
@@ -49,8 +50,8 @@ use str0m::{Event, IceConnectionState, Input, Output};
 use tracing::{debug, info, trace};
 
 pub use self::command::{
-    BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, IngestTrack,
-    NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
+    BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, Eviction,
+    IngestTrack, NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
@@ -346,6 +347,7 @@ impl Engine {
                     .collect(),
             ),
             Command::RevokeViewers(b) => Outcome::Revoked(self.revoke_viewers(now, b)),
+            Command::Evict(e) => Outcome::Evicted(self.evict(now, e)),
             Command::Shutdown => Outcome::ShutDown(self.shut_down(now)),
             Command::Probe(new) => {
                 let key = self.insert_peer(now, new, Role::Probe);
@@ -595,6 +597,7 @@ impl Engine {
             fps: video.and_then(|t| t.doctor.fps),
             keyframe_interval: video.and_then(|t| t.doctor.keyframe_interval),
             b_frames: video.is_some_and(|t| t.doctor.b_frames(now)),
+            connected_for: self.connected_for(now, b),
         }
     }
 
@@ -955,7 +958,7 @@ impl Engine {
         };
         let reject = self.config.when_full == WhenFull::Reject;
         let seat = (self.config.worker, key);
-        match audience.admit(seat, self.config.max_viewers, reject) {
+        match audience.admit(seat, now, self.config.max_viewers, reject) {
             Admission::Refused => {
                 info!(broadcast = %b, peer = %key, "broadcast full when the viewer connected");
                 self.remove_peer(now, key, CloseReason::Evicted);

@@ -27,6 +27,8 @@ struct Entry {
     viewers: usize,
     capacity: usize,
     seen: Instant,
+    /// Its viewers per broadcast, for the cluster's viewer cap (cluster.rs).
+    watching: Vec<Watching>,
 }
 
 /// One heartbeat, as an edge sends it.
@@ -38,6 +40,37 @@ pub struct Beat {
     pub viewers: usize,
     /// How many viewers the edge takes in all (its slots × viewers per broadcast).
     pub capacity: usize,
+    /// Its viewers of each broadcast it pulls, for the viewer cap across the cluster.
+    #[serde(default)]
+    pub broadcasts: Vec<Watching>,
+}
+
+/// An edge's viewers of one broadcast.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Watching {
+    /// The view ID the edge pulls it by.
+    pub view: String,
+    /// Milliseconds since each viewer connected, oldest first; at most [`MAX_LISTED`].
+    pub connected_ms: Vec<u64>,
+    /// Viewers past the list, counted as just connected.
+    #[serde(default)]
+    pub more: usize,
+}
+
+/// The origin's answer to a heartbeat.
+#[derive(Deserialize, Serialize, Debug, Default, PartialEq, Eq)]
+pub struct BeatReply {
+    /// Viewers the edge is to evict: the cluster is over its cap.
+    #[serde(default)]
+    pub evict: Vec<EvictOrder>,
+}
+
+/// "Evict `count` viewers of broadcast `view`, the oldest (or the newest)."
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct EvictOrder {
+    pub view: String,
+    pub count: usize,
+    pub newest: bool,
 }
 
 /// An edge as `/api/status` lists it.
@@ -63,9 +96,66 @@ impl EdgeBook {
                 viewers: beat.viewers,
                 capacity: beat.capacity,
                 seen: at,
+                watching: beat.broadcasts,
             },
         );
         true
+    }
+
+    /// Every view ID some live edge has viewers of.
+    pub(super) fn views(&self, at: Instant) -> Vec<String> {
+        let edges = self.edges.lock().expect("edges lock");
+        let mut views: Vec<String> = edges
+            .values()
+            .filter(|e| alive(e, at))
+            .flat_map(|e| e.watching.iter().map(|w| w.view.clone()))
+            .collect();
+        views.sort_unstable();
+        views.dedup();
+        views
+    }
+
+    /// How long each live edge's viewers of `view` have been connected, as of `at`.
+    pub(super) fn viewers_of(&self, view: &str, at: Instant) -> Vec<(String, Vec<Duration>)> {
+        let edges = self.edges.lock().expect("edges lock");
+        edges
+            .iter()
+            .filter(|(_, e)| alive(e, at))
+            .filter_map(|(url, e)| {
+                let w = e.watching.iter().find(|w| w.view == view)?;
+                let since = at.saturating_duration_since(e.seen);
+                let mut ages: Vec<Duration> = w
+                    .connected_ms
+                    .iter()
+                    .map(|ms| Duration::from_millis(*ms) + since)
+                    .collect();
+                ages.extend(std::iter::repeat_n(since, w.more.min(MAX_MORE)));
+                Some((url.clone(), ages))
+            })
+            .collect()
+    }
+
+    /// Drops `count` of an edge's listed viewers of `view` that it was told to evict, so
+    /// another edge's beat before its next one does not count them again.
+    pub(super) fn forget_viewers(&self, url: &str, view: &str, count: usize, newest: bool) {
+        let mut edges = self.edges.lock().expect("edges lock");
+        let Some(w) = edges
+            .get_mut(url)
+            .and_then(|e| e.watching.iter_mut().find(|w| w.view == view))
+        else {
+            return;
+        };
+        if newest {
+            // The unlisted viewers are the newest.
+            let unlisted = count.min(w.more);
+            w.more -= unlisted;
+            let listed = (count - unlisted).min(w.connected_ms.len());
+            w.connected_ms.truncate(w.connected_ms.len() - listed);
+        } else {
+            let listed = count.min(w.connected_ms.len());
+            w.connected_ms.drain(..listed);
+            w.more -= (count - listed).min(w.more);
+        }
     }
 
     /// The least-loaded live edge with room, counted as one viewer more (until its next
@@ -128,17 +218,31 @@ pub(super) async fn register(
     }
     let body = read_body(state, req).await?;
     let beat: Beat = serde_json::from_slice(&body).map_err(|_| ApiError::BadHeartbeat)?;
-    if !usable_url(&beat.url) {
+    if !usable_url(&beat.url) || !bounded(&beat) {
         return Err(ApiError::BadHeartbeat);
     }
+    let url = beat.url.clone();
+    let views: Vec<String> = beat.broadcasts.iter().map(|w| w.view.clone()).collect();
     if !state.edges.beat(beat, now()) {
         return Err(ApiError::TooManyEdges);
     }
+    let reply = super::cluster::enforce(state, &views, Some(&url)).await;
+    let body = serde_json::to_vec(&reply).expect("a reply serialises");
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(full(Bytes::from_static(b"{}")))
+        .body(full(body))
         .expect("static headers are valid"))
+}
+
+/// A beat lists a bounded number of broadcasts and viewers, oldest first.
+fn bounded(beat: &Beat) -> bool {
+    beat.broadcasts.len() <= MAX_BROADCASTS
+        && beat.broadcasts.iter().all(|w| {
+            w.view.len() <= MAX_URL
+                && w.connected_ms.len() <= MAX_LISTED
+                && w.connected_ms.is_sorted_by(|a, b| a >= b)
+        })
 }
 
 /// With `--redirect-viewers`, a `307` to the least-loaded edge's WHEP URL for `view_id`;
@@ -182,6 +286,13 @@ const DROP_AFTER: Duration = Duration::from_secs(3 * 2 + 1);
 /// Edges one origin keeps track of.
 const MAX_EDGES: usize = 256;
 const MAX_URL: usize = 200;
+/// Broadcasts one beat lists: more than any edge pulls at once.
+const MAX_BROADCASTS: usize = 256;
+/// Viewers of one broadcast an edge lists (the oldest; the rest count as just connected):
+/// far above any sensible cap, and a beat stays well under the body limit.
+pub const MAX_LISTED: usize = 1024;
+/// Unlisted viewers counted per broadcast: an edge's own cap is far below.
+const MAX_MORE: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -192,6 +303,7 @@ mod tests {
             url: url.into(),
             viewers,
             capacity,
+            broadcasts: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`Command`](crate::engine::Command). They never hold engine state.
 
 mod api;
+mod cluster;
 mod edges;
 pub mod limits;
 mod listen;
@@ -26,7 +27,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
-pub use self::edges::{Beat, EdgeBook, HEARTBEAT};
+pub use self::cluster::on_event as cluster_event;
+pub use self::edges::{Beat, BeatReply, EdgeBook, HEARTBEAT, MAX_LISTED, Watching};
 pub use self::listen::serve;
 pub use self::problem::ApiError;
 pub use self::sse::Hub;

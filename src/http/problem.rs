@@ -69,6 +69,11 @@ pub enum ApiError {
     ShuttingDown,
     #[error("this edge cannot reach its origin right now; try again shortly")]
     OriginUnavailable,
+    #[error(
+        "this edge does not trust its origin's TLS certificate: the operator must give the \
+         edge the origin's CA with --origin-ca"
+    )]
+    OriginUntrusted,
     #[error("edges register with the edge secret in the x-whipcast-edge-secret header")]
     EdgeSecretRequired,
     #[error(
@@ -143,7 +148,7 @@ impl ApiError {
             | Self::ShuttingDown
             | Self::StateNotSaved
             | Self::TooManyBroadcasts => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OriginUnavailable => StatusCode::BAD_GATEWAY,
+            Self::OriginUnavailable | Self::OriginUntrusted => StatusCode::BAD_GATEWAY,
             Self::EdgeSecretRequired => StatusCode::FORBIDDEN,
             Self::BadHeartbeat => StatusCode::BAD_REQUEST,
             Self::TooManyEdges => StatusCode::SERVICE_UNAVAILABLE,

@@ -25,6 +25,14 @@ pub(super) async fn subscribe(
     if local.is_none() && state.edge.is_none() {
         return Err(ApiError::UnknownView);
     }
+    // With --when-full reject, a cluster full with viewers on edges turns newcomers away
+    // here, before a redirect (the engine checks the viewers it holds itself).
+    if let Some(broadcast) = local
+        && !super::edges::from_edge(state, &req)
+        && super::cluster::full(state, &view_id, broadcast).await
+    {
+        return Err(ApiError::ViewerLimitReached);
+    }
     if local.is_some()
         && let Some(redirect) = super::edges::redirect(state, &req, &view_id)
     {

@@ -156,6 +156,10 @@ impl EngineHandle {
                 }
                 Ok(Outcome::Revoked(n))
             }
+            Command::Evict(e) => {
+                self.call_on(self.worker_of(e.broadcast), Command::Evict(e))
+                    .await
+            }
             Command::Close { session, publisher } => self.close(session, publisher).await,
             Command::Patch(patch) => self.patch(patch).await,
             Command::Stats => {

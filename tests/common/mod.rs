@@ -2,6 +2,7 @@
 
 pub mod annexb;
 pub mod chromium;
+pub mod edges;
 pub mod firefox;
 pub mod gst;
 pub mod http_server;
@@ -15,4 +16,5 @@ pub mod server;
 pub mod sim;
 pub mod sim_session;
 pub mod sse;
+pub mod tls_client;
 pub mod udp_client;

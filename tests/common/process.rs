@@ -1,7 +1,9 @@
 //! The real `whipcast` binary as a child process on free loopback ports.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Proc {
     pub child: Child,
@@ -29,6 +31,22 @@ pub fn spawn_with(log: &str, extra: &[&str], nofile: Option<usize>) -> Proc {
         "whipcast-proc-{}",
         whipcast::secret::random_token()
     ));
+    launch(log, &dir, ("127.0.0.1:0", "127.0.0.1:0"), extra, nofile)
+}
+
+/// Like [`spawn`], on this data directory and these HTTP and UDP addresses: a server
+/// restarted where it ran before.
+pub fn spawn_in(log: &str, dir: &Path, http: &str, udp: &str, extra: &[&str]) -> Proc {
+    launch(log, dir, (http, udp), extra, None)
+}
+
+fn launch(
+    log: &str,
+    dir: &Path,
+    (http, udp): (&str, &str),
+    extra: &[&str],
+    nofile: Option<usize>,
+) -> Proc {
     let server = env!("CARGO_BIN_EXE_whipcast");
     let mut command = match nofile {
         Some(n) => {
@@ -41,9 +59,9 @@ pub fn spawn_with(log: &str, extra: &[&str], nofile: Option<usize>) -> Proc {
     let mut child = command
         .args([
             "--http-listen",
-            "127.0.0.1:0",
+            http,
             "--udp-listen",
-            "127.0.0.1:0",
+            udp,
             "--data-dir",
             dir.to_str().unwrap(),
         ])
@@ -69,6 +87,26 @@ pub fn spawn_with(log: &str, extra: &[&str], nofile: Option<usize>) -> Proc {
     Proc {
         child,
         base: format!("http://{addr}"),
+    }
+}
+
+/// Stops the server with SIGTERM (a graceful stop) and waits for it to exit.
+pub fn sigterm(p: &mut Proc) -> ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

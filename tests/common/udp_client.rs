@@ -19,17 +19,35 @@ use super::annexb::{AccessUnit, fixture};
 use super::link::Link;
 use super::sim::obs_shape;
 
-/// A blocking HTTP/1.1 exchange: (status, headers, body).
+/// A blocking HTTP/1.1 exchange: (status, headers, body). `https://` URLs trust what
+/// `tls_client::trust` was given.
 pub fn http(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let rest = url.strip_prefix("http://").expect("http URL");
+    let (https, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").expect("http URL")),
+    };
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = TcpStream::connect(host).expect("server reachable");
+    let s = TcpStream::connect(host).expect("server reachable");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = (method, host, path, headers, body);
+    if https {
+        exchange(&mut super::tls_client::stream(host, s), request)
+    } else {
+        exchange(&mut { s }, request)
+    }
+}
+
+type Request<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+fn exchange(
+    s: &mut impl ReadWrite,
+    (method, host, path, headers, body): Request,
+) -> (u16, Vec<(String, String)>, String) {
     let mut req = format!(
         "{method} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         if path.is_empty() { "/" } else { path },
@@ -79,6 +97,9 @@ pub fn http(
     let body = String::from_utf8_lossy(&raw[head_end..]).into_owned();
     (status, headers, body)
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
@@ -487,7 +508,8 @@ fn on_event(e: Event, role: &Role, shared: &Mutex<Shared>) {
 
 /// The server's address for a base URL.
 pub fn addr_of(base: &str) -> SocketAddr {
-    base.trim_start_matches("http://").parse().unwrap()
+    let authority = base.strip_prefix("https://").unwrap_or(base);
+    authority.trim_start_matches("http://").parse().unwrap()
 }
 
 /// Our address on the route to the server of `base`: 127.0.0.1 on loopback, the veth

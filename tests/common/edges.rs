@@ -1,0 +1,131 @@
+//! An origin and its edges on loopback ports for the edge tests, and what those tests watch:
+//! `/api/status`, playing viewers, a viewer session's SSE events.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use whipcast::Server;
+
+use super::server::{start_in, temp_dir};
+use super::udp_client::{Client, http};
+
+pub const SECRET: &str = "edge-test-secret";
+
+/// Runs blocking client code (the media clients have their own threads) off the runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("no panic")
+}
+
+/// An origin (it knows the edge secret) with `extra` flags.
+pub async fn origin(extra: &[&str]) -> (Server, String) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut args = vec!["--edge-secret", SECRET];
+    args.extend_from_slice(extra);
+    start_in(&temp_dir("origin"), &args).await
+}
+
+/// An edge of `origin` with `extra` flags (it registers only with `--edge-url`).
+pub async fn edge(origin: &str, extra: &[&str]) -> (Server, String) {
+    let mut args = vec!["--origin", origin, "--edge-secret", SECRET];
+    args.extend_from_slice(extra);
+    start_in(&temp_dir("edge"), &args).await
+}
+
+/// An edge of `origin` that registers with its real base URL, so the origin can redirect
+/// viewers to it.
+pub async fn registered_edge(origin: &str, extra: &[&str]) -> (Server, String) {
+    // The edge's HTTP port is known only once it listens: it registers with that URL.
+    let free = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let (listen, base) = (addr.to_string(), format!("http://{addr}"));
+    let dir = temp_dir("edge");
+    let mut args = vec![
+        "whipcast",
+        "--http-listen",
+        &listen,
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--origin",
+        origin,
+        "--edge-secret",
+        SECRET,
+        "--edge-url",
+        &base,
+    ];
+    args.extend_from_slice(extra);
+    let config = <whipcast::Config as clap::Parser>::parse_from(args);
+    let server = Server::start(config).await.expect("the edge starts");
+    (server, base)
+}
+
+pub fn status(base: &str) -> serde_json::Value {
+    let (code, _, body) = http("GET", &format!("{base}/api/status"), &[], "");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the origin at `base` lists `n` live edges.
+pub fn wait_for_edges(base: &str, n: usize) {
+    wait_until("the edges register with the origin", || {
+        status(base)["edges"]
+            .as_array()
+            .is_some_and(|e| e.len() == n)
+    });
+}
+
+/// A viewer on `base` that has decoded a few frames, the first of them a keyframe.
+pub fn playing_viewer(base: &str, view: &str) -> Client {
+    let v = Client::view(base, view).unwrap_or_else(|r| panic!("viewer refused: {r:?}"));
+    v.wait_for("the viewer gets frames", |s| s.frames.len() >= 5);
+    assert!(v.frames()[0].keyframe, "playback starts on a keyframe");
+    v
+}
+
+/// Waits (bounded: a guard against "never happened", not a speed check) until `f` holds.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The named events of a viewer session's SSE stream on `base`, as they arrive.
+pub async fn follow_events(base: &str, location: &str) -> Arc<Mutex<String>> {
+    let http = reqwest::Client::new();
+    let url = format!("{base}{location}/sse");
+    let created = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"["active","inactive","reconnecting","evicted"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let mut stream = http.get(&url).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = Arc::new(Mutex::new(String::new()));
+    let seen = text.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk));
+        }
+    });
+    text
+}
+
+/// Whether `events` holds `first` and, after it, `then`.
+pub fn in_order(events: &Mutex<String>, first: &str, then: &str) -> bool {
+    let text = events.lock().unwrap();
+    text.find(first)
+        .is_some_and(|i| text[i + first.len()..].contains(then))
+}
