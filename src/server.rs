@@ -117,6 +117,8 @@ impl Server {
             io::start(engines, sockets, event_tx, config.max_live_broadcasts)
                 .map_err(StartError::Thread)?;
         let setup = SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp);
+        // The edges registered here: an origin's, or an edge's own in a chain of edges.
+        let edges = Arc::new(http::EdgeBook::default());
         let edge = match (&config.origin, &config.edge_secret) {
             (Some(origin), Some(secret)) => Some(crate::edge::Edge::new(
                 origin.clone(),
@@ -125,6 +127,7 @@ impl Server {
                 setup.clone(),
                 engine_handle.clone(),
                 config.resume_grace,
+                edges.clone(),
             )?),
             _ => None,
         };
@@ -142,7 +145,7 @@ impl Server {
             tls,
             agents: Default::default(),
             edge,
-            edges: Default::default(),
+            edges,
             config,
         });
         let events_state = state.clone();

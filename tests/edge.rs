@@ -6,9 +6,10 @@
 mod common;
 
 use common::edges::{
-    SECRET, blocking, edge, follow_events, in_order, origin, playing_viewer, status, wait_until,
+    SECRET, blocking, edge, follow_events, origin, playing_viewer, status, wait_until,
 };
 use common::server::create;
+use common::sse::in_order;
 use common::udp_client::{Client, http};
 
 #[tokio::test(flavor = "multi_thread")]

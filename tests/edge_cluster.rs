@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::edges::{
-    blocking, edge, follow_events, origin, playing_viewer, wait_for_edges, wait_until,
+    blocking, edge, follow_events, origin, playing_viewer, registered_edge, wait_for_edges,
+    wait_until,
 };
 use common::server::create;
 use common::udp_client::Client;
@@ -151,4 +152,44 @@ async fn with_reject_the_cluster_cap_turns_away_the_newest_viewer() {
     .await;
     assert!(!evicted(&a_events) && !evicted(&b_events));
     cluster.stop(vec![a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_cap_reaches_down_a_chain_of_edges() {
+    // origin (cap 1) ← edge 1 ← edge 2: edge 2's viewers are counted through edge 1's
+    // heartbeat, and an eviction the origin names passes down to edge 2.
+    let origin = origin(&["--max-viewers", "1"]).await;
+    let middle = registered_edge(&origin.1, &[]).await;
+    let last = registered_edge(&middle.1, &[]).await;
+    let (o, m) = (origin.1.clone(), middle.1.clone());
+    let (view, publisher) = blocking(move || {
+        wait_for_edges(&o, 1);
+        wait_for_edges(&m, 1);
+        let (id, view) = create(&o);
+        (view, Client::publish(&o, &id).unwrap())
+    })
+    .await;
+    let (base, v) = (last.1.clone(), view.clone());
+    let oldest = blocking(move || playing_viewer(&base, &v)).await;
+    let oldest_events = follow_events(&last.1, &oldest.location).await;
+    // Whichever comes first, the newcomer or the middle edge's beat listing the last edge's
+    // viewer, the origin checks the cap again on the next beat.
+    let (o, v) = (origin.1.clone(), view.clone());
+    let newest = blocking(move || playing_viewer(&o, &v)).await;
+    let staying = only_this_one_goes(&oldest_events, vec![newest]).await;
+    assert_eq!(
+        last.0.stats().await.unwrap().evictions,
+        1,
+        "the last edge evicted"
+    );
+    assert_eq!(origin.0.stats().await.unwrap().evictions, 0);
+    blocking(move || {
+        for c in staying.into_iter().chain([oldest, publisher]) {
+            c.stop();
+        }
+    })
+    .await;
+    for (server, _) in [last, middle, origin] {
+        server.shutdown().await;
+    }
 }

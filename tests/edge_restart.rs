@@ -17,9 +17,10 @@ mod common;
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::edges::{SECRET, blocking, follow_events, in_order, playing_viewer, wait_until};
+use common::edges::{SECRET, blocking, follow_events, playing_viewer, wait_until};
 use common::process::{Proc, sigterm, spawn_in, spawn_with};
 use common::server::{create, temp_dir};
+use common::sse::in_order;
 use common::udp_client::Client;
 
 /// Free loopback addresses for HTTP and UDP, to start the origin on twice.

@@ -5,6 +5,11 @@
 //! evict. A viewer connecting or leaving brings the next beat forward, so the cap holds
 //! within a round trip for a newcomer here. An origin that stops hearing an edge drops it
 //! after three missed beats.
+//!
+//! In a chain of edges, an edge's own edges beat to it: their viewers are listed in its
+//! beat as its own, and an eviction its origin names is shared out between its own viewers
+//! and theirs by the same rule (the oldest, or with `--when-full reject` the newest), their
+//! part passed down in the reply to their next beat.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +17,9 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::Edge;
-use crate::engine::{Command, Eviction, Outcome};
-use crate::http::{Beat, BeatReply, HEARTBEAT, Watching};
+use crate::engine::{BroadcastKey, Command, Eviction, Outcome};
+use crate::http::cluster::{Holder, pick};
+use crate::http::{Beat, BeatReply, EvictOrder, HEARTBEAT, Watching};
 
 impl Edge {
     /// Beats until the engine is gone; `url` is this edge's base URL for viewers and
@@ -80,20 +86,45 @@ impl Edge {
         };
         let mut watching = Vec::with_capacity(pulled.len());
         for (view, key) in pulled {
-            let Ok(Outcome::Info(info)) = self.engine.call(Command::Info(key)).await else {
+            let Some((mut ages, _)) = self.ages(&view, key).await else {
                 continue;
             };
-            let listed = info.connected_for.len().min(crate::http::MAX_LISTED);
+            ages.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
+            let listed = ages.len().min(crate::http::MAX_LISTED);
             watching.push(Watching {
                 view,
-                connected_ms: info.connected_for[..listed]
+                connected_ms: ages[..listed]
                     .iter()
-                    .map(|d| d.as_millis() as u64)
+                    .map(|(d, _)| d.as_millis() as u64)
                     .collect(),
-                more: info.connected_for.len() - listed,
+                more: ages.len() - listed,
             });
         }
         watching
+    }
+
+    /// How long each viewer of `view` (broadcast `key` here) has been connected, here and
+    /// on this edge's own edges (`Holder::Edge` indexes the URLs returned with them).
+    async fn ages(
+        &self,
+        view: &str,
+        key: BroadcastKey,
+    ) -> Option<(Vec<(Duration, Holder)>, Vec<String>)> {
+        let Ok(Outcome::Info(info)) = self.engine.call(Command::Info(key)).await else {
+            return None;
+        };
+        let mut ages: Vec<(Duration, Holder)> = (info.connected_for.into_iter())
+            .map(|d| (d, Holder::Origin))
+            .collect();
+        let mut urls = Vec::new();
+        for (i, (url, theirs)) in (self.children.viewers_of(view, crate::io::now()))
+            .into_iter()
+            .enumerate()
+        {
+            ages.extend(theirs.iter().map(|d| (*d, Holder::Edge(i))));
+            urls.push(url);
+        }
+        Some((ages, urls))
     }
 
     /// Evicts the viewers the origin named: the cluster is over its viewer cap.
@@ -105,12 +136,33 @@ impl Edge {
             };
             let Some(broadcast) = key else { continue };
             info!(%broadcast, count = order.count, "the origin says the cluster is full: evicting");
-            let eviction = Eviction {
-                broadcast,
-                count: order.count,
-                newest: order.newest,
+            let Some((mut ages, children)) = self.ages(&order.view, broadcast).await else {
+                continue;
             };
-            let _ = self.engine.call(Command::Evict(eviction)).await;
+            let keep = ages.len().saturating_sub(order.count);
+            for (holder, count) in pick(&mut ages, keep, order.newest) {
+                match holder {
+                    Holder::Origin => {
+                        let eviction = Eviction {
+                            broadcast,
+                            count,
+                            newest: order.newest,
+                        };
+                        let _ = self.engine.call(Command::Evict(eviction)).await;
+                    }
+                    Holder::Edge(i) => {
+                        let Some(url) = children.get(i) else {
+                            continue;
+                        };
+                        let down = EvictOrder {
+                            view: order.view.clone(),
+                            count,
+                            newest: order.newest,
+                        };
+                        self.children.order(url, down);
+                    }
+                }
+            }
         }
     }
 }

@@ -33,7 +33,7 @@ use self::client::ClientError;
 pub use self::pull::EDGE_SECRET_HEADER;
 use self::pull::PullError;
 use crate::engine::{BroadcastKey, CloseReason, Command, EngineEvent, Outcome, SessionId};
-use crate::http::{ApiError, TlsError};
+use crate::http::{ApiError, EdgeBook, TlsError};
 use crate::io::EngineHandle;
 use crate::offer::SessionSetup;
 
@@ -49,6 +49,9 @@ pub struct Edge {
     pulls: Mutex<Pulls>,
     /// Brings the next heartbeat forward: a viewer connected or left (beat.rs).
     wake: tokio::sync::Notify,
+    /// Edges of this edge (a chain): their viewers count in our heartbeat, and evictions
+    /// our origin names for them pass down (beat.rs).
+    children: Arc<EdgeBook>,
 }
 
 #[derive(Default)]
@@ -96,6 +99,7 @@ impl Edge {
         setup: SessionSetup,
         engine: EngineHandle,
         resume_grace: Duration,
+        children: Arc<EdgeBook>,
     ) -> Result<Arc<Self>, TlsError> {
         let tls = match origin.starts_with("https://") {
             true => Some(client::connector(origin_ca)?),
@@ -110,6 +114,7 @@ impl Edge {
             resume_grace,
             pulls: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            children,
         }))
     }
 

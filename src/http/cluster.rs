@@ -125,7 +125,8 @@ pub fn on_event(state: &Arc<AppState>, event: &EngineEvent) {
 
 /// Where a viewer watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holder {
+pub(crate) enum Holder {
+    /// This server (the origin, or the edge passing an eviction down its chain).
     Origin,
     /// An index into the edges of one check.
     Edge(usize),
@@ -133,7 +134,11 @@ enum Holder {
 
 /// Who gives up how many places so that `max` viewers remain: the oldest (longest
 /// connected) go, or with `newest` the most recently connected.
-fn pick(viewers: &mut [(Duration, Holder)], max: usize, newest: bool) -> Vec<(Holder, usize)> {
+pub(crate) fn pick(
+    viewers: &mut [(Duration, Holder)],
+    max: usize,
+    newest: bool,
+) -> Vec<(Holder, usize)> {
     let excess = viewers.len().saturating_sub(max);
     if excess == 0 {
         return Vec::new();

@@ -29,6 +29,9 @@ struct Entry {
     seen: Instant,
     /// Its viewers per broadcast, for the cluster's viewer cap (cluster.rs).
     watching: Vec<Watching>,
+    /// Evictions for it to make, passed down from our own origin (we are the middle of a
+    /// chain of edges, edge/beat.rs): they go in the reply to its next beat.
+    orders: Vec<EvictOrder>,
 }
 
 /// One heartbeat, as an edge sends it.
@@ -90,6 +93,9 @@ impl EdgeBook {
         if edges.len() >= MAX_EDGES && !edges.contains_key(&beat.url) {
             return false;
         }
+        let orders = (edges.remove(&beat.url))
+            .map(|e| e.orders)
+            .unwrap_or_default();
         edges.insert(
             beat.url,
             Entry {
@@ -97,9 +103,31 @@ impl EdgeBook {
                 capacity: beat.capacity,
                 seen: at,
                 watching: beat.broadcasts,
+                orders,
             },
         );
         true
+    }
+
+    /// Passes an eviction down to the edge at `url` (it gets it with its next beat's reply)
+    /// and stops counting those viewers meanwhile.
+    pub(crate) fn order(&self, url: &str, order: EvictOrder) {
+        self.forget_viewers(url, &order.view, order.count, order.newest);
+        let mut edges = self.edges.lock().expect("edges lock");
+        if let Some(e) = edges.get_mut(url)
+            && e.orders.len() < MAX_BROADCASTS
+        {
+            e.orders.push(order);
+        }
+    }
+
+    /// The evictions passed down to the edge at `url` since its last beat.
+    fn take_orders(&self, url: &str) -> Vec<EvictOrder> {
+        let mut edges = self.edges.lock().expect("edges lock");
+        edges
+            .get_mut(url)
+            .map(|e| std::mem::take(&mut e.orders))
+            .unwrap_or_default()
     }
 
     /// Every view ID some live edge has viewers of.
@@ -116,7 +144,7 @@ impl EdgeBook {
     }
 
     /// How long each live edge's viewers of `view` have been connected, as of `at`.
-    pub(super) fn viewers_of(&self, view: &str, at: Instant) -> Vec<(String, Vec<Duration>)> {
+    pub(crate) fn viewers_of(&self, view: &str, at: Instant) -> Vec<(String, Vec<Duration>)> {
         let edges = self.edges.lock().expect("edges lock");
         edges
             .iter()
@@ -137,7 +165,7 @@ impl EdgeBook {
 
     /// Drops `count` of an edge's listed viewers of `view` that it was told to evict, so
     /// another edge's beat before its next one does not count them again.
-    pub(super) fn forget_viewers(&self, url: &str, view: &str, count: usize, newest: bool) {
+    pub(crate) fn forget_viewers(&self, url: &str, view: &str, count: usize, newest: bool) {
         let mut edges = self.edges.lock().expect("edges lock");
         let Some(w) = edges
             .get_mut(url)
@@ -226,7 +254,8 @@ pub(super) async fn register(
     if !state.edges.beat(beat, now()) {
         return Err(ApiError::TooManyEdges);
     }
-    let reply = super::cluster::enforce(state, &views, Some(&url)).await;
+    let mut reply = super::cluster::enforce(state, &views, Some(&url)).await;
+    reply.evict.extend(state.edges.take_orders(&url));
     let body = serde_json::to_vec(&reply).expect("a reply serialises");
     Ok(Response::builder()
         .status(StatusCode::OK)

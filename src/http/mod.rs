@@ -4,7 +4,7 @@
 //! [`Command`](crate::engine::Command). They never hold engine state.
 
 mod api;
-mod cluster;
+pub(crate) mod cluster;
 mod edges;
 pub mod limits;
 mod listen;
@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
 pub use self::cluster::on_event as cluster_event;
-pub use self::edges::{Beat, BeatReply, EdgeBook, HEARTBEAT, MAX_LISTED, Watching};
+pub use self::edges::{Beat, BeatReply, EdgeBook, EvictOrder, HEARTBEAT, MAX_LISTED, Watching};
 pub use self::listen::serve;
 pub use self::problem::ApiError;
 pub use self::sse::Hub;
@@ -56,7 +56,7 @@ pub struct AppState {
     /// Set when this server is an edge (`--origin`).
     pub edge: Option<Arc<crate::edge::Edge>>,
     /// On an origin: the edges registered with it (edges.rs).
-    pub edges: edges::EdgeBook,
+    pub edges: Arc<edges::EdgeBook>,
 }
 
 pub type HttpResponse = Response<BoxBody<Bytes, Infallible>>;
