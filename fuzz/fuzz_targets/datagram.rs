@@ -28,6 +28,7 @@ fn world() -> World {
         resume_grace: Duration::from_secs(30),
         handshake_timeout: Duration::from_secs(20),
         test_seq_start: None,
+        worker: 0,
     });
     // One certificate for every run: generating it is most of the setup cost.
     static SETUP: std::sync::OnceLock<SessionSetup> = std::sync::OnceLock::new();
