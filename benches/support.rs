@@ -205,22 +205,14 @@ impl<S: Sfu> Fanout<S> {
         for d in &p.datagrams {
             engine.handle_datagram(p.now, self.publisher_addr, self.server, d);
         }
-        if engine.poll_timeout().is_some_and(|t| t <= p.now) {
-            engine.handle_timeout(p.now);
-        }
-        let sink = &mut self.sink;
-        while let Some(t) = engine.poll_transmit() {
-            if t.destination == self.publisher_addr {
-                self.to_publisher.push((t.destination, t.contents.to_vec()));
-                continue;
+        let (publisher, to_publisher) = (self.publisher_addr, &mut self.to_publisher);
+        emit(engine, p.now, &mut self.sink, |to, d| {
+            if to == publisher {
+                to_publisher.push((to, d.to_vec()));
+                return true;
             }
-            sink.datagrams += 1;
-            if is_rtp(t.contents) {
-                sink.rtp_to.push(t.destination);
-            }
-            sink.bytes += black_box(t.contents).len();
-        }
-        while engine.poll_event().is_some() {}
+            false
+        });
     }
 
     /// Every viewer got exactly one copy of every publisher RTP packet in `batch` (nobody
@@ -310,6 +302,30 @@ impl<S: Sfu> Fanout<S> {
             drain(c, |from, d| out.push((from, d.to_vec())));
         }
     }
+}
+
+/// After an input: a server's due timeouts, its transmits (to the null sink, unless `aside`
+/// takes them) and its events, as the io loop does it.
+pub fn emit<S: Sfu>(
+    server: &mut S,
+    now: Instant,
+    sink: &mut Sink,
+    mut aside: impl FnMut(SocketAddr, &[u8]) -> bool,
+) {
+    if server.poll_timeout().is_some_and(|t| t <= now) {
+        server.handle_timeout(now);
+    }
+    while let Some(t) = server.poll_transmit() {
+        if aside(t.destination, t.contents) {
+            continue;
+        }
+        sink.datagrams += 1;
+        if is_rtp(t.contents) {
+            sink.rtp_to.push(t.destination);
+        }
+        sink.bytes += black_box(t.contents).len();
+    }
+    while server.poll_event().is_some() {}
 }
 
 /// Drains a client's `Rtc` to its next timeout, handing each datagram to `send`.

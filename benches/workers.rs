@@ -25,14 +25,12 @@ mod pair;
 mod sim;
 mod support;
 
-use std::hint::black_box;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pair::Pair;
 use sim::{Sim, engine_config};
-use support::{Fanout, Packet, Sink, is_rtp};
+use support::{Fanout, Packet, Sink, emit};
 use whipcast::engine::{Engine, SpanMessage};
 use whipcast::offer::SessionSetup;
 
@@ -114,7 +112,7 @@ fn forward_on_two_threads(f: &mut Fanout<Pair>, batch: &[Packet]) -> Duration {
             let mut sink = Sink::default();
             while let Some((now, m)) = rx.blocking_recv() {
                 other.handle_span(now, m);
-                send(other, now, &mut sink, |_, _| false);
+                emit(other, now, &mut sink, |_, _| false);
             }
             sink
         });
@@ -125,7 +123,7 @@ fn forward_on_two_threads(f: &mut Fanout<Pair>, batch: &[Packet]) -> Duration {
             while let Some((_, m)) = home.poll_span() {
                 let _ = tx.send((p.now, m));
             }
-            send(home, p.now, sink, |to, d| {
+            emit(home, p.now, sink, |to, d| {
                 if to == publisher {
                     to_publisher.push((to, d.to_vec()));
                     return true;
@@ -141,30 +139,6 @@ fn forward_on_two_threads(f: &mut Fanout<Pair>, batch: &[Packet]) -> Duration {
     sink.bytes += mirrored.bytes;
     sink.rtp_to.extend(mirrored.rtp_to);
     elapsed
-}
-
-/// One engine's due timeouts, transmits (to the null sink, or to `aside` if it takes them)
-/// and events, as the io loop does after each input.
-fn send(
-    engine: &mut Engine,
-    now: Instant,
-    sink: &mut Sink,
-    mut aside: impl FnMut(SocketAddr, &[u8]) -> bool,
-) {
-    if engine.poll_timeout().is_some_and(|t| t <= now) {
-        engine.handle_timeout(now);
-    }
-    while let Some(t) = engine.poll_transmit() {
-        if aside(t.destination, t.contents) {
-            continue;
-        }
-        sink.datagrams += 1;
-        if is_rtp(t.contents) {
-            sink.rtp_to.push(t.destination);
-        }
-        sink.bytes += black_box(t.contents).len();
-    }
-    while engine.poll_event().is_some() {}
 }
 
 fn workers(c: &mut Criterion) {

@@ -7,18 +7,9 @@
 
 mod common;
 
-use common::server::{create, start_in, temp_dir};
+use common::server::{create, metric, start_in, temp_dir};
 use common::sse::{follow_events, in_order};
 use common::udp_client::{Client, http};
-
-/// One metric line's value, e.g. `whipcast_worker_viewers{worker="1"}`.
-fn metric(base: &str, series: &str) -> u64 {
-    let (status, _, body) = http("GET", &format!("{base}/metrics"), &[], "");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
-}
 
 fn viewers_on(base: &str, worker: usize) -> u64 {
     metric(

@@ -8,17 +8,8 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::server::{create, start_in, temp_dir};
-use common::udp_client::{Client, http};
-
-/// One metric line's value, e.g. `whipcast_worker_publishers{worker="1"}`.
-fn metric(base: &str, series: &str) -> u64 {
-    let (status, _, body) = http("GET", &format!("{base}/metrics"), &[], "");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
-}
+use common::server::{create, metric, start_in, temp_dir};
+use common::udp_client::Client;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broadcasts_spread_over_workers_and_share_the_slot_limit() {

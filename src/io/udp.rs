@@ -103,12 +103,12 @@ impl MediaSocket {
 }
 
 /// A worker's handle for sending on the shared media socket (a `try_clone` of it, so the
-/// port stays one). Registered for writability only: the receive thread reads, and the
-/// workers are not woken by every datagram that arrives. UDP `sendmsg` from several
-/// threads on one socket needs no lock of ours, and takes none in the kernel for uncorked
-/// sockets, so sends scale with the workers.
+/// port stays one). Not registered with the reactor but while a send waits for room (see
+/// `writable`): the receive thread reads, so the workers are not woken by every datagram
+/// that arrives, nor by every sent buffer the kernel frees. UDP `sendmsg` from several
+/// threads on one socket needs no lock of ours.
 pub(crate) struct SendSocket {
-    fd: AsyncFd<StdUdpSocket>,
+    socket: StdUdpSocket,
     state: UdpSocketState,
 }
 
@@ -118,11 +118,10 @@ impl SendSocket {
     pub(crate) fn new(std_socket: StdUdpSocket) -> io::Result<Self> {
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
-        // Deprecated because the fd could be closed under the registration; the `AsyncFd`
-        // owns the socket here, so it cannot, and the safe call keeps `forbid(unsafe_code)`.
-        #[allow(deprecated)]
-        let fd = AsyncFd::with_interest(std_socket, Interest::WRITABLE)?;
-        Ok(Self { fd, state })
+        Ok(Self {
+            socket: std_socket,
+            state,
+        })
     }
 }
 
@@ -135,14 +134,19 @@ impl Outbound for SendSocket {
     ) -> io::Result<()> {
         let transmit = transmit(destination, contents, segment_size);
         self.state
-            .try_send(UdpSockRef::from(self.fd.get_ref()), &transmit)
+            .try_send(UdpSockRef::from(&self.socket), &transmit)
     }
 
+    /// Registered with the reactor only while waiting: a registration stays on the socket's
+    /// wait queue, and every sent buffer the kernel frees wakes each one (with several
+    /// workers on one socket, that was a fifth of their CPU). A full send buffer is rare.
     async fn writable(&self) -> io::Result<()> {
-        let mut ready = self.fd.writable().await?;
-        // The caller retries its send next; should that fail again, the next wait is for a
-        // fresh edge, not this (perhaps stale) readiness.
-        ready.clear_ready();
+        // Deprecated because the fd could be closed under the registration; the `AsyncFd`
+        // owns its own handle of the socket here, so it cannot, and the safe call keeps
+        // `forbid(unsafe_code)`.
+        #[allow(deprecated)]
+        let fd = AsyncFd::with_interest(self.socket.try_clone()?, Interest::WRITABLE)?;
+        let _ready = fd.writable().await?;
         Ok(())
     }
 

@@ -47,3 +47,12 @@ pub fn create(base: &str) -> (String, String) {
         v["view_id"].as_str().unwrap().to_owned(),
     )
 }
+
+/// One `/metrics` line's value, e.g. `whipcast_worker_viewers{worker="1"}`.
+pub fn metric(base: &str, series: &str) -> u64 {
+    let (status, _, body) = http("GET", &format!("{base}/metrics"), &[], "");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
+}
