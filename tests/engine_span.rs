@@ -12,7 +12,9 @@ mod common;
 
 use common::pair::Pair;
 use common::sim::{Sim, engine_config};
-use whipcast::engine::{BroadcastKey, CloseReason, EngineConfig, EngineEvent};
+use whipcast::engine::{
+    BroadcastKey, CloseReason, CommandError, EngineConfig, EngineEvent, Outcome,
+};
 use whipcast::offer::SessionSetup;
 
 const A: BroadcastKey = BroadcastKey(1);
@@ -157,4 +159,37 @@ fn a_home_whose_viewers_are_all_elsewhere_ends_when_the_grace_runs_out() {
     assert!(sim.events.contains(&EngineEvent::BroadcastEnded(A)));
     assert!(closed(&sim, elsewhere, CloseReason::BroadcastEnded));
     assert_eq!(sim.stats().live_broadcasts, 1, "only B is left");
+}
+
+#[test]
+fn sessions_still_connecting_are_bounded_across_both_engines() {
+    let mut sim = sim(engine_config()); // max_viewers = 3: at most 4 sessions connecting
+    let _p = sim.connected_publisher(A);
+    let mut placed = [0; 2];
+    let mut refused = 0;
+    for _ in 0..8 {
+        match sim.view(A) {
+            Ok(v) => {
+                // A junk POST with a copied viewer link: it never sends a packet.
+                sim.clients[v].unplugged = true;
+                placed[worker(&sim, v)] += 1;
+            }
+            Err(Outcome::Subscribed(Err(CommandError::TooManyPending))) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        placed,
+        [2, 2],
+        "the junk sessions are spread over both engines"
+    );
+    assert_eq!(
+        refused, 4,
+        "one bound for the broadcast, not one per engine"
+    );
+    // They time out and give the bound back; a real viewer then connects on either engine.
+    sim.run_for(Duration::from_secs(21));
+    let v = sim.view(A).expect("room again");
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[v].connected);
 }

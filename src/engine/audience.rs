@@ -1,5 +1,5 @@
-//! One broadcast's audience across every worker: how many viewer sessions it has and which
-//! viewers hold a place, in the order they connected.
+//! One broadcast's audience across every worker: how many viewer sessions it has, how many of
+//! them are still connecting, and which viewers hold a place, in the order they connected.
 //!
 //! With `--workers N` a broadcast's viewers live on several engines (span.rs), but the viewer
 //! cap is the broadcast's: the n+1th viewer to connect evicts the oldest one, whichever
@@ -25,6 +25,8 @@ pub(crate) struct Audience {
 struct Book {
     /// Viewer sessions (edge pulls included), connected or not.
     sessions: usize,
+    /// Of those, the ones that have not connected yet (their own bound: `Engine::pending_cap`).
+    connecting: usize,
     /// Connected viewers holding a place (edge pulls hold none), with when they connected,
     /// oldest first.
     seated: VecDeque<(Seat, Instant)>,
@@ -40,17 +42,28 @@ pub(crate) enum Admission {
 }
 
 impl Audience {
-    /// A viewer session started; returns the number of sessions.
+    /// A viewer session started (connecting); returns the number of sessions.
     pub(crate) fn joined(&self) -> usize {
         let mut book = self.book();
         book.sessions += 1;
+        book.connecting += 1;
         book.sessions
     }
 
-    /// A viewer session ended (seated or not); returns the number of sessions left.
-    pub(crate) fn left(&self, seat: Seat) -> usize {
+    /// A viewer session connected (once per session).
+    pub(crate) fn connected(&self) {
+        let mut book = self.book();
+        book.connecting = book.connecting.saturating_sub(1);
+    }
+
+    /// A viewer session ended (seated or not, `connected` or still connecting); returns the
+    /// number of sessions left.
+    pub(crate) fn left(&self, seat: Seat, connected: bool) -> usize {
         let mut book = self.book();
         book.sessions = book.sessions.saturating_sub(1);
+        if !connected {
+            book.connecting = book.connecting.saturating_sub(1);
+        }
         if let Some(i) = book.seated.iter().position(|s| s.0 == seat) {
             book.seated.remove(i);
         }
@@ -59,6 +72,11 @@ impl Audience {
 
     pub(crate) fn sessions(&self) -> usize {
         self.book().sessions
+    }
+
+    /// Viewer sessions on every worker that have not connected yet.
+    pub(crate) fn connecting(&self) -> usize {
+        self.book().connecting
     }
 
     /// Connected viewers holding a place.
@@ -135,7 +153,7 @@ mod tests {
             }
         );
         assert_eq!(a.seated(), 2);
-        assert_eq!(a.left(seat(1, 0)), 2, "the evicted session ends");
+        assert_eq!(a.left(seat(1, 0), true), 2, "the evicted session ends");
     }
 
     #[test]
@@ -148,9 +166,25 @@ mod tests {
             Admission::Seated { evict: None }
         );
         assert_eq!(a.admit(seat(1, 0), now(), 1, true), Admission::Refused);
-        assert_eq!(a.left(seat(1, 0)), 1);
-        assert_eq!(a.left(seat(0, 0)), 0);
+        assert_eq!(a.left(seat(1, 0), true), 1);
+        assert_eq!(a.left(seat(0, 0), true), 0);
         assert_eq!(a.seated(), 0);
-        assert_eq!(a.left(seat(0, 0)), 0, "never below zero");
+        assert_eq!(a.left(seat(0, 0), true), 0, "never below zero");
+    }
+
+    #[test]
+    fn sessions_are_connecting_until_they_connect_or_leave() {
+        let a = Audience::default();
+        for _ in 0..3 {
+            a.joined();
+        }
+        assert_eq!(a.connecting(), 3);
+        a.connected();
+        assert_eq!(a.connecting(), 2, "a connected session no longer counts");
+        a.left(seat(1, 4), false);
+        assert_eq!(a.connecting(), 1, "nor one that gave up connecting");
+        a.left(seat(0, 2), true);
+        assert_eq!(a.connecting(), 1, "a connected one leaving changes nothing");
+        assert_eq!(a.sessions(), 1);
     }
 }

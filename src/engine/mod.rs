@@ -541,14 +541,9 @@ impl Engine {
         };
         // Only connected viewers hold a place (and only a viewer that connects may evict
         // one, in `admit_connected`): sessions that never finish DTLS cost a viewer link's
-        // holder nothing, so they get their own small bound instead (per worker).
-        let peers = &self.peers;
-        let pending = route
-            .viewers
-            .iter()
-            .filter(|v| peers.get(v.index as usize).is_some_and(|p| !p.connected))
-            .count();
-        if pending >= self.pending_cap() {
+        // holder nothing, so they get their own small bound instead, counted on every
+        // worker holding viewers of the broadcast (audience.rs).
+        if route.audience.connecting() >= self.pending_cap() {
             return Err(CommandError::TooManyPending);
         }
         if !relay
@@ -880,6 +875,11 @@ impl Engine {
         let Some(peer) = self.peer_mut(key) else {
             return;
         };
+        if !peer.connected
+            && let Some(audience) = &peer.audience
+        {
+            audience.connected();
+        }
         peer.connected = true;
         peer.expires = None;
         let b = peer.broadcast;

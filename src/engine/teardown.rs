@@ -225,7 +225,7 @@ impl Engine {
         let sessions = peer
             .audience
             .as_ref()
-            .map(|a| a.left((self.config.worker, key)));
+            .map(|a| a.left((self.config.worker, key), peer.connected));
         let mut mirrored = false;
         if let Some(route) = self.router.route_mut(b) {
             if route.publisher == Some(key) {
