@@ -2,7 +2,7 @@
 # whipcast and Janus 1.1 side by side (BENCHMARKS.md §6): the same load generator, the same
 # N sequence, one server after the other, each pinned to core 0 and the generator to core 1.
 #
-#   benches/peers/janus/run.sh [N ...]        (default N: 100 150 200 400 800, as in §6; as root)
+#   benches/peers/janus/run.sh [N ...]        (default N: 100 150 200 400 800 1000, as in §6; as root)
 #
 # SERVERS="janus" (or "whipcast") runs one of them only, e.g. to narrow down Janus's limit;
 # SECS sets the measured window (default 10 s).
@@ -27,7 +27,7 @@ root=$(cd "$here/../../.." && pwd)
 source "$here/config.sh"
 
 sizes=("$@")
-[ ${#sizes[@]} -gt 0 ] || sizes=(100 150 200 400 800)
+[ ${#sizes[@]} -gt 0 ] || sizes=(100 150 200 400 800 1000)
 secs=${SECS:-10}
 read -r -a servers <<<"${SERVERS:-whipcast janus}"
 ns=wcpeer$$

@@ -27,6 +27,8 @@ const GOP: u64 = 60;
 const IDR_FILLER: usize = 80_000;
 const P_FILLER: usize = 9_000;
 const MARKER: usize = 16;
+/// How often a held publisher looks whether it may go on.
+const HELD_TICK: Duration = Duration::from_millis(2);
 
 /// x264's SPS for 320x240 Constrained Baseline, and a PPS (nobody decodes the pictures).
 const SPS: &[u8] = &[
@@ -46,6 +48,8 @@ pub struct Publisher {
     /// forwards each one), and RTP packets a full socket buffer dropped before the server.
     pub rtp_sent: Arc<AtomicU64>,
     pub rtp_send_drops: Arc<AtomicU64>,
+    /// Set by the run to hold the publisher back (window.rs): nothing is written meanwhile.
+    pub hold: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -107,6 +111,7 @@ impl Publisher {
             late_frames,
             rtp_sent,
             rtp_send_drops,
+            hold,
             stop,
         } = shared;
         Ok(Self {
@@ -116,6 +121,7 @@ impl Publisher {
             late_frames,
             rtp_sent,
             rtp_send_drops,
+            hold,
             stop,
             thread: Some(thread),
         })
@@ -144,10 +150,22 @@ pub struct Shared {
     pub late_frames: Arc<AtomicU64>,
     rtp_sent: Arc<AtomicU64>,
     rtp_send_drops: Arc<AtomicU64>,
+    hold: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
 }
 
 impl Shared {
+    /// While the run holds the publisher back, no frame or audio packet is due: the next
+    /// ones move a moment past `now`, so nothing is written, and nothing bursts to catch up
+    /// when it is let go (frames keep their numbers: none is skipped).
+    pub fn hold_back(&self, now: Instant, next: [&mut Instant; 2]) {
+        if self.hold.load(Relaxed) {
+            for n in next {
+                *n = now + HELD_TICK;
+            }
+        }
+    }
+
     fn on_event(&self, e: &Event) {
         if matches!(e, Event::Connected) {
             self.connected.store(true, Relaxed);
@@ -193,6 +211,7 @@ async fn run(
             if !started {
                 (started, next_video, next_audio) = (true, now, now);
             }
+            s.hold_back(now, [&mut next_video, &mut next_audio]);
             let mut wrote = false;
             if now >= next_video {
                 write_video(&mut rtc, video, n_video, epoch);

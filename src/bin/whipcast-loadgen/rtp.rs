@@ -83,6 +83,7 @@ async fn run(
     let (mut next_video, mut next_audio) = (start, start);
     while !s.stop.load(Relaxed) {
         let now = Instant::now();
+        s.hold_back(now, [&mut next_video, &mut next_audio]);
         if now >= next_video {
             let frame = publisher::make_frame(n_video, peer::micros_since(epoch, now));
             let payloads = packetize(&frame);

@@ -63,12 +63,14 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
     }
     tokio::time::sleep(Duration::from_secs(a.warmup)).await;
 
-    // The measured window.
+    // The measured window, opened and closed with nothing on its way (window.rs).
     let now_us = || peer::micros_since(epoch, Instant::now());
     let sent = || publisher.rtp_sent.load(Relaxed);
+    let held = window::hold(&publisher.hold).await;
     let (s0, t0) = (sample(), crowd.totals());
     let window = Window::open(now_us(), sent(), crowd.counters());
     crowd.take_latencies();
+    drop(held);
     let length = Duration::from_secs(a.seconds);
     let mut next_log = Instant::now() + Duration::from_secs(5);
     let mut next_churn = Instant::now() + Duration::from_secs(a.churn_every.max(1));
@@ -107,10 +109,14 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
             );
         }
     }
-    let (s1, t1, end_us) = (sample(), crowd.totals(), now_us());
+    // The server's CPU over the time the publisher sent; the packets over the time they took.
+    let s1 = sample();
+    let held = window::hold(&publisher.hold).await;
+    let (t1, end_us) = (crowd.totals(), now_us());
     let w = window.report(end_us, sent());
     let playing_at_end = window::playing_at(end_us, crowd.counters().map(|c| &**c));
     let mut latencies = crowd.take_latencies();
+    drop(held);
     let (server_cpu, own_cpu) = s1.cpu_percent_since(&s0);
     let secs = s1.at.duration_since(s0.at).as_secs_f64();
     let t = t1.since(&t0);
