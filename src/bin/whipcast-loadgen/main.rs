@@ -96,8 +96,8 @@ pub(crate) struct Args {
     /// Viewers watching during the measured window.
     #[arg(long, default_value_t = 50)]
     pub(crate) viewers: usize,
-    /// Length of the measured window in seconds, rounded to whole GOPs (2 s): the window
-    /// opens and closes at the same point of the publisher's GOP (window.rs).
+    /// Length of the measured window in seconds (the publisher's sending time; at both ends
+    /// it is held back for half a second while what it sent arrives, window.rs).
     #[arg(long, default_value_t = 10)]
     pub(crate) seconds: u64,
     /// The server's PID: its CPU and memory from /proc.
