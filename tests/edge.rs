@@ -6,7 +6,7 @@
 mod common;
 
 use common::edges::{
-    SECRET, blocking, edge, follow_events, origin, playing_viewer, status, wait_until,
+    SECRET, blocking, edge, follow_events, live_at_edge, origin, playing_viewer, status, wait_until,
 };
 use common::server::create;
 use common::sse::in_order;
@@ -222,14 +222,7 @@ async fn an_edge_of_an_edge_plays_and_each_hop_carries_one_session() {
 async fn a_rotated_view_id_at_the_origin_ends_edge_viewers_and_the_old_link_stops_working() {
     let (origin, obase) = origin(&["--resume-grace", "60s"]).await;
     let (edge, ebase) = edge(&obase, &["--resume-grace", "60s"]).await;
-    let (o, e) = (obase.clone(), ebase.clone());
-    let (id, view, publisher, viewer) = blocking(move || {
-        let (id, view) = create(&o);
-        let publisher = Client::publish(&o, &id).unwrap();
-        let viewer = playing_viewer(&e, &view);
-        (id, view, publisher, viewer)
-    })
-    .await;
+    let (id, view, publisher, viewer) = live_at_edge(&obase, &ebase).await;
     let events = follow_events(&ebase, &viewer.location).await;
     let (o, e, ev) = (obase.clone(), ebase.clone(), events.clone());
     blocking(move || {

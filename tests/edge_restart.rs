@@ -17,9 +17,9 @@ mod common;
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::edges::{SECRET, blocking, follow_events, playing_viewer, wait_until};
+use common::edges::{SECRET, blocking, follow_events, live_at_edge, wait_until};
 use common::process::{Proc, sigterm, spawn_in, spawn_with};
-use common::server::{create, temp_dir};
+use common::server::temp_dir;
 use common::sse::in_order;
 use common::udp_client::Client;
 
@@ -80,14 +80,7 @@ async fn edge_viewers_play_again_after_the_origin_crashes_and_after_it_restarts(
         None,
     );
     let ebase = edge.base.clone();
-    let (o, e) = (obase.clone(), ebase.clone());
-    let (id, view, publisher, viewer) = blocking(move || {
-        let (id, view) = create(&o);
-        let publisher = Client::publish(&o, &id).unwrap();
-        let viewer = playing_viewer(&e, &view);
-        (id, view, publisher, viewer)
-    })
-    .await;
+    let (id, view, publisher, viewer) = live_at_edge(&obase, &ebase).await;
     let events = follow_events(&ebase, &viewer.location).await;
     blocking(move || {
         // A crash: nobody is told anything.

@@ -88,6 +88,19 @@ pub fn playing_viewer(base: &str, view: &str) -> Client {
     v
 }
 
+/// A broadcast created and published at `origin`, and one viewer playing it at `edge`:
+/// its broadcast ID, view ID, publisher and viewer.
+pub async fn live_at_edge(origin: &str, edge: &str) -> (String, String, Client, Client) {
+    let (o, e) = (origin.to_owned(), edge.to_owned());
+    blocking(move || {
+        let (id, view) = super::server::create(&o);
+        let publisher = Client::publish(&o, &id).unwrap();
+        let viewer = playing_viewer(&e, &view);
+        (id, view, publisher, viewer)
+    })
+    .await
+}
+
 /// Waits (bounded: a guard against "never happened", not a speed check) until `f` holds.
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
