@@ -1,8 +1,8 @@
 //! RTCP BYE from a publisher is a hang-up (RFC 3550 §6.6), as DTLS close_notify is
 //! (teardown.rs). str0m parses BYE but acts on nothing in it, so the engine opens the
 //! publisher's SRTCP itself, with the session's own keys (srtp/), and reads the BYE packets.
-//! GStreamer's `rtpsession` sends BYE for each of its sources when its pipeline stops; a
-//! browser sends it when its PeerConnection closes.
+//! aiortc sends BYE when its senders stop; Chromium 156 closes with close_notify instead, and
+//! GStreamer 1.22's webrtcbin sends neither when its pipeline stops (it goes silent).
 //!
 //! The session ends once BYE has named every SSRC the publisher sent media on: a BYE for one
 //! track that stops is not the end of the broadcast. Only RTCP that authenticates counts, so
