@@ -27,7 +27,8 @@ pub struct SrtcpReceiver {
 
 enum Opener {
     Aead(Aead),
-    Cm(CmRtcp),
+    // Boxed: an AES key schedule is 1.7 KB, and most sessions are AEAD.
+    Cm(Box<CmRtcp>),
 }
 
 impl SrtpSender {
@@ -84,7 +85,7 @@ impl SrtcpReceiver {
     /// The context for what the peer sends, or `None` for a profile this module does not do.
     pub fn new(keys: &Captured) -> Option<Self> {
         let rtcp = if keys.profile == SrtpProfile::AES128_CM_SHA1_80 {
-            Opener::Cm(CmRtcp::new(&Master::of_cm(keys, !keys.active)?)?)
+            Opener::Cm(Box::new(CmRtcp::new(&Master::of_cm(keys, !keys.active)?)?))
         } else {
             Opener::Aead(Master::of(keys, !keys.active)?.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?)
         };
