@@ -1,18 +1,32 @@
-//! Lip sync in the browser: a Chromium viewer's audio and video arrive in one `MediaStream`.
-//! libwebrtc aligns audio with video only within one stream (one msid stream id, one cname);
-//! tracks in different streams play unsynced whatever the sender reports say. The viewer page
-//! builds its own `MediaStream`, so the test records what the peer connection itself says: the
-//! streams of each `track` event.
+//! Lip sync: what a viewer sees and hears lines up as it would without the server.
+//!
+//! - A Chromium viewer's audio and video arrive in one `MediaStream`. libwebrtc aligns audio
+//!   with video only within one stream (one msid stream id, one cname); tracks in different
+//!   streams play unsynced whatever the sender reports say. The viewer page builds its own
+//!   `MediaStream`, so the test records what the peer connection itself says: the streams of
+//!   each `track` event.
+//! - The offset between a flash on screen and its tone at the audio output, measured in the
+//!   real viewer page (tests/common/av.rs), is the offset of the same media sent straight
+//!   between two peer connections in one page, within [`MAX_OFFSET_CHANGE`].
+//! - The sender reports whipcast sends a viewer map one instant's audio and video RTP times
+//!   to one wall-clock time (simulated network).
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
 mod common;
 
+use std::time::{Duration, SystemTime};
+
+use common::av::{Run, quantile};
 use common::chromium::Browser;
 use common::page_test::{blocking, start};
 use common::server::create;
+use common::sim::{Sim, engine_config, synthetic_frame};
 use common::udp_client::Client;
 use serde_json::{Value, json};
+use str0m::media::{Frequency, MediaTime};
+use str0m::rtp::rtcp::SenderInfo;
+use whipcast::engine::BroadcastKey;
 
 /// Wraps `RTCPeerConnection` so that every `track` event's kind and stream ids are kept in
 /// `window.trackEvents` (installed before the viewer page's own scripts run).
@@ -83,3 +97,170 @@ const TRACKS_OF_THE_VIDEO_STREAM: &str = "
 const done = arguments[arguments.length - 1];
 const stream = window.videoEventStream;
 done(stream ? stream.getTracks().map((t) => t.kind).sort() : []);";
+
+/// How far whipcast may move the offset between picture and sound from the direct floor.
+/// Viewers notice audio late by about 125 ms or early by about 45 ms (ITU-R BT.1359); this
+/// stays well inside that.
+const MAX_OFFSET_CHANGE: f64 = 20.0;
+/// Flashes (seconds) before measuring: the receivers' jitter buffers and A/V sync settle
+/// (Chromium's sync moves a stream's delay in steps, about once a second).
+const WARM_UP_FLASHES: usize = 8;
+/// Flashes measured after the warm-up.
+const MEASURED_FLASHES: usize = 12;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_sees_and_hears_each_flash_as_close_together_as_a_direct_connection() {
+    let r = start(&[]).await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, view) = create(&base);
+        let run = Run::start(&base, &id, &view);
+        let wanted = WARM_UP_FLASHES + MEASURED_FLASHES;
+        let (whipcast, direct) = run.wait(
+            "flashes and tones on both sides",
+            Duration::from_secs(wanted as u64 + 20),
+            |w, d| {
+                let (wo, dof) = (w.av_offsets(), d.av_offsets());
+                let common = wo.keys().filter(|k| dof.contains_key(k)).count();
+                (common >= wanted).then_some((wo, dof))
+            },
+        );
+        run.viewer.screenshot("viewer_sees_and_hears_each_flash");
+        // The same flashes on both sides, after the warm-up.
+        let seconds: Vec<i64> = whipcast
+            .keys()
+            .filter(|k| direct.contains_key(k))
+            .skip(WARM_UP_FLASHES)
+            .copied()
+            .collect();
+        let pick = |m: &std::collections::BTreeMap<i64, f64>| -> Vec<f64> {
+            seconds.iter().map(|k| m[k]).collect()
+        };
+        let (w, d) = (pick(&whipcast), pick(&direct));
+        let round = |v: &[f64]| v.iter().map(|x| x.round() as i64).collect::<Vec<_>>();
+        eprintln!("codec {}; sound after picture, ms, per flash:", run.codec);
+        eprintln!("  through whipcast {:?}", round(&w));
+        eprintln!("  direct           {:?}", round(&d));
+        let (mw, md) = (quantile(&w, 0.5).unwrap(), quantile(&d, 0.5).unwrap());
+        eprintln!("median: through whipcast {mw:.1} ms, direct {md:.1} ms");
+        assert!(
+            (mw - md).abs() <= MAX_OFFSET_CHANGE,
+            "whipcast moves sound against picture by {:.1} ms (through whipcast {mw:.1} ms, \
+             direct {md:.1} ms)",
+            mw - md
+        );
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+const B: BroadcastKey = BroadcastKey(1);
+/// A frame period (30 fps); the simulated publisher sends one Opus frame per video frame.
+const FRAME: Duration = Duration::from_millis(33);
+/// How far apart the wall-clock times a viewer derives for one instant's audio and video
+/// may be: well under a frame, and under what viewers notice.
+const MAX_SR_SKEW: Duration = Duration::from_millis(5);
+/// Instants (frames) sent: 5 s, five of whipcast's reports.
+const INSTANTS: u64 = 150;
+
+#[test]
+fn sender_reports_map_audio_and_video_of_one_instant_to_one_wall_clock_time() {
+    let mut sim = Sim::new(engine_config());
+    let p = sim.connected_publisher(B);
+    let v = sim.view(B).unwrap();
+    sim.run_for(Duration::from_millis(300));
+    assert!(sim.clients[v].connected);
+    let video = sim.clients[p].video_mid.unwrap();
+    let audio = sim.clients[p].audio_mid.unwrap();
+    let vpt = sim.clients[p].rtc.media(video).unwrap().remote_pts()[0];
+    let apt = sim.clients[p].rtc.media(audio).unwrap().remote_pts()[0];
+    // Instant n's audio and video leave the publisher together, stamped with when.
+    // Each Opus payload and video frame carries n, so the viewer's frames can be told apart.
+    // (whipcast stamps forwarded media with its arrival: a publisher whose encoder hands
+    // over video later than audio, with its own reports saying so, is not followed.)
+    let mut sent = std::collections::HashMap::new();
+    for n in 0..INSTANTS {
+        let at = sim.now;
+        let c = &mut sim.clients[p];
+        let mut opus = vec![0xf8];
+        opus.extend_from_slice(&n.to_be_bytes());
+        // RTP time runs as fast as the wall clock: sender reports extrapolate with it.
+        let ms = n * FRAME.as_millis() as u64;
+        let audio_time = MediaTime::new(ms * 48, Frequency::FORTY_EIGHT_KHZ);
+        c.rtc
+            .writer(audio)
+            .unwrap()
+            .write(apt, at, audio_time, opus)
+            .unwrap();
+        // Synthetic frames repeat every 251; the number in ASCII has no zero bytes.
+        let mut frame = synthetic_frame(n, n % 30 == 0);
+        frame.extend_from_slice(format!("#{n}").as_bytes());
+        sent.insert(frame.clone(), n);
+        let c = &mut sim.clients[p];
+        let video_time = MediaTime::from_90khz(ms * 90);
+        c.rtc
+            .writer(video)
+            .unwrap()
+            .write(vpt, at, video_time, frame)
+            .unwrap();
+        sim.run_for(FRAME);
+    }
+    // Each instant's wall-clock time as the viewer derives it from each stream's newest
+    // sender report when the frame arrived.
+    let c = &sim.clients[v];
+    let video_at: std::collections::HashMap<u64, SystemTime> = c
+        .frames
+        .iter()
+        .filter_map(|f| {
+            Some((
+                sent[&f.data],
+                wall_clock(&f.sender_info?, f.rtp_time, 90_000),
+            ))
+        })
+        .collect();
+    let mut skews = Vec::new();
+    for (data, rtp_time, info) in &c.audio {
+        let n = u64::from_be_bytes(data[1..9].try_into().expect("our Opus payload"));
+        let (Some(info), Some(video)) = (info, video_at.get(&n)) else {
+            continue;
+        };
+        let audio = wall_clock(info, *rtp_time, 48_000);
+        let skew = match video.duration_since(audio) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        skews.push((n, skew * 1000.0));
+    }
+    let worst = skews
+        .iter()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .copied();
+    eprintln!(
+        "instants checked: {}; video's wall clock after audio's, worst: {worst:?} ms; \
+         first: {:?}",
+        skews.len(),
+        &skews[..skews.len().min(5)]
+    );
+    assert!(
+        skews.len() as u64 >= INSTANTS * 9 / 10,
+        "instants with sender reports on both streams: {}",
+        skews.len()
+    );
+    let (n, worst) = worst.unwrap();
+    assert!(
+        worst.abs() <= MAX_SR_SKEW.as_secs_f64() * 1000.0,
+        "instant {n}: the viewer's sender reports put its video {worst:.1} ms after its audio"
+    );
+}
+
+/// The wall-clock time `info` gives RTP time `rtp` of a stream at `rate` Hz (RTP times
+/// compared modulo 2^32, as they wrap).
+fn wall_clock(info: &SenderInfo, rtp: u64, rate: u32) -> SystemTime {
+    let ticks = (rtp as u32).wrapping_sub(info.rtp_time.numer() as u32) as i32;
+    let d = Duration::from_secs_f64(f64::from(ticks.unsigned_abs()) / f64::from(rate));
+    if ticks >= 0 {
+        info.ntp_time + d
+    } else {
+        info.ntp_time - d
+    }
+}

@@ -1,6 +1,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the helpers
 
 pub mod annexb;
+pub mod av;
 pub mod chromium;
 pub mod edges;
 pub mod firefox;

@@ -10,6 +10,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::rtcp::SenderInfo;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use whipcast::config::WhenFull;
 use whipcast::engine::{
@@ -28,6 +29,8 @@ pub struct Frame {
     pub rtp_time: u64,
     pub seq_start: u64,
     pub seq_end: u64,
+    /// The newest sender report of the frame's stream when it arrived (RTP ↔ NTP time).
+    pub sender_info: Option<SenderInfo>,
 }
 
 pub struct Client {
@@ -44,6 +47,8 @@ pub struct Client {
     /// retransmissions unwrapped, in arrival order.
     pub video_rtp: Vec<(u64, Vec<u8>)>,
     pub audio_frames: usize,
+    /// Each audio frame's payload, RTP time and its stream's newest sender report.
+    pub audio: Vec<(Vec<u8>, u64, Option<SenderInfo>)>,
     pub keyframe_requests: usize,
     /// Drop every datagram to or from this client while set (a crash or a cut cable).
     pub unplugged: bool,
@@ -574,8 +579,13 @@ impl<S: Sfu> Sim<S> {
                             rtp_time: d.time.numer(),
                             seq_start: **d.seq_range.start(),
                             seq_end: **d.seq_range.end(),
+                            sender_info: d.last_sender_info,
                         }),
-                        Event::MediaData(d) if Some(d.mid) == c.audio_mid => c.audio_frames += 1,
+                        Event::MediaData(d) if Some(d.mid) == c.audio_mid => {
+                            c.audio_frames += 1;
+                            c.audio
+                                .push((d.data.to_vec(), d.time.numer(), d.last_sender_info));
+                        }
                         // Opus keeps the publisher's PT 111 in every viewer's answer.
                         Event::RtpPacket(p) if *p.header.payload_type != 111 => {
                             c.video_rtp.push((*p.seq_no, p.payload.to_vec()));
@@ -654,6 +664,7 @@ impl<S: Sfu> Sim<S> {
             frames: Vec::new(),
             video_rtp: Vec::new(),
             audio_frames: 0,
+            audio: Vec::new(),
             keyframe_requests: 0,
             unplugged: false,
             server_keys: None,
