@@ -173,7 +173,7 @@ fn report(what: &str, i: usize, r: Value) -> Load {
     let ms = |k: &str| load.ms(k).unwrap_or(f64::NAN);
     eprintln!(
         "{what} load {i:>3}: post {:>6.1} answer {:>6.1} frame {:>7.1} motion {:>7.1} ms \
-         (first video packet {:>6.1}, decoded {:>6.1}; at the frame {}; live {}; {})",
+         (first video packet {:>6.1}, decoded {:>6.1}; at the frame {}; live {}; {}; element {})",
         ms("post"),
         ms("answer"),
         ms("frame"),
@@ -183,6 +183,7 @@ fn report(what: &str, i: usize, r: Value) -> Load {
         load.0.get("atFrame").unwrap_or(&Value::Null),
         load.0.get("live").unwrap_or(&Value::Null),
         load.0.get("stats").unwrap_or(&Value::Null),
+        load.0.get("events").unwrap_or(&Value::Null),
     );
     load
 }

@@ -6,7 +6,8 @@
 //   frame: the first video frame presented (requestVideoFrameCallback);
 //   received, decoded: getStats first showed a video packet received, a frame decoded;
 //   motion: getStats showed MOTION_FRAMES decoded (the picture moves, not one still);
-//   atFrame: the decoder's counts when the first frame was presented;
+//   atFrame: the decoder's counts when the first frame was presented (or at the next poll);
+//   events: when the <video> element's loadedmetadata, playing, … first fired;
 //   live: over the second after LIVE_AFTER_MS past the first frame, the mean jitter buffer
 //     delay of the frames emitted (inbound-rtp jitterBufferDelay / jitterBufferEmittedCount)
 //     and the median receive → presentation time of the frames presented (rVFC metadata,
@@ -48,9 +49,16 @@
     }
     video.requestVideoFrameCallback(presented);
   };
+  // When the element's own events first fired: where a picture decoded but not presented
+  // waited.
+  ff.events = {};
   document.addEventListener('DOMContentLoaded', () => {
     video = document.querySelector('video');
-    if (video) video.requestVideoFrameCallback(presented);
+    if (!video) return;
+    video.requestVideoFrameCallback(presented);
+    for (const e of ['loadedmetadata', 'loadeddata', 'canplay', 'playing', 'resize', 'waiting']) {
+      video.addEventListener(e, () => { if (!(e in ff.events)) ff.events[e] = Math.round(since()); });
+    }
   });
   const poll = () => {
     const pc = window.whipcast && window.whipcast.pc;
@@ -59,6 +67,9 @@
       stats.forEach((r) => {
         if (r.type !== 'inbound-rtp' || r.kind !== 'video') return;
         inbound = r;
+        if (ff.frame !== null && ff.atFrame === null) {
+          ff.atFrame = { decoded: r.framesDecoded, keyframes: r.keyFramesDecoded };
+        }
         if (ff.received === null && r.packetsReceived > 0) ff.received = since();
         if (ff.decoded === null && r.framesDecoded > 0) ff.decoded = since();
         if (ff.motion === null && r.framesDecoded >= MOTION_FRAMES) ff.motion = since();
