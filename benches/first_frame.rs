@@ -47,9 +47,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::annexb::access_units;
+use common::annexb::{AccessUnit, access_units};
 use common::chromium::Browser;
 use common::server::{create, start_in, temp_dir};
 use common::udp_client::Client;
@@ -57,6 +57,8 @@ use serde_json::{Value, json};
 
 /// A load whose first frame has not come by then counts as failed.
 const FRAME_LIMIT: Duration = Duration::from_secs(8);
+/// The test client publishes for two minutes; it is replaced before then.
+const PUBLISHER_LIFE: Duration = Duration::from_secs(90);
 /// The issue's goals for a first visit, counted per run: the first picture within this of
 /// the page's first script, and motion (frames decoded rising) within [`MOTION_GOAL_MS`].
 const FIRST_PICTURE_GOAL_MS: f64 = 600.0;
@@ -102,10 +104,7 @@ fn main() {
         }
     };
     let (id, view) = create(&base);
-    let publisher = Client::publish_script(&base, &id, script).expect("WHIP accepted");
-    publisher.wait_for("publisher connected", |s| s.connected);
-    // Two GOPs: the keyframe cache holds a whole IDR.
-    std::thread::sleep(GOP * 2);
+    let mut publisher = Publisher::start(&base, &id, script);
     let url = format!("{base}/stream?id={view}");
     let mut pause = Pause(0x9e37_79b9_7f4a_7c15);
 
@@ -120,31 +119,43 @@ fn main() {
         let mut loads = Vec::new();
         for i in 0..args.warm {
             browser.goto("about:blank");
+            publisher.keep_on();
             pause.sleep();
             loads.push(report("warm", i, browser_load(&browser, &url)));
         }
         browser.goto("about:blank");
-        runs.push((format!("warm Chromium, {} loads in one browser", args.warm), loads));
+        runs.push((
+            format!("warm Chromium, {} loads in one browser", args.warm),
+            loads,
+        ));
     }
     if args.fresh_chromium > 0 {
         let mut loads = Vec::new();
         for i in 0..args.fresh_chromium {
+            publisher.keep_on();
             pause.sleep();
             let browser = Browser::start();
             browser.before_page_scripts(PROBE);
             loads.push(report("fresh chromium", i, browser_load(&browser, &url)));
         }
         let n = args.fresh_chromium;
-        runs.push((format!("fresh Chromium, {n} processes, one load each"), loads));
+        runs.push((
+            format!("fresh Chromium, {n} processes, one load each"),
+            loads,
+        ));
     }
     if args.fresh_firefox > 0 {
         let mut loads = Vec::new();
         for i in 0..args.fresh_firefox {
+            publisher.keep_on();
             pause.sleep();
             loads.push(report("fresh firefox", i, firefox_load(&url)));
         }
         let n = args.fresh_firefox;
-        runs.push((format!("fresh Firefox, {n} processes, one load each"), loads));
+        runs.push((
+            format!("fresh Firefox, {n} processes, one load each"),
+            loads,
+        ));
     }
     drop(publisher);
     if let Some(server) = server {
@@ -173,7 +184,7 @@ fn report(what: &str, i: usize, r: Value) -> Load {
     let ms = |k: &str| load.ms(k).unwrap_or(f64::NAN);
     eprintln!(
         "{what} load {i:>3}: post {:>6.1} answer {:>6.1} frame {:>7.1} motion {:>7.1} ms \
-         (first video packet {:>6.1}, decoded {:>6.1}; at the frame {}; live {}; {}; element {})",
+         (first video packet {:>6.1}, decoded {:>6.1}; at the frame {}; live {}; {}; element {}{})",
         ms("post"),
         ms("answer"),
         ms("frame"),
@@ -184,6 +195,9 @@ fn report(what: &str, i: usize, r: Value) -> Load {
         load.0.get("live").unwrap_or(&Value::Null),
         load.0.get("stats").unwrap_or(&Value::Null),
         load.0.get("events").unwrap_or(&Value::Null),
+        load.0
+            .get("refused")
+            .map_or(String::new(), |r| format!("; POST answered {r}")),
     );
     load
 }
@@ -244,6 +258,48 @@ fn firefox_load(url: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+/// The OBS-shaped publisher, published again (a publisher resume) before its client's
+/// two-minute life ends: a run of all three kinds of loads takes several minutes.
+struct Publisher {
+    base: String,
+    id: String,
+    script: Vec<(AccessUnit, u64)>,
+    client: Option<Client>,
+    since: Instant,
+}
+
+impl Publisher {
+    fn start(base: &str, id: &str, script: Vec<(AccessUnit, u64)>) -> Self {
+        let mut p = Self {
+            base: base.to_owned(),
+            id: id.to_owned(),
+            script,
+            client: None,
+            since: Instant::now(),
+        };
+        p.publish();
+        p
+    }
+
+    fn publish(&mut self) {
+        drop(self.client.take());
+        let client = Client::publish_script(&self.base, &self.id, self.script.clone())
+            .expect("WHIP accepted");
+        client.wait_for("publisher connected", |s| s.connected);
+        self.client = Some(client);
+        self.since = Instant::now();
+        // Two GOPs: the keyframe cache holds a whole IDR.
+        std::thread::sleep(GOP * 2);
+    }
+
+    /// Publishes again if the client has less than a load's time left.
+    fn keep_on(&mut self) {
+        if self.since.elapsed() > PUBLISHER_LIFE {
+            self.publish();
+        }
+    }
 }
 
 /// Waits a random part of a GOP before a load, so every distance to the publisher's next

@@ -3,6 +3,7 @@
 // in ms from this script, land in window.__firstFrame for benches/first_frame.rs and
 // tests/first_picture.rs:
 //   post, answer: the page's WHEP POST is sent, its 201 arrived (by wrapping fetch);
+//   refused: the status (and Retry-After) of a POST not answered 201;
 //   frame: the first video frame presented (requestVideoFrameCallback);
 //   received, decoded: getStats first showed a video packet received, a frame decoded;
 //   motion: getStats showed MOTION_FRAMES decoded (the picture moves, not one still);
@@ -30,7 +31,12 @@
     const offer = init && init.method === 'POST' && /\/stream\?id=/.test(url);
     if (offer && ff.post === null) ff.post = since();
     const res = fetch.apply(this, arguments);
-    if (offer) res.then((r) => { if (r.status === 201 && ff.answer === null) ff.answer = since(); }, () => {});
+    if (offer) {
+      res.then((r) => {
+        if (r.status === 201 && ff.answer === null) ff.answer = since();
+        if (r.status !== 201) ff.refused = `${r.status} ${r.headers.get('Retry-After') || ''}`;
+      }, () => {});
+    }
     return res;
   };
   let video = null;
