@@ -29,6 +29,7 @@ mod egress;
 mod feedback;
 mod first_frame;
 mod forward;
+mod gop;
 mod key;
 mod outbox;
 mod peer;
