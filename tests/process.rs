@@ -303,7 +303,7 @@ fn the_load_generator_measures_a_clean_run_against_the_binary() {
         let want = serde_json::json!({
             "viewers_requested": 6, "viewers_joined": 6, "viewers_failed": 0, "viewers_ended": 0,
             "viewers_playing_at_end": 6, "viewers_played_whole_window": 6, "window_viewers": 6,
-            "frames_bad": 0, "frames_missing": 0,
+            "frames_bad": 0, "frames_missing": 0, "window_excess_packets": 0,
         });
         for (field, want) in want.as_object().expect("an object") {
             assert_eq!(&r[field], want, "gro {gro}: {field}: {r}");

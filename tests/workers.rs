@@ -129,7 +129,7 @@ fn fifty_viewers_on_two_workers_lose_nothing() {
         serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("one JSON line ({e}): {line}"));
     let want = serde_json::json!({
         "viewers_joined": 50, "viewers_failed": 0, "viewers_ended": 0,
-        "viewers_played_whole_window": 50, "frames_bad": 0, "frames_missing": 0,
+        "viewers_played_whole_window": 50, "frames_bad": 0, "frames_missing": 0, "window_excess_packets": 0,
     });
     for (field, want) in want.as_object().expect("an object") {
         assert_eq!(&r[field], want, "{field}: {r}");
