@@ -29,6 +29,9 @@ use serde_json::{Value, json};
 const GST_FRAMES: &str = "60";
 const GST_AUDIO_BUFFERS: &str = "50";
 
+/// What a publisher sent, when it keeps it (the OBS-shaped one does).
+type Sent = Option<Arc<Mutex<Shared>>>;
+
 /// What the str0m viewer must receive: a GOP and more of video, a second of audio.
 const STR0M_FRAMES: usize = 60;
 const STR0M_PACKETS: usize = 50;
@@ -37,7 +40,7 @@ const STR0M_PACKETS: usize = 50;
 /// `<publisher> → <viewer>`, and fails naming every pair that did not decode video and hear
 /// audio. `sent` is what the publisher sent, when it keeps it (the OBS-shaped one): the str0m
 /// viewer's frames and Opus packets must then be those, byte for byte.
-fn four_viewers_play(base: &str, view: &str, publisher: &str, sent: Option<Arc<Mutex<Shared>>>) {
+fn four_viewers_play(base: &str, view: &str, publisher: &str, sent: Sent) {
     let url = format!("{base}/stream?id={view}");
     let pair = |viewer: &str| format!("{publisher} → {viewer}");
     let name = |viewer: &str| format!("interop-{publisher}-to-{viewer}");
@@ -182,7 +185,7 @@ fn firefox_decoded_and_heard(seen: &Value) -> Result<(), String> {
 /// viewers; then hands the publisher to `stop`.
 async fn reaches_all_four_viewers<P: 'static>(
     publisher: &'static str,
-    publish: fn(&str, &str) -> (P, Option<Arc<Mutex<Shared>>>),
+    publish: fn(&str, &str) -> (P, Sent),
     stop: fn(P),
 ) {
     let r = start(&[]).await;

@@ -276,7 +276,7 @@ impl Browser {
     /// takes the level after the element's volume: a muted page (as it starts, for autoplay)
     /// plays silence, so [`Self::unmute`] it first.
     pub fn audio_energy(&self) -> (f64, f64) {
-        let v = self.js_async(AUDIO_ENERGY, json!([]));
+        let v = self.js_async(AUDIO_RECEIVED, json!([]));
         let n = |k: &str| {
             v[k].as_f64()
                 .unwrap_or_else(|| panic!("inbound-rtp audio has no {k}: {v}"))
@@ -375,19 +375,6 @@ pc.getStats().then(stats => {
     if (r.type === 'inbound-rtp' && r.kind === 'audio') {
       n.packets = r.packetsReceived || 0;
       n.samples = (r.totalSamplesReceived || 0) - (r.concealedSamples || 0);
-    }
-  });
-  done(n);
-}).catch(() => done({}));";
-
-const AUDIO_ENERGY: &str = "
-const done = arguments[arguments.length - 1];
-const pc = window.whipcast && window.whipcast.pc;
-if (!pc) return done({});
-pc.getStats().then(stats => {
-  const n = {};
-  stats.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
       n.energy = r.totalAudioEnergy;
       n.duration = r.totalSamplesDuration;
     }
