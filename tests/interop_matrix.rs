@@ -1,30 +1,46 @@
 //! Every publisher reaches every viewer: an OBS-shaped str0m publisher, a Chromium publisher
 //! and a GStreamer `webrtcbin` publisher each feed one broadcast that four viewers join at once
 //! (the Chromium viewer page, the Firefox viewer page, a GStreamer WHEP viewer and a str0m WHEP
-//! viewer). Each viewer must decode video and receive and decode audio; a failure names the
-//! publisher → viewer pair. The tests fail, never skip, when a browser or tool is missing.
+//! viewer). Each viewer must decode video and hear audio (the OBS-shaped publisher sends a
+//! 440 Hz tone, GStreamer's a sine, Chromium's fake microphone a beep): the browsers'
+//! `totalAudioEnergy` and GStreamer's `level` after `opusdec` at −50 dBFS or louder, and the
+//! str0m viewer's frames and Opus packets byte for byte those sent (or, from publishers that
+//! do not keep them, its Opus decoded as loud). A failure names the publisher → viewer pair.
+//! The tests fail, never skip, when a browser or tool is missing.
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use common::as_sent::viewer_got_as_sent;
 use common::chromium::Browser;
 use common::firefox::firefox_plays;
 use common::gst::GstClient;
+use common::opus::{AUDIBLE_DBFS, audible_energy, loudest_dbfs, mean_square};
 use common::page_test::{blocking, start, watch};
 use common::server::create;
-use common::udp_client::Client;
-use serde_json::json;
+use common::udp_client::{Client, Shared};
+use serde_json::{Value, json};
 
 /// What the GStreamer viewer must decode: video frames and Opus buffers (20 ms each).
 const GST_FRAMES: &str = "60";
 const GST_AUDIO_BUFFERS: &str = "50";
 
+/// What a publisher sent, when it keeps it (the OBS-shaped one does).
+type Sent = Option<Arc<Mutex<Shared>>>;
+
+/// What the str0m viewer must receive: a GOP and more of video, a second of audio.
+const STR0M_FRAMES: usize = 60;
+const STR0M_PACKETS: usize = 50;
+
 /// Attaches the four viewers to the broadcast `view` at once, each in its own thread named
-/// `<publisher> → <viewer>`, and fails naming every pair that did not decode video and audio.
-fn four_viewers_play(base: &str, view: &str, publisher: &str) {
+/// `<publisher> → <viewer>`, and fails naming every pair that did not decode video and hear
+/// audio. `sent` is what the publisher sent, when it keeps it (the OBS-shaped one): the str0m
+/// viewer's frames and Opus packets must then be those, byte for byte.
+fn four_viewers_play(base: &str, view: &str, publisher: &str, sent: Sent) {
     let url = format!("{base}/stream?id={view}");
     let pair = |viewer: &str| format!("{publisher} → {viewer}");
     let name = |viewer: &str| format!("interop-{publisher}-to-{viewer}");
@@ -40,11 +56,13 @@ fn four_viewers_play(base: &str, view: &str, publisher: &str) {
     spawn(
         "GStreamer",
         Box::new(move || {
-            let args = [u.as_str(), GST_FRAMES, "45", GST_AUDIO_BUFFERS];
+            let dbfs = AUDIBLE_DBFS.to_string();
+            let args = [u.as_str(), GST_FRAMES, "45", GST_AUDIO_BUFFERS, &dbfs];
             let (decoded, output) = GstClient::start("whep_viewer.py", &args).finish();
             assert!(
                 decoded,
-                "{p}: {GST_FRAMES} video frames and {GST_AUDIO_BUFFERS} audio buffers decoded:\n{output}"
+                "{p}: {GST_FRAMES} video frames and {GST_AUDIO_BUFFERS} audio buffers decoded, \
+                 audio at {dbfs} dBFS or louder:\n{output}"
             );
             eprintln!("{p}: {}", output.lines().last().unwrap_or_default());
         }),
@@ -55,18 +73,7 @@ fn four_viewers_play(base: &str, view: &str, publisher: &str) {
         Box::new(move || {
             let seen = firefox_plays(&u, &n);
             eprintln!("{p}: {seen}");
-            assert_eq!(seen["state"], "live", "{p}: {seen}");
-            let count = |key: &str, field: &str| seen[key][field].as_u64().unwrap_or(0);
-            let frames = |key: &str| seen[key].as_u64().unwrap_or(0);
-            assert!(
-                frames("framesLater") > frames("framesAtLive"),
-                "{p}: video frames decoded rise: {seen}"
-            );
-            assert!(
-                count("audioAtLive", "packets") > 0
-                    && count("audioLater", "samples") > count("audioAtLive", "samples"),
-                "{p}: audio received and decoded samples rise: {seen}"
-            );
+            firefox_decoded_and_heard(&seen).unwrap_or_else(|e| panic!("{p}: {e}: {seen}"));
         }),
     );
     let (b, v, p) = (base.to_owned(), view.to_owned(), pair("str0m"));
@@ -75,17 +82,33 @@ fn four_viewers_play(base: &str, view: &str, publisher: &str) {
         Box::new(move || {
             let viewer = Client::view(&b, &v).unwrap_or_else(|r| panic!("{p}: refused: {r:?}"));
             viewer.wait_for(
-                &format!("{p}: a keyframe, 60 frames, 50 audio packets"),
+                &format!("{p}: a keyframe, {STR0M_FRAMES} frames, {STR0M_PACKETS} audio packets"),
                 |s| {
                     s.frames.iter().any(|f| f.keyframe)
-                        && s.frames.len() >= 60
-                        && s.audio_frames >= 50
+                        && s.frames.len() >= STR0M_FRAMES
+                        && s.audio.len() >= STR0M_PACKETS
                 },
             );
-            let frames = viewer.frames().len();
+            let heard = match &sent {
+                Some(sent) => {
+                    viewer_got_as_sent(sent, &viewer, STR0M_FRAMES, STR0M_PACKETS)
+                        .unwrap_or_else(|e| panic!("{p}: as sent, byte for byte: {e}"));
+                    "frames and Opus packets as sent".to_owned()
+                }
+                None => {
+                    let loudest = loudest_dbfs(&viewer.shared.lock().unwrap().audio);
+                    assert!(
+                        loudest >= AUDIBLE_DBFS,
+                        "{p}: the Opus received, decoded, is at {loudest} dBFS, below {AUDIBLE_DBFS}"
+                    );
+                    format!("Opus decoded at {loudest} dBFS")
+                }
+            };
+            let s = viewer.shared.lock().unwrap();
             eprintln!(
-                "{p}: {frames} video frames, {} audio",
-                viewer.audio_frames()
+                "{p}: {} video frames, {} audio packets, {heard}",
+                s.frames.len(),
+                s.audio.len()
             );
         }),
     );
@@ -101,7 +124,12 @@ fn four_viewers_play(base: &str, view: &str, publisher: &str) {
             let page = watch(&b, &v, &n);
             let frames = page.wait_decoding(&format!("{p}: video frames decoded rise"));
             let (packets, samples) = page.wait_audio(&format!("{p}: audio decoded rises"));
-            eprintln!("{p}: {frames} frames, {packets} audio packets, {samples} samples");
+            page.unmute();
+            let heard = page.wait_audible(&format!("{p}: audio at {AUDIBLE_DBFS} dBFS or louder"));
+            eprintln!(
+                "{p}: {frames} frames, {packets} audio packets, {samples} samples, level {:.1} dBFS",
+                10.0 * heard.log10()
+            );
         }),
     );
     let failed: Vec<String> = viewers
@@ -110,23 +138,62 @@ fn four_viewers_play(base: &str, view: &str, publisher: &str) {
         .collect();
     assert!(
         failed.is_empty(),
-        "no decoded video and audio (see each pair's panic above): {failed:?}"
+        "no decoded video and audible audio (see each pair's panic above): {failed:?}"
     );
+}
+
+/// What the Firefox driver must have seen (`tests/js/firefox-viewer.mjs`): the page live,
+/// video frames decoded and rising, a picture that is neither black nor flat, audio decoded
+/// and rising, and over the second or more between its two looks, audible.
+fn firefox_decoded_and_heard(seen: &Value) -> Result<(), String> {
+    if seen["state"] != "live" {
+        return Err("the page is not live".into());
+    }
+    let number = |path: &[&str]| {
+        let v = path.iter().fold(seen, |v, k| &v[*k]);
+        v.as_f64().ok_or(format!("no {}", path.join(".")))
+    };
+    if number(&["framesLater"])? <= number(&["framesAtLive"])? {
+        return Err("video frames decoded do not rise".into());
+    }
+    let (mean, spread) = (
+        number(&["screenshot", "mean"])?,
+        number(&["screenshot", "spread"])?,
+    );
+    if !(mean > 20.0 && spread > 5.0) {
+        return Err(format!(
+            "the picture is black or flat: mean {mean}, spread {spread}"
+        ));
+    }
+    let audio = |field: &str| {
+        Ok::<_, String>(number(&["audioLater", field])? - number(&["audioAtLive", field])?)
+    };
+    if !(number(&["audioAtLive", "packets"])? > 0.0 && audio("samples")? > 0.0) {
+        return Err("audio received and decoded samples do not rise".into());
+    }
+    let heard = mean_square(audio("energy")?, audio("duration")?);
+    if !audible_energy(heard) {
+        return Err(format!(
+            "the audio played is at {:.1} dBFS, below {AUDIBLE_DBFS}",
+            10.0 * heard.log10()
+        ));
+    }
+    Ok(())
 }
 
 /// Starts the server and a broadcast, then `publish(base, broadcast ID)`; plays it in the four
 /// viewers; then hands the publisher to `stop`.
 async fn reaches_all_four_viewers<P: 'static>(
     publisher: &'static str,
-    publish: fn(&str, &str) -> P,
+    publish: fn(&str, &str) -> (P, Sent),
     stop: fn(P),
 ) {
     let r = start(&[]).await;
     let base = r.base.clone();
     blocking(move || {
         let (id, view) = create(&base);
-        let running = publish(&base, &id);
-        four_viewers_play(&base, &view, publisher);
+        let (running, sent) = publish(&base, &id);
+        four_viewers_play(&base, &view, publisher, sent);
         stop(running);
     })
     .await;
@@ -135,13 +202,18 @@ async fn reaches_all_four_viewers<P: 'static>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn obs_shaped_publisher_reaches_all_four_viewers() {
-    let publish = |base: &str, id: &str| Client::publish(base, id).expect("OBS-shaped WHIP");
+    let publish = |base: &str, id: &str| {
+        let publisher = Client::publish(base, id).expect("OBS-shaped WHIP");
+        let sent = publisher.shared.clone();
+        (publisher, Some(sent))
+    };
     reaches_all_four_viewers("OBS-shaped", publish, drop).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_publisher_reaches_all_four_viewers() {
-    reaches_all_four_viewers("Chromium", chromium_publishing, drop).await;
+    let publish = |base: &str, id: &str| (chromium_publishing(base, id), None);
+    reaches_all_four_viewers("Chromium", publish, drop).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,7 +225,8 @@ async fn gstreamer_publisher_reaches_all_four_viewers() {
             "the GStreamer publisher stopped cleanly:\n{output}"
         );
     };
-    reaches_all_four_viewers("GStreamer", GstClient::publishing, stop).await;
+    let publish = |base: &str, id: &str| (GstClient::publishing(base, id), None);
+    reaches_all_four_viewers("GStreamer", publish, stop).await;
 }
 
 /// A Chromium publisher, once it sends both audio and video.

@@ -271,6 +271,50 @@ impl Browser {
         })
     }
 
+    /// The viewer page's audio level so far (`inbound-rtp`): (`totalAudioEnergy`,
+    /// `totalSamplesDuration`), both over the audio WebRTC decoded and played out. Chromium
+    /// takes the level after the element's volume: a muted page (as it starts, for autoplay)
+    /// plays silence, so [`Self::unmute`] it first.
+    pub fn audio_energy(&self) -> (f64, f64) {
+        let v = self.js_async(AUDIO_RECEIVED, json!([]));
+        let n = |k: &str| {
+            v[k].as_f64()
+                .unwrap_or_else(|| panic!("inbound-rtp audio has no {k}: {v}"))
+        };
+        (n("energy"), n("duration"))
+    }
+
+    /// Unmutes the viewer page as a viewer does, with its Unmute button (the browser is
+    /// started with `--autoplay-policy=no-user-gesture-required`, so playback goes on).
+    pub fn unmute(&self) {
+        let muted = self.js("return document.querySelector('video').muted", json!([]));
+        assert!(muted.is_boolean(), "the viewer page has a <video>: {muted}");
+        if muted == true {
+            self.click("#unmute");
+        }
+        self.wait("the viewer page is unmuted and playing", |b| {
+            let v = b.js(
+                "const v = document.querySelector('video'); return !v.muted && !v.paused",
+                json!([]),
+            );
+            (v == true).then_some(())
+        });
+    }
+
+    /// Waits until the audio played over a second or more, on an unmuted page, is loud
+    /// enough to be heard ([`super::opus::audible_energy`]); returns its mean square level.
+    /// Fails on silence.
+    pub fn wait_audible(&self, what: &str) -> f64 {
+        let (e0, d0) = self.audio_energy();
+        let mut heard = 0.0;
+        self.wait(what, |b| {
+            let (e, d) = b.audio_energy();
+            heard = super::opus::mean_square(e - e0, d - d0);
+            (d - d0 >= 1.0 && super::opus::audible_energy(heard)).then_some(heard)
+        });
+        heard
+    }
+
     /// Mean luma and its spread over the `<video>` picture, drawn to a canvas.
     pub fn picture(&self) -> (f64, f64) {
         let v = self.js(PICTURE, json!([]));
@@ -331,6 +375,8 @@ pc.getStats().then(stats => {
     if (r.type === 'inbound-rtp' && r.kind === 'audio') {
       n.packets = r.packetsReceived || 0;
       n.samples = (r.totalSamplesReceived || 0) - (r.concealedSamples || 0);
+      n.energy = r.totalAudioEnergy;
+      n.duration = r.totalSamplesDuration;
     }
   });
   done(n);

@@ -80,13 +80,25 @@ pub fn wait_for_edges(base: &str, n: usize) {
     });
 }
 
-/// A viewer on `base` that has decoded a few frames, the first of them a keyframe.
+/// A viewer on `base` that has decoded a few frames, the first of them a keyframe, and half a
+/// second of the OBS-shaped publisher's tone, its Opus packets as sent.
 pub fn playing_viewer(base: &str, view: &str) -> Client {
     let v = Client::view(base, view).unwrap_or_else(|r| panic!("viewer refused: {r:?}"));
     v.wait_for("the viewer gets frames", |s| s.frames.len() >= 5);
     assert!(v.frames()[0].keyframe, "playback starts on a keyframe");
+    v.wait_for("the viewer gets audio", |s| s.audio.len() >= HEARD);
+    // The publisher sends the tone in a loop: twice over holds every run of it.
+    let tone = super::opus::tone();
+    let looped: Vec<Vec<u8>> = tone.iter().chain(&tone).cloned().collect();
+    let got = v.shared.lock().unwrap().audio.clone();
+    if let Err(e) = super::as_sent::audio_as_sent(&looped, &got, HEARD) {
+        panic!("the viewer hears the tone as sent: {e}");
+    }
     v
 }
+
+/// Opus packets a playing viewer must have got: half a second.
+const HEARD: usize = 25;
 
 /// A broadcast created and published at `origin`, and one viewer playing it at `edge`:
 /// its broadcast ID, view ID, publisher and viewer.

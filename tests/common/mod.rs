@@ -1,14 +1,17 @@
 #![allow(dead_code)] // each test binary uses a different part of the helpers
 
 pub mod annexb;
+pub mod as_sent;
 pub mod av;
 pub mod chromium;
 pub mod edges;
 pub mod firefox;
 pub mod gst;
+pub mod http_client;
 pub mod http_server;
 pub mod link;
 pub mod netns;
+pub mod opus;
 pub mod page_test;
 pub mod pair;
 pub mod process;

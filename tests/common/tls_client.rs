@@ -1,4 +1,4 @@
-//! HTTPS for the tests' blocking HTTP client (`udp_client::http` with an `https://` URL):
+//! HTTPS for the tests' blocking HTTP client (`http_client::http` with an `https://` URL):
 //! rustls trusting only the certificates a test handed to [`trust`], and a self-signed
 //! certificate for a server on 127.0.0.1.
 

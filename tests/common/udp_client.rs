@@ -1,9 +1,8 @@
 //! str0m clients over real loopback UDP (or ICE-TCP, see `link.rs`), each on its own thread:
-//! an OBS-shaped WHIP publisher streaming the H.264 fixture plus Opus, and a WHEP viewer that
-//! keeps what it decodes. HTTP is a tiny blocking client (the tests talk to 127.0.0.1 only).
+//! an OBS-shaped WHIP publisher streaming the H.264 fixture and the Opus tone fixture, and a
+//! WHEP viewer that keeps what it receives. HTTP is `http_client`'s blocking client.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,97 +15,10 @@ use str0m::net::{Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::annexb::{AccessUnit, fixture};
+use super::http_client::header;
+pub use super::http_client::http;
 use super::link::Link;
 use super::sim::obs_shape;
-
-/// A blocking HTTP/1.1 exchange: (status, headers, body). `https://` URLs trust what
-/// `tls_client::trust` was given.
-pub fn http(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, Vec<(String, String)>, String) {
-    let (https, rest) = match url.strip_prefix("https://") {
-        Some(rest) => (true, rest),
-        None => (false, url.strip_prefix("http://").expect("http URL")),
-    };
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let s = TcpStream::connect(host).expect("server reachable");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let request = (method, host, path, headers, body);
-    if https {
-        exchange(&mut super::tls_client::stream(host, s), request)
-    } else {
-        exchange(&mut { s }, request)
-    }
-}
-
-type Request<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
-
-fn exchange(
-    s: &mut impl ReadWrite,
-    (method, host, path, headers, body): Request,
-) -> (u16, Vec<(String, String)>, String) {
-    let mut req = format!(
-        "{method} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        if path.is_empty() { "/" } else { path },
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    // Read the head, then exactly Content-Length bytes: chromedriver keeps connections open.
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut chunk).expect("an HTTP answer");
-        assert!(n > 0, "connection closed before the headers ended");
-        raw.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
-    match length {
-        Some(len) => {
-            while raw.len() < head_end + len {
-                let n = s.read(&mut chunk).expect("the body");
-                assert!(n > 0, "connection closed in the body");
-                raw.extend_from_slice(&chunk[..n]);
-            }
-        }
-        None => {
-            let _ = s.read_to_end(&mut raw);
-        }
-    }
-    let body = String::from_utf8_lossy(&raw[head_end..]).into_owned();
-    (status, headers, body)
-}
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
 
 /// A decoded video frame as a viewer got it.
 #[derive(Clone, Debug)]
@@ -122,6 +34,8 @@ pub struct Shared {
     /// Video frames sent (publisher) or received (viewer), in order.
     pub frames: Vec<Received>,
     pub audio_frames: usize,
+    /// Opus payloads sent (publisher) or received (viewer), in order.
+    pub audio: Vec<Vec<u8>>,
 }
 
 /// One client: its thread and what it shares with the test.
@@ -144,7 +58,8 @@ pub struct Refused {
 
 impl Client {
     /// An OBS-shaped publisher (Opus 111, H264 96 `42e01f`, no RTX, no candidates in the offer,
-    /// `a=group:LS`) streaming the fixture in a loop at 30 fps.
+    /// `a=group:LS`) streaming the H.264 fixture in a loop at 30 fps and the Opus tone fixture
+    /// in a loop, a packet every 20 ms.
     pub fn publish(base: &str, broadcast_id: &str) -> Result<Self, Refused> {
         let script = fixture()
             .into_iter()
@@ -153,8 +68,9 @@ impl Client {
         Self::publish_script(base, broadcast_id, script.collect())
     }
 
-    /// The same publisher streaming `script` in a loop at 30 fps: each access unit with its
-    /// presentation time in frames (out of order for B-frames), counted from the loop's start.
+    /// The same publisher streaming `script` in a loop at 30 fps (and the tone): each access
+    /// unit with its presentation time in frames (out of order for B-frames), counted from the
+    /// loop's start.
     pub fn publish_script(
         base: &str,
         broadcast_id: &str,
@@ -187,11 +103,16 @@ impl Client {
             &body,
             rtc,
             link,
-            Role::Publisher {
+            Role::Publisher(Box::new(Sender {
                 audio,
                 video,
                 script,
-            },
+                tone: super::opus::tone(),
+                frames: 0,
+                packets: 0,
+                next_frame: None,
+                next_packet: None,
+            })),
         ))
     }
 
@@ -359,15 +280,8 @@ pub fn tcp_candidate(sdp: &str) -> Option<SocketAddr> {
 }
 
 enum Role {
-    Publisher {
-        audio: Mid,
-        video: Mid,
-        script: Vec<(AccessUnit, u64)>,
-    },
-    Viewer {
-        video: Mid,
-        audio: Mid,
-    },
+    Publisher(Box<Sender>),
+    Viewer { video: Mid, audio: Mid },
 }
 
 type Offer = (String, str0m::change::SdpPendingOffer);
@@ -394,11 +308,8 @@ fn add_media(rtc: &mut Rtc, dir: Direction, kinds: [MediaKind; 2]) -> (Mid, Mid,
 }
 
 /// The client loop: drive the `Rtc` by the str0m contract, send media if publishing.
-fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let start = Instant::now();
-    let mut next_frame = start;
-    let mut n: u64 = 0;
-    let deadline = start + Duration::from_secs(120);
+fn run(mut rtc: Rtc, mut link: Link, mut role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let mut wake = Instant::now() + Duration::from_millis(50);
         loop {
@@ -413,56 +324,11 @@ fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &
             }
         }
         let connected = shared.lock().unwrap().connected;
-        if let (
-            Role::Publisher {
-                audio,
-                video,
-                script,
-            },
-            true,
-        ) = (&role, connected)
-        {
-            if Instant::now() >= next_frame {
-                let len = script.len() as u64;
-                let (unit, pts) = &script[(n % len) as usize];
-                let pts = n / len * len + pts;
-                let now = Instant::now();
-                let vpt = rtc
-                    .media(*video)
-                    .and_then(|m| m.remote_pts().first().copied());
-                let apt = rtc
-                    .media(*audio)
-                    .and_then(|m| m.remote_pts().first().copied());
-                if let (Some(vpt), Some(apt)) = (vpt, apt) {
-                    let _ = rtc.writer(*video).map(|w| {
-                        w.write(
-                            vpt,
-                            now,
-                            MediaTime::from_90khz(pts * 3000),
-                            unit.data.clone(),
-                        )
-                    });
-                    // Opus at 48 kHz: a 20 ms comfort-noise frame per video frame is enough to
-                    // keep audio flowing; nobody listens.
-                    let _ = rtc.writer(*audio).map(|w| {
-                        w.write(
-                            apt,
-                            now,
-                            MediaTime::new(n * 1600, Frequency::FORTY_EIGHT_KHZ),
-                            vec![0xf8, 0xff, 0xfe],
-                        )
-                    });
-                    shared.lock().unwrap().frames.push(Received {
-                        data: unit.data.clone(),
-                        keyframe: unit.keyframe,
-                        at: now,
-                    });
-                }
-                n += 1;
-                next_frame += Duration::from_micros(33_333);
-                continue;
+        if let (Role::Publisher(sender), true) = (&mut role, connected) {
+            match sender.send_due(&mut rtc, shared) {
+                Some(next) => wake = wake.min(next),
+                None => continue,
             }
-            wake = wake.min(next_frame);
         }
         let wait = wake
             .saturating_duration_since(Instant::now())
@@ -484,6 +350,68 @@ fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &
     }
 }
 
+/// What a publisher sends and when: a video frame every 33.3 ms (30 fps), an Opus packet
+/// every 20 ms, each on its own clock from the first write after connecting.
+struct Sender {
+    audio: Mid,
+    video: Mid,
+    script: Vec<(AccessUnit, u64)>,
+    tone: Vec<Vec<u8>>,
+    /// Video frames and audio packets written so far.
+    frames: u64,
+    packets: u64,
+    next_frame: Option<Instant>,
+    next_packet: Option<Instant>,
+}
+
+const FRAME: Duration = Duration::from_micros(33_333);
+const PACKET: Duration = Duration::from_millis(20);
+
+impl Sender {
+    /// Writes one video frame or audio packet if one is due and returns `None` (poll the
+    /// `Rtc` again), else returns when the next one is due.
+    fn send_due(&mut self, rtc: &mut Rtc, shared: &Mutex<Shared>) -> Option<Instant> {
+        let now = Instant::now();
+        let pt = |mid| rtc.media(mid).and_then(|m| m.remote_pts().first().copied());
+        let (vpt, apt) = (pt(self.video), pt(self.audio));
+        let (Some(vpt), Some(apt)) = (vpt, apt) else {
+            return Some(now + PACKET);
+        };
+        let next_frame = *self.next_frame.get_or_insert(now);
+        let next_packet = *self.next_packet.get_or_insert(now);
+        if now >= next_frame {
+            let len = self.script.len() as u64;
+            let (unit, pts) = &self.script[(self.frames % len) as usize];
+            let pts = self.frames / len * len + pts;
+            let time = MediaTime::from_90khz(pts * 3000);
+            let _ = rtc
+                .writer(self.video)
+                .map(|w| w.write(vpt, now, time, unit.data.clone()));
+            shared.lock().unwrap().frames.push(Received {
+                data: unit.data.clone(),
+                keyframe: unit.keyframe,
+                at: now,
+            });
+            self.frames += 1;
+            self.next_frame = Some(next_frame + FRAME);
+            return None;
+        }
+        if now >= next_packet {
+            let packet = &self.tone[(self.packets % self.tone.len() as u64) as usize];
+            // 20 ms at 48 kHz is 960 samples.
+            let time = MediaTime::new(self.packets * 960, Frequency::FORTY_EIGHT_KHZ);
+            let _ = rtc
+                .writer(self.audio)
+                .map(|w| w.write(apt, now, time, packet.clone()));
+            shared.lock().unwrap().audio.push(packet.clone());
+            self.packets += 1;
+            self.next_packet = Some(next_packet + PACKET);
+            return None;
+        }
+        Some(next_frame.min(next_packet))
+    }
+}
+
 fn on_event(e: Event, role: &Role, shared: &Mutex<Shared>) {
     let mut s = shared.lock().unwrap();
     match (e, role) {
@@ -500,6 +428,7 @@ fn on_event(e: Event, role: &Role, shared: &Mutex<Shared>) {
                 });
             } else if d.mid == *audio {
                 s.audio_frames += 1;
+                s.audio.push(d.data.to_vec());
             }
         }
         _ => {}

@@ -1,8 +1,10 @@
 """A GStreamer webrtcbin WHEP viewer: receives H.264 and Opus from a whipcast viewer URL,
 decodes the video with avdec_h264 and the audio with opusdec, and counts decoded frames and
-audio buffers. Prints one line, `decoded N frames WxH, A audio buffers`, and exits 0 once N
-frames and A audio buffers (0 unless given) are decoded; exits 1 with the reason otherwise.
-Usage: python3 whep_viewer.py <WHEP URL> <frames> <deadline seconds> [<audio buffers>]"""
+audio buffers; a `level` element after opusdec measures the audio's loudest 100 ms (RMS).
+Prints one line, `decoded N frames WxH, A audio buffers, loudest L dBFS`, and exits 0 once N
+frames and A audio buffers (0 unless given) are decoded and, when a minimum is given, the
+audio reached it; exits 1 with the reason otherwise.
+Usage: python3 whep_viewer.py <WHEP URL> <frames> <deadline seconds> [<audio buffers> [<dBFS>]]"""
 
 import sys
 
@@ -10,6 +12,7 @@ from webrtc import Gst, GstWebRTC, Session, log
 
 url, wanted, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 wanted_audio = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+wanted_dbfs = float(sys.argv[5]) if len(sys.argv) > 5 else None
 
 pipeline = Gst.Pipeline.new("viewer")
 webrtc = Gst.ElementFactory.make("webrtcbin", "webrtc")
@@ -27,16 +30,29 @@ for caps in [
 
 decoded = 0
 audio = 0
+loudest = -700.0  # GStreamer's level for digital silence
 size = "?"
 
 
 def summary():
-    return "decoded %d frames %s, %d audio buffers" % (decoded, size, audio)
+    return "decoded %d frames %s, %d audio buffers, loudest %.1f dBFS" % (decoded, size, audio, loudest)
+
+
+def heard():
+    return wanted_dbfs is None or loudest >= wanted_dbfs
 
 
 def check_done():
-    if decoded >= wanted and audio >= wanted_audio:
+    if decoded >= wanted and audio >= wanted_audio and heard():
         session.finish(0, summary())
+
+
+def on_message(_bus, msg):
+    global loudest
+    s = msg.get_structure()
+    if s is not None and s.get_name() == "level":
+        loudest = max([loudest] + list(s.get_value("rms")))
+        check_done()
 
 
 def on_frame(_sink, buffer, pad):
@@ -65,7 +81,10 @@ def on_pad(_webrtc, pad):
     if media == "video":
         chain = "rtph264depay ! h264parse ! avdec_h264 ! fakesink name=frames signal-handoffs=true"
     else:
-        chain = "rtpopusdepay ! opusdec ! fakesink name=samples signal-handoffs=true"
+        chain = (
+            "rtpopusdepay ! opusdec ! audioconvert ! level interval=100000000 post-messages=true "
+            "! fakesink name=samples signal-handoffs=true"
+        )
     bin = Gst.parse_bin_from_description(chain, True)
     pipeline.add(bin)
     bin.sync_state_with_parent()
@@ -77,7 +96,10 @@ def on_pad(_webrtc, pad):
 
 
 webrtc.connect("pad-added", on_pad)
+bus = pipeline.get_bus()
+bus.add_signal_watch()
+bus.connect("message::element", on_message)
 code = session.run()
-if decoded < wanted or audio < wanted_audio:
+if decoded < wanted or audio < wanted_audio or not heard():
     print(summary(), flush=True)
 sys.exit(code)

@@ -2,8 +2,10 @@
 // (puppeteer-core, `browser: 'firefox'`), and prints what it saw as one line of JSON for
 // tests/firefox.rs to assert on:
 //   { state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot: { mean, spread } }
-// where audio* are the audio `inbound-rtp` counts { packets, samples } (samples decoded, not
-// concealed: totalSamplesReceived - concealedSamples).
+// where audio* are the audio `inbound-rtp` counts { packets, samples, energy, duration }
+// (samples decoded, not concealed: totalSamplesReceived - concealedSamples; energy and duration
+// are totalAudioEnergy and totalSamplesDuration, absent when Firefox does not report them;
+// audioLater is taken a second of audio or more after audioAtLive).
 // Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>
 // Every step has a deadline; the browser is closed on every path.
 
@@ -49,6 +51,8 @@ const audioReceived = (page) =>
       if (r.type === 'inbound-rtp' && r.kind === 'audio') {
         n.packets = r.packetsReceived || 0;
         n.samples = (r.totalSamplesReceived || 0) - (r.concealedSamples || 0);
+        n.energy = r.totalAudioEnergy;
+        n.duration = r.totalSamplesDuration;
       }
     });
     return n;
@@ -101,9 +105,10 @@ try {
     const n = await audioReceived(page);
     return n.packets > 0 ? n : null;
   });
-  const audioLater = await until('audio samples keep being decoded', async () => {
+  const audioLater = await until('audio samples keep being decoded, a second more of them', async () => {
     const n = await audioReceived(page);
-    return n.packets > audioAtLive.packets && n.samples > audioAtLive.samples ? n : null;
+    const played = (n.duration || 0) >= (audioAtLive.duration || 0) + 1;
+    return n.packets > audioAtLive.packets && n.samples > audioAtLive.samples && played ? n : null;
   });
   const size = await page.evaluate(() => {
     const v = document.querySelector('video');

@@ -145,11 +145,11 @@ impl Crowd {
                 .collect(),
             answer_ms: new
                 .iter()
-                .filter_map(|v| v.counters.since_post_ms(&v.counters.answered_us))
+                .filter_map(|v| v.counters.since_start_ms(&v.counters.answered_us))
                 .collect(),
             connect_ms: new
                 .iter()
-                .filter_map(|v| v.counters.since_post_ms(&v.counters.connected_us))
+                .filter_map(|v| v.counters.since_start_ms(&v.counters.connected_us))
                 .collect(),
         }
     }

@@ -167,14 +167,15 @@ pub async fn destroy_mountpoint(base: &Base, handle: &str, id: u64) -> Result<()
 }
 
 /// One viewer: session, handle, `watch`, Janus's offer (long poll), str0m's answer, `start`.
-/// The time to first frame starts at the session's `create`, as a browser's would.
+/// The time to first frame starts before the session's `create`, as whipcast's starts
+/// before its socket and offer (`peer::negotiate`): when the viewer's join starts.
 pub async fn watch(
     base: &Base,
     mountpoint: u64,
     cfg: RtcConfig,
     sessions: &Sessions,
 ) -> Result<Negotiated, String> {
-    let posted = Instant::now();
+    let started = Instant::now();
     let (session, handle) = session_with_handle(base, sessions).await?;
     let body = json!({"janus": "message", "body": {"request": "watch", "id": mountpoint}});
     let mut reply = call(base, &handle, body).await?;
@@ -198,7 +199,7 @@ pub async fn watch(
     // Our one candidate is in the answer; tell Janus there are no more.
     let done = json!({"janus": "trickle", "candidate": {"completed": true}});
     call(base, &handle, done).await?;
-    (n.location, n.posted, n.answered) = (session, posted, answered);
+    (n.location, n.started, n.answered) = (session, started, answered);
     Ok(n)
 }
 

@@ -15,7 +15,8 @@
 //!   sent: a viewer that gets nothing or stalls counts as loss for all it missed
 //!   (`window.rs`). Reports viewers requested, joined, failed, playing at the end and playing
 //!   the whole window; viewers per core counts only the last;
-//! * time to first frame, two figures: WHEP POST sent → first video RTP packet
+//! * time to first frame, two figures, from the start of a viewer's join (before its socket
+//!   and offer; for Janus before its session `create`) → first video RTP packet
 //!   (`ttff_first_packet_*`, every viewer) and → first complete video frame
 //!   (`ttff_first_frame_*`, full viewers and the probes);
 //! * with `--server-pid`: the server's CPU % of one core over the measured window (from

@@ -104,8 +104,9 @@ pub struct Negotiated {
     pub audio: Mid,
     pub video: Mid,
     pub pts: Pts,
-    /// When the POST went out, and when its answer was in.
-    pub posted: Instant,
+    /// When this viewer's join started (before its socket and offer, as a player's click;
+    /// Janus's session `create` is the same point), and when the server's SDP was in.
+    pub started: Instant,
     pub answered: Instant,
     /// The port of the server's (first loopback) candidate.
     pub server_port: Option<u16>,
@@ -121,12 +122,12 @@ pub async fn negotiate(
     order: [MediaKind; 2],
     sessions: &Sessions,
 ) -> Result<Negotiated, String> {
+    let started = Instant::now();
     let (mut rtc, socket) = bind(cfg, base.local).await?;
     let mut api = rtc.sdp_api();
     let first = api.add_media(order[0], dir, None, None, None);
     let second = api.add_media(order[1], dir, None, None, None);
     let (offer, pending) = api.apply().ok_or("str0m made no offer")?;
-    let posted = Instant::now();
     let (res, location) =
         http::post_created(base, path, "application/sdp", &offer.to_sdp_string()).await?;
     if location.is_empty() {
@@ -154,7 +155,7 @@ pub async fn negotiate(
         audio,
         video,
         pts: answer_pts(&sdp),
-        posted,
+        started,
         answered,
         server_port: candidate_port(&sdp),
     })
@@ -200,7 +201,7 @@ pub async fn answer(
         audio,
         video,
         pts: answer_pts(&sdp),
-        posted: now,
+        started: now,
         answered: now,
         server_port: candidate_port(&sdp),
     };

@@ -137,14 +137,19 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
 
     // Join storm: N2 at once (some of them full viewers) while the others keep watching.
     let storm = if a.join_storm > 0 {
+        // Opened and read with nothing on its way, as the measured window (window.rs).
+        let held = window::hold(&publisher.hold).await;
         let start = sample();
         let watching = Window::open(now_us(), sent(), crowd.counters());
+        drop(held);
         eprintln!("join storm: {} viewers", a.join_storm);
         let full = a.full_viewers.min(a.join_storm);
         let r = crowd
             .join(a.join_storm, full, join_limit(a.join_storm))
             .await;
+        let held = window::hold(&publisher.hold).await;
         let seen = watching.report(now_us(), sent());
+        drop(held);
         let after = sample();
         let (cpu, own_cpu) = after.cpu_percent_since(&start);
         let drops = after
@@ -158,6 +163,7 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         Some(Storm {
             joins: r,
             loss: seen.loss,
+            excess: seen.excess,
             server_cpu: cpu,
             own_cpu,
             server_socket_drops: drops,
@@ -228,6 +234,7 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         "join_storm_playing": st.map(|s| s.joins.playing),
         "joins_per_s": st.map(|s| round(s.joins.joins_per_s, 1)),
         "join_storm_loss_ratio": st.map(|s| round(s.loss, 6)),
+        "join_storm_excess_packets": st.map(|s| s.excess),
         "join_storm_ttff_first_packet_p50_ms": st.map(|s| round(s.joins.first_packet(0.5), 1)),
         "join_storm_ttff_first_packet_p95_ms": st.map(|s| round(s.joins.first_packet(0.95), 1)),
         "join_storm_ttff_first_frame_p50_ms": st.map(|s| round(s.joins.first_frame(0.5), 1)),
@@ -257,6 +264,7 @@ pub async fn run(a: &Args, base: &Base, sessions: &Sessions) -> Result<String, S
         "viewers_ended": ended,
         "window_viewers": w.viewers,
         "window_packets_sent": w.sent,
+        "window_excess_packets": w.excess,
         "join_failures": crowd.failures,
         "duplicates": t.duplicates,
         "rtx_packets": t.rtx,
@@ -320,8 +328,9 @@ async fn broadcast(
 
 struct Storm {
     joins: crowd::JoinReport,
-    /// Loss the viewers already watching saw meanwhile.
+    /// Loss the viewers already watching saw meanwhile, and packets counted beyond those sent.
     loss: f64,
+    excess: u64,
     server_cpu: f64,
     own_cpu: f64,
     server_socket_drops: Option<u64>,

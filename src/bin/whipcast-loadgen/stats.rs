@@ -87,7 +87,7 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// Retransmissions (RTX payload type), counted apart from the media streams.
     pub rtx: AtomicU64,
-    pub posted_us: AtomicU64,
+    pub started_us: AtomicU64,
     pub answered_us: AtomicU64,
     pub connected_us: AtomicU64,
     /// The first video RTP packet (every viewer) and the first complete video frame str0m
@@ -117,19 +117,19 @@ impl Counters {
         std::mem::take(&mut *self.latencies_ms.lock().expect("latency lock"))
     }
 
-    /// POST sent → first video RTP packet.
+    /// join started → first video RTP packet.
     pub fn first_packet_ms(&self) -> Option<f64> {
-        self.since_post_ms(&self.first_packet_us)
+        self.since_start_ms(&self.first_packet_us)
     }
 
-    /// POST sent → first complete video frame (full viewers only).
+    /// join started → first complete video frame (full viewers only).
     pub fn first_frame_ms(&self) -> Option<f64> {
-        self.since_post_ms(&self.first_frame_us)
+        self.since_start_ms(&self.first_frame_us)
     }
 
-    /// POST sent → the moment in `t` (answer received, ICE + DTLS connected, …).
-    pub fn since_post_ms(&self, t: &AtomicU64) -> Option<f64> {
-        let (p, t) = (self.posted_us.load(Relaxed), t.load(Relaxed));
+    /// join started → the moment in `t` (answer received, ICE + DTLS connected, …).
+    pub fn since_start_ms(&self, t: &AtomicU64) -> Option<f64> {
+        let (p, t) = (self.started_us.load(Relaxed), t.load(Relaxed));
         (p > 0 && t > 0).then(|| t.saturating_sub(p) as f64 / 1000.0)
     }
 }

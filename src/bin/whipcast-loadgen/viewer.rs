@@ -84,8 +84,8 @@ impl Viewer {
         }
         let counters = Arc::new(Counters::default());
         counters
-            .posted_us
-            .store(peer::micros_since(epoch, n.posted), Relaxed);
+            .started_us
+            .store(peer::micros_since(epoch, n.started), Relaxed);
         counters
             .answered_us
             .store(peer::micros_since(epoch, n.answered), Relaxed);

@@ -67,6 +67,10 @@ pub struct WindowReport {
     /// 1 − received / (viewers × sent), at least 0; NaN when nothing was expected. Exact when
     /// the window was opened and reported while the publisher was held back ([`hold`]).
     pub loss: f64,
+    /// Packets received beyond viewers × sent: 0 unless the count is wrong (a packet counted
+    /// twice, or one in flight at an end of a window not held). Loss is clamped at 0, so this
+    /// is where over-counting shows.
+    pub excess: u64,
     /// Viewers that had video before the window, never went silent for [`STALL`] during it,
     /// were still getting packets at its end, and were not ended by the server.
     pub played_whole: usize,
@@ -122,6 +126,7 @@ impl Window {
             viewers,
             sent: expected,
             received,
+            excess: received.saturating_sub(want),
             loss: if want > 0 {
                 (1.0 - received as f64 / want as f64).max(0.0)
             } else {
@@ -188,6 +193,7 @@ mod tests {
                 sent: 1_000,
                 received: 1_400,
                 loss: 1.0 - 1_400.0 / 3_000.0,
+                excess: 0,
                 played_whole: 1,
             }
         );
@@ -202,6 +208,15 @@ mod tests {
         receive(&b, 100, 5_000_000, 2_500_000);
         let r = w.report(5_000_000, 100);
         assert_eq!((r.loss, r.played_whole), (0.0, 1));
+    }
+
+    #[test]
+    fn packets_beyond_those_sent_are_excess_not_negative_loss() {
+        let c = viewer(0);
+        let w = Window::open(2_000_000, 0, [&c]);
+        receive(&c, 103, 3_000_000, 20_000);
+        let r = w.report(3_000_000, 100);
+        assert_eq!((r.loss, r.excess), (0.0, 3));
     }
 
     #[test]
