@@ -5,6 +5,7 @@
 
 mod api;
 pub(crate) mod cluster;
+mod conn;
 mod edges;
 pub mod limits;
 mod listen;

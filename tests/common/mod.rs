@@ -5,6 +5,7 @@ pub mod chromium;
 pub mod edges;
 pub mod firefox;
 pub mod gst;
+pub mod h2_frames;
 pub mod http_server;
 pub mod link;
 pub mod netns;
