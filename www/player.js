@@ -2,6 +2,8 @@
 // follow the server's events (WHEP SSE extension) and say at every moment what is going on.
 // Tests read window.whipcast.pc and window.whipcast.state.
 
+import { openEvents } from './events.js';
+
 const $ = (id) => document.getElementById(id);
 const viewId = new URLSearchParams(location.search).get('id') || '';
 const video = $('video');
@@ -219,7 +221,8 @@ async function subscribe(link, base) {
   const res = await fetch(match[1], { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(wanted) });
   if (res.status !== 201) return;
   const stream = res.headers.get('Location') || match[1];
-  const events = new EventSource(base ? new URL(stream, match[1]).href : stream);
+  // One event stream per browser for all its tabs of this server (events.js).
+  const events = openEvents(base ? new URL(stream, match[1]).href : stream, player.session);
   player.events = events;
   const data = (e) => { try { return JSON.parse(e.data); } catch (_) { return {}; } };
   events.addEventListener('active', () => {

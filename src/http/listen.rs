@@ -1,23 +1,17 @@
 //! Accepting HTTP connections: the total and per-client connection caps, the answer to one
-//! connection too many, TLS, and hyper's per-connection limits (header size and deadline).
+//! connection too many, and TLS; conn.rs serves each accepted connection with its limits.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::{AppState, handle, limits};
+use super::{AppState, conn, handle, limits};
 
 /// Accepts connections until `shutdown` changes: at most `--max-connections` at once, and
 /// `--max-connections-per-ip` from one client (trusted proxies excepted).
@@ -27,6 +21,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let counts: Arc<Mutex<ConnectionCounts>> = Arc::default();
+    let protocols = Arc::new(conn::Protocols::new(&state.config));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -59,10 +54,11 @@ pub async fn serve(
         }
         let state = state.clone();
         let counts = counts.clone();
+        let protocols = protocols.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service_state = state.clone();
-            let service = service_fn(move |mut req: Request<Incoming>| {
+            let service = move |mut req: Request<Incoming>| {
                 let state = service_state.clone();
                 let ip = limits::forwarded_client(
                     peer.ip(),
@@ -70,22 +66,21 @@ pub async fn serve(
                     req.headers(),
                 );
                 req.extensions_mut().insert(limits::ClientAddr(ip));
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .max_buf_size(MAX_HEADER_BYTES)
-                .header_read_timeout(state.config.http_header_timeout)
-                .timer(hyper_util::rt::TokioTimer::new());
+                async move { handle(&state, req).await }
+            };
             match &state.tls {
-                None => serve_one(&builder, stream, service, &mut conn_shutdown, peer).await,
+                None => {
+                    conn::serve(&protocols, stream, false, service, &mut conn_shutdown, peer).await
+                }
                 Some(tls) => {
                     // The handshake gets the same deadline as the headers (slowloris).
                     match tokio::time::timeout(state.config.http_header_timeout, tls.accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            serve_one(&builder, stream, service, &mut conn_shutdown, peer).await
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            conn::serve(&protocols, stream, h2, service, &mut conn_shutdown, peer)
+                                .await
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => debug!(%peer, "tls handshake timed out"),
@@ -164,30 +159,6 @@ fn refuse(stream: tokio::net::TcpStream, answer: &'static [u8], tls: bool) {
     });
 }
 
-/// Serves one connection (plain TCP or TLS) until it ends or the server shuts down.
-async fn serve_one<I, S>(
-    builder: &http1::Builder,
-    io: I,
-    service: S,
-    shutdown: &mut watch::Receiver<bool>,
-    peer: std::net::SocketAddr,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = BoxBody<Bytes, Infallible>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "http connection ended");
-            }
-        }
-        _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
-    }
-}
-
 /// How long the accept loop waits after a failed accept (EMFILE and the like).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How long a refused connection gets to take its answer.
@@ -196,5 +167,3 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const SERVER_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 117\r\n\r\n{\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"the server has too many open connections\"}";
 /// The answer to one connection too many from an address (written raw: hyper never sees it).
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 118\r\n\r\n{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":429,\"detail\":\"too many open connections from your address\"}";
-/// Total header bytes per request (hyper's read buffer); larger requests get 431.
-const MAX_HEADER_BYTES: usize = 16 * 1024;

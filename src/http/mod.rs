@@ -5,7 +5,9 @@
 
 mod api;
 pub(crate) mod cluster;
+mod conn;
 mod edges;
+mod events;
 pub mod limits;
 mod listen;
 mod patch;
@@ -156,6 +158,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             Method::POST => whip::publish(state, req).await,
             _ => Err(not_allowed("GET, POST, OPTIONS")),
         },
+        "/stream/events" => match method {
+            Method::GET => events::shared(state),
+            _ => Err(not_allowed("GET, OPTIONS")),
+        },
+        "/assets/events.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            EVENTS_JS,
+        )),
+        "/assets/events-worker.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            EVENTS_WORKER_JS,
+        )),
         "/stream" => match method {
             Method::GET => Ok(stream_page(state)),
             // WHEP discoverability: HEAD says this URL takes SDP offers.
@@ -174,9 +190,12 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             }
             if let Some(rest) = path.strip_prefix("/stream/session/") {
                 if let Some(id) = rest.strip_suffix("/sse") {
-                    return events(state, req, id).await;
+                    return events::session(state, req, id).await;
                 }
                 return session(state, req, rest, false).await;
+            }
+            if let Some(channel) = path.strip_prefix("/stream/events/") {
+                return events::attach(state, req, channel).await;
             }
             if let Some(rest) = path.strip_prefix("/api/broadcasts/") {
                 return match (method.clone(), rest.strip_suffix("/view-id")) {
@@ -209,52 +228,6 @@ async fn session(
         _ => Err(ApiError::MethodNotAllowed {
             method: req.method().to_string(),
             allow: "DELETE, PATCH, OPTIONS",
-        }),
-    }
-}
-
-/// The WHEP SSE extension: `POST` the wanted events (a JSON list) to get the stream URL,
-/// `GET` it as `text/event-stream`.
-async fn events(
-    state: &AppState,
-    req: Request<Incoming>,
-    id: &str,
-) -> Result<HttpResponse, ApiError> {
-    let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
-    match *req.method() {
-        Method::POST => {
-            if !state.hub.knows(&session) {
-                return Err(ApiError::UnknownSession);
-            }
-            let body = read_body(state, req).await?;
-            let wanted: Vec<String> = if body.is_empty() {
-                Vec::new()
-            } else {
-                serde_json::from_slice(&body).map_err(|_| ApiError::BadEventList)?
-            };
-            if let Some(unknown) = wanted.iter().find(|e| !sse::EVENTS.contains(&e.as_str())) {
-                return Err(ApiError::UnknownEvent(unknown.clone()));
-            }
-            Ok(Response::builder()
-                .status(StatusCode::CREATED)
-                .header(header::LOCATION, format!("/stream/session/{id}/sse"))
-                .body(full(Bytes::new()))
-                .expect("valid headers"))
-        }
-        Method::GET => {
-            let body = state.hub.open(&session).ok_or(ApiError::UnknownSession)?;
-            Ok(Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
-                // nginx buffers responses unless told otherwise.
-                .header("X-Accel-Buffering", "no")
-                .body(BodyExt::boxed(body))
-                .expect("valid headers"))
-        }
-        _ => Err(ApiError::MethodNotAllowed {
-            method: req.method().to_string(),
-            allow: "GET, POST, OPTIONS",
         }),
     }
 }
@@ -319,7 +292,7 @@ pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, 
 
 /// CORS preflight for every WHIP/WHEP URL (RFC 9725 §4.1 requires it).
 fn preflight(path: &str) -> HttpResponse {
-    let methods = if path.ends_with("/sse") {
+    let methods = if path.ends_with("/sse") || path.starts_with("/stream/events") {
         "GET, POST, OPTIONS"
     } else if path.contains("/session/") {
         "DELETE, PATCH, OPTIONS"
@@ -486,4 +459,6 @@ const STATUS_HTML: &str = include_str!("../../www/status.html");
 const STATUS_JS: &str = include_str!("../../www/status.js");
 const STREAM_HTML: &str = include_str!("../../www/stream.html");
 const PLAYER_JS: &str = include_str!("../../www/player.js");
+const EVENTS_JS: &str = include_str!("../../www/events.js");
+const EVENTS_WORKER_JS: &str = include_str!("../../www/events-worker.js");
 const STYLE_CSS: &str = include_str!("../../www/style.css");

@@ -65,6 +65,8 @@ pub enum ApiError {
         "unknown event \"{0}\"; this server sends active, inactive, viewercount, reconnect, reconnecting, evicted and revoked"
     )]
     UnknownEvent(String),
+    #[error("the server has too many event streams open; try again shortly")]
+    TooManyEventStreams,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("this edge cannot reach its origin right now; try again shortly")]
@@ -146,6 +148,7 @@ impl ApiError {
             | Self::ViewerLimitReached
             | Self::TooManyPending
             | Self::ShuttingDown
+            | Self::TooManyEventStreams
             | Self::StateNotSaved
             | Self::TooManyBroadcasts => StatusCode::SERVICE_UNAVAILABLE,
             Self::OriginUnavailable | Self::OriginUntrusted => StatusCode::BAD_GATEWAY,
@@ -168,9 +171,10 @@ impl ApiError {
             }
             Self::StateNotSaved | Self::OriginUnavailable => Some(Duration::from_secs(5)),
             Self::NoFreeSlot => Some(Duration::from_secs(10)),
-            Self::ViewerLimitReached | Self::TooManyPending | Self::ShuttingDown => {
-                Some(Duration::from_secs(5))
-            }
+            Self::ViewerLimitReached
+            | Self::TooManyPending
+            | Self::ShuttingDown
+            | Self::TooManyEventStreams => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

@@ -1,7 +1,10 @@
 //! Server-sent events for viewers (the WHEP "core extensions" SSE extension): `active`,
 //! `inactive`, `viewercount`, plus our `reconnecting`, `evicted` and `revoked`.
 //!
-//! Engine events arrive on one channel; the [`Hub`] turns them into per-session event streams.
+//! Engine events arrive on one channel; the [`Hub`] turns them into per-session event streams,
+//! or into a shared stream (a "channel") that carries the events of several sessions, each
+//! tagged with its session ID: a browser's viewer tabs share one (www/events-worker.js), so
+//! they hold one connection for their events, not one each.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -49,6 +52,8 @@ struct HubState {
     /// task of their own: this keeps a registration that comes late anyway from creating a
     /// watcher that no `SessionClosed` would ever remove.
     closed: ClosedSessions,
+    /// Shared event streams by their random name; closed ones are dropped when the map fills.
+    channels: HashMap<String, mpsc::UnboundedSender<SseEvent>>,
 }
 
 /// A bounded set of closed session IDs that forgets the oldest first.
@@ -74,7 +79,24 @@ impl ClosedSessions {
 
 struct Watcher {
     broadcast: BroadcastKey,
-    tx: Option<mpsc::UnboundedSender<SseEvent>>,
+    tx: Option<Target>,
+}
+
+/// Where a session's events go: its own stream, or a shared one with the session's ID on each.
+struct Target {
+    tx: mpsc::UnboundedSender<SseEvent>,
+    tag: Option<SessionId>,
+}
+
+impl Target {
+    fn send(&self, mut e: SseEvent) {
+        if let Some(session) = &self.tag {
+            // The whole ID (its Display shows a prefix only, for logs).
+            let id = session.as_str();
+            e.data = format!("{{\"session\":\"{id}\",\"data\":{}}}", e.data);
+        }
+        let _ = self.tx.send(e);
+    }
 }
 
 impl Hub {
@@ -116,26 +138,45 @@ impl Hub {
     /// session that does not exist (any more).
     pub fn open(&self, session: &SessionId) -> Option<SseBody> {
         let mut s = self.state.lock().expect("hub lock");
-        let (state, viewers) = {
-            let b = s.sessions.get(session)?.broadcast;
-            s.broadcasts
-                .get(&b)
-                .copied()
-                .unwrap_or((BroadcastState::Live, 0))
-        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let first = match state {
-            BroadcastState::Live => "active",
-            BroadcastState::Reconnecting => "reconnecting",
-            BroadcastState::Idle => "inactive",
-        };
-        let _ = tx.send(SseEvent {
-            name: first,
-            data: "{}".into(),
-        });
-        let _ = tx.send(viewercount(viewers));
-        s.sessions.get_mut(session)?.tx = Some(tx);
+        s.watch(session, Target { tx, tag: None })?;
         Some(SseBody::new(rx))
+    }
+
+    /// Opens a shared event stream: its first event, `channel`, names it for
+    /// [`attach`](Self::attach). `None` when too many are open.
+    pub fn open_channel(&self) -> Option<SseBody> {
+        let mut s = self.state.lock().expect("hub lock");
+        if s.channels.len() >= MAX_CHANNELS {
+            s.channels.retain(|_, tx| !tx.is_closed());
+            if s.channels.len() >= MAX_CHANNELS {
+                return None;
+            }
+        }
+        let channel = crate::secret::random_token();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(SseEvent {
+            name: "channel",
+            data: format!("{{\"channel\":\"{channel}\"}}"),
+        });
+        s.channels.insert(channel, tx);
+        Some(SseBody::new(rx))
+    }
+
+    /// Sends a session's events to a shared stream from now on, starting with its current
+    /// state. False if the stream is closed or unknown, or the session is.
+    pub fn attach(&self, channel: &str, session: &SessionId) -> bool {
+        let mut s = self.state.lock().expect("hub lock");
+        let Some(tx) = s
+            .channels
+            .get(channel)
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+        else {
+            return false;
+        };
+        let tag = Some(session.clone());
+        s.watch(session, Target { tx, tag }).is_some()
     }
 
     /// Applies one engine event. `max_viewers` goes into `evicted` so the page can say why.
@@ -206,7 +247,7 @@ impl Hub {
                     _ => None,
                 };
                 if let (Some(tx), Some(e)) = (w.tx, last) {
-                    let _ = tx.send(e);
+                    tx.send(e);
                 }
             }
         }
@@ -217,9 +258,31 @@ impl HubState {
     fn send_to_broadcast(&mut self, b: BroadcastKey, event: impl Fn() -> SseEvent) {
         for w in self.sessions.values().filter(|w| w.broadcast == b) {
             if let Some(tx) = &w.tx {
-                let _ = tx.send(event());
+                tx.send(event());
             }
         }
+    }
+
+    /// Points a session's events at `target`, starting with the broadcast's current state.
+    fn watch(&mut self, session: &SessionId, target: Target) -> Option<()> {
+        let b = self.sessions.get(session)?.broadcast;
+        let (state, viewers) = self
+            .broadcasts
+            .get(&b)
+            .copied()
+            .unwrap_or((BroadcastState::Live, 0));
+        let first = match state {
+            BroadcastState::Live => "active",
+            BroadcastState::Reconnecting => "reconnecting",
+            BroadcastState::Idle => "inactive",
+        };
+        target.send(SseEvent {
+            name: first,
+            data: "{}".into(),
+        });
+        target.send(viewercount(viewers));
+        self.sessions.get_mut(session)?.tx = Some(target);
+        Some(())
     }
 }
 
@@ -274,6 +337,8 @@ impl Body for SseBody {
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Bounds the map by the number of sessions the engine can hold anyway, with room.
 const MAX_WATCHERS: usize = 100_000;
+/// Shared event streams at once: one per browser (or per tab without SharedWorker) watching.
+const MAX_CHANNELS: usize = 16_384;
 /// Closed sessions remembered without a watcher: a registration comes at most one HTTP
 /// handler step after its session's close, so a few thousand sessions closing meanwhile is
 /// far more than can happen.

@@ -19,7 +19,8 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Loads the PEM files and builds an acceptor that speaks HTTP/1.1.
+/// Loads the PEM files and builds an acceptor that speaks HTTP/2 (browsers: every tab on one
+/// connection) and HTTP/1.1 (OBS, FFmpeg, curl without `--http2`), as the client prefers.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let cert_err = |reason: String| TlsError::Cert {
         path: cert.display().to_string(),
@@ -43,6 +44,6 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

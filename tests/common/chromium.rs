@@ -35,6 +35,11 @@ impl Browser {
     /// (`ip netns exec`): `(namespace, its own address)`. chromedriver then listens on every
     /// interface of that namespace and the test reaches it at that address.
     pub fn start_in(netns: Option<(&str, std::net::IpAddr)>) -> Self {
+        Self::start_with(netns, &[])
+    }
+
+    /// The same, with more Chromium flags (e.g. `--ignore-certificate-errors`).
+    pub fn start_with(netns: Option<(&str, std::net::IpAddr)>, extra: &[&str]) -> Self {
         for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
             assert!(
                 std::path::Path::new(bin).exists(),
@@ -89,7 +94,7 @@ impl Browser {
             "--autoplay-policy=no-user-gesture-required",
             "--window-size=1280,800",
         ];
-        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().chain(extra).map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.0.display()));
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
@@ -143,6 +148,36 @@ impl Browser {
             "POST",
             &format!("/session/{}/url", self.session),
             json!({ "url": url }),
+        );
+    }
+
+    /// Opens a new tab and makes it the one the next calls drive; returns its handle.
+    pub fn new_tab(&self) -> String {
+        let v = self.call(
+            "POST",
+            &format!("/session/{}/window/new", self.session),
+            json!({ "type": "tab" }),
+        );
+        let handle = v["handle"].as_str().expect("a window handle").to_owned();
+        self.switch_to(&handle);
+        handle
+    }
+
+    /// Makes the tab `handle` the one the next calls drive.
+    pub fn switch_to(&self, handle: &str) {
+        self.call(
+            "POST",
+            &format!("/session/{}/window", self.session),
+            json!({ "handle": handle }),
+        );
+    }
+
+    /// How long [`goto`](Self::goto) waits for a page to load before it fails.
+    pub fn page_load_timeout(&self, limit: Duration) {
+        self.call(
+            "POST",
+            &format!("/session/{}/timeouts", self.session),
+            json!({ "pageLoad": limit.as_millis() as u64 }),
         );
     }
 

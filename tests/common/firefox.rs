@@ -13,19 +13,7 @@ use serde_json::Value;
 pub fn firefox_plays(url: &str, name: &str) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let js = root.join("tests/js");
-    for (path, fix) in [
-        (
-            PathBuf::from("/usr/bin/firefox-esr"),
-            "apt-get install firefox-esr",
-        ),
-        (PathBuf::from("/usr/bin/node"), "apt-get install nodejs npm"),
-        (
-            js.join("node_modules/puppeteer-core"),
-            "(cd tests/js && npm ci)",
-        ),
-    ] {
-        assert!(path.exists(), "{} is missing: {fix}", path.display());
-    }
+    require_driver(&js);
     let dir = root.join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join(format!("{name}.png"));
@@ -46,4 +34,84 @@ pub fn firefox_plays(url: &str, name: &str) -> Value {
     assert!(png.exists(), "the screenshot was saved");
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|_| panic!("the driver's JSON: {stdout}"))
+}
+
+/// Checks that Firefox, Node and the driver are installed; panics with the fix if not.
+fn require_driver(js: &Path) {
+    for (path, fix) in [
+        (
+            PathBuf::from("/usr/bin/firefox-esr"),
+            "apt-get install firefox-esr",
+        ),
+        (PathBuf::from("/usr/bin/node"), "apt-get install nodejs npm"),
+        (
+            js.join("node_modules/puppeteer-core"),
+            "(cd tests/js && npm ci)",
+        ),
+    ] {
+        assert!(path.exists(), "{} is missing: {fix}", path.display());
+    }
+}
+
+/// One Firefox with several tabs of a viewer page (`tests/js/firefox-tabs.mjs`), spoken to in
+/// lines of JSON: see the script's header.
+pub struct FirefoxTabs {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl FirefoxTabs {
+    /// Opens the broadcaster page `panel`, then `url` in `tabs` tabs, each running `probe`
+    /// before the page's scripts.
+    pub fn open(panel: &str, url: &str, tabs: usize, probe: &str) -> Self {
+        let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+        require_driver(&js);
+        let mut child = Command::new("/usr/bin/node")
+            .arg(js.join("firefox-tabs.mjs"))
+            .arg(panel)
+            .arg(url)
+            .arg(tabs.to_string())
+            .arg(probe)
+            .current_dir(&js)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        Self { child, lines }
+    }
+
+    /// The driver's next line of JSON; panics if it ended instead (its stderr says why).
+    pub fn next_line(&mut self) -> Value {
+        let line = self
+            .lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the Firefox driver ended early (see its stderr above)");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("the driver's JSON: {line}"))
+    }
+
+    /// Sends the driver one line.
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{line}").unwrap();
+    }
+
+    /// Waits for the driver to close Firefox and exit.
+    pub fn finish(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the Firefox driver failed");
+    }
+}
+
+impl Drop for FirefoxTabs {
+    /// A failed assertion must not leave Firefox running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

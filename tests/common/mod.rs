@@ -8,6 +8,7 @@ pub mod edges;
 pub mod firefox;
 pub mod gst;
 pub mod http_client;
+pub mod h2_frames;
 pub mod http_server;
 pub mod link;
 pub mod netns;

@@ -41,3 +41,46 @@ pub fn stream(host: &str, tcp: TcpStream) -> StreamOwned<ClientConnection, TcpSt
     let conn = ClientConnection::new(Arc::new(config), name).unwrap();
     StreamOwned::new(conn, tcp)
 }
+
+/// A TLS connection to the server at `addr` (on 127.0.0.1) that asks for HTTP/2 by ALPN, as
+/// browsers do; panics if the server does not choose it.
+pub async fn h2_tls(
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for cert in TRUSTED.lock().unwrap().iter() {
+        roots.add(cert.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = ServerName::try_from(addr.ip().to_string()).expect("an IP address");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "the server chose HTTP/2"
+    );
+    tls
+}
+
+/// An HTTP/2 client (the `h2` crate) on a fresh TLS connection to `addr`; the connection is
+/// driven by a task whose result says how it ended (e.g. GOAWAY and why).
+pub async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tls = h2_tls(addr).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    (send, tokio::spawn(conn))
+}
