@@ -10,7 +10,7 @@
 
 import { createInterface } from 'node:readline';
 import puppeteer from 'puppeteer-core';
-import { prefs } from './firefox-prefs.mjs';
+import { FIREFOX, prefs } from './firefox-prefs.mjs';
 
 const [panel, url, count, probe] = process.argv.slice(2);
 if (!panel || !url || !count || !probe) {
@@ -46,7 +46,7 @@ const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterato
 
 const browser = await puppeteer.launch({
   browser: 'firefox',
-  executablePath: '/usr/bin/firefox-esr',
+  executablePath: FIREFOX,
   headless: true,
   acceptInsecureCerts: true,
   extraPrefsFirefox: {
