@@ -7,6 +7,7 @@ pub mod firefox;
 pub mod gst;
 pub mod http_server;
 pub mod link;
+pub mod long_run;
 pub mod netns;
 pub mod page_test;
 pub mod pair;

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -393,12 +393,20 @@ fn add_media(rtc: &mut Rtc, dir: Direction, kinds: [MediaKind; 2]) -> (Mid, Mid,
     (a, b, (offer.to_sdp_string(), pending))
 }
 
+/// How long a client runs at most, in seconds, if the test never stops it.
+static LIFETIME_SECS: AtomicU64 = AtomicU64::new(120);
+
+/// Clients started from now on run for at most `lifetime` instead of 120 s (long sessions).
+pub fn set_lifetime(lifetime: Duration) {
+    LIFETIME_SECS.store(lifetime.as_secs(), Ordering::Relaxed);
+}
+
 /// The client loop: drive the `Rtc` by the str0m contract, send media if publishing.
 fn run(mut rtc: Rtc, mut link: Link, role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
     let start = Instant::now();
     let mut next_frame = start;
     let mut n: u64 = 0;
-    let deadline = start + Duration::from_secs(120);
+    let deadline = start + Duration::from_secs(LIFETIME_SECS.load(Ordering::Relaxed));
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let mut wake = Instant::now() + Duration::from_millis(50);
         loop {

@@ -2,14 +2,20 @@
 decodes the video with avdec_h264 and the audio with opusdec, and counts decoded frames and
 audio buffers. Prints one line, `decoded N frames WxH, A audio buffers`, and exits 0 once N
 frames and A audio buffers (0 unless given) are decoded; exits 1 with the reason otherwise.
-Usage: python3 whep_viewer.py <WHEP URL> <frames> <deadline seconds> [<audio buffers>]"""
+With --hold it plays on until its standard input closes instead (then exits 0 if N frames and
+A audio buffers were decoded), printing `progress <unix ms> <frames> <audio buffers>` every
+second: what a long session decoded, and when (tests/long_sessions.rs).
+Usage: python3 whep_viewer.py [--hold] <WHEP URL> <frames> <deadline seconds> [<audio buffers>]"""
 
 import sys
+import time
 
-from webrtc import Gst, GstWebRTC, Session, log
+from webrtc import GLib, Gst, GstWebRTC, Session, log
 
-url, wanted, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-wanted_audio = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+hold = "--hold" in sys.argv[1:]
+args = [a for a in sys.argv[1:] if a != "--hold"]
+url, wanted, deadline = args[0], int(args[1]), int(args[2])
+wanted_audio = int(args[3]) if len(args) > 3 else 0
 
 pipeline = Gst.Pipeline.new("viewer")
 webrtc = Gst.ElementFactory.make("webrtcbin", "webrtc")
@@ -34,9 +40,23 @@ def summary():
     return "decoded %d frames %s, %d audio buffers" % (decoded, size, audio)
 
 
+def reached():
+    return decoded >= wanted and audio >= wanted_audio
+
+
 def check_done():
-    if decoded >= wanted and audio >= wanted_audio:
+    if reached() and not hold:
         session.finish(0, summary())
+
+
+def on_progress():
+    print("progress %d %d %d" % (time.time() * 1000, decoded, audio), flush=True)
+    return True
+
+
+def on_stdin(_source, _condition):
+    session.finish(0 if reached() else 1, summary())
+    return False
 
 
 def on_frame(_sink, buffer, pad):
@@ -77,6 +97,9 @@ def on_pad(_webrtc, pad):
 
 
 webrtc.connect("pad-added", on_pad)
+if hold:
+    GLib.timeout_add_seconds(1, on_progress)
+    GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, on_stdin)
 code = session.run()
 if decoded < wanted or audio < wanted_audio:
     print(summary(), flush=True)

@@ -4,15 +4,20 @@
 //   { state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot: { mean, spread } }
 // where audio* are the audio `inbound-rtp` counts { packets, samples } (samples decoded, not
 // concealed: totalSamplesReceived - concealedSamples).
-// Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>
+// Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png> [<hold seconds>]
+// With hold seconds, it then stays on the page that long, and the JSON also has
+//   timeline: [{ t, state, frames, packets, samples }, ...]
+// one look a second (t in Unix ms; frames decoded and audio so far): a long session
+// (tests/long_sessions.rs).
 // Every step has a deadline; the browser is closed on every path.
 
 import { writeFileSync } from 'node:fs';
 import puppeteer from 'puppeteer-core';
 
-const [url, screenshotPath] = process.argv.slice(2);
-if (!url || !screenshotPath) {
-  console.error('usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>');
+const [url, screenshotPath, holdArg] = process.argv.slice(2);
+const holdSeconds = Number(holdArg || 0);
+if (!url || !screenshotPath || !(holdSeconds >= 0)) {
+  console.error('usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png> [<hold seconds>]');
   process.exit(2);
 }
 
@@ -148,8 +153,23 @@ try {
   const png = await video.screenshot({ encoding: 'base64' });
   writeFileSync(screenshotPath, Buffer.from(png, 'base64'));
   const screenshot = await pixels(page, png);
+  const timeline = [];
+  const holdUntil = Date.now() + holdSeconds * 1000;
+  while (holdSeconds > 0) {
+    const audio = await audioReceived(page);
+    timeline.push({
+      t: Date.now(),
+      state: await page.evaluate(() => window.whipcast && window.whipcast.state),
+      frames: await framesDecoded(page),
+      packets: audio.packets,
+      samples: audio.samples,
+    });
+    if (Date.now() >= holdUntil) break;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
   const state = await page.evaluate(() => window.whipcast.state);
-  console.log(JSON.stringify({ state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot }));
+  const seen = { state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot };
+  console.log(JSON.stringify(holdSeconds > 0 ? { ...seen, timeline } : seen));
 } catch (e) {
   failed = e;
 } finally {
