@@ -53,8 +53,11 @@ side_by_side!(
     viewer_over_ice_tcp_stays_connected,
 );
 
-/// The scenarios started so far, by name, until their test takes them.
-static STARTED: Mutex<Vec<(&str, Option<JoinHandle<()>>)>> = Mutex::new(Vec::new());
+/// A scenario started, by name: its thread until its test takes it.
+type Started = (&'static str, Option<JoinHandle<()>>);
+
+/// The scenarios started so far.
+static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
 
 /// Runs scenario `name` (starting, the first time, every scenario this run selected, so that
 /// they all run at once) and fails as it failed.
