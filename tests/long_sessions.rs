@@ -119,10 +119,12 @@ fn conclude(
     report(scenario, server, timelines);
     let mut failed = failures(server, timelines, viewers);
     failed.extend(more);
+    let log = server.save_log(scenario);
     assert!(
         failed.is_empty(),
-        "{scenario}: the session did not last {} s:\n- {}",
+        "{scenario}: the session did not last {} s (the server's log: {}):\n- {}",
         session_secs(),
+        log.display(),
         failed.join("\n- ")
     );
 }

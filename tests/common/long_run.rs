@@ -89,9 +89,11 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// Starts the binary at `info` (lifecycle lines: connected, removed and why).
+    /// Starts the binary logging at `info` (lifecycle lines: connected, removed and why), or
+    /// at `WHIPCAST_LONG_SESSION_LOG` (a `RUST_LOG` filter) to look closer.
     pub fn spawn() -> Self {
-        let mut proc = spawn_with("info", &[], None);
+        let filter = std::env::var("WHIPCAST_LONG_SESSION_LOG").unwrap_or("info".to_owned());
+        let mut proc = spawn_with(&filter, &[], None);
         let stderr = proc.child.stderr.take().expect("the server's log is piped");
         let log = Arc::new(Mutex::new(Vec::new()));
         let kept = log.clone();
@@ -131,6 +133,18 @@ impl Watched {
             rss_kb: rss_kb(pid),
             fds: open_fds(pid),
         });
+    }
+
+    /// Writes its whole log so far to `target/long-sessions/<name>.log`, for people to read
+    /// after a failure; returns the path.
+    pub fn save_log(&self, name: &str) -> std::path::PathBuf {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/long-sessions");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.log"));
+        let log = self.log.lock().unwrap();
+        let text: String = log.iter().map(|(_, l)| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        path
     }
 
     /// The log lines that came up to `at` (Unix ms) and contain `what`.
