@@ -212,20 +212,24 @@ fn firefox_timeline(client: &str, seen: &Value) -> Timeline {
 }
 
 /// Frames decoded and frozen, and audio samples decoded (`totalSamplesReceived -
-/// concealedSamples`), of the viewer page's peer connection; and the page's state.
+/// concealedSamples`), of the viewer page's peer connection; and the page's state, with the
+/// title it shows when not live (which says why: "Connection lost", "Lost the connection to
+/// the server", …).
 const PAGE_STATS: &str = "
 const done = arguments[arguments.length - 1];
 const w = window.whipcast;
-if (!w || !w.pc) return done({ state: w ? w.state : null });
+const title = document.getElementById('title');
+const state = w && (w.state === 'live' ? 'live' : `${w.state}: ${title ? title.textContent : ''}`);
+if (!w || !w.pc) return done({ state });
 w.pc.getStats().then(stats => {
-  const n = { state: w.state };
+  const n = { state };
   stats.forEach(r => {
     if (r.type !== 'inbound-rtp') return;
     if (r.kind === 'video') { n.frames = r.framesDecoded; n.freezes = r.freezeCount; }
     if (r.kind === 'audio') n.samples = (r.totalSamplesReceived || 0) - (r.concealedSamples || 0);
   });
   done(n);
-}).catch(() => done({ state: w.state }));";
+}).catch(() => done({ state }));";
 
 mod scenario {
     use super::*;

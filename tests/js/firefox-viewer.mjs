@@ -7,6 +7,7 @@
 // Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png> [<hold seconds>]
 // With hold seconds, it then stays on the page that long, and the JSON also has
 //   timeline: [{ t, state, frames, packets, samples }, ...]
+// (state with the page's title after it when not live, e.g. `reconnecting: Connection lost`)
 // one look a second (t in Unix ms; frames decoded and audio so far): a long session
 // (tests/long_sessions.rs).
 // Every step has a deadline; the browser is closed on every path.
@@ -159,7 +160,12 @@ try {
     const audio = await audioReceived(page);
     timeline.push({
       t: Date.now(),
-      state: await page.evaluate(() => window.whipcast && window.whipcast.state),
+      // With the title the page shows when not live: it says why.
+      state: await page.evaluate(() => {
+        const s = window.whipcast && window.whipcast.state;
+        const title = document.getElementById('title');
+        return s === 'live' ? s : `${s}: ${title ? title.textContent : ''}`;
+      }),
       frames: await framesDecoded(page),
       packets: audio.packets,
       samples: audio.samples,
