@@ -8,8 +8,8 @@
 //!   once connected at most once per [`MIN_ADDR_CHANGE`], so str0m's ICE agent (which never
 //!   prunes remote candidates) stays small and the media address cannot be swung around;
 //! - nothing but STUN answers goes to an address that has not sent the session anything it
-//!   accepted for [`CONSENT`] (in the spirit of RFC 7675 consent freshness, which an ICE-lite
-//!   server cannot run itself).
+//!   accepted for [`CONSENT`] (RFC 7675 consent freshness, which an ICE-lite server cannot
+//!   run itself: the peer's checks, or anything else it sends from the address, renew it).
 //!
 //! What remains: an attacker who keeps forging valid STUN from the victim's address (it has
 //! the password) keeps that address "heard"; it then gets one viewer's stream, no more, from
@@ -76,9 +76,13 @@ const MAX_NEW_ADDRS: usize = 8;
 /// Once connected, how often the media address may move (a Wi-Fi to cellular switch is one
 /// move; a reflector swinging between targets is many).
 const MIN_ADDR_CHANGE: Duration = Duration::from_secs(2);
-/// How long an address stays a destination without being heard from. Browsers send RTCP
-/// every second or so and consent checks every five; OBS sends media all the time.
-pub(crate) const CONSENT: Duration = Duration::from_secs(8);
+/// How long an address stays a destination without being heard from: RFC 7675's consent
+/// lifetime (§5.1, 30 s after the last consent check). For a peer that sends consent checks
+/// (browsers) that is exactly RFC 7675; one that sends none keeps consent by what else it
+/// sends from the address (RTCP, media, libnice's Binding indications every 25 s). The cost:
+/// someone able to forge one valid check from a victim's address (it needs the session's ICE
+/// password) aims one viewer's stream at it for this long.
+pub(crate) const CONSENT: Duration = Duration::from_secs(30);
 /// Addresses remembered per session (as many as the demux index keeps, and a spare).
 const MAX_HEARD: usize = 5;
 

@@ -144,9 +144,17 @@ pub(crate) fn binding_request(datagram: &[u8]) -> Option<BindingRequest<'_>> {
     })
 }
 
+/// A STUN Binding indication (RFC 8445 §11 keep-alive): no transaction, no answer, and
+/// often no credentials (libnice's carry none).
+pub(crate) fn is_binding_indication(datagram: &[u8]) -> bool {
+    datagram.get(..2) == Some(&STUN_BINDING_INDICATION[..])
+        && datagram.len() >= STUN_HEADER_LEN
+        && datagram[4..8] == STUN_MAGIC_COOKIE
+}
+
 /// Calls `f` with each attribute of a STUN message until it returns `false`. `None` when the
 /// framing is broken (RFC 8489 §5 and §14).
-fn for_each_stun_attribute<'a>(
+pub(crate) fn for_each_stun_attribute<'a>(
     datagram: &'a [u8],
     mut f: impl FnMut(u16, &'a [u8]) -> bool,
 ) -> Option<()> {
@@ -173,8 +181,8 @@ fn for_each_stun_attribute<'a>(
 
 /// Two addresses cover a peer that is reachable over IPv4 and IPv6, plus a rebinding or two.
 const MAX_ADDRS_PER_PEER: usize = 4;
-const STUN_HEADER_LEN: usize = 20;
-const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+pub(crate) const STUN_HEADER_LEN: usize = 20;
+pub(crate) const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 /// STUN, by the first byte (RFC 7983 §7: 0–3).
 pub(crate) fn is_stun(datagram: &[u8]) -> bool {
     matches!(datagram.first(), Some(0..=3))
@@ -192,7 +200,8 @@ pub(crate) fn is_rtcp(datagram: &[u8]) -> bool {
 
 const STUN_ATTR_USERNAME: u16 = 0x0006;
 const STUN_ATTR_USE_CANDIDATE: u16 = 0x0025;
-const STUN_BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+pub(crate) const STUN_BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+const STUN_BINDING_INDICATION: [u8; 2] = [0x00, 0x11];
 
 #[cfg(test)]
 mod tests {

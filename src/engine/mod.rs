@@ -19,6 +19,7 @@
 //! touches that broadcast's viewers.
 
 mod audience;
+mod bye;
 mod cluster;
 mod command;
 mod consent;
@@ -32,6 +33,7 @@ mod forward;
 mod key;
 mod outbox;
 mod peer;
+mod priority;
 mod report;
 mod restart;
 mod router;
@@ -226,6 +228,16 @@ impl Engine {
             trace!(peer = %key, "new address refused: too many, or too soon");
             return;
         }
+        if known && demux::is_binding_indication(data) {
+            // A keep-alive (RFC 8445 §11; libnice sends these, not requests): str0m ignores
+            // it, but it is the peer, heard on an address it proved with a checked request.
+            peer.hear(remote, now, data);
+            return;
+        }
+        // FFmpeg 8.0's WHIP muxer sends Binding requests without PRIORITY, which str0m
+        // refuses to parse: checked with our password and signed again with one (priority.rs).
+        let with_priority = priority::add_if_missing(&mut peer.rtc, data);
+        let data = with_priority.as_deref().unwrap_or(data);
         let Ok(receive) = Receive::new(proto, src, destination, data) else {
             self.counters.datagrams_dropped += 1;
             return;
@@ -239,10 +251,7 @@ impl Engine {
             trace!(peer = %key, "datagram not accepted by peer");
             return;
         }
-        if !peer.is_upstream() || upstream::is_media(data) {
-            peer.heard = Some(now);
-        }
-        peer.consent.heard(remote, now);
+        peer.hear(remote, now, data);
         if feedback_to_answer {
             self.answer_feedback(key, data);
             self.flush_deferred(now);
@@ -272,6 +281,13 @@ impl Engine {
         self.drain(now, key);
         if moved {
             self.path_moved(now, key);
+        }
+        if is_rtcp(data)
+            && self.peer_mut(key).is_some_and(|p| p.is_publisher())
+            && self.said_goodbye(key, data)
+        {
+            info!(peer = %key, "publisher sent RTCP BYE: it hung up");
+            self.hang_up(now, key);
         }
         self.flush_deferred(now);
     }
@@ -307,7 +323,12 @@ impl Engine {
                 continue;
             }
             if peer.is_silent(now) {
-                info!(peer = %key, "publisher sent nothing for a while: gone");
+                let role = if peer.is_publisher() {
+                    "publisher"
+                } else {
+                    "viewer"
+                };
+                info!(peer = %key, role, "peer sent nothing for a while: gone");
                 self.close_peer(now, key, CloseReason::TimedOut);
                 continue;
             }
@@ -861,9 +882,11 @@ impl Engine {
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                // ICE-lite: no STUN from the peer for 15 s. Consent is gone.
-                debug!(peer = %key, "ice disconnected");
-                self.close_peer(now, key, CloseReason::TimedOut);
+                // str0m's ICE-lite agent drops a pair after 15 s without a Binding *request*,
+                // but libnice keeps pairs alive with indications and FFmpeg sends no STUN once
+                // connected. str0m keeps its selected address, so the session goes on; whether
+                // the peer is alive is the engine's rule (peer.rs `silent_at`).
+                debug!(peer = %key, "ice pair expired without binding requests");
             }
             // DTLS close_notify: the peer hung up on purpose (teardown.rs).
             Event::Closed => self.hang_up(now, key),

@@ -13,6 +13,7 @@ use str0m::Rtc;
 use str0m::media::MediaKind;
 use str0m::rtp::Ssrc;
 
+use super::bye::Goodbye;
 use super::consent::Consent;
 use super::consumer::Consumer;
 use super::demux::Remote;
@@ -84,6 +85,8 @@ pub(crate) struct Ingest {
     /// SSRC → m-line, learned from str0m's `StreamRx` on the first packet of each SSRC (the
     /// MID extension is only in early packets). NACK is switched on at the same moment.
     ssrcs: Vec<(Ssrc, Mid, Option<Rid>)>,
+    /// The SSRCs its RTCP BYE has named (bye.rs).
+    pub(crate) goodbye: Goodbye,
 }
 
 impl Peer {
@@ -109,17 +112,36 @@ impl Peer {
             .min()
     }
 
-    /// When a connected publisher that sends nothing more counts as gone: [`PUBLISHER_SILENCE`]
-    /// after the last datagram. Datagrams move it without touching the deadline index (the
-    /// index keeps the older instant; when that passes, the peer is rescheduled from here).
-    pub(crate) fn silent_at(&self) -> Option<Instant> {
-        if !self.connected || !self.is_publisher() {
-            return None;
+    /// The peer was heard from `remote`, one of its own addresses: `data` was accepted for
+    /// its session (media, RTCP, STUN, DTLS). One rule for every stack: a session lives while
+    /// its peer is heard, whichever of these it sends (browsers send consent checks and RTCP,
+    /// libnice Binding indications, FFmpeg nothing but media once connected).
+    pub(crate) fn hear(&mut self, remote: Remote, now: Instant, data: &[u8]) {
+        // An edge's pull counts only media: the origin answers our checks and sends reports
+        // for a while after its publisher is gone (upstream.rs).
+        if !self.is_upstream() || super::upstream::is_media(data) {
+            self.heard = Some(now);
         }
-        Some(self.heard? + PUBLISHER_SILENCE)
+        self.consent.heard(remote, now);
     }
 
-    /// A connected publisher has sent nothing for [`PUBLISHER_SILENCE`].
+    /// When a connected peer that sends nothing more counts as gone: [`PUBLISHER_SILENCE`]
+    /// or [`VIEWER_SILENCE`] after the last datagram. Datagrams move it without touching the
+    /// deadline index (the index keeps the older instant; when that passes, the peer is
+    /// rescheduled from here).
+    pub(crate) fn silent_at(&self) -> Option<Instant> {
+        if !self.connected {
+            return None;
+        }
+        let bound = match self.role {
+            Role::Publisher(_) => PUBLISHER_SILENCE,
+            Role::Viewer(_) => VIEWER_SILENCE,
+            Role::Probe => return None,
+        };
+        Some(self.heard? + bound)
+    }
+
+    /// A connected peer has sent nothing for its bound.
     pub(crate) fn is_silent(&self, now: Instant) -> bool {
         self.silent_at().is_some_and(|t| t <= now)
     }
@@ -133,6 +155,11 @@ impl Peer {
 }
 
 impl Ingest {
+    /// The SSRCs it has sent media on.
+    pub(crate) fn media_ssrcs(&self) -> impl Iterator<Item = Ssrc> + '_ {
+        self.ssrcs.iter().map(|(s, ..)| *s)
+    }
+
     /// The m-line of an incoming SSRC. On first sight, asks str0m and enables NACK towards
     /// the publisher: OBS offers no RTX, so str0m would otherwise never NACK it, while OBS
     /// does answer NACKs by resending on the original SSRC.
@@ -175,6 +202,15 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> Result<T, str0m::RtcError>) -> Re
 /// second or so and STUN consent checks every ~5 s. str0m's ICE-lite consent timeout alone
 /// would take 15 s.
 pub(crate) const PUBLISHER_SILENCE: Duration = Duration::from_millis(2500);
+
+/// How long a connected viewer may send nothing at all (no RTCP, no STUN request or
+/// indication, no DTLS) before its session ends: RFC 7675's consent lifetime, after which we
+/// may not send to it anyway ([`CONSENT`](super::consent::CONSENT)). Every real viewer is heard
+/// well within it: browsers send RTCP every second or so and consent checks every few
+/// seconds, GStreamer RTCP every few seconds, libnice's keep-alive indications come every
+/// 25 s (its Tr). A viewer that vanished without a word (a crash, a lost network) holds its
+/// place this long.
+pub(crate) const VIEWER_SILENCE: Duration = super::consent::CONSENT;
 
 /// Audio + video, with room for simulcast layers and RTX.
 const MAX_SSRCS: usize = 16;

@@ -1,7 +1,8 @@
 //! Session keys and the AEAD transforms: RTP and RTCP sealed towards one peer, its RTCP
 //! opened, for the AEAD_AES_128_GCM and AEAD_AES_256_GCM profiles (RFC 7714), the ones
 //! browsers offer and str0m's DTLS prefers. A session that negotiated AES_CM_HMAC_SHA1_80
-//! gets no context here and stays on str0m's send path.
+//! gets no sealing context here and stays on str0m's send path; its RTCP can still be opened
+//! (cm.rs), for what the engine reads from publishers (their BYE).
 
 use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::cipher::{AES_128, AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
@@ -9,6 +10,7 @@ use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
 
 use super::capture::Captured;
+use super::cm::CmRtcp;
 
 /// Sealing towards one peer: RTP for every media packet, RTCP for our sender reports.
 pub struct SrtpSender {
@@ -18,9 +20,14 @@ pub struct SrtpSender {
     srtcp_index: u32,
 }
 
-/// Opening the peer's SRTCP (its NACKs, which we answer ourselves).
+/// Opening the peer's SRTCP (a viewer's NACKs, which we answer ourselves; a publisher's BYE).
 pub struct SrtcpReceiver {
-    rtcp: Aead,
+    rtcp: Opener,
+}
+
+enum Opener {
+    Aead(Aead),
+    Cm(CmRtcp),
 }
 
 impl SrtpSender {
@@ -76,15 +83,21 @@ impl SrtpSender {
 impl SrtcpReceiver {
     /// The context for what the peer sends, or `None` for a profile this module does not do.
     pub fn new(keys: &Captured) -> Option<Self> {
-        let master = Master::of(keys, !keys.active)?;
-        Some(Self {
-            rtcp: master.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?,
-        })
+        let rtcp = if keys.profile == SrtpProfile::AES128_CM_SHA1_80 {
+            Opener::Cm(CmRtcp::new(&Master::of_cm(keys, !keys.active)?)?)
+        } else {
+            Opener::Aead(Master::of(keys, !keys.active)?.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?)
+        };
+        Some(Self { rtcp })
     }
 
     /// Decrypts one SRTCP packet into `scratch` and returns the compound RTCP, or `None`
     /// when it does not authenticate (or is not encrypted, which WebRTC never does).
     pub fn open<'a>(&self, packet: &[u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        let aead = match &self.rtcp {
+            Opener::Aead(aead) => aead,
+            Opener::Cm(cm) => return cm.open(packet, scratch),
+        };
         if packet.len() < 8 + TAG_LEN + 4 {
             return None;
         }
@@ -102,7 +115,7 @@ impl SrtcpReceiver {
         aad[8..].copy_from_slice(trailer);
         scratch.clear();
         scratch.extend_from_slice(body);
-        let plain_len = self.rtcp.open(iv, &aad, &mut scratch[8..])?;
+        let plain_len = aead.open(iv, &aad, &mut scratch[8..])?;
         scratch.truncate(8 + plain_len);
         Some(&scratch[..])
     }
@@ -110,30 +123,42 @@ impl SrtcpReceiver {
 
 /// One direction's master key and salt, from the DTLS-SRTP keying material: client key,
 /// server key, client salt, server salt (RFC 5764 §4.2).
-struct Master<'a> {
+pub(super) struct Master<'a> {
     key: &'a [u8],
-    salt: &'a [u8],
+    pub(super) salt: &'a [u8],
 }
 
 impl<'a> Master<'a> {
+    /// An AEAD profile's master key and salt.
     fn of(keys: &'a Captured, client_half: bool) -> Option<Self> {
         let key_len = match keys.profile {
             SrtpProfile::AEAD_AES_128_GCM => 16,
             SrtpProfile::AEAD_AES_256_GCM => 32,
             _ => return None,
         };
-        let m = &keys.material;
-        if m.len() != 2 * key_len + 2 * SALT_LEN {
+        Self::split(&keys.material, client_half, key_len, SALT_LEN)
+    }
+
+    /// AES_CM_128_HMAC_SHA1_80's master key and salt (RFC 3711: 112-bit salts).
+    pub(super) fn of_cm(keys: &'a Captured, client_half: bool) -> Option<Self> {
+        if keys.profile != SrtpProfile::AES128_CM_SHA1_80 {
+            return None;
+        }
+        Self::split(&keys.material, client_half, 16, CM_SALT_LEN)
+    }
+
+    fn split(m: &'a [u8], client_half: bool, key_len: usize, salt_len: usize) -> Option<Self> {
+        if m.len() != 2 * key_len + 2 * salt_len {
             return None;
         }
         let (k, s) = if client_half {
             (0, 0)
         } else {
-            (key_len, SALT_LEN)
+            (key_len, salt_len)
         };
         Some(Self {
             key: &m[k..k + key_len],
-            salt: &m[2 * key_len + s..2 * key_len + s + SALT_LEN],
+            salt: &m[2 * key_len + s..2 * key_len + s + salt_len],
         })
     }
 
@@ -155,7 +180,7 @@ impl<'a> Master<'a> {
         Some(Aead { key, salt })
     }
 
-    fn prf(&self, label: u8, out: &mut [u8]) -> Option<()> {
+    pub(super) fn prf(&self, label: u8, out: &mut [u8]) -> Option<()> {
         let mut iv = [0u8; 16];
         iv[..self.salt.len()].copy_from_slice(self.salt);
         iv[7] ^= label;
@@ -208,8 +233,11 @@ impl Aead {
 /// RFC 3711 §4.3.2 key derivation labels.
 const LABEL_RTP_KEY: u8 = 0x00;
 const LABEL_RTP_SALT: u8 = 0x02;
-const LABEL_RTCP_KEY: u8 = 0x03;
-const LABEL_RTCP_SALT: u8 = 0x05;
+pub(super) const LABEL_RTCP_KEY: u8 = 0x03;
+pub(super) const LABEL_RTCP_AUTH: u8 = 0x04;
+pub(super) const LABEL_RTCP_SALT: u8 = 0x05;
+/// RFC 3711's 112-bit salts (AES-CM).
+pub(super) const CM_SALT_LEN: usize = 14;
 
 /// RFC 7714: 96-bit salts and 128-bit tags.
 const SALT_LEN: usize = 12;
@@ -217,7 +245,7 @@ pub const TAG_LEN: usize = 16;
 /// The length an SRTCP packet grows by: the tag, then the E flag and index.
 pub const SRTCP_OVERHEAD: usize = TAG_LEN + 4;
 
-const SRTCP_ENCRYPTED: u32 = 1 << 31;
+pub(super) const SRTCP_ENCRYPTED: u32 = 1 << 31;
 const SRTCP_INDEX_MASK: u32 = SRTCP_ENCRYPTED - 1;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!   RTP and RTCP (RFC 7714), in place, into the caller's buffer.
 
 pub mod capture;
+mod cm;
 pub mod context;
 pub mod dtls;
 

@@ -49,10 +49,14 @@ pub struct Client {
     pub unplugged: bool,
     /// A viewer's SRTP keys as the server holds them (to read what it seals).
     pub server_keys: Option<KeySlot>,
+    /// The server's ICE password for this session, from its answer.
+    pub server_pwd: String,
 }
 
 /// Chooses datagrams to lose, by sender, receiver and contents (see [`Sim::drop_if`]).
 pub type DropFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
+/// Changes a datagram on the wire: `(from, to, contents)`.
+pub type Rewrite = Box<dyn FnMut(SocketAddr, SocketAddr, &mut Vec<u8>)>;
 
 struct InFlight {
     at: Instant,
@@ -122,6 +126,8 @@ pub struct Sim<S: Sfu = Engine> {
     pub sent_to: std::collections::HashMap<SocketAddr, usize>,
     /// Drops each datagram for which it returns true: `(from, to, contents)`.
     pub drop_if: Option<DropFilter>,
+    /// Rewrites each datagram before it goes on the wire (a client stack's own quirks).
+    pub rewrite: Option<Rewrite>,
     /// New viewers run str0m in RTP mode and record their video packets instead of frames.
     pub rtp_mode_viewers: bool,
     rng: u64,
@@ -176,6 +182,7 @@ impl<S: Sfu> Sim<S> {
             tapped: Vec::new(),
             sent_to: Default::default(),
             drop_if: None,
+            rewrite: None,
             rtp_mode_viewers: false,
             rng: 0x2545_f491_4f6c_dd1d,
             counter: 0,
@@ -216,6 +223,8 @@ impl<S: Sfu> Sim<S> {
             .expect("OBS offer accepted");
         let session = SessionId::random();
         client.server_ufrag = accepted.ufrag.clone();
+        client.server_keys = Some(accepted.keys.clone());
+        client.server_pwd = ice_pwd(&accepted.answer);
         let peer = NewPeer {
             broadcast,
             session: session.clone(),
@@ -270,6 +279,8 @@ impl<S: Sfu> Sim<S> {
         );
         let session = SessionId::random();
         client.server_ufrag = accepted.ufrag.clone();
+        client.server_keys = Some(accepted.keys.clone());
+        client.server_pwd = ice_pwd(&accepted.answer);
         let peer = NewPeer {
             broadcast,
             session: session.clone(),
@@ -354,6 +365,7 @@ impl<S: Sfu> Sim<S> {
         let session = SessionId::random();
         client.server_ufrag = accepted.ufrag.clone();
         client.server_keys = Some(accepted.keys.clone());
+        client.server_pwd = ice_pwd(&accepted.answer);
         let peer = NewPeer {
             broadcast,
             session: session.clone(),
@@ -577,7 +589,10 @@ impl<S: Sfu> Sim<S> {
         }
     }
 
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, mut data: Vec<u8>) {
+        if let Some(rewrite) = self.rewrite.as_mut() {
+            rewrite(from, to, &mut data);
+        }
         if from == SERVER.parse::<SocketAddr>().unwrap() {
             *self.sent_to.entry(to).or_default() += 1;
         }
@@ -642,6 +657,7 @@ impl<S: Sfu> Sim<S> {
             keyframe_requests: 0,
             unplugged: false,
             server_keys: None,
+            server_pwd: String::new(),
         }
     }
 
@@ -649,6 +665,14 @@ impl<S: Sfu> Sim<S> {
         self.clients.push(client);
         self.clients.len() - 1
     }
+}
+
+/// The `a=ice-pwd` of an SDP.
+fn ice_pwd(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-pwd:"))
+        .expect("an ICE password in the answer")
+        .to_owned()
 }
 
 /// Makes a str0m offer look like OBS's: no candidates, and the `a=group:LS` line.
