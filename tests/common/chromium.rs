@@ -133,11 +133,17 @@ impl Browser {
     /// A Chromium that publishes its fake camera and microphone over WHIP to broadcast `id`
     /// from the server's home page; `window.publisher` holds its peer connection and session.
     pub fn publishing(base: &str, id: &str) -> Self {
+        Self::publishing_video(base, id, json!({ "width": 640, "height": 360 }))
+    }
+
+    /// The same, with `video` as the camera's constraints (e.g. a smaller picture, a lower
+    /// frame rate: long tests that run many clients at once).
+    pub fn publishing_video(base: &str, id: &str, video: Value) -> Self {
         let publisher = Self::start();
         publisher.goto(&format!("{base}/"));
         let result = publisher.js_async(
             PUBLISH_FAKE_CAMERA,
-            json!([format!("{base}/broadcast?id={id}")]),
+            json!([format!("{base}/broadcast?id={id}"), video]),
         );
         assert_eq!(result, "ok", "the Chromium publisher's WHIP");
         publisher
@@ -432,9 +438,9 @@ return { mean, spread: Math.sqrt(Math.max(0, sq / n - mean * mean)) };";
 
 /// Publishes the page's fake camera and microphone over WHIP from inside the browser.
 const PUBLISH_FAKE_CAMERA: &str = "
-const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+const [url, video, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
 (async () => {
-  const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+  const media = await navigator.mediaDevices.getUserMedia({ video, audio: true });
   const pc = new RTCPeerConnection();
   for (const t of media.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
   await pc.setLocalDescription(await pc.createOffer());

@@ -11,6 +11,16 @@ use serde_json::Value;
 /// Plays `url` until video frames and audio samples are decoded and rising; returns what the
 /// driver saw: its one line of JSON (see the script's header).
 pub fn firefox_plays(url: &str, name: &str) -> Value {
+    firefox_run(url, name, None)
+}
+
+/// The same, then stays on the page for `hold` seconds: the JSON also has the `timeline` of
+/// one look a second (see the script's header).
+pub fn firefox_holds(url: &str, name: &str, hold: u64) -> Value {
+    firefox_run(url, name, Some(hold))
+}
+
+fn firefox_run(url: &str, name: &str, hold: Option<u64>) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let js = root.join("tests/js");
     require_driver(&js);
@@ -22,6 +32,7 @@ pub fn firefox_plays(url: &str, name: &str) -> Value {
         .arg(js.join("firefox-viewer.mjs"))
         .arg(url)
         .arg(&png)
+        .args(hold.map(|s| s.to_string()))
         .current_dir(&js)
         .output()
         .expect("node runs");

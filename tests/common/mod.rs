@@ -11,6 +11,7 @@ pub mod h2_frames;
 pub mod http_client;
 pub mod http_server;
 pub mod link;
+pub mod long_run;
 pub mod netns;
 pub mod opus;
 pub mod page_test;

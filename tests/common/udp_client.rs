@@ -3,7 +3,7 @@
 //! WHEP viewer that keeps what it receives. HTTP is `http_client`'s blocking client.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -307,9 +307,17 @@ fn add_media(rtc: &mut Rtc, dir: Direction, kinds: [MediaKind; 2]) -> (Mid, Mid,
     (a, b, (offer.to_sdp_string(), pending))
 }
 
+/// How long a client runs at most, in seconds, if the test never stops it.
+static LIFETIME_SECS: AtomicU64 = AtomicU64::new(120);
+
+/// Clients started from now on run for at most `lifetime` instead of 120 s (long sessions).
+pub fn set_lifetime(lifetime: Duration) {
+    LIFETIME_SECS.store(lifetime.as_secs(), Ordering::Relaxed);
+}
+
 /// The client loop: drive the `Rtc` by the str0m contract, send media if publishing.
 fn run(mut rtc: Rtc, mut link: Link, mut role: Role, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(LIFETIME_SECS.load(Ordering::Relaxed));
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let mut wake = Instant::now() + Duration::from_millis(50);
         loop {

@@ -4,15 +4,21 @@ audio buffers; a `level` element after opusdec measures the audio's loudest 100 
 Prints one line, `decoded N frames WxH, A audio buffers, loudest L dBFS`, and exits 0 once N
 frames and A audio buffers (0 unless given) are decoded and, when a minimum is given, the
 audio reached it; exits 1 with the reason otherwise.
-Usage: python3 whep_viewer.py <WHEP URL> <frames> <deadline seconds> [<audio buffers> [<dBFS>]]"""
+With --hold it plays on until its standard input closes instead (then exits 0 if N frames and
+A audio buffers were decoded), printing `progress <unix ms> <frames> <audio buffers>` every
+second: what a long session decoded, and when (tests/long_sessions.rs).
+Usage: python3 whep_viewer.py [--hold] <WHEP URL> <frames> <deadline seconds> [<audio buffers> [<dBFS>]]"""
 
 import sys
+import time
 
-from webrtc import Gst, GstWebRTC, Session, log
+from webrtc import GLib, Gst, GstWebRTC, Session, log
 
-url, wanted, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-wanted_audio = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-wanted_dbfs = float(sys.argv[5]) if len(sys.argv) > 5 else None
+hold = "--hold" in sys.argv[1:]
+args = [a for a in sys.argv[1:] if a != "--hold"]
+url, wanted, deadline = args[0], int(args[1]), int(args[2])
+wanted_audio = int(args[3]) if len(args) > 3 else 0
+wanted_dbfs = float(args[4]) if len(args) > 4 else None
 
 pipeline = Gst.Pipeline.new("viewer")
 webrtc = Gst.ElementFactory.make("webrtcbin", "webrtc")
@@ -42,8 +48,12 @@ def heard():
     return wanted_dbfs is None or loudest >= wanted_dbfs
 
 
+def reached():
+    return decoded >= wanted and audio >= wanted_audio
+
+
 def check_done():
-    if decoded >= wanted and audio >= wanted_audio and heard():
+    if reached() and heard() and not hold:
         session.finish(0, summary())
 
 
@@ -53,6 +63,16 @@ def on_message(_bus, msg):
     if s is not None and s.get_name() == "level":
         loudest = max([loudest] + list(s.get_value("rms")))
         check_done()
+
+
+def on_progress():
+    print("progress %d %d %d" % (time.time() * 1000, decoded, audio), flush=True)
+    return True
+
+
+def on_stdin(_source, _condition):
+    session.finish(0 if reached() else 1, summary())
+    return False
 
 
 def on_frame(_sink, buffer, pad):
@@ -99,6 +119,9 @@ webrtc.connect("pad-added", on_pad)
 bus = pipeline.get_bus()
 bus.add_signal_watch()
 bus.connect("message::element", on_message)
+if hold:
+    GLib.timeout_add_seconds(1, on_progress)
+    GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, on_stdin)
 code = session.run()
 if decoded < wanted or audio < wanted_audio or not heard():
     print(summary(), flush=True)

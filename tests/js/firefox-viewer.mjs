@@ -6,16 +6,22 @@
 // (samples decoded, not concealed: totalSamplesReceived - concealedSamples; energy and duration
 // are totalAudioEnergy and totalSamplesDuration, absent when Firefox does not report them;
 // audioLater is taken a second of audio or more after audioAtLive).
-// Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>
+// Usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png> [<hold seconds>]
+// With hold seconds, it then stays on the page that long, and the JSON also has
+//   timeline: [{ t, state, frames, packets, samples }, ...]
+// (state with the page's title after it when not live, e.g. `reconnecting: Connection lost`)
+// one look a second (t in Unix ms; frames decoded and audio so far): a long session
+// (tests/long_sessions.rs).
 // Every step has a deadline; the browser is closed on every path.
 
 import { writeFileSync } from 'node:fs';
 import puppeteer from 'puppeteer-core';
 import { FIREFOX, prefs } from './firefox-prefs.mjs';
 
-const [url, screenshotPath] = process.argv.slice(2);
-if (!url || !screenshotPath) {
-  console.error('usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png>');
+const [url, screenshotPath, holdArg] = process.argv.slice(2);
+const holdSeconds = Number(holdArg || 0);
+if (!url || !screenshotPath || !(holdSeconds >= 0)) {
+  console.error('usage: node firefox-viewer.mjs <viewer page URL> <screenshot.png> [<hold seconds>]');
   process.exit(2);
 }
 
@@ -118,8 +124,28 @@ try {
   const png = await video.screenshot({ encoding: 'base64' });
   writeFileSync(screenshotPath, Buffer.from(png, 'base64'));
   const screenshot = await pixels(page, png);
+  const timeline = [];
+  const holdUntil = Date.now() + holdSeconds * 1000;
+  while (holdSeconds > 0) {
+    const audio = await audioReceived(page);
+    timeline.push({
+      t: Date.now(),
+      // With the title the page shows when not live: it says why.
+      state: await page.evaluate(() => {
+        const s = window.whipcast && window.whipcast.state;
+        const title = document.getElementById('title');
+        return s === 'live' ? s : `${s}: ${title ? title.textContent : ''}`;
+      }),
+      frames: await framesDecoded(page),
+      packets: audio.packets,
+      samples: audio.samples,
+    });
+    if (Date.now() >= holdUntil) break;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
   const state = await page.evaluate(() => window.whipcast.state);
-  console.log(JSON.stringify({ state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot }));
+  const seen = { state, size, framesAtLive, framesLater, audioAtLive, audioLater, screenshot };
+  console.log(JSON.stringify(holdSeconds > 0 ? { ...seen, timeline } : seen));
 } catch (e) {
   failed = e;
 } finally {
