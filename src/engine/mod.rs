@@ -30,6 +30,7 @@ mod egress;
 mod feedback;
 mod first_frame;
 mod forward;
+mod gop;
 mod key;
 mod outbox;
 mod peer;
