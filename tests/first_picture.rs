@@ -60,6 +60,11 @@ async fn a_first_visit_presents_the_first_picture_and_motion_follows_mid_gop() {
                 .is_some_and(|n| n > decoded_at_first + MOTION)
         });
         eprintln!("first picture {first}\nmotion {moving}");
+        let (mean, spread) = browser.picture();
+        assert!(
+            mean > 20.0 && spread > 5.0,
+            "the picture is not black or flat: mean {mean}, spread {spread}"
+        );
         browser.screenshot("a_first_visit_presents_the_first_picture_and_motion_follows");
     })
     .await;

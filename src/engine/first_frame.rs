@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Pt};
 
+use super::forward::Burst;
 use super::peer::live;
 use super::router::CachedPacket;
 use super::{Engine, PeerKey};
@@ -147,8 +148,8 @@ impl Engine {
         let waiting = peer
             .consumer_mut(MediaKind::Video)
             .is_some_and(|c| !c.is_synced_to(route.epoch) || c.starting(now));
-        if has_cache && waiting && !self.pending_starts.contains(&v) {
-            self.pending_starts.push(v);
+        if has_cache && waiting {
+            self.queue_start(v, Burst::WithGop);
         }
     }
 }

@@ -262,8 +262,8 @@ impl Engine {
     /// `<video>` element learns of no frame until the next one), so a still until the
     /// publisher's next IDR is not enough. Without a whole GOP cache the viewer gets the
     /// keyframe alone and then waits for the next IDR (the live frames in between reference
-    /// pictures it never got).
-    fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey) {
+    /// pictures it never got); so does a viewer that is moved, see [`Burst`].
+    fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey, kind: Burst) {
         let Some(peer) = self.peer_mut(v) else { return };
         let b = peer.broadcast;
         let Some(route) = self.router.route(b) else {
@@ -277,7 +277,11 @@ impl Engine {
             return;
         };
         let track = &route.tracks[ti];
-        let (keyframe, gop, epoch) = (track.keyframe.clone(), track.gop.packets(), route.epoch);
+        let gop = match kind {
+            Burst::WithGop => track.gop.packets(),
+            Burst::Keyframe => None,
+        };
+        let (keyframe, epoch) = (track.keyframe.clone(), route.epoch);
         // What the viewer is sent, kept by its egress for NACKs (first_frame.rs): the
         // keyframe alone is shared as it is; with the GOP it is one copy per start.
         let sent: Arc<[CachedPacket]> = match gop {
@@ -337,15 +341,23 @@ impl Engine {
         self.reschedule(v);
     }
 
+    /// Queues a start burst for viewer `v` (once: a second request while one is queued is
+    /// the same start).
+    pub(super) fn queue_start(&mut self, v: PeerKey, kind: Burst) {
+        if !self.pending_starts.iter().any(|(p, _)| *p == v) {
+            self.pending_starts.push((v, kind));
+        }
+    }
+
     /// Work deferred until no `Rtc` is being drained: keyframe-cache bursts for viewers that
     /// just connected, then keyframe requests to publishers.
     pub(super) fn flush_deferred(&mut self, now: Instant) {
         // A start is a whole GOP (up to a few MB): like sealing, it waits while the outbox is
         // full, and `flush_writes` comes back here once it has been sent.
         while self.outbox.len_bytes() < OUTBOX_BUDGET
-            && let Some(v) = self.pending_starts.pop()
+            && let Some((v, kind)) = self.pending_starts.pop()
         {
-            self.send_keyframe_cache(now, v);
+            self.send_keyframe_cache(now, v, kind);
         }
         while let Some((b, ti)) = self.pending_plis.pop() {
             let Some(route) = self.router.route_mut(b) else {
@@ -477,3 +489,16 @@ fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
 /// them: a few hundred datagrams, enough for full GSO batches, small enough that memory
 /// does not grow with the audience.
 const OUTBOX_BUDGET: usize = 256 * 1024;
+
+/// What a start burst holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Burst {
+    /// The keyframe and the GOP since it: a viewer without a picture yet (just connected, or
+    /// its first burst was lost) starts at the live edge and its picture moves at once.
+    WithGop,
+    /// The keyframe alone, then the next IDR: a viewer that has a picture and a timeline
+    /// and lost packets while it moved (an ICE restart). A GOP would be numbered from its
+    /// last timestamp on, so every later frame would be stamped up to a GOP's age ahead of
+    /// the real time and its jitter buffer would hold them back that long.
+    Keyframe,
+}
