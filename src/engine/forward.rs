@@ -54,6 +54,9 @@ impl Engine {
             route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
+        if let Some(tap) = &self.recorder {
+            record(tap, (self.config.worker, b), route, ti, &cached, now);
+        }
         let exts = fresh_extensions(&pkt.header.ext_vals);
         self.relay(b, ti, &cached, pkt.timestamp, &exts);
         self.fan_out(now, b, ti, cached, pkt.timestamp, &exts);
@@ -450,3 +453,37 @@ fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
 /// them: a few hundred datagrams, enough for full GSO batches, small enough that memory
 /// does not grow with the audience.
 const OUTBOX_BUDGET: usize = 256 * 1024;
+
+/// `--record`: a copy of the packet's handle (an `Arc`, no bytes) for the recorder, if its
+/// codec is one the recorder writes.
+fn record(
+    tap: &crate::record::Tap,
+    (worker, b): (usize, BroadcastKey),
+    route: &router::Route,
+    ti: usize,
+    cached: &CachedPacket,
+    now: Instant,
+) {
+    use crate::record::{Media, Packet};
+    let codec = route.tracks[ti]
+        .params
+        .iter()
+        .find(|p| p.pt() == cached.pt)
+        .map(|p| p.spec().codec);
+    let media = match codec {
+        Some(str0m::format::Codec::H264) => Media::H264,
+        Some(str0m::format::Codec::Opus) => Media::Opus,
+        _ => return,
+    };
+    tap.offer(Packet {
+        broadcast: b,
+        route: (worker, route.generation),
+        epoch: route.epoch,
+        media,
+        seq: cached.seq,
+        ts: cached.ts,
+        marker: cached.marker,
+        payload: cached.payload.clone(),
+        arrival: now,
+    });
+}

@@ -136,6 +136,8 @@ pub struct Engine {
     scratch_rtcp: Vec<u8>,
     scratch_packets: Vec<CachedPacket>,
     counters: Counters,
+    /// `--record`: where publishers' packets go for the recorder (none when it is off).
+    recorder: Option<crate::record::Tap>,
 }
 
 #[derive(Default)]
@@ -180,7 +182,13 @@ impl Engine {
             scratch_rtcp: Vec::new(),
             scratch_packets: Vec::new(),
             counters: Counters::default(),
+            recorder: None,
         }
+    }
+
+    /// Hands every publisher packet of a recorded codec to `tap` from now on (`--record`).
+    pub fn set_recorder(&mut self, tap: crate::record::Tap) {
+        self.recorder = Some(tap);
     }
 
     // ---------------------------------------------------------------- input
