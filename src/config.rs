@@ -176,6 +176,29 @@ pub struct Config {
     #[arg(long, env = "WHIPCAST_REDIRECT_VIEWERS", requires = "edge_secret")]
     pub redirect_viewers: bool,
 
+    /// Record every broadcast as fragmented MP4 files (H.264 + Opus, no transcoding) under
+    /// --record-dir. Off by default: recording costs disk and a thread.
+    #[arg(long, env = "WHIPCAST_RECORD")]
+    pub record: bool,
+
+    /// Where recordings go: one directory per broadcast, named by its label.
+    #[arg(
+        long,
+        env = "WHIPCAST_RECORD_DIR",
+        default_value = "whipcast-data/recordings"
+    )]
+    pub record_dir: PathBuf,
+
+    /// A new file every this long (at the next keyframe), so one file never grows without
+    /// bound and an old part can be deleted alone. Units: s, m, h, d.
+    #[arg(long, env = "WHIPCAST_RECORD_SEGMENT", default_value = "10m", value_parser = parse_duration)]
+    pub record_segment: Duration,
+
+    /// Bytes of recordings one broadcast may hold on disk; when reached its recording stops
+    /// (the broadcast goes on). Unlimited when unset.
+    #[arg(long, env = "WHIPCAST_RECORD_MAX_BYTES")]
+    pub record_max_bytes: Option<u64>,
+
     /// TESTING ONLY, hidden from --help: every viewer stream's first RTP sequence number
     /// instead of a random one, so a test crosses the 16-bit wrap within seconds.
     #[arg(long, env = "WHIPCAST_TEST_SEQ_START", hide = true)]

@@ -23,6 +23,8 @@
 //!   `--workers N`, a receive thread and N worker threads each driving its own `Engine`, and
 //!   the [`io::EngineHandle`] that sends each HTTP command to the worker that owns it.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
+//! - [`record`]: `--record`, broadcasts written as fragmented MP4 by a thread of its own,
+//!   fed from the media path through a bounded queue that never blocks it.
 //! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
 //! - [`edge`]: edge mode, broadcasts pulled from an origin over WHEP and served here.
 //! - [`server`]: wiring the above together.
@@ -63,6 +65,7 @@ pub mod h264;
 pub mod http;
 pub mod io;
 pub mod offer;
+pub mod record;
 pub mod registry;
 pub mod secret;
 pub mod selftest;

@@ -104,12 +104,33 @@ impl Server {
             test_seq_start: config.test_seq_start,
             worker: 0,
         };
+        let registry = Arc::new(Mutex::new(registry));
+        let recorder = match config.record {
+            true => Some(
+                crate::record::start(
+                    crate::record::Settings {
+                        dir: config.record_dir.clone(),
+                        segment: config.record_segment,
+                        max_bytes: config.record_max_bytes,
+                        // A publisher back within the grace continues its recording.
+                        idle: config.resume_grace + Duration::from_secs(5),
+                    },
+                    registry.clone(),
+                )
+                .map_err(StartError::Thread)?,
+            ),
+            false => None,
+        };
         let engines = (0..config.media_workers())
             .map(|worker| {
-                Engine::new(EngineConfig {
+                let mut engine = Engine::new(EngineConfig {
                     worker,
                     ..engine_config.clone()
-                })
+                });
+                if let Some(tap) = &recorder {
+                    engine.set_recorder(tap.clone());
+                }
+                engine
             })
             .collect();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<EngineEvent>();
@@ -137,7 +158,8 @@ impl Server {
         }
         let state = Arc::new(AppState {
             setup,
-            registry: Arc::new(Mutex::new(registry)),
+            registry,
+            recorder,
             saver: Arc::default(),
             limits: http::limits::Limits::new(&config),
             engine: engine_handle.clone(),

@@ -12,6 +12,7 @@ use tracing::{debug, info, trace};
 use super::consumer::{Consumer, Skip, SourcePacket};
 use super::egress::MAX_QUEUED;
 use super::peer::{Peer, Role, contained, live};
+use super::record_tap;
 use super::router::{self, CachedPacket};
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
@@ -55,6 +56,9 @@ impl Engine {
             route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
+        if let Some(tap) = &self.recorder {
+            record_tap::offer(tap, (self.config.worker, b), route, ti, &cached, now);
+        }
         let exts = fresh_extensions(&pkt.header.ext_vals);
         self.relay(b, ti, &cached, pkt.timestamp, &exts);
         self.fan_out(now, b, ti, cached, pkt.timestamp, &exts);

@@ -35,6 +35,7 @@ mod key;
 mod outbox;
 mod peer;
 mod priority;
+mod record_tap;
 mod report;
 mod restart;
 mod router;
@@ -138,6 +139,8 @@ pub struct Engine {
     scratch_rtcp: Vec<u8>,
     scratch_packets: Vec<CachedPacket>,
     counters: Counters,
+    /// `--record`: where publishers' packets go for the recorder (none when it is off).
+    recorder: Option<crate::record::Tap>,
 }
 
 #[derive(Default)]
@@ -182,7 +185,13 @@ impl Engine {
             scratch_rtcp: Vec::new(),
             scratch_packets: Vec::new(),
             counters: Counters::default(),
+            recorder: None,
         }
+    }
+
+    /// Hands every publisher packet of a recorded codec to `tap` from now on (`--record`).
+    pub fn set_recorder(&mut self, tap: crate::record::Tap) {
+        self.recorder = Some(tap);
     }
 
     // ---------------------------------------------------------------- input

@@ -394,6 +394,20 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         "Connectivity tests waiting to connect.",
         stats.peers.saturating_sub(stats.publishers + stats.viewers) as u64,
     );
+    if let Some(tap) = &state.recorder {
+        metric(
+            "record_queue_drops_total",
+            "counter",
+            "Packets left out of recordings because the recorder's queue was full.",
+            tap.drops(),
+        );
+        metric(
+            "recordings_active",
+            "gauge",
+            "Recordings with a file open.",
+            tap.active(),
+        );
+    }
     let workers = state
         .engine
         .worker_loads()

@@ -47,6 +47,8 @@ pub struct AppState {
     /// Shared with the blocking thread that writes the state file.
     pub registry: Arc<Mutex<Registry>>,
     pub saver: Arc<crate::registry::Saver>,
+    /// `--record`: the recorder's queue, for its drop count in `/metrics`.
+    pub recorder: Option<crate::record::Tap>,
     pub limits: limits::Limits,
     pub engine: EngineHandle,
     pub setup: SessionSetup,

@@ -1,0 +1,44 @@
+//! `--record`: what the media path hands the recorder (`crate::record`): a publisher's packet
+//! by handle (an `Arc`, no bytes copied), through the recorder's bounded queue, which never
+//! blocks fan-out.
+
+use std::time::Instant;
+
+use str0m::format::Codec;
+
+use super::BroadcastKey;
+use super::router::{CachedPacket, Route};
+use crate::record::{Media, Packet, Tap};
+
+/// `--record`: a copy of the packet's handle (an `Arc`, no bytes) for the recorder, if its
+/// codec is one the recorder writes.
+pub(super) fn offer(
+    tap: &Tap,
+    (worker, b): (usize, BroadcastKey),
+    route: &Route,
+    ti: usize,
+    cached: &CachedPacket,
+    now: Instant,
+) {
+    let codec = route.tracks[ti]
+        .params
+        .iter()
+        .find(|p| p.pt() == cached.pt)
+        .map(|p| p.spec().codec);
+    let media = match codec {
+        Some(Codec::H264) => Media::H264,
+        Some(Codec::Opus) => Media::Opus,
+        _ => return,
+    };
+    tap.offer(Packet {
+        broadcast: b,
+        route: (worker, route.generation),
+        epoch: route.epoch,
+        media,
+        seq: cached.seq,
+        ts: cached.ts,
+        marker: cached.marker,
+        payload: cached.payload.clone(),
+        arrival: now,
+    });
+}

@@ -1,0 +1,340 @@
+//! Fragmented MP4 bytes: the init segment (`ftyp` + `moov` with an empty sample table and
+//! `mvex`) and one fragment (`moof` + `mdat`) per call. The boxes are `mp4-atom`'s; what goes
+//! in them (track layout, sample flags, the data offsets into `mdat`) is decided here.
+//!
+//! A file is the init segment followed by fragments, so it plays from its first byte and
+//! every complete fragment is playable: a crash loses only the fragment being written.
+
+use mp4_atom::{
+    Audio, Avc1, Avcc, Dinf, Dops, Dref, Encode, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf, Moof,
+    Moov, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun,
+    TrunEntry, TrunSamples, Url, Visual, Vmhd,
+};
+
+/// RTP's (and so the file's) clock for video: every RTP video codec runs at 90 kHz.
+pub(crate) const VIDEO_TIMESCALE: u32 = 90_000;
+/// Opus always runs at 48 kHz on RTP (RFC 7587), whatever the encoder's internal rate.
+pub(crate) const OPUS_TIMESCALE: u32 = 48_000;
+/// The pre-skip Opus encoders use at 48 kHz (libopus' lookahead, RFC 7845 §4.2): players drop
+/// that many decoded samples at the start.
+const OPUS_PRE_SKIP: u16 = 312;
+
+/// `sample_depends_on = 2` (an I-frame, a sync sample).
+const SYNC_SAMPLE: u32 = 0x0200_0000;
+/// `sample_depends_on = 1` and `sample_is_non_sync_sample`.
+const NON_SYNC_SAMPLE: u32 = 0x0101_0000;
+
+/// What a file's track carries, as its sample entry needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TrackSetup {
+    /// H.264 with the parameter sets seen in-band (avcC), and the picture size from the SPS.
+    H264 {
+        sps: Vec<u8>,
+        pps: Vec<u8>,
+        width: u16,
+        height: u16,
+    },
+    Opus,
+}
+
+impl TrackSetup {
+    pub(crate) fn timescale(&self) -> u32 {
+        match self {
+            Self::H264 { .. } => VIDEO_TIMESCALE,
+            Self::Opus => OPUS_TIMESCALE,
+        }
+    }
+}
+
+/// One coded frame (video: an access unit of length-prefixed NAL units; Opus: one packet).
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    pub(crate) duration: u32,
+    pub(crate) keyframe: bool,
+    pub(crate) data: Vec<u8>,
+}
+
+/// The samples of one track in one fragment, `base` being the first one's decode time in the
+/// track's timescale, counted from the file's start.
+pub(crate) struct Run<'a> {
+    pub(crate) track_id: u32,
+    pub(crate) base: u64,
+    pub(crate) samples: &'a [Sample],
+}
+
+/// `ftyp` + `moov` for `tracks` (track IDs 1, 2, … in that order).
+pub(crate) fn init_segment(tracks: &[TrackSetup]) -> Vec<u8> {
+    let ftyp = Ftyp {
+        major_brand: b"iso6".into(),
+        minor_version: 0,
+        compatible_brands: vec![b"iso6".into(), b"iso5".into(), b"mp41".into()],
+    };
+    let moov = Moov {
+        mvhd: Mvhd {
+            timescale: 1000,
+            rate: 1.into(),
+            volume: 1.into(),
+            next_track_id: tracks.len() as u32 + 1,
+            ..Default::default()
+        },
+        mvex: Some(Mvex {
+            mehd: None,
+            trex: (1..=tracks.len() as u32)
+                .map(|track_id| Trex {
+                    track_id,
+                    default_sample_description_index: 1,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        trak: tracks
+            .iter()
+            .zip(1..)
+            .map(|(setup, track_id)| trak(setup, track_id))
+            .collect(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    ftyp.encode(&mut out).expect("ftyp encodes into a Vec");
+    moov.encode(&mut out).expect("moov encodes into a Vec");
+    out
+}
+
+fn trak(setup: &TrackSetup, track_id: u32) -> Trak {
+    let (handler, name, width, height, volume) = match setup {
+        TrackSetup::H264 { width, height, .. } => (b"vide", "VideoHandler", *width, *height, 0),
+        TrackSetup::Opus => (b"soun", "SoundHandler", 0, 0, 1),
+    };
+    let codec = match setup {
+        TrackSetup::H264 {
+            sps,
+            pps,
+            width,
+            height,
+        } => Avc1 {
+            visual: Visual {
+                data_reference_index: 1,
+                width: *width,
+                height: *height,
+                horizresolution: 72.into(),
+                vertresolution: 72.into(),
+                frame_count: 1,
+                compressor: "".into(),
+                depth: 24,
+            },
+            avcc: Avcc {
+                configuration_version: 1,
+                avc_profile_indication: sps.get(1).copied().unwrap_or(66),
+                profile_compatibility: sps.get(2).copied().unwrap_or(0),
+                avc_level_indication: sps.get(3).copied().unwrap_or(31),
+                length_size: 4,
+                sequence_parameter_sets: vec![sps.clone()],
+                picture_parameter_sets: vec![pps.clone()],
+                ext: None,
+            },
+            btrt: None,
+            colr: None,
+            pasp: None,
+            taic: None,
+            fiel: None,
+            spatial: Default::default(),
+        }
+        .into(),
+        TrackSetup::Opus => Opus {
+            audio: Audio {
+                data_reference_index: 1,
+                // WebRTC signals Opus as two channels (RFC 7587 §7); a mono encoder's packets
+                // decode to both.
+                channel_count: 2,
+                sample_size: 16,
+                sample_rate: 48000.into(),
+            },
+            dops: Dops {
+                output_channel_count: 2,
+                pre_skip: OPUS_PRE_SKIP,
+                input_sample_rate: 48000,
+                output_gain: 0,
+                channel_mapping: None,
+            },
+            btrt: None,
+        }
+        .into(),
+    };
+    Trak {
+        tkhd: Tkhd {
+            track_id,
+            enabled: true,
+            in_movie: true,
+            volume: volume.into(),
+            width: width.into(),
+            height: height.into(),
+            ..Default::default()
+        },
+        mdia: Mdia {
+            mdhd: Mdhd {
+                timescale: setup.timescale(),
+                language: "und".into(),
+                ..Default::default()
+            },
+            hdlr: Hdlr {
+                handler: handler.into(),
+                name: name.into(),
+            },
+            minf: Minf {
+                vmhd: matches!(setup, TrackSetup::H264 { .. }).then(Vmhd::default),
+                smhd: matches!(setup, TrackSetup::Opus).then(Smhd::default),
+                dinf: Dinf {
+                    dref: Dref {
+                        entries: vec![Url::default().into()],
+                    },
+                },
+                stbl: Stbl {
+                    stsd: Stsd {
+                        codecs: vec![codec],
+                    },
+                    stco: Some(Stco::default()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        },
+        ..Default::default()
+    }
+}
+
+/// `moof` + `mdat` holding `runs` (tracks without samples are left out).
+pub(crate) fn fragment(sequence_number: u32, runs: &[Run<'_>]) -> Vec<u8> {
+    let runs: Vec<&Run<'_>> = runs.iter().filter(|r| !r.samples.is_empty()).collect();
+    let mut moof = Moof {
+        mfhd: Mfhd { sequence_number },
+        traf: runs
+            .iter()
+            .map(|run| Traf {
+                tfhd: Tfhd {
+                    track_id: run.track_id,
+                    default_base_is_moof: true,
+                    ..Default::default()
+                },
+                tfdt: Some(Tfdt {
+                    base_media_decode_time: run.base,
+                }),
+                trun: vec![Trun {
+                    data_offset: Some(0),
+                    samples: TrunSamples::Explicit(
+                        run.samples
+                            .iter()
+                            .map(|s| TrunEntry {
+                                duration: Some(s.duration),
+                                size: Some(s.data.len() as u32),
+                                flags: Some(if s.keyframe {
+                                    SYNC_SAMPLE
+                                } else {
+                                    NON_SYNC_SAMPLE
+                                }),
+                                cts: None,
+                            })
+                            .collect(),
+                    ),
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    // The data offsets count from the moof's first byte (default-base-is-moof) to each run's
+    // first sample in the mdat; their own size does not depend on their value.
+    let mut sized = Vec::new();
+    moof.encode(&mut sized).expect("moof encodes into a Vec");
+    let mut offset = sized.len() + 8;
+    for (traf, run) in moof.traf.iter_mut().zip(&runs) {
+        traf.trun[0].data_offset = Some(offset as i32);
+        offset += run.samples.iter().map(|s| s.data.len()).sum::<usize>();
+    }
+    let mut data = Vec::with_capacity(offset - sized.len());
+    for run in &runs {
+        for s in run.samples {
+            data.extend_from_slice(&s.data);
+        }
+    }
+    let mut out = Vec::with_capacity(offset);
+    moof.encode(&mut out).expect("moof encodes into a Vec");
+    debug_assert_eq!(
+        out.len(),
+        sized.len(),
+        "a data offset's value never changes its size"
+    );
+    Mdat { data }
+        .encode(&mut out)
+        .expect("mdat encodes into a Vec");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mp4_atom::{Any, Decode};
+
+    #[test]
+    fn fragment_data_offsets_point_at_each_runs_samples() {
+        let video = [Sample {
+            duration: 3000,
+            keyframe: true,
+            data: vec![1; 10],
+        }];
+        let audio = [
+            Sample {
+                duration: 960,
+                keyframe: true,
+                data: vec![2; 3],
+            },
+            Sample {
+                duration: 960,
+                keyframe: true,
+                data: vec![3; 4],
+            },
+        ];
+        let bytes = fragment(
+            7,
+            &[
+                Run {
+                    track_id: 1,
+                    base: 0,
+                    samples: &video,
+                },
+                Run {
+                    track_id: 2,
+                    base: 0,
+                    samples: &audio,
+                },
+            ],
+        );
+        let buf = &mut std::io::Cursor::new(&bytes);
+        let Ok(Any::Moof(moof)) = Any::decode(buf) else {
+            panic!("a moof first");
+        };
+        let offsets: Vec<usize> = moof
+            .traf
+            .iter()
+            .map(|t| t.trun[0].data_offset.unwrap() as usize)
+            .collect();
+        assert_eq!(bytes[offsets[0]..offsets[0] + 10], [1; 10]);
+        assert_eq!(bytes[offsets[1]..offsets[1] + 7], [2, 2, 2, 3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn init_segment_decodes_with_both_sample_entries() {
+        let bytes = init_segment(&[
+            TrackSetup::H264 {
+                sps: vec![0x67, 0x42, 0xe0, 0x1f, 0xda],
+                pps: vec![0x68, 0xce, 0x3c, 0x80],
+                width: 320,
+                height: 240,
+            },
+            TrackSetup::Opus,
+        ]);
+        let buf = &mut std::io::Cursor::new(&bytes);
+        Ftyp::decode(buf).expect("ftyp");
+        let moov = Moov::decode(buf).expect("moov");
+        assert_eq!(moov.trak.len(), 2);
+        assert_eq!(moov.mvex.expect("mvex").trex.len(), 2);
+    }
+}

@@ -1,0 +1,184 @@
+//! Recording (`--record`): broadcasts written to disk as fragmented MP4, off the media path.
+//!
+//! The engine hands each publisher packet of a recorded codec (H.264, Opus) to a [`Tap`]: an
+//! `Arc` clone of the payload into a bounded queue with `try_send`, so fan-out never waits on
+//! a disk; a full queue loses that packet for the file only, counted in `/metrics`
+//! (`whipcast_record_queue_drops_total`). With `--record` off the engine holds no tap and the
+//! media path does nothing more than before.
+//!
+//! One thread owns every recording: [`recording`] turns a broadcast's packets into segment
+//! files ([`segment`]) of fMP4 boxes ([`fmp4`]), after putting H.264 access units back
+//! together ([`frames`]) and placing every track on one timeline ([`timeline`]).
+//!
+//! A recording is one route of the engine: a publisher that drops and resumes within
+//! `--resume-grace` stays on the same route (a new epoch) and so in the same recording, with a
+//! gap; a new publish is a new route and starts a new recording.
+
+mod fmp4;
+mod frames;
+mod recording;
+mod segment;
+mod timeline;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::BroadcastKey;
+use crate::registry::Registry;
+
+use self::recording::Recording;
+
+/// Packets the queue holds: about two seconds of a 6 Mb/s broadcast with its audio
+/// (~600 video + 100 audio packets a second), so a disk that stalls for a moment loses nothing.
+const QUEUE_PACKETS: usize = 2048;
+/// How often the thread looks for recordings whose publisher is gone for good.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A codec the recorder writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    H264,
+    Opus,
+}
+
+/// One publisher packet, as the engine hands it over.
+#[derive(Debug)]
+pub struct Packet {
+    pub broadcast: BroadcastKey,
+    /// The worker and the route generation on it: one recording.
+    pub route: (usize, u64),
+    /// The route's publisher epoch: a new one re-anchors the timeline (a resume).
+    pub epoch: u32,
+    pub media: Media,
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    pub arrival: Instant,
+}
+
+/// What the recorder needs to know from the options.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub segment: Duration,
+    pub max_bytes: Option<u64>,
+    /// A recording whose publisher has sent nothing for this long has ended (the resume
+    /// grace, plus a margin).
+    pub idle: Duration,
+}
+
+/// The engine's side of the queue.
+#[derive(Clone)]
+pub struct Tap {
+    tx: SyncSender<Packet>,
+    drops: Arc<AtomicU64>,
+    /// Recordings with a file open, for `/metrics` (and for tests to know a file is complete).
+    active: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Tap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tap")
+            .field("drops", &self.drops.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Tap {
+    /// Queues `packet` for the recorder without waiting; a full queue drops and counts it.
+    pub fn offer(&self, packet: Packet) {
+        match self.tx.try_send(packet) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Recordings in progress (a recording ends `idle` after its publisher's last packet).
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Packets lost because the recorder's queue was full.
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the recorder thread; it runs until every [`Tap`] is dropped.
+pub fn start(settings: Settings, registry: Arc<Mutex<Registry>>) -> std::io::Result<Tap> {
+    let (tx, rx) = sync_channel(QUEUE_PACKETS);
+    let active = Arc::new(AtomicU64::new(0));
+    let gauge = active.clone();
+    std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || run(rx, settings, registry, &gauge))?;
+    Ok(Tap {
+        tx,
+        drops: Arc::default(),
+        active,
+    })
+}
+
+fn run(
+    rx: Receiver<Packet>,
+    settings: Settings,
+    registry: Arc<Mutex<Registry>>,
+    active: &AtomicU64,
+) {
+    let mut recordings: HashMap<BroadcastKey, ((usize, u64), Recording)> = HashMap::new();
+    let mut last_sweep = crate::io::now();
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(p) => {
+                let current = recordings.get(&p.broadcast).map(|(route, _)| *route);
+                if current != Some(p.route) {
+                    // A new publish of the broadcast: the old recording has ended.
+                    if let Some((_, old)) = recordings.remove(&p.broadcast) {
+                        old.finish();
+                    }
+                    let label = registry
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.label(p.broadcast).map(str::to_owned))
+                        .unwrap_or_else(|| p.broadcast.to_string());
+                    let recording = Recording::new(label, &settings, p.arrival);
+                    recordings.insert(p.broadcast, (p.route, recording));
+                }
+                active.store(recordings.len() as u64, Ordering::Relaxed);
+                let (_, recording) = recordings
+                    .get_mut(&p.broadcast)
+                    .expect("inserted above when missing");
+                recording.handle(p, &settings);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = crate::io::now();
+        if now.saturating_duration_since(last_sweep) < TICK {
+            continue;
+        }
+        last_sweep = now;
+        let ended: Vec<BroadcastKey> = recordings
+            .iter()
+            .filter(|(_, (_, r))| now.saturating_duration_since(r.last_arrival) > settings.idle)
+            .map(|(b, _)| *b)
+            .collect();
+        for b in ended {
+            if let Some((_, r)) = recordings.remove(&b) {
+                r.finish();
+            }
+        }
+        active.store(recordings.len() as u64, Ordering::Relaxed);
+    }
+    for (_, (_, r)) in recordings {
+        r.finish();
+    }
+}

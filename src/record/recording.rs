@@ -1,0 +1,196 @@
+//! One recording: a broadcast from a publish to its end (drops and resumes included), as a
+//! series of segment files on one timeline.
+//!
+//! The first segment starts at the first H.264 keyframe whose parameter sets are known (audio
+//! before it is left out, so the file opens on a picture); a new segment starts at the first
+//! keyframe after `--record-segment`, or when the parameter sets change (the sample entry is
+//! per file). A broadcast without video is recorded audio-only once a second of audio has
+//! come without any video.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use super::fmp4::{OPUS_TIMESCALE, TrackSetup, VIDEO_TIMESCALE};
+use super::frames::H264Assembler;
+use super::segment::Segment;
+use super::timeline::TrackClock;
+use super::{Media, Packet, Settings};
+
+/// How long audio may come without video before the recording starts audio-only.
+const AUDIO_ONLY_AFTER: Duration = Duration::from_secs(1);
+
+pub(crate) struct Recording {
+    label: String,
+    dir: PathBuf,
+    origin: Instant,
+    origin_wall: SystemTime,
+    video: TrackClock,
+    audio: TrackClock,
+    h264: H264Assembler,
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+    seen_video: bool,
+    seen_audio: bool,
+    segment: Option<Segment>,
+    /// Bytes of this broadcast's earlier files and closed segments, for `--record-max-bytes`.
+    earlier_bytes: u64,
+    stopped: bool,
+    pub(crate) last_arrival: Instant,
+}
+
+impl Recording {
+    pub(crate) fn new(label: String, settings: &Settings, first: Instant) -> Self {
+        let dir = settings.dir.join(&label);
+        let earlier_bytes = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        info!(%label, dir = %dir.display(), "recording started");
+        Self {
+            label,
+            dir,
+            origin: first,
+            // The clock's wall time is read in io/ only; a second's precision names files.
+            origin_wall: std::time::UNIX_EPOCH + Duration::from_secs(crate::io::unix_now()),
+            video: TrackClock::new(VIDEO_TIMESCALE),
+            audio: TrackClock::new(OPUS_TIMESCALE),
+            h264: H264Assembler::default(),
+            sps: None,
+            pps: None,
+            seen_video: false,
+            seen_audio: false,
+            segment: None,
+            earlier_bytes,
+            stopped: false,
+            last_arrival: first,
+        }
+    }
+
+    pub(crate) fn handle(&mut self, p: Packet, settings: &Settings) {
+        self.last_arrival = p.arrival;
+        if self.stopped {
+            return;
+        }
+        let result = match p.media {
+            Media::Opus => self.on_opus(p),
+            Media::H264 => self.on_h264(p, settings),
+        };
+        if let Err(e) = result {
+            warn!(label = %self.label, error = %e, "recording stopped: write error (the broadcast goes on)");
+            self.stop();
+            return;
+        }
+        let written = self.earlier_bytes + self.segment.as_ref().map_or(0, Segment::bytes);
+        if settings.max_bytes.is_some_and(|max| written >= max) {
+            warn!(label = %self.label, bytes = written, "recording stopped: --record-max-bytes reached (the broadcast goes on)");
+            self.stop();
+        }
+    }
+
+    fn on_opus(&mut self, p: Packet) -> std::io::Result<()> {
+        self.seen_audio = true;
+        let t = self.audio.time(self.origin, p.epoch, p.ts, p.arrival);
+        if self.segment.is_none()
+            && !self.seen_video
+            && p.arrival.saturating_duration_since(self.origin) >= AUDIO_ONLY_AFTER
+        {
+            let start_us = t * 1_000_000 / i64::from(OPUS_TIMESCALE);
+            self.open(vec![TrackSetup::Opus], start_us)?;
+        }
+        let Some(segment) = &mut self.segment else {
+            return Ok(());
+        };
+        let opus = segment.setups().position(|s| *s == TrackSetup::Opus);
+        match opus {
+            Some(i) => segment.push(i, t, true, p.payload.to_vec()),
+            None => Ok(()),
+        }
+    }
+
+    fn on_h264(&mut self, p: Packet, settings: &Settings) -> std::io::Result<()> {
+        self.seen_video = true;
+        let Some(unit) = self.h264.push(p.seq, p.ts, p.marker, p.payload) else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if let Some(sps) = unit.sps {
+            changed |= self.sps.as_ref() != Some(&sps);
+            self.sps = Some(sps);
+        }
+        if let Some(pps) = unit.pps {
+            changed |= self.pps.as_ref() != Some(&pps);
+            self.pps = Some(pps);
+        }
+        let t = self.video.time(self.origin, p.epoch, unit.ts, p.arrival);
+        let t_us = t * 1_000_000 / i64::from(VIDEO_TIMESCALE);
+        if unit.keyframe
+            && let (Some(sps), Some(pps)) = (&self.sps, &self.pps)
+        {
+            let due = match &self.segment {
+                None => true,
+                Some(s) => {
+                    changed
+                        || !s.setups().any(|s| matches!(s, TrackSetup::H264 { .. }))
+                        || t_us - s.start_us() >= settings.segment.as_micros() as i64
+                }
+            };
+            if due {
+                let info = crate::h264::parse_sps(sps);
+                let mut tracks = vec![TrackSetup::H264 {
+                    sps: sps.clone(),
+                    pps: pps.clone(),
+                    width: info.as_ref().map_or(0, |i| i.width as u16),
+                    height: info.as_ref().map_or(0, |i| i.height as u16),
+                }];
+                if self.seen_audio {
+                    tracks.push(TrackSetup::Opus);
+                }
+                self.open(tracks, t_us)?;
+            }
+        }
+        match &mut self.segment {
+            Some(s) if s.setups().next().is_some_and(|s| s != &TrackSetup::Opus) => {
+                s.push(0, t, unit.keyframe, unit.data)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the current segment (if any) and starts the next at `start_us`.
+    fn open(&mut self, tracks: Vec<TrackSetup>, start_us: i64) -> std::io::Result<()> {
+        if let Some(s) = self.segment.take() {
+            self.earlier_bytes += s.bytes();
+            s.close()?;
+        }
+        let started = self.origin_wall + Duration::from_micros(start_us.max(0) as u64);
+        let segment = Segment::create(&self.dir, &self.label, started, tracks, start_us)?;
+        info!(label = %self.label, file = %segment.path().display(), "recording segment started");
+        self.segment = Some(segment);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        self.stopped = true;
+        if let Some(s) = self.segment.take() {
+            let _ = s.close();
+        }
+    }
+
+    /// Writes what is waiting and closes the file: the recording has ended.
+    pub(crate) fn finish(mut self) {
+        if let Some(s) = self.segment.take() {
+            let path = s.path().to_owned();
+            match s.close() {
+                Ok(()) => info!(label = %self.label, file = %path.display(), "recording ended"),
+                Err(e) => {
+                    warn!(label = %self.label, error = %e, "recording ended with a write error")
+                }
+            }
+        }
+    }
+}
