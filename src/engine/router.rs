@@ -11,7 +11,6 @@ use str0m::rtp::{RtpPacket, VideoOrientation};
 
 use super::audience::Audience;
 use super::command::IngestTrack;
-use super::gop::Gop;
 use super::key::{BroadcastKey, PeerKey};
 
 /// All routes, by broadcast.
@@ -103,8 +102,6 @@ pub(crate) struct Track {
     /// at once, and where a waiting viewer starts. Shared, so a viewer that was sent it can
     /// keep it for its NACKs without a copy (`first_frame.rs`).
     pub(crate) keyframe: Arc<[CachedPacket]>,
-    /// Every packet since that keyframe (gop.rs): sent to a new viewer right after it.
-    pub(crate) gop: Gop,
     last_pli: Option<Instant>,
     /// Video: the newest packets by sequence number modulo [`RECENT`], shared by every viewer
     /// for answering their NACKs (empty until the first packet, and for audio).
@@ -257,19 +254,17 @@ impl Route {
             .collect()
     }
 
-    /// A mirror takes its home's publisher epoch, tracks, cached keyframes and GOPs (the
-    /// home relays every later packet, so they go on from there).
+    /// A mirror takes its home's publisher epoch, tracks and cached keyframes.
     pub(crate) fn mirror_epoch(
         &mut self,
         epoch: u32,
         tracks: &[IngestTrack],
-        caches: Vec<(Arc<[CachedPacket]>, Gop)>,
+        keyframes: Vec<Arc<[CachedPacket]>>,
     ) {
         self.epoch = epoch;
         self.tracks = tracks.iter().map(Track::new).collect();
-        for (t, (keyframe, gop)) in self.tracks.iter_mut().zip(caches) {
-            t.keyframe = keyframe;
-            t.gop = gop;
+        for (t, k) in self.tracks.iter_mut().zip(keyframes) {
+            t.keyframe = k;
         }
     }
 
@@ -304,7 +299,6 @@ impl Track {
             max_seq: None,
             doctor: Doctor::default(),
             keyframe: Arc::from([]),
-            gop: Gop::default(),
             last_pli: None,
             recent: Vec::new(),
         }
@@ -351,9 +345,6 @@ impl Track {
         if newest {
             self.max_seq = Some(pkt.seq);
         }
-        if let Some(end) = self.keyframe.last() {
-            self.gop.extend(end.seq, pkt);
-        }
         match self.frame_ts {
             Some(ts) if ts == pkt.ts => {}
             // An older timestamp: a late packet of an older frame (forwarded, not cached), or,
@@ -393,7 +384,6 @@ impl Track {
         }
         self.frame.sort_by_key(|p| p.seq);
         self.keyframe = Arc::from(self.frame.as_slice());
-        self.gop.restart();
         self.doctor.keyframe(now);
         // Complete once: later duplicates of this frame must not report it again.
         self.frame_is_key = false;

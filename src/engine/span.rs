@@ -32,7 +32,6 @@ use tracing::debug;
 
 use super::audience::Audience;
 use super::command::IngestTrack;
-use super::gop::Gop;
 use super::router::CachedPacket;
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
@@ -139,9 +138,8 @@ struct Start {
     epoch: u32,
     live: bool,
     tracks: Vec<IngestTrack>,
-    /// Each track's cached keyframe and the GOP since it, so a mirror's first viewer gets
-    /// its first frame at once and starts at the live edge.
-    caches: Vec<(Arc<[CachedPacket]>, Gop)>,
+    /// Each track's cached keyframe, so a mirror's first viewer gets its first frame at once.
+    keyframes: Vec<Arc<[CachedPacket]>>,
     audience: Arc<Audience>,
 }
 
@@ -361,9 +359,7 @@ impl Engine {
             epoch: route.epoch,
             live: route.publisher.is_some(),
             tracks: route.ingest_tracks(),
-            caches: (route.tracks.iter())
-                .map(|t| (t.keyframe.clone(), t.gop.clone()))
-                .collect(),
+            keyframes: route.tracks.iter().map(|t| t.keyframe.clone()).collect(),
             audience: route.audience.clone(),
         };
         Some(SpanMessage(Message::Start(Box::new(start))))
@@ -389,7 +385,7 @@ impl Engine {
         if !new_epoch {
             return;
         }
-        route.mirror_epoch(s.epoch, &s.tracks, s.caches);
+        route.mirror_epoch(s.epoch, &s.tracks, s.keyframes);
         self.remap_viewers(now, s.b);
     }
 
