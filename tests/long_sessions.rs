@@ -77,9 +77,20 @@ fn outcome(name: &'static str) {
         let slot = started.iter_mut().find(|(n, _)| *n == name).unwrap();
         slot.1.take().expect("each test takes its scenario once")
     };
+    // The scenario's thread was started by whichever test ran first, so its panic message went
+    // to that test's captured output: fail with it here, where libtest shows it.
     if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
+        panic!("{}", panic_text(&*panic));
     }
+}
+
+/// What a thread's panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(a panic without a message)")
 }
 
 fn spawn(name: &str, run: fn()) -> JoinHandle<()> {
@@ -108,24 +119,35 @@ fn selected(name: &str) -> bool {
     filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
-/// Fails with every failure at once, after the report.
+/// Fails with every failure at once, after the report; `printed` is what the client process
+/// printed (its progress lines left out), shown with a failure.
 fn conclude(
     scenario: &str,
     server: &Watched,
     timelines: &[Timeline],
     viewers: u64,
     more: Vec<String>,
+    printed: &str,
 ) {
     report(scenario, server, timelines);
     let mut failed = failures(server, timelines, viewers);
     failed.extend(more);
     let log = server.save_log(scenario);
+    let printed: Vec<&str> = printed
+        .lines()
+        .filter(|l| !l.starts_with("out: progress "))
+        .collect();
     assert!(
         failed.is_empty(),
-        "{scenario}: the session did not last {} s (the server's log: {}):\n- {}",
+        "{scenario}: the session did not last {} s (the server's log: {}):\n- {}\n{}",
         session_secs(),
         log.display(),
-        failed.join("\n- ")
+        failed.join("\n- "),
+        if printed.is_empty() {
+            String::new()
+        } else {
+            format!("what the client printed:\n{}", printed.join("\n"))
+        }
     );
 }
 
@@ -255,10 +277,10 @@ mod scenario {
         drop(page);
         let (stopped, output) = publisher.finish();
         let more = (!stopped)
-            .then(|| format!("the GStreamer publisher did not stop cleanly:\n{output}"))
+            .then(|| "the GStreamer publisher did not stop cleanly".to_owned())
             .into_iter()
             .collect();
-        conclude(name, &server, &timelines, 1, more);
+        conclude(name, &server, &timelines, 1, more, &output);
     }
 
     /// OBS-shaped str0m publisher → GStreamer `webrtcbin` WHEP viewer.
@@ -290,12 +312,12 @@ mod scenario {
         drop(probe);
         let (decoded, output) = viewer.finish();
         let more = (!decoded)
-            .then(|| format!("the GStreamer viewer ended with a failure:\n{output}"))
+            .then(|| "the GStreamer viewer ended with a failure".to_owned())
             .into_iter()
             .collect();
         // Every line it printed, with its own times (the looks above took its latest only).
         let timelines = [gst_timeline(client, &output)];
-        conclude(name, &server, &timelines, 1, more);
+        conclude(name, &server, &timelines, 1, more, &output);
     }
 
     /// OBS-shaped str0m publisher → the Firefox viewer page.
@@ -313,9 +335,11 @@ mod scenario {
             drop_sent();
             firefox.is_finished()
         });
-        let seen = firefox.join().expect("Firefox played the viewer page");
+        let seen = firefox.join().unwrap_or_else(|p| {
+            panic!("Firefox did not play the page: {}", super::panic_text(&*p))
+        });
         let timelines = [firefox_timeline("Firefox viewer page", &seen)];
-        conclude(name, &server, &timelines, 1, Vec::new());
+        conclude(name, &server, &timelines, 1, Vec::new(), "");
     }
 
     /// Chromium publishing its fake camera (320×240, 15 fps) → a str0m WHEP viewer.
@@ -335,7 +359,7 @@ mod scenario {
             &mut [str0m_probe("str0m viewer of Chromium", &viewer)],
             all_span_the_session,
         );
-        conclude(name, &server, &timelines, 1, Vec::new());
+        conclude(name, &server, &timelines, 1, Vec::new(), "");
     }
 
     /// OBS-shaped str0m publisher → a str0m viewer with no UDP, over ICE-TCP.
@@ -359,6 +383,6 @@ mod scenario {
             std::slice::from_mut(&mut probe),
             all_span_the_session,
         );
-        conclude(name, &server, &timelines, 1, Vec::new());
+        conclude(name, &server, &timelines, 1, Vec::new(), "");
     }
 }
