@@ -269,10 +269,11 @@ mod scenario {
         );
         publisher.wait_for_line("connected");
         let page = watch(&base, &view, "long-session-gstreamer-publisher");
+        // Held until the session is over, or the publisher gave up (then its output says why).
         let timelines = hold(
             &mut server,
             &mut [page_probe("Chromium viewer page of GStreamer", &page)],
-            all_span_the_session,
+            |t| all_span_the_session(t) || publisher.ended(),
         );
         drop(page);
         let (stopped, output) = publisher.finish();
@@ -304,11 +305,11 @@ mod scenario {
                 gst_timeline(client, &viewer.output()).looks.pop()
             }),
         };
-        hold(
-            &mut server,
-            std::slice::from_mut(&mut probe),
-            all_span_the_session,
-        );
+        // Held until the session is over, or the viewer gave up (then its output says why).
+        let ended = || viewer.ended();
+        hold(&mut server, std::slice::from_mut(&mut probe), |t| {
+            all_span_the_session(t) || ended()
+        });
         drop(probe);
         let (decoded, output) = viewer.finish();
         let more = (!decoded)

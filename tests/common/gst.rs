@@ -84,6 +84,11 @@ impl GstClient {
         publisher
     }
 
+    /// Whether it has closed its output (it exited, or is about to): nothing more will come.
+    pub fn ended(&self) -> bool {
+        self.readers.iter().all(JoinHandle::is_finished)
+    }
+
     /// Everything it printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")

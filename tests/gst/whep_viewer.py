@@ -79,8 +79,10 @@ def on_frame(_sink, buffer, pad):
     global decoded, size
     decoded += 1
     if decoded == 1:
-        s = pad.get_current_caps().get_structure(0)
-        size = "%dx%d" % (s.get_value("width"), s.get_value("height"))
+        caps = pad.get_current_caps()
+        if caps is not None:
+            s = caps.get_structure(0)
+            size = "%dx%d" % (s.get_value("width"), s.get_value("height"))
         log("first decoded frame", size)
     check_done()
 
@@ -89,14 +91,26 @@ def on_audio(_sink, buffer, pad):
     global audio
     audio += 1
     if audio == 1:
-        log("first decoded audio", pad.get_current_caps().to_string())
+        caps = pad.get_current_caps()
+        log("first decoded audio", caps.to_string() if caps is not None else "?")
     check_done()
+
+
+def media_of(pad):
+    """The pad's media ("video" or "audio"): from its caps, which a slow host may not have set
+    yet when the pad is added, else from its name (`src_<m-line>`: video was added first)."""
+    caps = pad.get_current_caps() or pad.query_caps(None)
+    if caps is not None and not caps.is_any() and caps.get_size() > 0:
+        media = caps.get_structure(0).get_value("media")
+        if media in ("video", "audio"):
+            return media
+    return "video" if pad.get_name() == "src_0" else "audio"
 
 
 def on_pad(_webrtc, pad):
     if pad.direction != Gst.PadDirection.SRC:
         return
-    media = pad.get_current_caps().get_structure(0).get_value("media")
+    media = media_of(pad)
     log("incoming", media)
     if media == "video":
         chain = "rtph264depay ! h264parse ! avdec_h264 ! fakesink name=frames signal-handoffs=true"
@@ -108,7 +122,10 @@ def on_pad(_webrtc, pad):
     bin = Gst.parse_bin_from_description(chain, True)
     pipeline.add(bin)
     bin.sync_state_with_parent()
-    pad.link(bin.get_static_pad("sink"))
+    linked = pad.link(bin.get_static_pad("sink"))
+    if linked != Gst.PadLinkReturn.OK:
+        session.finish(1, "the incoming %s pad did not link to its decoder: %s" % (media, linked.value_nick))
+        return
     for name, on_buffer in [("frames", on_frame), ("samples", on_audio)]:
         sink = bin.get_by_name(name)
         if sink:
