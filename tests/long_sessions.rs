@@ -306,9 +306,8 @@ mod scenario {
             }),
         };
         // Held until the session is over, or the viewer gave up (then its output says why).
-        let ended = || viewer.ended();
         hold(&mut server, std::slice::from_mut(&mut probe), |t| {
-            all_span_the_session(t) || ended()
+            all_span_the_session(t) || viewer.ended()
         });
         drop(probe);
         let (decoded, output) = viewer.finish();
