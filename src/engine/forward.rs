@@ -27,6 +27,12 @@ impl Engine {
         let Some((mid, rid)) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else {
             return;
         };
+        // When its media was current: what the viewers' sender reports map its RTP time to.
+        let wallclock = ingest.clock.instant(
+            pkt.timestamp,
+            pkt.header.timestamp,
+            pkt.last_sender_info.as_ref(),
+        );
         let Some(route) = self.router.route_mut(b) else {
             return;
         };
@@ -59,8 +65,8 @@ impl Engine {
             record_tap::offer(tap, (self.config.worker, b), route, ti, &cached, now);
         }
         let exts = fresh_extensions(&pkt.header.ext_vals);
-        self.relay(b, ti, &cached, pkt.timestamp, &exts);
-        self.fan_out(now, b, ti, cached, pkt.timestamp, &exts);
+        self.relay(b, ti, &cached, wallclock, &exts);
+        self.fan_out(now, b, ti, cached, wallclock, &exts);
     }
 
     /// A packet of broadcast `b`'s track `ti`, from its publisher here or relayed from its

@@ -20,6 +20,7 @@
 
 mod audience;
 mod bye;
+mod capture_clock;
 mod cluster;
 mod command;
 mod consent;

@@ -14,6 +14,7 @@ use str0m::media::MediaKind;
 use str0m::rtp::Ssrc;
 
 use super::bye::Goodbye;
+use super::capture_clock::CaptureClock;
 use super::consent::Consent;
 use super::consumer::Consumer;
 use super::demux::Remote;
@@ -87,6 +88,8 @@ pub(crate) struct Ingest {
     ssrcs: Vec<(Ssrc, Mid, Option<Rid>)>,
     /// The SSRCs its RTCP BYE has named (bye.rs).
     pub(crate) goodbye: Goodbye,
+    /// When its media was current, by its sender reports (capture_clock.rs).
+    pub(crate) clock: CaptureClock,
 }
 
 impl Peer {
