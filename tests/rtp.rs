@@ -208,12 +208,16 @@ fn sender_reports(sim: &Sim, v: usize) -> Vec<(Instant, u32, u32, u32, u32)> {
     out
 }
 
+/// A publisher without sender reports, with B-frames (x264's, in decode order: I0 P3 B1 B2
+/// P6 B4 B5 …, each sent when it is numbered): our reports pair the newest timestamp with
+/// when it arrived, not the last packet's (a B-frame's older timestamp with a later time).
 #[test]
 fn sender_reports_pair_the_newest_timestamp_with_its_time_not_the_last_b_frame() {
     let mut sim = Sim::new(engine_config());
-    let p = connected_publisher(&mut sim);
+    let p = sim.publish_without_reports(B).expect("publish");
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[p].connected);
     let v = tapped_viewer(&mut sim);
-    // x264 with B-frames, in decode order: I0 P3 B1 B2 P6 B4 B5 …
     sim.send_frame_with(p, 0, 0, true, BASELINE_SPS);
     sim.run_for(FRAME);
     let mut n = 1;
@@ -224,7 +228,37 @@ fn sender_reports_pair_the_newest_timestamp_with_its_time_not_the_last_b_frame()
             sim.run_for(FRAME);
         }
     }
-    let reports = sender_reports(&sim, v);
+    assert_reports_follow_the_newest_frame(&sim, v);
+}
+
+/// A publisher with B-frames whose own sender reports say when each frame was captured: a
+/// P-frame leaves as soon as it is captured, the B-frames before it one and two frame
+/// periods later. Our reports follow its timeline (engine/capture_clock.rs), on which the
+/// newest frame is also the one that arrived soonest after its capture.
+#[test]
+fn sender_reports_follow_the_timeline_of_a_b_frame_publishers_own_reports() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    let v = tapped_viewer(&mut sim);
+    let start = sim.now;
+    let captured = |t: u64| start + FRAME * t as u32;
+    sim.send_frame_captured(p, (0, 0), true, BASELINE_SPS, captured(0));
+    sim.run_for(FRAME * 3);
+    let mut n = 1;
+    for k in 1..60u64 {
+        for t in [3 * k, 3 * k - 2, 3 * k - 1] {
+            sim.send_frame_captured(p, (n, t), false, BASELINE_SPS, captured(t));
+            n += 1;
+            sim.run_for(FRAME);
+        }
+    }
+    assert_reports_follow_the_newest_frame(&sim, v);
+}
+
+/// Every video sender report viewer `v` got gives the RTP time of the newest frame sent
+/// before it (the highest timestamp) as of when that frame was sent, within 300 ticks.
+fn assert_reports_follow_the_newest_frame(sim: &Sim, v: usize) {
+    let reports = sender_reports(sim, v);
     let (video_ssrc, _, first_ts) = sim
         .tapped
         .iter()

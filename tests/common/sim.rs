@@ -211,7 +211,30 @@ impl<S: Sfu> Sim<S> {
         broadcast: BroadcastKey,
         video: impl FnOnce(&mut CodecConfig),
     ) -> Result<usize, Outcome> {
-        let mut cfg = RtcConfig::new().clear_codecs();
+        self.publish_configured(broadcast, RtcConfig::new(), video)
+    }
+
+    /// Like [`publish`](Self::publish), from a publisher that sends no sender reports (so
+    /// the server can only go by when its packets arrive).
+    #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
+    pub fn publish_without_reports(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
+        let never = Duration::from_secs(24 * 3600);
+        let cfg = RtcConfig::new()
+            .set_rtcp_report_interval_audio(never)
+            .set_rtcp_report_interval_video(never);
+        self.publish_configured(broadcast, cfg, |c| {
+            c.add_h264(96.into(), None, true, 0x42e01f)
+        })
+    }
+
+    #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
+    fn publish_configured(
+        &mut self,
+        broadcast: BroadcastKey,
+        cfg: RtcConfig,
+        video: impl FnOnce(&mut CodecConfig),
+    ) -> Result<usize, Outcome> {
+        let mut cfg = cfg.clear_codecs();
         video(cfg.codec_config());
         cfg.codec_config().enable_opus(true, false);
         let mut client = self.new_client(cfg);
@@ -424,6 +447,20 @@ impl<S: Sfu> Sim<S> {
         keyframe: bool,
         sps: &[u8],
     ) -> Vec<u8> {
+        let now = self.now;
+        self.send_frame_captured(publisher, (n, t), keyframe, sps, now)
+    }
+
+    /// Sends frame `n` stamped with media time `t` (frames), whose video the publisher's
+    /// sender reports say was current at `captured` (its audio: now).
+    pub fn send_frame_captured(
+        &mut self,
+        publisher: usize,
+        (n, t): (u64, u64),
+        keyframe: bool,
+        sps: &[u8],
+        captured: Instant,
+    ) -> Vec<u8> {
         let frame = frame_with_sps(n, keyframe, sps);
         let now = self.now;
         let c = &mut self.clients[publisher];
@@ -433,7 +470,7 @@ impl<S: Sfu> Sim<S> {
         c.rtc
             .writer(video)
             .unwrap()
-            .write(pt, now, MediaTime::from_90khz(t * 3000), frame.clone())
+            .write(pt, captured, MediaTime::from_90khz(t * 3000), frame.clone())
             .unwrap();
         let apt = c.rtc.media(audio).unwrap().remote_pts()[0];
         c.rtc
