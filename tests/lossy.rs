@@ -1,7 +1,7 @@
 //! A Chromium viewer behind a lossy link keeps playing because whipcast retransmits (RTX):
 //! over 10 s after its first NACK, the link drops 3 % or more of the datagrams (nftables'
 //! own counters say so), yet the page decodes 99 % or more of the frames sent meanwhile and
-//! the picture never freezes. The viewer runs in a network namespace of the test's own whose incoming UDP loses
+//! the picture is frozen for under half a second of the ten. The viewer runs in a network namespace of the test's own whose incoming UDP loses
 //! 5 % at random (nftables `numgen random`: this machine's kernel has no netem qdisc), and
 //! whipcast listens on the root namespace's end of the veth. Needs root, iproute2, nftables,
 //! Chromium.
@@ -36,6 +36,8 @@ const LOSE_5_PERCENT: &str = "table inet lossy {
 
 /// How long the repair is watched, from the first NACK.
 const WATCHED: Duration = Duration::from_secs(10);
+/// How long the picture may be frozen in all while it is watched.
+const MAX_FROZEN: Duration = Duration::from_millis(500);
 
 /// The viewer page's video `inbound-rtp` counters that tell loss and its repair.
 const VIDEO_INBOUND: &str = "
@@ -47,6 +49,7 @@ window.whipcast.pc.getStats().then((stats) => {
     packetsReceived: r.packetsReceived,
     packetsLost: r.packetsLost,
     freezeCount: r.freezeCount,
+    totalFreezesDuration: r.totalFreezesDuration,
     nackCount: r.nackCount || 0,
     retransmittedPacketsReceived: r.retransmittedPacketsReceived,
     retransmittedBytesReceived: r.retransmittedBytesReceived,
@@ -62,6 +65,13 @@ fn video_inbound(page: &Browser) -> Value {
 fn count(stats: &Value, field: &str) -> i64 {
     stats[field]
         .as_i64()
+        .unwrap_or_else(|| panic!("video inbound-rtp has no {field}: {stats}"))
+}
+
+/// A duration in seconds of `field` in `stats`; fails when the browser did not report it.
+fn seconds(stats: &Value, field: &str) -> f64 {
+    stats[field]
+        .as_f64()
         .unwrap_or_else(|| panic!("video inbound-rtp has no {field}: {stats}"))
 }
 
@@ -158,10 +168,15 @@ async fn chromium_viewer_behind_5_percent_loss_keeps_decoding_with_retransmissio
             sent > 0 && missing_share < 0.01,
             "retransmissions repair what the link lost: {missing} of {sent} frames sent were not decoded"
         );
-        assert_eq!(
-            delta("freezeCount"),
-            0,
-            "the picture never freezes: {asked} then {stats}"
+        // A frame that waits for a second retransmission (Chromium asks again after its
+        // default 100 ms RTT when the first is lost too), or a busy 2-core machine, can hold
+        // one frame past Chromium's freeze threshold (about 180 ms at 30 fps) now and then; a
+        // loss never repaired freezes the picture until the next keyframe.
+        let frozen = seconds(&stats, "totalFreezesDuration") - seconds(&asked, "totalFreezesDuration");
+        assert!(
+            frozen < MAX_FROZEN.as_secs_f64(),
+            "the picture was frozen for {frozen:.2} s of {WATCHED:?} ({} freezes): {asked} then {stats}",
+            delta("freezeCount")
         );
         let rtx = stats["retransmittedPacketsReceived"].as_u64().unwrap_or(0);
         assert!(rtx > before, "retransmissions answered the NACKs: {asked} then {stats}");
