@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::sim::{BASELINE_SPS, Sim, engine_config};
 use str0m::format::{Codec, FormatParams};
 use str0m::media::Frequency;
-use whipcast::engine::{BroadcastKey, CloseReason, EngineEvent};
+use whipcast::engine::{BroadcastKey, CloseReason, EngineEvent, Patched};
 use whipcast::srtp::SrtcpReceiver;
 use whipcast::srtp::capture::Captured;
 
@@ -121,15 +121,50 @@ fn deliver_late_after_resync(sim: &mut Sim, p: usize, v: usize, late: (SocketAdd
 }
 
 #[test]
-fn a_late_packet_after_the_keyframe_burst_is_dropped_not_sealed_on_a_used_number() {
+fn a_late_packet_after_the_keyframe_sent_on_an_ice_restart_is_dropped_not_sealed_on_a_used_number()
+{
     let mut sim = Sim::new(engine_config());
     let p = connected_publisher(&mut sim);
     stream(&mut sim, p, 0..40);
-    // Joins: gets the cached keyframe (frame 30) at once, then waits for the next IDR.
+    // Joins mid-stream: gets the cached keyframe (frame 30) and the GOP since, then live.
     let v = tapped_viewer(&mut sim);
-    assert!(!sim.clients[v].frames.is_empty(), "the cached keyframe");
+    stream(&mut sim, p, 40..50);
+    // Moves: gets the cached keyframe alone (it has a picture and a timeline), then waits
+    // for the next IDR, which re-syncs it.
+    assert!(matches!(
+        sim.restart_ice(v, false, Some("*")),
+        Ok(Patched::Restarted { .. })
+    ));
+    sim.tap = Some(sim.clients[v].addr);
+    sim.run_for(Duration::from_millis(300));
     let late = hold_back_first_packet(&mut sim, p, 100);
     deliver_late_after_resync(&mut sim, p, v, late);
+}
+
+#[test]
+fn a_viewer_joining_mid_stream_gets_a_late_packet_of_the_gop_in_its_place() {
+    let mut sim = Sim::new(engine_config());
+    let p = connected_publisher(&mut sim);
+    stream(&mut sim, p, 0..40);
+    let v = tapped_viewer(&mut sim);
+    let frames = sim.clients[v].frames.len();
+    assert!(
+        frames >= 10,
+        "keyframe 30 and the GOP since: {frames} frames"
+    );
+    let dropped = sim.stats().late_packets_dropped;
+    // At the live edge at once: a packet held back and delivered late is still wanted.
+    let late = hold_back_first_packet(&mut sim, p, 40);
+    stream(&mut sim, p, 41..43);
+    sim.inject(late.0, &late.1);
+    stream(&mut sim, p, 43..60);
+    assert_no_nonce_reuse(&sim);
+    assert_eq!(sim.stats().late_packets_dropped, dropped, "nothing dropped");
+    assert!(
+        sim.clients[v].frames.len() >= frames + 19,
+        "frames 40..60 all reached the viewer: {} after {frames}",
+        sim.clients[v].frames.len()
+    );
 }
 
 #[test]

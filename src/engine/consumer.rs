@@ -35,6 +35,8 @@ pub(crate) struct Consumer {
     pt_map: Vec<(Pt, Pt)>,
     /// Where this viewer's numbering starts.
     start: RtpStart,
+    /// When it first synced: its first frame was sent then.
+    first_sync: Option<Instant>,
 }
 
 /// The first sequence number and timestamp of a viewer stream: random (RFC 3550 §5.1), so
@@ -116,6 +118,7 @@ impl Consumer {
             last: None,
             pt_map: Vec::new(),
             start,
+            first_sync: None,
         }
     }
 
@@ -152,6 +155,13 @@ impl Consumer {
         self.synced_to == Some(epoch)
     }
 
+    /// Its first frame went out less than [`STARTING`] ago: a viewer asking for a keyframe
+    /// now has probably not shown a picture yet (first_frame.rs).
+    pub(crate) fn starting(&self, now: Instant) -> bool {
+        self.first_sync
+            .is_some_and(|t| now.saturating_duration_since(t) < STARTING)
+    }
+
     fn sync(&mut self, pkt: SourcePacket, now: Instant) {
         let (seq, ts) = match self.last {
             None => (self.start.seq, self.start.ts),
@@ -167,6 +177,7 @@ impl Consumer {
         self.ts_offset = ts.wrapping_sub(pkt.ts);
         self.synced_from = seq;
         self.synced_to = Some(pkt.epoch);
+        self.first_sync.get_or_insert(now);
     }
 
     /// Where an output packet the viewer NACKed (by its 16-bit number) came from: (source
@@ -222,6 +233,10 @@ const RANDOM_SEQ_MASK: u16 = 0x7fff;
 const SEQ_LIMIT: u64 = 1 << 62;
 /// Smallest timestamp step at a splice, so two frames never share a timestamp.
 const MIN_TS_STEP: Duration = Duration::from_millis(1);
+/// How long after its first frame a viewer counts as starting: a couple of round trips and
+/// a DTLS retransmission (1 s) past the first frame, the time a viewer that could not use it
+/// takes to say so.
+const STARTING: Duration = Duration::from_secs(2);
 /// Publishers use one video and one audio codec; a few entries cover renegotiated PTs.
 const MAX_PT_MAP: usize = 8;
 

@@ -1,24 +1,24 @@
-//! A viewer's first frame: the cached keyframe it is sent on connecting (`forward.rs`), made
-//! to arrive whole.
+//! A viewer's first frame: the cached keyframe and the GOP since it, sent on connecting
+//! (`forward.rs`), made to arrive whole.
 //!
-//! A lost packet of that burst cannot be repaired the way live packets are: the viewer's
-//! consumer forgets its offsets right after the burst (the live frames until the next IDR
-//! reference pictures the viewer never had), and the burst may be older than the
-//! broadcast's ring of recent packets. So a viewer whose media we seal keeps a
-//! [`FirstFrame`]: the router's keyframe (shared, not copied) and how it was numbered for
-//! that viewer, for a few seconds. With it:
+//! A lost packet of that burst cannot always be repaired the way live packets are: without a
+//! whole GOP cache the viewer's consumer forgets its offsets right after the keyframe (the
+//! live frames until the next IDR reference pictures the viewer never had), and the burst may
+//! be older than the broadcast's ring of recent packets. So a viewer whose media we seal keeps
+//! a [`FirstFrame`]: what it was sent (the router's keyframe shared, or one copy of keyframe
+//! and GOP) and how it was numbered for that viewer, for a few seconds. With it:
 //!
 //! - **NACKs** for the burst are answered (`feedback.rs` asks it first);
 //! - **its first and last packets are sent twice**: a receiver learns of a loss only from a
 //!   gap between packets it has. It counts from the first packet it gets (str0m drops
 //!   anything older), so the first packet goes out twice in a row within the burst; and no
-//!   video follows the burst until the next IDR, so the first and last go again shortly
-//!   after it (a retransmission: libwebrtc still takes an older first packet). Once they
-//!   arrive, every gap is visible and NACKed;
+//!   video may follow the burst until the next IDR (no GOP cache), so the first and last go
+//!   again shortly after it (a retransmission: libwebrtc still takes an older first packet).
+//!   Once they arrive, every gap is visible and NACKed;
 //! - **the burst is sent again** when the viewer cannot have decrypted it: our final DTLS
 //!   flight is sent again after we counted the viewer connected (it never got the first
 //!   one, so it had no keys when the burst came), or the viewer asks for a keyframe before
-//!   it has one (a browser does, when it got no decodable frame). At most
+//!   it has shown one (a browser does, when it got no decodable frame). At most
 //!   [`MAX_FIRST_FRAMES`] bursts per viewer.
 
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Pt};
 
+use super::forward::Burst;
 use super::peer::live;
 use super::router::CachedPacket;
 use super::{Engine, PeerKey};
@@ -72,14 +73,18 @@ impl FirstFrame {
         if stream != self.stream {
             return None;
         }
-        self.sent(usize::from(seq16.wrapping_sub(self.seq as u16)))
+        // By sequence number, not position: the GOP after the keyframe may miss a packet
+        // the publisher has not repaired yet.
+        let source = self.packets.first()?.seq + u64::from(seq16.wrapping_sub(self.seq as u16));
+        let i = self.packets.binary_search_by_key(&source, |p| p.seq).ok()?;
+        self.sent(i)
     }
 
     fn sent(&self, i: usize) -> Option<CachedPacket> {
         let first = self.packets.first()?;
         let p = self.packets.get(i)?;
         Some(CachedPacket {
-            seq: self.seq + i as u64,
+            seq: self.seq + (p.seq - first.seq),
             ts: p.ts.wrapping_sub(first.ts).wrapping_add(self.ts),
             pt: (p.pt == self.pt.0).then_some(self.pt.1)?,
             marker: p.marker,
@@ -124,6 +129,7 @@ impl Engine {
     /// Sends viewer `v` the cached keyframe again if it has not started on a keyframe yet and
     /// may have another burst. See the module docs for when.
     pub(super) fn resend_first_frame(&mut self, v: PeerKey) {
+        let Some(now) = self.last_now else { return };
         let Some(peer) = live(&mut self.peers, v) else {
             return;
         };
@@ -138,11 +144,12 @@ impl Engine {
             .tracks
             .iter()
             .any(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty());
+        // Started at the live edge, a viewer is synced at once: it may still have no picture.
         let waiting = peer
             .consumer_mut(MediaKind::Video)
-            .is_some_and(|c| !c.is_synced_to(route.epoch));
-        if has_cache && waiting && !self.pending_starts.contains(&v) {
-            self.pending_starts.push(v);
+            .is_some_and(|c| !c.is_synced_to(route.epoch) || c.starting(now));
+        if has_cache && waiting {
+            self.queue_start(v, Burst::WithGop);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The media path: a publisher's RTP packet to every viewer of its broadcast, the keyframe
 //! cache burst for viewers that just connected, and keyframe requests back to publishers.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
@@ -264,10 +265,15 @@ impl Engine {
         self.flush_deferred(now);
     }
 
-    /// Sends the last complete keyframe to a viewer that just connected, so the first frame
-    /// shows at once instead of at the publisher's next IDR; the viewer then waits for that
-    /// next IDR (the live frames in between reference pictures it never got).
-    fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey) {
+    /// Sends a viewer that just connected the last complete keyframe and every packet since
+    /// (the GOP cache, `router.rs`), so its first picture shows at once and moves: it is at
+    /// the live edge and takes the live packets from here. A browser that is just starting
+    /// may decode a lone keyframe and never present it (a first visit in Chromium: the
+    /// `<video>` element learns of no frame until the next one), so a still until the
+    /// publisher's next IDR is not enough. Without a whole GOP cache the viewer gets the
+    /// keyframe alone and then waits for the next IDR (the live frames in between reference
+    /// pictures it never got); so does a viewer that is moved, see [`Burst`].
+    fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey, kind: Burst) {
         let Some(peer) = self.peer_mut(v) else { return };
         let b = peer.broadcast;
         let Some(route) = self.router.route(b) else {
@@ -280,14 +286,33 @@ impl Engine {
         else {
             return;
         };
-        let (keyframe, epoch) = (route.tracks[ti].keyframe.clone(), route.epoch);
+        let track = &route.tracks[ti];
+        let gop = match kind {
+            Burst::WithGop => track.gop.packets(),
+            Burst::Keyframe => None,
+        };
+        let (keyframe, epoch) = (track.keyframe.clone(), route.epoch);
+        // What the viewer is sent, kept by its egress for NACKs (first_frame.rs): the
+        // keyframe alone is shared as it is; with the GOP it is one copy per start.
+        let sent: Arc<[CachedPacket]> = match gop {
+            Some(gop) if !gop.is_empty() => keyframe.iter().chain(gop).cloned().collect(),
+            _ => keyframe.clone(),
+        };
+        let at_live_edge = gop.is_some();
         let mut burst = std::mem::take(&mut self.scratch_packets);
         burst.clear();
         // The first packet twice: a receiver counts from the first packet it gets, so no
         // NACK could ever ask for a lost first packet (see first_frame.rs for the last).
-        burst.extend(keyframe.first().cloned());
-        burst.extend_from_slice(&keyframe);
-        debug!(peer = %v, packets = burst.len(), "sending cached keyframe");
+        burst.extend(sent.first().cloned());
+        burst.extend_from_slice(&sent);
+        debug!(peer = %v, packets = burst.len(), at_live_edge, "sending cached keyframe");
+        let Some(peer) = self.peer_mut(v) else { return };
+        if let Role::Viewer(consumers) = &mut peer.role
+            && let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video)
+        {
+            // Sent again (first_frame.rs): the viewer restarts from this keyframe.
+            c.unsync();
+        }
         let _ = self.write_to_viewer(
             now,
             v,
@@ -312,23 +337,37 @@ impl Engine {
         let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video) else {
             return;
         };
-        // Kept with the numbers it was sent under, before the consumer forgets them.
-        if let (Some(egress), Some(first)) = (egress, keyframe.first())
+        // Kept with the numbers it was sent under.
+        if let (Some(egress), Some(first)) = (egress, sent.first())
             && c.is_synced_to(epoch)
             && let Some(pt) = c.mapped_pt(first.pt)
         {
             let out = (c.seq_out(first.seq), c.ts_out(first.ts));
-            egress.started_on(c.mid, keyframe.clone(), out, (first.pt, pt), now);
+            egress.started_on(c.mid, sent.clone(), out, (first.pt, pt), now);
         }
-        c.unsync();
+        if !at_live_edge {
+            c.unsync();
+        }
         self.reschedule(v);
+    }
+
+    /// Queues a start burst for viewer `v` (once: a second request while one is queued is
+    /// the same start).
+    pub(super) fn queue_start(&mut self, v: PeerKey, kind: Burst) {
+        if !self.pending_starts.iter().any(|(p, _)| *p == v) {
+            self.pending_starts.push((v, kind));
+        }
     }
 
     /// Work deferred until no `Rtc` is being drained: keyframe-cache bursts for viewers that
     /// just connected, then keyframe requests to publishers.
     pub(super) fn flush_deferred(&mut self, now: Instant) {
-        while let Some(v) = self.pending_starts.pop() {
-            self.send_keyframe_cache(now, v);
+        // A start is a whole GOP (up to a few MB): like sealing, it waits while the outbox is
+        // full, and `flush_writes` comes back here once it has been sent.
+        while self.outbox.len_bytes() < OUTBOX_BUDGET
+            && let Some((v, kind)) = self.pending_starts.pop()
+        {
+            self.send_keyframe_cache(now, v, kind);
         }
         while let Some((b, ti)) = self.pending_plis.pop() {
             let Some(route) = self.router.route_mut(b) else {
@@ -460,3 +499,16 @@ fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
 /// them: a few hundred datagrams, enough for full GSO batches, small enough that memory
 /// does not grow with the audience.
 const OUTBOX_BUDGET: usize = 256 * 1024;
+
+/// What a start burst holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Burst {
+    /// The keyframe and the GOP since it: a viewer without a picture yet (just connected, or
+    /// its first burst was lost) starts at the live edge and its picture moves at once.
+    WithGop,
+    /// The keyframe alone, then the next IDR: a viewer that has a picture and a timeline
+    /// and lost packets while it moved (an ICE restart). A GOP would be numbered from its
+    /// last timestamp on, so every later frame would be stamped up to a GOP's age ahead of
+    /// the real time and its jitter buffer would hold them back that long.
+    Keyframe,
+}

@@ -31,6 +31,7 @@ mod egress;
 mod feedback;
 mod first_frame;
 mod forward;
+mod gop;
 mod key;
 mod outbox;
 mod peer;
@@ -68,6 +69,7 @@ use self::consumer::{Consumer, RtpStart};
 use self::deadline::Deadlines;
 use self::demux::{Demux, is_rtcp, is_rtp_or_rtcp, is_stun};
 use self::egress::Egress;
+use self::forward::Burst;
 use self::outbox::{Outbox, Path};
 use self::peer::{Ingest, Peer, Role, contained, live};
 use self::router::{CachedPacket, Router};
@@ -124,7 +126,7 @@ pub struct Engine {
     /// Viewers that just connected and get the cached keyframe once their `Rtc` is drained:
     /// its final DTLS flight must leave before the first SRTP packet, or the browser cannot
     /// decrypt that packet yet.
-    pending_starts: Vec<PeerKey>,
+    pending_starts: Vec<(PeerKey, Burst)>,
     /// Viewers with written but not yet released packets, oldest first. One release per
     /// viewer (sealing its queue, or one str0m tick) covers every packet written to it since,
     /// so a burst (a keyframe is dozens of packets, and the io loop feeds a whole receive
@@ -959,7 +961,7 @@ impl Engine {
             info!(broadcast = %b, peer = %key, srtp = sealing, "viewer connected");
             let session = peer.session.clone();
             self.events.push_back(EngineEvent::ViewerConnected(session));
-            self.pending_starts.push(key);
+            self.queue_start(key, Burst::WithGop);
             // Ask for a fresh keyframe too: the cached one may be a while old.
             if let Some(route) = self.router.route(b)
                 && let Some(i) = route.tracks.iter().position(|t| t.kind == MediaKind::Video)

@@ -23,6 +23,7 @@ use str0m::net::Protocol;
 use tracing::{debug, info};
 
 use super::demux::{BindingRequest, Remote};
+use super::forward::Burst;
 use super::outbox::Path;
 use super::peer::{Role, live};
 use super::{Engine, Patch, PatchError, Patched, PeerKey};
@@ -182,10 +183,11 @@ impl Engine {
         let b = peer.broadcast;
         // The cached keyframe becomes a new sync point that continues the viewer's numbering
         // (written as it stands, its packets would repeat numbers the viewer already had).
+        // Alone, not with the GOP: the viewer has a picture and a timeline (see `Burst`).
         if let Some(c) = peer.consumer_mut(MediaKind::Video) {
             c.unsync();
         }
-        self.pending_starts.push(key);
+        self.queue_start(key, Burst::Keyframe);
         if let Some(route) = self.router.route(b)
             && let Some(i) = route.tracks.iter().position(|t| t.kind == MediaKind::Video)
         {

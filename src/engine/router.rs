@@ -11,6 +11,7 @@ use str0m::rtp::{RtpPacket, VideoOrientation};
 
 use super::audience::Audience;
 use super::command::IngestTrack;
+use super::gop::Gop;
 use super::key::{BroadcastKey, PeerKey};
 
 /// All routes, by broadcast.
@@ -102,6 +103,8 @@ pub(crate) struct Track {
     /// at once, and where a waiting viewer starts. Shared, so a viewer that was sent it can
     /// keep it for its NACKs without a copy (`first_frame.rs`).
     pub(crate) keyframe: Arc<[CachedPacket]>,
+    /// Every packet since that keyframe (gop.rs): sent to a new viewer right after it.
+    pub(crate) gop: Gop,
     last_pli: Option<Instant>,
     /// Video: the newest packets by sequence number modulo [`RECENT`], shared by every viewer
     /// for answering their NACKs (empty until the first packet, and for audio).
@@ -254,17 +257,19 @@ impl Route {
             .collect()
     }
 
-    /// A mirror takes its home's publisher epoch, tracks and cached keyframes.
+    /// A mirror takes its home's publisher epoch, tracks, cached keyframes and GOPs (the
+    /// home relays every later packet, so they go on from there).
     pub(crate) fn mirror_epoch(
         &mut self,
         epoch: u32,
         tracks: &[IngestTrack],
-        keyframes: Vec<Arc<[CachedPacket]>>,
+        caches: Vec<(Arc<[CachedPacket]>, Gop)>,
     ) {
         self.epoch = epoch;
         self.tracks = tracks.iter().map(Track::new).collect();
-        for (t, k) in self.tracks.iter_mut().zip(keyframes) {
-            t.keyframe = k;
+        for (t, (keyframe, gop)) in self.tracks.iter_mut().zip(caches) {
+            t.keyframe = keyframe;
+            t.gop = gop;
         }
     }
 
@@ -299,6 +304,7 @@ impl Track {
             max_seq: None,
             doctor: Doctor::default(),
             keyframe: Arc::from([]),
+            gop: Gop::default(),
             last_pli: None,
             recent: Vec::new(),
         }
@@ -345,6 +351,9 @@ impl Track {
         if newest {
             self.max_seq = Some(pkt.seq);
         }
+        if let Some(end) = self.keyframe.last() {
+            self.gop.extend(end.seq, pkt);
+        }
         match self.frame_ts {
             Some(ts) if ts == pkt.ts => {}
             // An older timestamp: a late packet of an older frame (forwarded, not cached), or,
@@ -384,6 +393,7 @@ impl Track {
         }
         self.frame.sort_by_key(|p| p.seq);
         self.keyframe = Arc::from(self.frame.as_slice());
+        self.gop.restart();
         self.doctor.keyframe(now);
         // Complete once: later duplicates of this frame must not report it again.
         self.frame_is_key = false;

@@ -32,6 +32,7 @@ use tracing::debug;
 
 use super::audience::Audience;
 use super::command::IngestTrack;
+use super::gop::Gop;
 use super::router::CachedPacket;
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
@@ -138,8 +139,9 @@ struct Start {
     epoch: u32,
     live: bool,
     tracks: Vec<IngestTrack>,
-    /// Each track's cached keyframe, so a mirror's first viewer gets its first frame at once.
-    keyframes: Vec<Arc<[CachedPacket]>>,
+    /// Each track's cached keyframe and the GOP since it, so a mirror's first viewer gets
+    /// its first frame at once and starts at the live edge.
+    caches: Vec<(Arc<[CachedPacket]>, Gop)>,
     audience: Arc<Audience>,
 }
 
@@ -359,7 +361,9 @@ impl Engine {
             epoch: route.epoch,
             live: route.publisher.is_some(),
             tracks: route.ingest_tracks(),
-            keyframes: route.tracks.iter().map(|t| t.keyframe.clone()).collect(),
+            caches: (route.tracks.iter())
+                .map(|t| (t.keyframe.clone(), t.gop.clone()))
+                .collect(),
             audience: route.audience.clone(),
         };
         Some(SpanMessage(Message::Start(Box::new(start))))
@@ -385,7 +389,7 @@ impl Engine {
         if !new_epoch {
             return;
         }
-        route.mirror_epoch(s.epoch, &s.tracks, s.keyframes);
+        route.mirror_epoch(s.epoch, &s.tracks, s.caches);
         self.remap_viewers(now, s.b);
     }
 
