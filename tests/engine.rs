@@ -189,7 +189,20 @@ fn viewer_joining_mid_stream_starts_on_the_cached_keyframe() {
         got[0].seq_end + 1,
         "sequence numbers stay continuous"
     );
-    assert!(got[1].rtp_time > got[0].rtp_time);
+    // The burst's frames are stamped 1 ms (90 ticks) apart up to the newest (engine/gop.rs),
+    // which keeps its distance to the live frames after it: their real spacing.
+    let steps: Vec<u64> = got
+        .windows(2)
+        .map(|w| w[1].rtp_time - w[0].rtp_time)
+        .collect();
+    assert!(
+        steps[..14].iter().all(|&d| d == 90),
+        "the cached GOP squeezed toward its newest frame: steps {steps:?}"
+    );
+    assert!(
+        steps[14] > 90 && steps[14..].iter().all(|&d| d == steps[14]),
+        "the live frames follow the newest cached one at their real spacing: steps {steps:?}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ use tracing::{debug, info, trace};
 
 use super::consumer::{Consumer, Skip, SourcePacket};
 use super::egress::MAX_QUEUED;
+use super::gop;
 use super::peer::{Peer, Role, contained, live};
 use super::record_tap;
 use super::router::{self, CachedPacket};
@@ -293,9 +294,10 @@ impl Engine {
         };
         let (keyframe, epoch) = (track.keyframe.clone(), route.epoch);
         // What the viewer is sent, kept by its egress for NACKs (first_frame.rs): the
-        // keyframe alone is shared as it is; with the GOP it is one copy per start.
+        // keyframe alone is shared as it is; with the GOP it is one copy per start, its
+        // timestamps squeezed toward the live edge (gop.rs).
         let sent: Arc<[CachedPacket]> = match gop {
-            Some(gop) if !gop.is_empty() => keyframe.iter().chain(gop).cloned().collect(),
+            Some(gop) if !gop.is_empty() => gop::squeezed(keyframe.iter().chain(gop)),
             _ => keyframe.clone(),
         };
         let at_live_edge = gop.is_some();

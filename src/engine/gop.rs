@@ -10,6 +10,16 @@
 //! and keeps up to a GOP of payloads alive, per broadcast: bounded by [`MAX_PACKETS`] and
 //! [`MAX_BYTES`]. Past the bound it gives up until the next keyframe, and new viewers get the
 //! keyframe alone, as they would without it.
+//!
+//! The burst's timestamps are squeezed toward its newest frame ([`squeezed`]): sent with
+//! their own spacing, a viewer gets up to a GOP's worth of RTP time (2 s) in one instant,
+//! which its receiver counts as frames arriving that much early and its video timing and
+//! A/V sync take a long while to get over (a Chromium viewer heard the sound 40-70 ms late
+//! for over 20 s). Squeezed, the frames the viewer decodes at once are also stamped as
+//! (nearly) one instant, and the newest keeps its own timestamp, so the live frames after it
+//! follow at their real spacing.
+
+use std::sync::Arc;
 
 use super::router::CachedPacket;
 
@@ -62,6 +72,34 @@ impl Gop {
     }
 }
 
+/// A start burst: `packets` (a keyframe and the packets since it, in sequence order) with
+/// each frame's timestamp moved to [`SQUEEZED_FRAME_TICKS`] per newer frame before the
+/// newest frame's, which is left as it is. A frame is the packets of one timestamp.
+/// (Frames are numbered in sending order: a publisher's B-frames would be shown in that
+/// order, but WebRTC publishers send none.)
+pub(crate) fn squeezed<'a>(
+    packets: impl DoubleEndedIterator<Item = &'a CachedPacket>,
+) -> Arc<[CachedPacket]> {
+    let mut out: Vec<CachedPacket> = packets.cloned().collect();
+    let Some(newest) = out.last().map(|p| p.ts) else {
+        return out.into();
+    };
+    let mut newer_frames = 0u32;
+    let mut frame_ts = newest;
+    for p in out.iter_mut().rev() {
+        if p.ts != frame_ts {
+            frame_ts = p.ts;
+            newer_frames += 1;
+        }
+        p.ts = newest.wrapping_sub(newer_frames.wrapping_mul(SQUEEZED_FRAME_TICKS));
+    }
+    out.into()
+}
+
+/// The spacing of a start burst's frames: 1 ms at video's 90 kHz, so a 2 s GOP at 30 fps
+/// spans 60 ms.
+const SQUEEZED_FRAME_TICKS: u32 = 90;
+
 /// Packets since the keyframe: a 2 s GOP of 1080p at 6 Mb/s is about 1,300.
 const MAX_PACKETS: usize = 2048;
 /// Payload bytes since the keyframe: 2 s at 8 Mb/s. Keeps a broadcast's cache to a few MB
@@ -100,6 +138,38 @@ mod tests {
         assert_eq!(seqs(&g), Some(vec![11, 12, 13, 14]));
         g.restart();
         assert_eq!(seqs(&g), Some(vec![]), "the next keyframe starts it over");
+    }
+
+    #[test]
+    fn a_burst_is_squeezed_toward_its_newest_frame() {
+        // Three frames 3000 ticks apart (30 fps), the second of two packets.
+        let frames = [(1, 1000), (2, 4000), (3, 4000), (4, 7000)];
+        let packets: Vec<CachedPacket> = frames
+            .iter()
+            .map(|&(seq, ts)| CachedPacket { ts, ..pkt(seq, 10) })
+            .collect();
+        let burst = squeezed(packets.iter());
+        let ts: Vec<u32> = burst.iter().map(|p| p.ts).collect();
+        assert_eq!(ts, vec![7000 - 180, 7000 - 90, 7000 - 90, 7000]);
+        let seqs: Vec<u64> = burst.iter().map(|p| p.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 3, 4],
+            "the packets themselves are as they were"
+        );
+        // Near the 32-bit wrap the newest is kept and the older ones wrap below it.
+        let wrapped = [
+            CachedPacket {
+                ts: u32::MAX - 5000,
+                ..pkt(1, 10)
+            },
+            CachedPacket {
+                ts: 10,
+                ..pkt(2, 10)
+            },
+        ];
+        let ts: Vec<u32> = squeezed(wrapped.iter()).iter().map(|p| p.ts).collect();
+        assert_eq!(ts, vec![10u32.wrapping_sub(90), 10]);
     }
 
     #[test]
