@@ -171,6 +171,14 @@ fn viewer_joining_mid_stream_starts_on_the_cached_keyframe() {
         got[0].data, sent[30].1,
         "the cached keyframe is the latest complete one (frame 30)"
     );
+    // The GOP waits a moment behind its keyframe, so a browser presents the keyframe as
+    // soon as it would alone (engine/hold.rs); then it comes at once.
+    let held = got[1].at.duration_since(got[0].at);
+    assert!(
+        held >= Duration::from_millis(40) && got.len() == 15,
+        "the cached GOP follows its keyframe 40 ms later: {held:?}, {} frames",
+        got.len()
+    );
     let more = stream(&mut sim, p, 45..70);
     sim.run_for(Duration::from_millis(200));
     let got = &sim.clients[v].frames;

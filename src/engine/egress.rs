@@ -29,6 +29,7 @@ use str0m::rtp::{Extension, VideoOrientation};
 use super::consumer::{Consumer, RtpStart};
 use super::feedback::{Feedback, for_each_feedback};
 use super::first_frame::FirstFrame;
+use super::hold::Hold;
 use super::outbox::{Outbox, Path};
 use super::report::{Reports, Sent};
 use super::router::CachedPacket;
@@ -67,6 +68,8 @@ pub(crate) struct Egress {
     resends: ResendBudget,
     /// The cached keyframe this viewer started on, while it may still need repair.
     first_frame: Option<FirstFrame>,
+    /// Video queued behind a start burst's keyframe, for a moment (hold.rs).
+    hold: Option<Hold<Pending>>,
 }
 
 /// A queued packet: a [`CachedPacket`]'s fields, numbered for the viewer, with the stream
@@ -145,6 +148,7 @@ impl Egress {
             reports: Reports::new(cname, now),
             resends: ResendBudget::default(),
             first_frame: None,
+            hold: None,
         })
     }
 
@@ -161,7 +165,7 @@ impl Egress {
             self.streams[stream]
                 .sent
                 .queued(packet.ts, clock_rate, wallclock);
-            self.pending.push(Pending {
+            let pending = Pending {
                 seq: packet.seq,
                 payload: packet.payload,
                 ts: packet.ts,
@@ -169,7 +173,36 @@ impl Egress {
                 marker: packet.marker,
                 stream: stream as u8,
                 orientation: packet.orientation,
-            });
+            };
+            let pending = match &mut self.hold {
+                Some(hold) => hold.keep(stream as u8, pending),
+                None => Some(pending),
+            };
+            self.pending.extend(pending);
+        }
+    }
+
+    /// Holds what is queued on `mid` from now on until `until` (hold.rs); what an earlier
+    /// hold kept is queued first.
+    pub(crate) fn hold(&mut self, mid: Mid, until: Instant) {
+        self.release_hold();
+        if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
+            self.hold = Some(Hold::new(stream as u8, until));
+        }
+    }
+
+    /// Queues what was held, once its time has come. Returns whether it did.
+    pub(crate) fn release_due_hold(&mut self, now: Instant) -> bool {
+        if self.hold.as_ref().is_some_and(|h| h.until() <= now) {
+            self.release_hold();
+            return true;
+        }
+        false
+    }
+
+    fn release_hold(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            self.pending.extend(hold.release());
         }
     }
 
@@ -300,7 +333,8 @@ impl Egress {
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let first_frame = self.first_frame.as_ref().map(FirstFrame::next_deadline);
-        [self.reports.next_deadline(), first_frame]
+        let hold = self.hold.as_ref().map(Hold::until);
+        [self.reports.next_deadline(), first_frame, hold]
             .into_iter()
             .flatten()
             .min()

@@ -12,6 +12,7 @@ use tracing::{debug, info, trace};
 use super::consumer::{Consumer, Skip, SourcePacket};
 use super::egress::MAX_QUEUED;
 use super::gop;
+use super::hold::HOLD;
 use super::peer::{Peer, Role, contained, live};
 use super::record_tap;
 use super::router::{self, CachedPacket};
@@ -309,22 +310,37 @@ impl Engine {
         burst.extend_from_slice(&sent);
         debug!(peer = %v, packets = burst.len(), at_live_edge, "sending cached keyframe");
         let Some(peer) = self.peer_mut(v) else { return };
+        let sealed = peer.egress.is_some();
+        let mut video_mid = None;
         if let Role::Viewer(consumers) = &mut peer.role
             && let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video)
         {
             // Sent again (first_frame.rs): the viewer restarts from this keyframe.
             c.unsync();
+            video_mid = Some(c.mid);
         }
-        let _ = self.write_to_viewer(
-            now,
-            v,
-            b,
-            ti,
-            &burst,
-            Start::Here,
-            now,
-            &ExtensionValues::default(),
-        );
+        // The keyframe (and its first packet twice) at once; what follows it, held a
+        // moment when we seal for the viewer (hold.rs).
+        let gop_from = (keyframe.len() + 1).min(burst.len());
+        let hold = (sealed && gop_from < burst.len())
+            .then_some(video_mid)
+            .flatten();
+        let (keyframe_part, gop_part) = match hold {
+            Some(_) => burst.split_at(gop_from),
+            None => (burst.as_slice(), &[][..]),
+        };
+        let exts = ExtensionValues::default();
+        let _ = self.write_to_viewer(now, v, b, ti, keyframe_part, Start::Here, now, &exts);
+        let started = match hold {
+            Some(mid) => {
+                if let Some(egress) = self.peer_mut(v).and_then(|p| p.egress.as_mut()) {
+                    egress.hold(mid, now + HOLD);
+                }
+                let _ = self.write_to_viewer(now, v, b, ti, gop_part, Start::IfSynced, now, &exts);
+                now + HOLD
+            }
+            None => now,
+        };
         self.scratch_packets = burst;
         let Some(peer) = self.peer_mut(v) else { return };
         peer.first_frames = peer.first_frames.saturating_add(1);
@@ -345,7 +361,7 @@ impl Engine {
             && let Some(pt) = c.mapped_pt(first.pt)
         {
             let out = (c.seq_out(first.seq), c.ts_out(first.ts));
-            egress.started_on(c.mid, sent.clone(), out, (first.pt, pt), now);
+            egress.started_on(c.mid, sent.clone(), out, (first.pt, pt), started);
         }
         if !at_live_edge {
             c.unsync();

@@ -32,6 +32,7 @@ mod feedback;
 mod first_frame;
 mod forward;
 mod gop;
+mod hold;
 mod key;
 mod outbox;
 mod peer;
@@ -838,6 +839,11 @@ impl Engine {
             return;
         };
         self.counters.retransmissions += egress.repair_first_frame(now, path, &mut self.outbox);
+        if egress.release_due_hold(now) {
+            let f = egress.flush(now, path, &mut self.outbox);
+            self.counters.packets_out += f.datagrams;
+            self.counters.bytes_out += f.bytes;
+        }
         egress.report(now, path, &mut self.outbox);
         self.reschedule(key);
     }

@@ -31,6 +31,8 @@ pub struct Frame {
     pub seq_end: u64,
     /// The newest sender report of the frame's stream when it arrived (RTP ↔ NTP time).
     pub sender_info: Option<SenderInfo>,
+    /// When it was complete at the viewer (the simulation's clock).
+    pub at: Instant,
 }
 
 pub struct Client {
@@ -617,6 +619,7 @@ impl<S: Sfu> Sim<S> {
                             seq_start: **d.seq_range.start(),
                             seq_end: **d.seq_range.end(),
                             sender_info: d.last_sender_info,
+                            at: self.now,
                         }),
                         Event::MediaData(d) if Some(d.mid) == c.audio_mid => {
                             c.audio_frames += 1;
