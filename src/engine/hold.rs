@@ -2,7 +2,7 @@
 //!
 //! A viewer that starts at the live edge is sent the cached keyframe and every frame since
 //! (`gop.rs`). Sent as one burst, a browser decodes the whole GOP before it presents a
-//! picture: in a warm Chromium the first picture came 12–19 ms (p50) later than with the
+//! picture: in a warm Chromium the first picture came 11–19 ms (p50) later than with the
 //! keyframe alone, and more on a slow decoder. So the keyframe goes at once and the rest of
 //! the video, the GOP and the live frames after it, waits [`HOLD`]: the keyframe is shown as
 //! soon as it would be alone, then the picture catches up to the live edge and moves. A
