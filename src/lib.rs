@@ -19,7 +19,9 @@
 //!   into one outbox, one deadline index. No IO, no clock.
 //! - [`srtp`]: each session's DTLS-SRTP keys read through str0m's crypto-provider interface,
 //!   and the AES-GCM seal whipcast does itself for forwarded media.
-//! - [`io`]: the tokio driver: the media socket (quinn-udp), the clock, the loop; with
+//! - [`clock`]: the one place that reads the clock (`now`, `unix_now`), for every layer above
+//!   the engine.
+//! - [`io`]: the tokio driver: the media socket (quinn-udp), the loop; with
 //!   `--workers N`, a receive thread and N worker threads each driving its own `Engine`, and
 //!   the [`io::EngineHandle`] that sends each HTTP command to the worker that owns it.
 //! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
@@ -58,6 +60,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod engine;

@@ -14,8 +14,9 @@ use str0m::{Candidate, Event, Input, Output, RtcConfig};
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
+use crate::clock::now;
 use crate::engine::{Command, NewPeer, PROBE, SessionId};
-use crate::io::{EngineHandle, now};
+use crate::io::EngineHandle;
 use crate::offer::SessionSetup;
 
 /// Tests every advertised address; logs one line for each.

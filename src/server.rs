@@ -61,7 +61,11 @@ impl Server {
             _ => None,
         };
         let mut registry = Registry::open(&config.data_dir)?;
-        let expired = registry.expire(io::unix_now(), config.id_ttl, config.unpublished_ttl);
+        let expired = registry.expire(
+            crate::clock::unix_now(),
+            config.id_ttl,
+            config.unpublished_ttl,
+        );
         if expired > 0 || registry.replayed_journal() {
             // Also folds the journal into the snapshot (dropping a line a crash cut short).
             registry.save()?;

@@ -117,7 +117,7 @@ impl Edge {
             .map(|d| (d, Holder::Origin))
             .collect();
         let mut urls = Vec::new();
-        for (i, (url, theirs)) in (self.children.viewers_of(view, crate::io::now()))
+        for (i, (url, theirs)) in (self.children.viewers_of(view, crate::clock::now()))
             .into_iter()
             .enumerate()
         {

@@ -147,7 +147,7 @@ impl Edge {
                 return Ok(key);
             }
             if let Some((until, refusal)) = pull.refused
-                && crate::io::now() < until
+                && crate::clock::now() < until
             {
                 return Err(refusal.into());
             }
@@ -200,7 +200,7 @@ impl Edge {
             }
         };
         let mut pulls = self.pulls.lock().expect("pulls lock");
-        pulls.entry(view_id).refused = Some((crate::io::now() + RETRY, refusal));
+        pulls.entry(view_id).refused = Some((crate::clock::now() + RETRY, refusal));
         Err(refusal)
     }
 
@@ -288,8 +288,8 @@ impl Edge {
     /// they are gone, or the resume grace is over.
     fn pull_again(self: Arc<Self>, view: String) {
         tokio::spawn(async move {
-            let give_up = crate::io::now() + self.resume_grace;
-            while crate::io::now() < give_up {
+            let give_up = crate::clock::now() + self.resume_grace;
+            while crate::clock::now() < give_up {
                 tokio::time::sleep(RETRY).await;
                 let (key, attempt) = {
                     let pulls = self.pulls.lock().expect("pulls lock");

@@ -62,7 +62,7 @@ pub(crate) async fn pull(
         .set_dtls_cert(setup.dtls_cert.clone())
         .set_local_ice_credentials(creds)
         .set_stats_interval(Some(STATS_INTERVAL));
-    let now = crate::io::now();
+    let now = crate::clock::now();
     let (mut rtc, keys) = build_rtc(config, now);
     for addr in &setup.candidates {
         if let Ok(c) = Candidate::host(*addr, "udp") {

@@ -119,7 +119,7 @@ mod tests {
     use super::*;
 
     fn now() -> Instant {
-        crate::io::now()
+        crate::clock::now()
     }
 
     fn seat(w: usize, i: u32) -> Seat {

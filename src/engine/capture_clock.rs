@@ -133,13 +133,13 @@ mod tests {
 
     #[test]
     fn without_a_report_a_packet_is_stamped_with_its_arrival() {
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         assert_eq!(CaptureClock::default().instant(t0, 90_000, None), t0);
     }
 
     #[test]
     fn a_stream_that_arrives_later_is_put_back_to_when_its_report_says() {
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         let mut clock = CaptureClock::default();
         // Audio (here also at 90 kHz) of NTP time 1000 ms arrives at t0 + 10 ms; the video of
         // the same instant 40 ms later.
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_less_delayed_stream_lowers_the_offset_for_both() {
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         let mut clock = CaptureClock::default();
         let video = report(0, 1000);
         let audio = report(0, 1000);
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_report_far_from_the_others_is_not_followed() {
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         let mut clock = CaptureClock::default();
         let audio = report(0, 1000);
         // A video report five seconds behind the audio's clock.
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_offset_follows_a_drifting_clock_within_two_windows() {
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         let mut clock = CaptureClock::default();
         let r = report(0, 1000);
         clock.instant(t0, 0, Some(&r));

@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn only_the_held_stream_is_kept_and_it_is_released_in_order() {
-        let now = crate::io::now();
+        let now = crate::clock::now();
         let mut hold = Hold::new(1, now + HOLD);
         assert_eq!(hold.keep(1, "a"), None);
         assert_eq!(hold.keep(0, "audio"), Some("audio"));

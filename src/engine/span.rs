@@ -64,7 +64,7 @@ impl SpanMessage {
                     orientation: None,
                     payload: Arc::from(&[0u8][..]),
                 },
-                wallclock: crate::io::now(),
+                wallclock: crate::clock::now(),
                 audio: (None, None),
             }
         } else {

@@ -6,8 +6,8 @@ use serde::Serialize;
 use tracing::info;
 
 use super::{ApiError, AppState, HttpResponse, call, origin, read_body};
+use crate::clock::unix_now;
 use crate::engine::{BroadcastInfo, BroadcastState, Command, Outcome};
-use crate::io::unix_now;
 use crate::secret;
 
 #[derive(Serialize)]
@@ -36,7 +36,7 @@ pub(super) async fn create_broadcast(
     state
         .limits
         .creations
-        .admit(super::limits::client_of(&req), crate::io::now())
+        .admit(super::limits::client_of(&req), crate::clock::now())
         .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
     let origin = origin(state, &req);
     let _ = read_body(state, req).await?; // empty or `{}`; nothing in it is used yet

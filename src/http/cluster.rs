@@ -21,9 +21,9 @@ use tracing::info;
 
 use super::AppState;
 use super::edges::{BeatReply, EvictOrder};
+use crate::clock::now;
 use crate::config::WhenFull;
 use crate::engine::{BroadcastKey, Command, EngineEvent, Eviction, Outcome};
-use crate::io::now;
 
 /// Checks the cap of each broadcast in `views` (view IDs) across the cluster, evicting the
 /// origin's own viewers that must go; returns the orders for the edge at `beating` (the one

@@ -128,7 +128,7 @@ async fn serve_h2<I, S>(
             result = conn.as_mut() => return ended(result, peer),
             _ = shutdown.changed() => return conn.as_mut().graceful_shutdown(),
             _ = tokio::time::sleep_until(idle_until.into()) => {
-                if activity.idle_deadline(protocols.idle) <= crate::io::now() {
+                if activity.idle_deadline(protocols.idle) <= crate::clock::now() {
                     debug!(%peer, "idle http/2 connection closed");
                     break;
                 }
@@ -159,7 +159,7 @@ impl Activity {
     fn new() -> Self {
         Self {
             open: AtomicUsize::new(0),
-            since: Mutex::new(crate::io::now()),
+            since: Mutex::new(crate::clock::now()),
         }
     }
 
@@ -168,7 +168,7 @@ impl Activity {
     fn idle_deadline(&self, idle: Duration) -> Instant {
         let since = *self.since.lock().expect("activity lock");
         if self.open.load(Ordering::Acquire) > 0 {
-            return crate::io::now() + idle;
+            return crate::clock::now() + idle;
         }
         since + idle
     }
@@ -186,7 +186,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.since.lock().expect("activity lock") = crate::io::now();
+        *self.0.since.lock().expect("activity lock") = crate::clock::now();
         self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }

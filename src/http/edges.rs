@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState, HttpResponse, full, read_body};
+use crate::clock::now;
 use crate::edge::EDGE_SECRET_HEADER;
-use crate::io::now;
 
 /// The edges that beat lately, by their base URL.
 #[derive(Default)]

@@ -197,7 +197,7 @@ mod tests {
         let limit = RateLimit::new(2, Duration::from_secs(10));
         let me = ClientKey::of("192.0.2.1".parse().unwrap());
         let other = ClientKey::of("192.0.2.2".parse().unwrap());
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         assert!(limit.admit(me, t0).is_ok());
         assert!(limit.admit(me, t0 + Duration::from_secs(4)).is_ok());
         assert_eq!(

@@ -242,7 +242,7 @@ async fn connectivity_test(
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
     let client = limits::client_of(&req);
-    let now = crate::io::now();
+    let now = crate::clock::now();
     let admitted = state
         .limits
         .probes
@@ -255,7 +255,7 @@ async fn connectivity_test(
     state.limits.probes_started.fetch_add(1, Ordering::Relaxed);
     let offer = read_offer(state, req).await?;
     let offer = offer.as_str();
-    let accepted = state.setup.accept_probe(crate::io::now(), offer)?;
+    let accepted = state.setup.accept_probe(crate::clock::now(), offer)?;
     let peer = crate::engine::NewPeer {
         broadcast: crate::engine::PROBE,
         session: SessionId::random(),

@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn a_place_comes_back_when_its_session_connects_not_after_a_period() {
         let pending = PendingViewers::new(2, Duration::from_secs(20));
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         let (a, b) = (SessionId::random(), SessionId::random());
         pending.reserve(client(1), t0).unwrap().keep(a.clone());
         pending.reserve(client(1), t0).unwrap().keep(b);
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn a_reservation_dropped_unused_gives_its_place_back() {
         let pending = PendingViewers::new(1, Duration::from_secs(20));
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         drop(pending.reserve(client(1), t0).unwrap());
         assert_eq!(pending.count(client(1)), 0);
         assert!(pending.reserve(client(1), t0).is_ok());
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn a_session_that_never_reports_back_frees_its_place_after_the_period() {
         let pending = PendingViewers::new(1, Duration::from_secs(20));
-        let t0 = crate::io::now();
+        let t0 = crate::clock::now();
         let old = SessionId::random();
         pending.reserve(client(1), t0).unwrap().keep(old.clone());
         assert!(

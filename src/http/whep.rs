@@ -8,8 +8,8 @@ use super::whip::sdp_created;
 use super::{
     ApiError, AppState, HttpResponse, call, query_param, read_offer, require_content_type,
 };
+use crate::clock::now;
 use crate::engine::{Command, NewPeer, Outcome, SessionId};
-use crate::io::now;
 
 pub(super) async fn subscribe(
     state: &AppState,

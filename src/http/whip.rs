@@ -9,8 +9,8 @@ use tracing::info;
 use super::{
     ApiError, AppState, HttpResponse, call, query_param, read_offer, require_content_type,
 };
+use crate::clock::now;
 use crate::engine::{Command, NewPeer, Outcome, SessionId};
-use crate::io::now;
 use crate::secret;
 
 pub(super) async fn publish(
@@ -27,7 +27,7 @@ pub(super) async fn publish(
             .by_broadcast_id(&broadcast_id)
             .ok_or(ApiError::UnknownBroadcast)?;
         let touched = registry
-            .touch(key, crate::io::unix_now())
+            .touch(key, crate::clock::unix_now())
             .then(|| registry.generation());
         (key, touched)
     };

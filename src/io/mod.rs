@@ -1,4 +1,5 @@
-//! The tokio driver: the only code that touches the media socket and the clock.
+//! The tokio driver: the only code that touches the media socket (it reads the clock through
+//! `crate::clock`).
 //!
 //! One task owns the [`Engine`] and loops: receive a bounded batch of datagrams and feed them,
 //! run commands from the HTTP layer, fire the one earliest deadline, then drain transmits
@@ -30,22 +31,8 @@ use tracing::{debug, warn};
 
 use self::tcp::IceTcp;
 use self::udp::{MAX_GSO_BYTES, MediaSocket, Outbound};
+use crate::clock::now;
 use crate::engine::{Engine, EngineEvent, TransmitRun};
-
-/// The single clock read of the media path: the engine itself takes `now` as an argument.
-#[allow(clippy::disallowed_methods)] // this is the one place allowed to read the clock
-pub fn now() -> Instant {
-    Instant::now()
-}
-
-/// Wall-clock seconds since the Unix epoch, for dates in the state file (never media timing).
-#[allow(clippy::disallowed_methods)] // the one wall-clock read
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The media sockets: the UDP socket, and the ICE-TCP listener if it is on.
 pub struct MediaSockets {

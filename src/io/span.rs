@@ -79,7 +79,7 @@ impl SpanInbox {
     pub(crate) fn drain(&mut self, engine: &mut Engine) {
         while let Ok(message) = self.rx.try_recv() {
             self.took(&message);
-            engine.handle_span(super::now(), message);
+            engine.handle_span(crate::clock::now(), message);
         }
     }
 

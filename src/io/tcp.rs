@@ -269,13 +269,13 @@ struct Answered {
 impl Answered {
     fn new() -> Self {
         Self {
-            opened: super::now(),
+            opened: crate::clock::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
     fn now(&self) {
-        let ms = super::now()
+        let ms = crate::clock::now()
             .saturating_duration_since(self.opened)
             .as_millis() as u64;
         self.last_ms.store(ms.max(1), Ordering::Relaxed);
@@ -283,7 +283,7 @@ impl Answered {
 
     /// Answered within [`UNANSWERED`] of opening, and within [`IDLE`] since.
     fn recently(&self) -> bool {
-        let elapsed = super::now().saturating_duration_since(self.opened);
+        let elapsed = crate::clock::now().saturating_duration_since(self.opened);
         match self.last_ms.load(Ordering::Relaxed) {
             0 => elapsed < UNANSWERED,
             ms => elapsed.saturating_sub(Duration::from_millis(ms)) < IDLE,

@@ -223,7 +223,7 @@ impl Worker {
                 }
                 message = span.recv() => {
                     let Some(message) = message else { break };
-                    engine.handle_span(super::now(), message);
+                    engine.handle_span(crate::clock::now(), message);
                     span.drain(&mut engine);
                 }
                 request = commands.recv() => {
@@ -248,7 +248,7 @@ impl Worker {
 fn run_spanning(engine: &mut Engine, span: &mut SpanInbox, peers: &[SpanOutlet], request: Request) {
     span.drain(engine);
     let Request { command, reply } = request;
-    let outcome = engine.handle_command(super::now(), command);
+    let outcome = engine.handle_command(crate::clock::now(), command);
     span::send_all(engine, peers);
     let _ = reply.send(outcome); // the HTTP request may have gone away
 }

@@ -134,7 +134,7 @@ fn run(
     active: &AtomicU64,
 ) {
     let mut recordings: HashMap<BroadcastKey, ((usize, u64), Recording)> = HashMap::new();
-    let mut last_sweep = crate::io::now();
+    let mut last_sweep = crate::clock::now();
     loop {
         match rx.recv_timeout(TICK) {
             Ok(p) => {
@@ -161,7 +161,7 @@ fn run(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        let now = crate::io::now();
+        let now = crate::clock::now();
         if now.saturating_duration_since(last_sweep) < TICK {
             continue;
         }

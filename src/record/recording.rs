@@ -56,7 +56,7 @@ impl Recording {
             dir,
             origin: first,
             // The clock's wall time is read in io/ only; a second's precision names files.
-            origin_wall: std::time::UNIX_EPOCH + Duration::from_secs(crate::io::unix_now()),
+            origin_wall: std::time::UNIX_EPOCH + Duration::from_secs(crate::clock::unix_now()),
             video: TrackClock::new(VIDEO_TIMESCALE),
             audio: TrackClock::new(OPUS_TIMESCALE),
             h264: H264Assembler::default(),

@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn timestamps_follow_the_rtp_clock_across_the_wrap_and_resume_with_a_gap() {
-        let origin = crate::io::now();
+        let origin = crate::clock::now();
         let mut c = TrackClock::new(90_000);
         let t0 = c.time(
             origin,
