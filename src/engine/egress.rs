@@ -139,7 +139,7 @@ impl Egress {
                     .filter(|id| (1..=14).contains(id)),
             });
         }
-        let cname = crate::offer::viewer_cname(streams.first().map_or(0, |s| s.ssrc));
+        let cname = super::report::viewer_cname(streams.first().map_or(0, |s| s.ssrc));
         Some(Self {
             srtp,
             rtcp_in,

@@ -62,6 +62,7 @@ pub use self::command::{
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
 pub use self::outbox::{Transmit, TransmitRun};
+pub use self::report::viewer_cname;
 pub use self::restart::etag;
 pub use self::span::SpanMessage;
 

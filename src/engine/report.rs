@@ -8,6 +8,12 @@
 
 use std::time::{Duration, Instant};
 
+/// The CNAME of a viewer's streams, from the SSRC of its first: in the SDES of our sender
+/// reports, and written in the viewer's answer (`offer/answer.rs`) to match.
+pub fn viewer_cname(first_ssrc: u32) -> String {
+    format!("whipcast-{first_ssrc:08x}")
+}
+
 /// What one stream has sent, as its SR tells it.
 #[derive(Default)]
 pub(super) struct Sent {

@@ -1,6 +1,8 @@
 //! The text of a viewer's answer, rewritten where str0m's choices would split its media:
 //! one msid stream and one CNAME for all of its tracks.
 
+use crate::engine::viewer_cname;
+
 /// One media stream for all of a viewer's tracks: the same msid stream id (libwebrtc puts
 /// the tracks of one stream in one sync group, and only then aligns audio with video) and
 /// the same CNAME (RFC 7022), the one our sender reports carry
@@ -40,12 +42,6 @@ pub(super) fn one_stream(answer: &str) -> String {
         out.push_str("\r\n");
     }
     out
-}
-
-/// The CNAME of a viewer's streams, from the SSRC of its first: written in the answer
-/// ([`one_stream`]) and in the SDES of our sender reports (src/engine/report.rs).
-pub fn viewer_cname(first_ssrc: u32) -> String {
-    format!("whipcast-{first_ssrc:08x}")
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ mod answer;
 mod ice;
 mod quirks;
 
-pub use answer::viewer_cname;
 pub use ice::ice_credentials;
 
 use answer::one_stream;
