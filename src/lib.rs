@@ -12,6 +12,8 @@
 //!
 //! - [`config`]: every option, its default and why.
 //! - [`registry`]: broadcasts, broadcast IDs (stored hashed) and view IDs, persistence.
+//! - [`broadcast_key`]: the number the registry gives a broadcast, which the engine, HTTP
+//!   and the recorder pass around (none of them owns it).
 //! - [`offer`]: SDP offer → str0m `Rtc` + answer, off the media loop.
 //! - [`h264`]: the SPS parser that tells what a publisher really sends.
 //! - [`engine`]: the sans-IO core. Peers in a slab, a demux index, the router with its
@@ -60,6 +62,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broadcast_key;
 pub mod clock;
 pub mod config;
 pub mod edge;

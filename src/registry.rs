@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::BroadcastKey;
+use crate::broadcast_key::BroadcastKey;
 use crate::secret;
 
 /// Every broadcast this server knows. Owned by the HTTP layer's shared state.

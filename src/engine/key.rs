@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub use crate::broadcast_key::BroadcastKey;
+
 /// A peer (one str0m `Rtc`) in the engine's slab.
 ///
 /// The generation makes a key that outlives its peer (a late DELETE, a queued fan-out) miss
@@ -15,16 +17,6 @@ pub struct PeerKey {
 impl fmt::Display for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.index, self.generation)
-    }
-}
-
-/// A broadcast as the engine knows it. Assigned by the registry; opaque to the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BroadcastKey(pub u64);
-
-impl fmt::Display for BroadcastKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "b{}", self.0)
     }
 }
 
