@@ -31,8 +31,8 @@ use super::feedback::{Feedback, for_each_feedback};
 use super::first_frame::FirstFrame;
 use super::hold::Hold;
 use super::outbox::{Outbox, Path};
+use super::packet::CachedPacket;
 use super::report::{Reports, Sent};
-use super::router::CachedPacket;
 use crate::srtp::capture::Captured;
 use crate::srtp::context::{SrtcpReceiver, SrtpSender};
 

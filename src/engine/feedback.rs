@@ -8,8 +8,8 @@
 //! - PLI and FIR: a keyframe request for the broadcast's video, like str0m's
 //!   `Event::KeyframeRequest` for everyone else.
 
+use super::packet::CachedPacket;
 use super::peer::{Peer, Role, live};
-use super::router::CachedPacket;
 use super::{Engine, PeerKey};
 
 impl Engine {

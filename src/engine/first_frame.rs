@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, Pt};
 
 use super::forward::Burst;
+use super::packet::CachedPacket;
 use super::peer::live;
-use super::router::CachedPacket;
 use super::{Engine, PeerKey};
 
 /// The cached keyframe as one viewer was sent it.

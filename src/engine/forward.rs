@@ -13,9 +13,10 @@ use super::consumer::{Consumer, Skip, SourcePacket};
 use super::egress::MAX_QUEUED;
 use super::gop;
 use super::hold::HOLD;
+use super::packet::CachedPacket;
 use super::peer::{Peer, Role, contained, live};
 use super::record_tap;
-use super::router::{self, CachedPacket};
+use super::router;
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
 impl Engine {

@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use super::router::CachedPacket;
+use super::packet::CachedPacket;
 
 /// Cloned (`Arc` payloads shared) when a mirror on another worker starts (span.rs).
 #[derive(Clone, Default)]

@@ -35,6 +35,7 @@ mod gop;
 mod hold;
 mod key;
 mod outbox;
+mod packet;
 mod peer;
 mod priority;
 mod record_tap;
@@ -73,8 +74,9 @@ use self::demux::{Demux, is_rtcp, is_rtp_or_rtcp, is_stun};
 use self::egress::Egress;
 use self::forward::Burst;
 use self::outbox::{Outbox, Path};
+use self::packet::CachedPacket;
 use self::peer::{Ingest, Peer, Role, contained, live};
-use self::router::{CachedPacket, Router};
+use self::router::Router;
 use self::teardown::HungUp;
 use crate::config::WhenFull;
 

@@ -7,7 +7,8 @@ use std::time::Instant;
 use str0m::format::Codec;
 
 use super::BroadcastKey;
-use super::router::{CachedPacket, Route};
+use super::packet::CachedPacket;
+use super::router::Route;
 use crate::record::{Media, Packet, Tap};
 
 /// `--record`: a copy of the packet's handle (an `Arc`, no bytes) for the recorder, if its

@@ -175,7 +175,7 @@ mod tests {
         use crate::engine::consumer::{Consumer, RtpStart};
         use crate::engine::egress::Egress;
         use crate::engine::outbox::{Outbox, Path};
-        use crate::engine::router::CachedPacket;
+        use crate::engine::packet::CachedPacket;
         use crate::srtp::SrtcpReceiver;
         use crate::srtp::capture::Captured;
 

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{MediaKind, Mid, Pt};
-use str0m::rtp::{RtpPacket, VideoOrientation};
 
 use super::audience::Audience;
 use super::command::IngestTrack;
 use super::gop::Gop;
 use super::key::{BroadcastKey, PeerKey};
+use super::packet::CachedPacket;
 
 /// All routes, by broadcast.
 #[derive(Default)]
@@ -109,32 +109,6 @@ pub(crate) struct Track {
     /// Video: the newest packets by sequence number modulo [`RECENT`], shared by every viewer
     /// for answering their NACKs (empty until the first packet, and for audio).
     recent: Vec<Option<CachedPacket>>,
-}
-
-/// A forwarded packet kept by reference (the payload is shared, never copied).
-#[derive(Clone, Debug)]
-pub(crate) struct CachedPacket {
-    pub(crate) seq: u64,
-    pub(crate) ts: u32,
-    pub(crate) pt: Pt,
-    pub(crate) marker: bool,
-    /// The publisher's video orientation (urn:3gpp:video-orientation), passed on to viewers
-    /// so a phone's rotation survives. One byte with its `None`; the struct stays 32.
-    pub(crate) orientation: Option<VideoOrientation>,
-    pub(crate) payload: Arc<[u8]>,
-}
-
-impl CachedPacket {
-    pub(crate) fn from_rtp(pkt: &RtpPacket) -> Self {
-        Self {
-            seq: *pkt.seq_no,
-            ts: pkt.header.timestamp,
-            pt: pkt.header.payload_type,
-            marker: pkt.header.marker,
-            orientation: pkt.header.ext_vals.video_orientation,
-            payload: pkt.payload.clone(),
-        }
-    }
 }
 
 /// What the broadcaster page's ingest doctor needs to know about a video track.

@@ -33,7 +33,7 @@ use tracing::debug;
 use super::audience::Audience;
 use super::command::IngestTrack;
 use super::gop::Gop;
-use super::router::CachedPacket;
+use super::packet::CachedPacket;
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
 /// A message from one engine to another (see the module docs). Opaque outside the engine.
