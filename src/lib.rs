@@ -12,6 +12,8 @@
 //!
 //! - [`config`]: every option, its default and why.
 //! - [`registry`]: broadcasts, broadcast IDs (stored hashed) and view IDs, persistence.
+//! - [`client_key`]: one client for every per-address limit (an IPv4 address or an IPv6
+//!   /64), used by HTTP's limits and the ICE-TCP connection cap.
 //! - [`broadcast_key`]: the number the registry gives a broadcast, which the engine, HTTP
 //!   and the recorder pass around (none of them owns it).
 //! - [`offer`]: SDP offer → str0m `Rtc` + answer, off the media loop.
@@ -63,6 +65,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broadcast_key;
+pub mod client_key;
 pub mod clock;
 pub mod config;
 pub mod edge;

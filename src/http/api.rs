@@ -36,7 +36,7 @@ pub(super) async fn create_broadcast(
     state
         .limits
         .creations
-        .admit(super::limits::client_of(&req), crate::clock::now())
+        .admit(super::client::client_of(&req), crate::clock::now())
         .map_err(|wait| ApiError::TooManyRequests { retry_after: wait })?;
     let origin = origin(state, &req);
     let _ = read_body(state, req).await?; // empty or `{}`; nothing in it is used yet

@@ -1,70 +1,13 @@
-//! Per-client bounds for the HTTP layer: which client a request comes from (its IPv6 /64 as
-//! one client, a trusted proxy's forwarded address if configured), and sliding-window rate
-//! limits keyed by that client.
+//! Per-client bounds for the HTTP layer: sliding-window rate limits keyed by the client a
+//! request comes from (`client.rs`).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use hyper::Request;
-
+use crate::client_key::ClientKey;
 use crate::engine::PROBE_TIMEOUT;
-use hyper::body::Incoming;
-
-/// One client for every per-address limit: an IPv4 address, or an IPv6 /64 (one host or
-/// home network is routinely given a whole /64, so its addresses are free to vary).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
-
-impl ClientKey {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
-                None => {
-                    let s = v6.segments();
-                    Self(IpAddr::V6(Ipv6Addr::new(
-                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
-                    )))
-                }
-            },
-        }
-    }
-}
-
-/// The address of the client that sent a request, set on every request by the connection
-/// that read it (the socket peer, or the address a trusted proxy forwarded).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub IpAddr);
-
-/// The client key of a request (loopback if the connection did not say, as in unit use).
-pub fn client_of(req: &Request<Incoming>) -> ClientKey {
-    let ip = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.0);
-    ClientKey::of(ip)
-}
-
-/// The client address of a request on a connection from `peer`: the last address of
-/// `X-Forwarded-For` when `peer` is one of the `trusted` proxies, otherwise `peer` itself.
-/// Never trusts the header from anyone else, so clients cannot pick their own bucket.
-pub fn forwarded_client(peer: IpAddr, trusted: &[IpAddr], headers: &hyper::HeaderMap) -> IpAddr {
-    if !trusted.contains(&peer) {
-        return peer;
-    }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .next_back()
-        .unwrap_or(peer)
-}
 
 /// At most `max` events per client in any `period`. The map of clients is bounded: when it
 /// is full, clients whose events all aged out are dropped; if none have, new clients are
@@ -168,8 +111,6 @@ const PROBES_PER_CLIENT: usize = 2;
 /// Connectivity tests the server runs per [`PROBE_TIMEOUT`], whoever asks (each is an `Rtc`
 /// of about 10 KB and a DTLS handshake's CPU).
 const PROBES_TOTAL: usize = 32;
-/// The one key of a server-wide limit.
-pub const EVERYONE: ClientKey = ClientKey(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
 
 /// Distinct clients a limiter remembers at once (a few MB at most).
 const MAX_CLIENTS: usize = 65_536;
@@ -177,20 +118,6 @@ const MAX_CLIENTS: usize = 65_536;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_addresses_of_one_slash_64_are_one_client() {
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(ClientKey::of(a), ClientKey::of(b));
-        assert_ne!(ClientKey::of(a), ClientKey::of(c));
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(
-            ClientKey::of(mapped),
-            ClientKey::of("192.0.2.1".parse().unwrap())
-        );
-    }
 
     #[test]
     fn a_client_over_its_rate_waits_until_the_oldest_event_ages_out() {
@@ -206,17 +133,5 @@ mod tests {
         );
         assert!(limit.admit(other, t0 + Duration::from_secs(5)).is_ok());
         assert!(limit.admit(me, t0 + Duration::from_secs(10)).is_ok());
-    }
-
-    #[test]
-    fn forwarded_addresses_count_only_from_trusted_proxies() {
-        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut h = hyper::HeaderMap::new();
-        h.insert("x-forwarded-for", "10.9.9.9, 198.51.100.7".parse().unwrap());
-        assert_eq!(forwarded_client(proxy, &[], &h), proxy);
-        assert_eq!(
-            forwarded_client(proxy, &[proxy], &h),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
     }
 }

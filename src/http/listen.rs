@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::{AppState, conn, handle, limits};
+use super::{AppState, client, conn, handle};
+use crate::client_key::ClientKey;
 
 /// Accepts connections until `shutdown` changes: at most `--max-connections` at once, and
 /// `--max-connections-per-ip` from one client (trusted proxies excepted).
@@ -40,7 +41,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let proxied = state.config.trusted_proxies.contains(&peer.ip());
-        let client = limits::ClientKey::of(peer.ip());
+        let client = ClientKey::of(peer.ip());
         let refusal = counts.lock().expect("connection count lock").open(
             client,
             proxied,
@@ -60,12 +61,12 @@ pub async fn serve(
             let service_state = state.clone();
             let service = move |mut req: Request<Incoming>| {
                 let state = service_state.clone();
-                let ip = limits::forwarded_client(
+                let ip = client::forwarded_client(
                     peer.ip(),
                     &state.config.trusted_proxies,
                     req.headers(),
                 );
-                req.extensions_mut().insert(limits::ClientAddr(ip));
+                req.extensions_mut().insert(client::ClientAddr(ip));
                 async move { handle(&state, req).await }
             };
             match &state.tls {
@@ -100,14 +101,14 @@ pub async fn serve(
 #[derive(Default)]
 struct ConnectionCounts {
     total: usize,
-    per_client: HashMap<limits::ClientKey, usize>,
+    per_client: HashMap<ClientKey, usize>,
 }
 
 impl ConnectionCounts {
     /// Counts a new connection, or says which answer refuses it.
     fn open(
         &mut self,
-        client: limits::ClientKey,
+        client: ClientKey,
         proxied: bool,
         max_total: usize,
         max_per_client: usize,
@@ -126,7 +127,7 @@ impl ConnectionCounts {
         Ok(())
     }
 
-    fn close(&mut self, client: limits::ClientKey, proxied: bool) {
+    fn close(&mut self, client: ClientKey, proxied: bool) {
         self.total -= 1;
         if proxied {
             return;

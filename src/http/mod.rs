@@ -4,6 +4,7 @@
 //! [`Command`](crate::engine::Command). They never hold engine state.
 
 mod api;
+mod client;
 pub(crate) mod cluster;
 mod conn;
 mod edges;
@@ -241,13 +242,14 @@ async fn connectivity_test(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     require_content_type(&req, "application/sdp")?;
-    let client = limits::client_of(&req);
+    let client = client::client_of(&req);
     let now = crate::clock::now();
-    let admitted = state
-        .limits
-        .probes
-        .admit(client, now)
-        .and_then(|()| state.limits.probes_total.admit(limits::EVERYONE, now));
+    let admitted = state.limits.probes.admit(client, now).and_then(|()| {
+        state
+            .limits
+            .probes_total
+            .admit(crate::client_key::EVERYONE, now)
+    });
     if let Err(wait) = admitted {
         state.limits.probes_refused.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::TooManyRequests { retry_after: wait });

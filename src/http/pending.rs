@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::limits::ClientKey;
+use crate::client_key::ClientKey;
 use crate::engine::SessionId;
 
 /// At most `max` sessions per client in their handshake. A place whose session never

@@ -40,7 +40,7 @@ pub(super) async fn subscribe(
     }
     // Sessions still connecting from one client are bounded: a viewer link must not let
     // its holder pile up sessions (pending.rs; a place comes back when the session connects).
-    let client = super::limits::client_of(&req);
+    let client = super::client::client_of(&req);
     let place = state
         .limits
         .pending_viewers

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
-use crate::http::limits::ClientKey;
+use crate::client_key::ClientKey;
 
 /// One unframed packet from a connection.
 pub(crate) struct Frame {
