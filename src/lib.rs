@@ -71,6 +71,7 @@ pub mod config;
 pub mod edge;
 pub mod engine;
 pub mod h264;
+pub mod handle;
 pub mod http;
 pub mod io;
 pub mod offer;

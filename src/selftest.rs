@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::clock::now;
 use crate::engine::{Command, NewPeer, PROBE, SessionId};
-use crate::io::EngineHandle;
+use crate::handle::EngineHandle;
 use crate::offer::SessionSetup;
 
 /// Tests every advertised address; logs one line for each.

@@ -10,8 +10,9 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::engine::{Command, Engine, EngineConfig, EngineEvent, Outcome, Stats};
+use crate::handle::EngineHandle;
 use crate::http::{self, AppState, Hub};
-use crate::io::{self, EngineHandle};
+use crate::io;
 use crate::offer::SessionSetup;
 use crate::registry::{Registry, RegistryError};
 

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
 use whipcast::engine::{Command, Engine, Outcome};
-use whipcast::io::{self, EngineHandle, MediaSockets};
+use whipcast::handle::EngineHandle;
+use whipcast::io::{self, MediaSockets};
 
 /// Junk datagrams per send: with UDP GSO one syscall carries 16, and with GRO the media
 /// socket takes them as one buffer, so a few senders keep it readable at every turn of the

@@ -33,8 +33,8 @@ use self::client::ClientError;
 pub use self::pull::EDGE_SECRET_HEADER;
 use self::pull::PullError;
 use crate::engine::{BroadcastKey, CloseReason, Command, EngineEvent, Outcome, SessionId};
+use crate::handle::EngineHandle;
 use crate::http::{ApiError, EdgeBook, TlsError};
-use crate::io::EngineHandle;
 use crate::offer::SessionSetup;
 
 /// This server's role as an edge: its origin and the broadcasts it pulls from there.

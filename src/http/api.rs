@@ -426,8 +426,8 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
 
 /// Each media worker's share (`--workers`), labelled by its index: whether the load is
 /// spread, and whether a worker falls behind (its queue drops).
-fn worker_metrics(out: &mut String, workers: &[crate::io::WorkerLoad]) {
-    type Value = fn(&crate::io::WorkerLoad) -> u64;
+fn worker_metrics(out: &mut String, workers: &[crate::handle::WorkerLoad]) {
+    type Value = fn(&crate::handle::WorkerLoad) -> u64;
     let series: [(&str, &str, &str, Value); 5] = [
         (
             "worker_publishers",

@@ -38,7 +38,7 @@ pub use self::sse::Hub;
 pub use self::tls::{TlsError, acceptor as tls_acceptor};
 use crate::config::Config;
 use crate::engine::{Command, Outcome, SessionId};
-use crate::io::EngineHandle;
+use crate::handle::EngineHandle;
 use crate::offer::SessionSetup;
 use crate::registry::Registry;
 

@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
 
 use str0m::net::Protocol;
 use tokio::sync::mpsc;
+
+use crate::handle::ReceiveCounters;
 
 /// Datagrams for one worker, in the order they were received.
 #[derive(Default)]
@@ -50,33 +52,6 @@ impl Batch {
     fn clear(&mut self) {
         self.items.clear();
         self.bytes.clear();
-    }
-}
-
-/// What the receive thread drops, for `/metrics` (written there, read by the HTTP handle).
-pub(crate) struct ReceiveCounters {
-    /// Datagrams each worker lost because its queue was full.
-    pub(crate) queue_drops: Box<[AtomicU64]>,
-    /// Datagrams no session's route matched (what the engine would have counted as dropped).
-    pub(crate) unroutable: AtomicU64,
-}
-
-impl ReceiveCounters {
-    pub(crate) fn new(workers: usize) -> Arc<Self> {
-        Arc::new(Self {
-            queue_drops: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            unroutable: AtomicU64::new(0),
-        })
-    }
-
-    pub(crate) fn queue_drops(&self, worker: usize) -> u64 {
-        self.queue_drops
-            .get(worker)
-            .map_or(0, |d| d.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn unroutable(&self) -> u64 {
-        self.unroutable.load(Ordering::Relaxed)
     }
 }
 

@@ -8,9 +8,8 @@
 //! With `--workers N` (workers.rs) a receive thread owns the socket's receive side and N
 //! such loops each own an `Engine`, fed from a queue instead of the socket (inbox.rs, routed
 //! by route.rs), sending on their own handle of the socket; the HTTP layer reaches them
-//! through one [`EngineHandle`] (handle.rs).
+//! through one [`EngineHandle`](crate::handle::EngineHandle) (src/handle/).
 
-mod handle;
 mod inbox;
 mod route;
 mod span;
@@ -18,7 +17,6 @@ mod tcp;
 mod udp;
 mod workers;
 
-pub use self::handle::{EngineGone, EngineHandle, Request, WorkerLoad};
 pub use self::workers::{Media, start};
 
 use std::io;
@@ -33,6 +31,7 @@ use self::tcp::IceTcp;
 use self::udp::{MAX_GSO_BYTES, MediaSocket, Outbound};
 use crate::clock::now;
 use crate::engine::{Engine, EngineEvent, TransmitRun};
+use crate::handle::Request;
 
 /// The media sockets: the UDP socket, and the ICE-TCP listener if it is on.
 pub struct MediaSockets {

@@ -14,24 +14,10 @@ use std::net::SocketAddr;
 use str0m::net::Protocol;
 
 use crate::engine::stun_local_ufrag;
+use crate::handle::RouteUpdate;
 
 /// Where a datagram came from (UDP and ICE-TCP are separate port spaces).
 pub(crate) type Remote = (Protocol, SocketAddr);
-
-/// A change to the routing table, from the HTTP handle.
-#[derive(Debug)]
-pub(crate) enum RouteUpdate {
-    /// A new session on `worker` answers to `ufrag`.
-    Add { ufrag: String, worker: usize },
-    /// The session is gone.
-    Forget { ufrag: String },
-    /// An ICE restart: the session answers to `new` now; its addresses stay until it moves.
-    Rename {
-        old: String,
-        new: String,
-        worker: usize,
-    },
-}
 
 #[derive(Default)]
 pub(crate) struct Routes {

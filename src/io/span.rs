@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, SpanMessage};
+use crate::handle::RelayDrops;
 
 /// A worker's end: what the other engines sent it.
 pub(crate) struct SpanInbox {
@@ -27,7 +28,7 @@ pub(crate) struct SpanInbox {
 pub(crate) struct SpanOutlet {
     tx: mpsc::UnboundedSender<SpanMessage>,
     packets: Arc<AtomicUsize>,
-    drops: Arc<AtomicU64>,
+    drops: RelayDrops,
 }
 
 /// One inbox per worker, and the outlets that reach them (in worker order).
@@ -59,9 +60,9 @@ impl SpanOutlet {
         let _ = self.tx.send(message); // the worker stopped: the server is stopping
     }
 
-    /// Packets this worker lost because it was behind.
-    pub(crate) fn drops(&self) -> u64 {
-        self.drops.load(Ordering::Relaxed)
+    /// The count of packets this worker lost because it was behind, for the handle.
+    pub(crate) fn drops(&self) -> RelayDrops {
+        self.drops.clone()
     }
 }
 
@@ -115,12 +116,12 @@ mod tests {
         }
         outlets[1].send(SpanMessage::for_test(false));
         assert_eq!(
-            outlets[1].drops(),
+            outlets[1].drops().load(Ordering::Relaxed),
             10,
             "packets past the bound are dropped, counted"
         );
         assert_eq!(
-            outlets[0].drops(),
+            outlets[0].drops().load(Ordering::Relaxed),
             0,
             "the other worker's queue is not affected"
         );
@@ -138,6 +139,6 @@ mod tests {
         );
         // Taken in, the queue has room again.
         outlets[1].send(SpanMessage::for_test(true));
-        assert_eq!(outlets[1].drops(), 10);
+        assert_eq!(outlets[1].drops().load(Ordering::Relaxed), 10);
     }
 }

@@ -22,14 +22,14 @@ use str0m::net::Protocol;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use super::handle::{EngineHandle, Request};
-use super::inbox::{self, Inlet, Outlet, Pool, ReceiveCounters};
-use super::route::{RouteUpdate, Routes};
+use super::inbox::{self, Inlet, Outlet, Pool};
+use super::route::Routes;
 use super::span::{self, SpanInbox, SpanOutlet};
 use super::tcp::IceTcp;
 use super::udp::{MediaSocket, SendSocket};
 use super::{IO_LOOP_BOUND, MediaSockets, end_turn, flush, next_tcp_frame, now};
 use crate::engine::{Engine, EngineEvent};
+use crate::handle::{EngineHandle, ReceiveCounters, Request, RouteUpdate};
 
 /// The running media threads.
 pub struct Media {
@@ -139,7 +139,7 @@ pub fn start(
         commands,
         Some(routes_tx),
         counters,
-        span_outlets,
+        span_outlets.iter().map(SpanOutlet::drops).collect(),
         max_live_broadcasts,
     );
     Ok((media, handle))

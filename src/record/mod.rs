@@ -28,7 +28,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::BroadcastKey;
+use crate::broadcast_key::BroadcastKey;
 use crate::registry::Registry;
 
 use self::recording::Recording;

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::inbox::ReceiveCounters;
-use super::route::RouteUpdate;
-use super::span::SpanOutlet;
+mod wiring;
+
+pub(crate) use self::wiring::{ReceiveCounters, RelayDrops, RouteUpdate};
 use crate::engine::{
     BroadcastKey, Command, CommandError, EngineEvent, NewPeer, Outcome, PatchError, Patched,
     SessionId, Stats, ViewerTrack,
@@ -50,8 +50,8 @@ struct Inner {
     routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
     /// What the receive thread dropped.
     received: Arc<ReceiveCounters>,
-    /// The queues between workers, for what they dropped (empty with one worker).
-    span: Vec<SpanOutlet>,
+    /// What each worker lost of what other workers relayed it (empty with one worker).
+    relay_drops: Vec<RelayDrops>,
     max_live_broadcasts: usize,
     /// Held while a publisher is placed, so two cannot both take the last free slot.
     placing: tokio::sync::Mutex<()>,
@@ -101,7 +101,7 @@ impl EngineHandle {
         workers: Vec<mpsc::Sender<Request>>,
         routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
         received: Arc<ReceiveCounters>,
-        span: Vec<SpanOutlet>,
+        relay_drops: Vec<RelayDrops>,
         max_live_broadcasts: usize,
     ) -> Self {
         debug_assert!(!workers.is_empty(), "at least one worker");
@@ -111,7 +111,7 @@ impl EngineHandle {
                 workers,
                 routes,
                 received,
-                span,
+                relay_drops,
                 max_live_broadcasts,
                 placing: tokio::sync::Mutex::new(()),
                 books: Mutex::new(Books {
@@ -192,7 +192,8 @@ impl EngineHandle {
                 unreachable!("Stats is answered with Stats");
             };
             let queue_drops = self.inner.received.queue_drops(w);
-            let relay_drops = self.inner.span.get(w).map_or(0, SpanOutlet::drops);
+            let relay_drops =
+                (self.inner.relay_drops.get(w)).map_or(0, |d| d.load(Ordering::Relaxed));
             loads.push(WorkerLoad {
                 stats,
                 queue_drops,
