@@ -67,6 +67,7 @@
 pub mod broadcast_key;
 pub mod client_key;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod engine;
@@ -81,6 +82,7 @@ pub mod secret;
 pub mod selftest;
 pub mod server;
 pub mod srtp;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Server, StartError};

@@ -44,7 +44,7 @@ pub enum StartError {
     #[error("cannot start the media threads: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]
-    Tls(#[from] http::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     /// The receive thread routes by our ufrag in STUN requests, and an edge's pull hears
     /// only STUN answers from its origin: edges keep to the single media loop for now.
     #[error("an edge (--origin) runs one media worker for now: drop --workers {0}")]
@@ -58,7 +58,7 @@ impl Server {
             return Err(StartError::EdgeWithWorkers(n));
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
         let mut registry = Registry::open(&config.data_dir)?;
@@ -144,7 +144,7 @@ impl Server {
                 .map_err(StartError::Thread)?;
         let setup = SessionSetup::new(advertised.clone()).with_tcp(advertised_tcp);
         // The edges registered here: an origin's, or an edge's own in a chain of edges.
-        let edges = Arc::new(http::EdgeBook::default());
+        let edges = Arc::new(crate::cluster::EdgeBook::default());
         let edge = match (&config.origin, &config.edge_secret) {
             (Some(origin), Some(secret)) => Some(crate::edge::Edge::new(
                 origin.clone(),
@@ -242,7 +242,7 @@ impl Server {
 /// be bound. Returns a human summary of what the server would do.
 pub fn check(config: &Config) -> Result<String, StartError> {
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        http::tls_acceptor(cert, key)?;
+        crate::tls::acceptor(cert, key)?;
     }
     if config
         .origin

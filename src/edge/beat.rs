@@ -17,9 +17,8 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::Edge;
+use crate::cluster::{Beat, BeatReply, EvictOrder, HEARTBEAT, Holder, MAX_LISTED, Watching, pick};
 use crate::engine::{BroadcastKey, Command, Eviction, Outcome};
-use crate::http::cluster::{Holder, pick};
-use crate::http::{Beat, BeatReply, EvictOrder, HEARTBEAT, Watching};
 
 impl Edge {
     /// Beats until the engine is gone; `url` is this edge's base URL for viewers and
@@ -42,7 +41,7 @@ impl Edge {
                 let body = serde_json::to_string(&beat).expect("a beat serialises");
                 let headers = [
                     ("content-type", "application/json"),
-                    (super::EDGE_SECRET_HEADER, self.secret.as_str()),
+                    (crate::cluster::EDGE_SECRET_HEADER, self.secret.as_str()),
                 ];
                 let target = format!("{}/api/edges", self.origin);
                 match self.client.request("POST", &target, &headers, body).await {
@@ -90,7 +89,7 @@ impl Edge {
                 continue;
             };
             ages.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
-            let listed = ages.len().min(crate::http::MAX_LISTED);
+            let listed = ages.len().min(MAX_LISTED);
             watching.push(Watching {
                 view,
                 connected_ms: ages[..listed]

@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use self::client::ClientError;
-pub use self::pull::EDGE_SECRET_HEADER;
 use self::pull::PullError;
+use crate::cluster::EdgeBook;
 use crate::engine::{BroadcastKey, CloseReason, Command, EngineEvent, Outcome, SessionId};
 use crate::handle::EngineHandle;
-use crate::http::{ApiError, EdgeBook, TlsError};
 use crate::offer::SessionSetup;
+use crate::tls::TlsError;
 
 /// This server's role as an edge: its origin and the broadcasts it pulls from there.
 pub struct Edge {
@@ -80,13 +80,19 @@ struct Pull {
     epoch: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Refusal {
+/// Why an edge cannot serve a view ID (HTTP answers each with its own problem).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a view ID, or the origin knows no broadcast by it.
     UnknownView,
+    /// The origin's broadcast has no publisher now.
     NotLive,
+    /// The origin did not answer, or not usably.
     Unavailable,
     /// The origin is `https://` and its certificate is not trusted (see `--origin-ca`).
     Untrusted,
+    /// This edge already pulls as many broadcasts as it may.
+    NoFreeSlot,
 }
 
 impl Edge {
@@ -102,7 +108,7 @@ impl Edge {
         children: Arc<EdgeBook>,
     ) -> Result<Arc<Self>, TlsError> {
         let tls = match origin.starts_with("https://") {
-            true => Some(client::connector(origin_ca)?),
+            true => Some(crate::tls::connector(origin_ca)?),
             false => None,
         };
         Ok(Arc::new(Self {
@@ -120,20 +126,20 @@ impl Edge {
 
     /// Whether the roots for an `https://` origin load (`--check-config`).
     pub fn check_tls(origin_ca: Option<&Path>) -> Result<(), TlsError> {
-        client::connector(origin_ca).map(|_| ())
+        crate::tls::connector(origin_ca).map(|_| ())
     }
 
     /// The local broadcast for `view_id`, pulled from the origin if it is not here yet.
-    pub async fn resolve(self: &Arc<Self>, view_id: &str) -> Result<BroadcastKey, ApiError> {
+    pub async fn resolve(self: &Arc<Self>, view_id: &str) -> Result<BroadcastKey, Refusal> {
         if !plausible_view_id(view_id) {
-            return Err(ApiError::UnknownView);
+            return Err(Refusal::UnknownView);
         }
         let (key, attempt) = {
             let mut pulls = self.pulls.lock().expect("pulls lock");
             if pulls.by_view.len() >= MAX_PULLS && !pulls.by_view.contains_key(view_id) {
                 pulls.forget_idle();
                 if pulls.by_view.len() >= MAX_PULLS {
-                    return Err(ApiError::NoFreeSlot);
+                    return Err(Refusal::NoFreeSlot);
                 }
             }
             let pull = pulls.entry(view_id);
@@ -149,13 +155,10 @@ impl Edge {
             if let Some((until, refusal)) = pull.refused
                 && crate::clock::now() < until
             {
-                return Err(refusal.into());
+                return Err(refusal);
             }
         }
-        match self.start(view_id, key).await {
-            Ok(()) => Ok(key),
-            Err(refusal) => Err(refusal.into()),
-        }
+        self.start(view_id, key).await.map(|()| key)
     }
 
     /// Pulls `view_id` into `key` (the caller holds the view's attempt lock).
@@ -353,17 +356,6 @@ impl Pulls {
             }
             !idle
         });
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::UnknownView => ApiError::UnknownView,
-            Refusal::NotLive => ApiError::NotLive,
-            Refusal::Unavailable => ApiError::OriginUnavailable,
-            Refusal::Untrusted => ApiError::OriginUntrusted,
-        }
     }
 }
 

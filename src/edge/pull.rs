@@ -13,6 +13,7 @@ use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, RtcConfig};
 
 use super::client::{ClientError, OriginClient};
+use crate::cluster::EDGE_SECRET_HEADER;
 use crate::engine::{BroadcastKey, IngestTrack, NewPeer, SessionId};
 use crate::offer::{SessionSetup, ice_credentials, media_of};
 use crate::srtp::build_rtc;
@@ -41,10 +42,6 @@ pub(crate) enum PullError {
     #[error("the origin's answer is not usable: {0}")]
     BadAnswer(String),
 }
-
-/// The header that carries the edge secret: the origin never redirects a request with the
-/// right one (it is an edge pulling, not a viewer).
-pub const EDGE_SECRET_HEADER: &str = "x-whipcast-edge-secret";
 
 /// Offers to the origin's WHEP endpoint for `view_id` and applies its answer; `origin` is
 /// the client and base URL to reach it.

@@ -232,8 +232,8 @@ struct ServerStatus {
     slots_used: usize,
     slots_total: usize,
     broadcasts: Vec<LiveBroadcast>,
-    /// On an origin: the edges that beat lately, and their load (edges.rs).
-    edges: Vec<super::edges::EdgeLoad>,
+    /// On an origin: the edges that beat lately, and their load (`crate::cluster`).
+    edges: Vec<crate::cluster::EdgeLoad>,
 }
 
 #[derive(Serialize)]

@@ -3,7 +3,7 @@
 //! **oldest** go wherever they watch (`--when-full reject`: the newest).
 //!
 //! Each edge's heartbeat lists, per broadcast it pulls, how long ago each of its viewers
-//! connected (edges.rs, [`Watching`](super::edges::Watching)). The origin merges those with
+//! connected ([`Watching`](crate::cluster::Watching)). The origin merges those with
 //! its own connected viewers and picks who goes: its own viewers it evicts at once (engine
 //! `Command::Evict`); an edge's it names in that edge's heartbeat reply, and the edge evicts
 //! them exactly as a local eviction (the page shows the same message). Edges beat at once
@@ -20,8 +20,8 @@ use std::time::Duration;
 use tracing::info;
 
 use super::AppState;
-use super::edges::{BeatReply, EvictOrder};
 use crate::clock::now;
+use crate::cluster::{BeatReply, EvictOrder, Holder, pick};
 use crate::config::WhenFull;
 use crate::engine::{BroadcastKey, Command, EngineEvent, Eviction, Outcome};
 
@@ -121,76 +121,4 @@ pub fn on_event(state: &Arc<AppState>, event: &EngineEvent) {
     tokio::spawn(async move {
         enforce(&state, &views, None).await;
     });
-}
-
-/// Where a viewer watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Holder {
-    /// This server (the origin, or the edge passing an eviction down its chain).
-    Origin,
-    /// An index into the edges of one check.
-    Edge(usize),
-}
-
-/// Who gives up how many places so that `max` viewers remain: the oldest (longest
-/// connected) go, or with `newest` the most recently connected.
-pub(crate) fn pick(
-    viewers: &mut [(Duration, Holder)],
-    max: usize,
-    newest: bool,
-) -> Vec<(Holder, usize)> {
-    let excess = viewers.len().saturating_sub(max);
-    if excess == 0 {
-        return Vec::new();
-    }
-    viewers.sort_by_key(|v| std::cmp::Reverse(v.0));
-    let going = if newest {
-        &viewers[viewers.len() - excess..]
-    } else {
-        &viewers[..excess]
-    };
-    let mut counts: Vec<(Holder, usize)> = Vec::new();
-    for (_, holder) in going {
-        match counts.iter_mut().find(|(h, _)| h == holder) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((*holder, 1)),
-        }
-    }
-    counts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secs(s: u64) -> Duration {
-        Duration::from_secs(s)
-    }
-
-    #[test]
-    fn the_oldest_viewers_go_wherever_they_watch() {
-        let mut v = vec![
-            (secs(5), Holder::Origin),
-            (secs(30), Holder::Edge(0)),
-            (secs(20), Holder::Edge(1)),
-            (secs(1), Holder::Edge(1)),
-        ];
-        assert_eq!(
-            pick(&mut v, 2, false),
-            vec![(Holder::Edge(0), 1), (Holder::Edge(1), 1)]
-        );
-        assert_eq!(pick(&mut v, 3, false), vec![(Holder::Edge(0), 1)]);
-        assert_eq!(pick(&mut v, 4, false), vec![]);
-    }
-
-    #[test]
-    fn with_reject_the_newest_viewers_go() {
-        let mut v = vec![
-            (secs(30), Holder::Edge(0)),
-            (secs(1), Holder::Origin),
-            (secs(20), Holder::Edge(1)),
-        ];
-        assert_eq!(pick(&mut v, 2, true), vec![(Holder::Origin, 1)]);
-        assert_eq!(pick(&mut v, 0, true).len(), 3);
-    }
 }

@@ -5,7 +5,7 @@
 
 mod api;
 mod client;
-pub(crate) mod cluster;
+mod cluster;
 mod conn;
 mod edges;
 mod events;
@@ -15,7 +15,6 @@ mod patch;
 mod pending;
 mod problem;
 mod sse;
-mod tls;
 mod whep;
 mod whip;
 
@@ -31,11 +30,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
 pub use self::cluster::on_event as cluster_event;
-pub use self::edges::{Beat, BeatReply, EdgeBook, EvictOrder, HEARTBEAT, MAX_LISTED, Watching};
 pub use self::listen::serve;
 pub use self::problem::ApiError;
 pub use self::sse::Hub;
-pub use self::tls::{TlsError, acceptor as tls_acceptor};
 use crate::config::Config;
 use crate::engine::{Command, Outcome, SessionId};
 use crate::handle::EngineHandle;
@@ -60,8 +57,8 @@ pub struct AppState {
     pub agents: Mutex<HashMap<crate::engine::BroadcastKey, String>>,
     /// Set when this server is an edge (`--origin`).
     pub edge: Option<Arc<crate::edge::Edge>>,
-    /// On an origin: the edges registered with it (edges.rs).
-    pub edges: Arc<edges::EdgeBook>,
+    /// On an origin: the edges registered with it (`crate::cluster`).
+    pub edges: Arc<crate::cluster::EdgeBook>,
 }
 
 pub type HttpResponse = Response<BoxBody<Bytes, Infallible>>;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode, header};
 use serde::Serialize;
 
+use crate::edge::Refusal;
 use crate::engine::{CommandError, PatchError};
 use crate::offer::OfferError;
 
@@ -118,6 +119,18 @@ impl From<PatchError> for ApiError {
             PatchError::UnknownSession => Self::UnknownSession,
             PatchError::StaleEtag => Self::StaleEtag,
             PatchError::IfMatchRequired => Self::IfMatchRequired,
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::UnknownView => Self::UnknownView,
+            Refusal::NotLive => Self::NotLive,
+            Refusal::Unavailable => Self::OriginUnavailable,
+            Refusal::Untrusted => Self::OriginUntrusted,
+            Refusal::NoFreeSlot => Self::NoFreeSlot,
         }
     }
 }

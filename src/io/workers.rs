@@ -8,7 +8,7 @@
 //! kernel hashes the 4-tuple, so without a BPF steering program a peer's datagrams land on
 //! whichever socket the hash picks, not on the worker that owns its session. Each worker
 //! sends on its own clone of the socket ([`SendSocket`]) and runs its own sans-IO `Engine`;
-//! what a worker owns is decided by the HTTP handle (handle.rs). Workers whose engines share
+//! what a worker owns is decided by the HTTP handle (src/handle/). Workers whose engines share
 //! a broadcast pass its packets and events to each other through span.rs's queues. With one
 //! core per worker, each worker is pinned to its own.
 
