@@ -11,9 +11,12 @@ mod edges;
 mod events;
 pub mod limits;
 mod listen;
+mod metrics;
+mod pages;
 mod patch;
 mod pending;
 mod problem;
+mod request;
 mod sse;
 mod whep;
 mod whip;
@@ -25,13 +28,20 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
 pub use self::cluster::on_event as cluster_event;
 pub use self::listen::serve;
+use self::pages::{
+    BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, PLAYER_JS, STATUS_HTML,
+    STATUS_JS, STYLE_CSS, page, stream_page, text,
+};
 pub use self::problem::ApiError;
+pub(crate) use self::request::{
+    bearer, origin, query_param, read_body, read_offer, require_content_type,
+};
 pub use self::sse::Hub;
 use crate::config::Config;
 use crate::engine::{Command, Outcome, SessionId};
@@ -106,7 +116,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             _ => Err(not_allowed("GET")),
         },
         "/healthz" => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")),
-        "/metrics" => api::metrics(state).await,
+        "/metrics" => metrics::metrics(state).await,
         "/status" => Ok(page(STATUS_HTML)),
         "/api/status" => api::server_status(state).await,
         "/api/connectivity-test" => match method {
@@ -312,154 +322,3 @@ fn preflight(path: &str) -> HttpResponse {
         .body(full(Bytes::new()))
         .expect("static headers are valid")
 }
-
-pub(crate) fn require_content_type(
-    req: &Request<Incoming>,
-    expected: &'static str,
-) -> Result<(), ApiError> {
-    let ok = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType { expected })
-    }
-}
-
-/// Reads a body up to `--max-body-bytes`, within `--http-header-timeout` (a body that
-/// trickles in must not hold the request, nor let it finish long after its checks).
-pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let limit = state.config.max_body_bytes;
-    let read = Limited::new(req.into_body(), limit).collect();
-    let Ok(collected) = tokio::time::timeout(state.config.http_header_timeout, read).await else {
-        return Err(ApiError::BodyTimeout);
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(_) => Err(ApiError::BodyUnreadable),
-    }
-}
-
-/// Reads an SDP offer body as text (the content type was checked by the caller, before any
-/// lookup, so a wrong type is reported first).
-pub(crate) async fn read_offer(
-    state: &AppState,
-    req: Request<Incoming>,
-) -> Result<String, ApiError> {
-    let body = read_body(state, req).await?;
-    String::from_utf8(body.to_vec())
-        .map_err(|_| crate::offer::OfferError::Malformed("it is not UTF-8 text".into()).into())
-}
-
-/// The token of `Authorization: Bearer <token>`.
-pub(crate) fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// The value of `?name=` in the query string.
-pub(crate) fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then_some(v)
-    })
-}
-
-/// `http://host` as the client addressed us, for the URLs we hand out.
-pub(crate) fn origin(state: &AppState, req: &Request<Incoming>) -> String {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let forwarded_https = req
-        .headers()
-        .get("x-forwarded-proto")
-        .is_some_and(|h| h.as_bytes() == b"https");
-    let proto = if forwarded_https || state.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{proto}://{host}")
-}
-
-pub(crate) fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: &'static str,
-) -> HttpResponse {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(full(Bytes::from_static(body.as_bytes())))
-        .expect("static headers are valid")
-}
-
-fn page(html: &'static str) -> HttpResponse {
-    let mut r = text(StatusCode::OK, "text/html; charset=utf-8", html);
-    let h = r.headers_mut();
-    // Pages hold capabilities in their URL; never leak it to other origins.
-    h.insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    // Our scripts only, from our origin; no framing (clickjacking the rotate button).
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(PAGE_CSP),
-    );
-    h.insert(
-        header::X_FRAME_OPTIONS,
-        header::HeaderValue::from_static("DENY"),
-    );
-    r
-}
-
-/// The viewer page. On an origin that redirects viewers, its WHEP requests may end at an
-/// edge: the live edges join `connect-src`.
-fn stream_page(state: &AppState) -> HttpResponse {
-    let mut r = page(STREAM_HTML);
-    if state.config.redirect_viewers {
-        let edges = state.edges.origins().join(" ");
-        let csp = PAGE_CSP.replacen(
-            "default-src 'self';",
-            &format!("default-src 'self'; connect-src 'self' {edges};"),
-            1,
-        );
-        if let Ok(v) = header::HeaderValue::from_str(&csp) {
-            r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
-        }
-    }
-    r
-}
-
-/// What the pages may load: scripts and everything else from this origin only; inline
-/// styles (the pages carry a `<style>` block), no plugins, no framing, no `<base>`.
-const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; media-src 'self' blob: mediastream:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-
-const INDEX_HTML: &str = include_str!("../../www/index.html");
-const BROADCAST_HTML: &str = include_str!("../../www/broadcast.html");
-const BROADCAST_JS: &str = include_str!("../../www/broadcast.js");
-const STATUS_HTML: &str = include_str!("../../www/status.html");
-const STATUS_JS: &str = include_str!("../../www/status.js");
-const STREAM_HTML: &str = include_str!("../../www/stream.html");
-const PLAYER_JS: &str = include_str!("../../www/player.js");
-const EVENTS_JS: &str = include_str!("../../www/events.js");
-const EVENTS_WORKER_JS: &str = include_str!("../../www/events-worker.js");
-const STYLE_CSS: &str = include_str!("../../www/style.css");
