@@ -10,30 +10,39 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: every option, its default and why.
-//! - [`registry`]: broadcasts, broadcast IDs (stored hashed) and view IDs, persistence.
-//! - [`client_key`]: one client for every per-address limit (an IPv4 address or an IPv6
-//!   /64), used by HTTP's limits and the ICE-TCP connection cap.
-//! - [`broadcast_key`]: the number the registry gives a broadcast, which the engine, HTTP
-//!   and the recorder pass around (none of them owns it).
+//! Imports run one way, from the top of this list to the bottom (`tests/layout.rs` checks
+//! it): `server` wires everything; `http` serves requests and reaches the media workers
+//! through the `handle`; `edge` speaks the `cluster` protocol to its origin; `io` drives the
+//! engines; the `engine` imports no layer above it; the leaves below it are data.
+//!
+//! - [`server`]: wiring the above together.
+//! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API, `/metrics`.
+//! - [`edge`]: edge mode, broadcasts pulled from an origin over WHEP and served here.
+//! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
+//! - [`io`]: the tokio driver: the media socket (quinn-udp), the loop; with `--workers N`, a
+//!   receive thread and N worker threads each driving its own `Engine`.
+//! - [`handle`]: the [`handle::EngineHandle`] that sends each command to the worker that
+//!   owns what it names (placing sessions and broadcasts), and what it shares with `io`.
+//! - [`cluster`]: the origin–edge protocol: heartbeats and their replies, the book of live
+//!   edges, who goes when a broadcast is over its viewer cap across the cluster.
 //! - [`offer`]: SDP offer → str0m `Rtc` + answer, off the media loop.
-//! - [`h264`]: the SPS parser that tells what a publisher really sends.
 //! - [`engine`]: the sans-IO core. Peers in a slab, a demux index, the router with its
-//!   keyframe cache and retransmission ring, per-viewer rewriting, the viewers' SRTP egress
-//!   into one outbox, one deadline index. No IO, no clock.
-//! - [`srtp`]: each session's DTLS-SRTP keys read through str0m's crypto-provider interface,
-//!   and the AES-GCM seal whipcast does itself for forwarded media.
-//! - [`clock`]: the one place that reads the clock (`now`, `unix_now`), for every layer above
-//!   the engine.
-//! - [`io`]: the tokio driver: the media socket (quinn-udp), the loop; with
-//!   `--workers N`, a receive thread and N worker threads each driving its own `Engine`, and
-//!   the [`io::EngineHandle`] that sends each HTTP command to the worker that owns it.
-//! - [`http`]: hyper: routing, CORS, pages, WHIP, WHEP, the API.
+//!   keyframe and GOP cache and retransmission ring, per-viewer rewriting, the viewers' SRTP
+//!   egress into one outbox, one deadline index. No IO, no clock.
 //! - [`record`]: `--record`, broadcasts written as fragmented MP4 by a thread of its own,
 //!   fed from the media path through a bounded queue that never blocks it.
-//! - [`selftest`]: the start-up check that media answers on the advertised UDP addresses.
-//! - [`edge`]: edge mode, broadcasts pulled from an origin over WHEP and served here.
-//! - [`server`]: wiring the above together.
+//! - [`registry`]: broadcasts, broadcast IDs (stored hashed) and view IDs, persistence.
+//! - [`srtp`]: each session's DTLS-SRTP keys read through str0m's crypto-provider interface,
+//!   and the AES-GCM seal whipcast does itself for forwarded media.
+//! - [`tls`]: rustls for the HTTP port (`--tls-cert`) and an edge's origin (`--origin-ca`).
+//! - [`config`]: every option, its default and why.
+//! - [`h264`]: the SPS parser that tells what a publisher really sends.
+//! - [`broadcast_key`]: the number the registry gives a broadcast, which the engine, HTTP
+//!   and the recorder pass around (none of them owns it).
+//! - [`client_key`]: one client for every per-address limit (an IPv4 address or an IPv6
+//!   /64), used by HTTP's limits and the ICE-TCP connection cap.
+//! - [`clock`]: the one place that reads the clock (`now`, `unix_now`), for every layer above
+//!   the engine.
 //!
 //! # One packet's path
 //!

@@ -9,7 +9,7 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
 
-use super::context::{
+use super::master::{
     CM_SALT_LEN, LABEL_RTCP_AUTH, LABEL_RTCP_KEY, LABEL_RTCP_SALT, Master, SRTCP_ENCRYPTED,
 };
 

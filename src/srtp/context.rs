@@ -4,13 +4,14 @@
 //! gets no sealing context here and stays on str0m's send path; its RTCP can still be opened
 //! (cm.rs), for what the engine reads from publishers (their BYE).
 
-use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{AES_128, AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
-use aws_lc_rs::iv::FixedLength;
-use str0m::crypto::dtls::SrtpProfile;
-
 use super::capture::Captured;
 use super::cm::CmRtcp;
+use super::master::{
+    LABEL_RTCP_KEY, LABEL_RTCP_SALT, LABEL_RTP_KEY, LABEL_RTP_SALT, Master, SALT_LEN,
+    SRTCP_ENCRYPTED,
+};
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use str0m::crypto::dtls::SrtpProfile;
 
 /// Sealing towards one peer: RTP for every media packet, RTCP for our sender reports.
 pub struct SrtpSender {
@@ -37,8 +38,8 @@ impl SrtpSender {
         // Outbound uses the client's half when we are the DTLS client (RFC 5764 §4.2).
         let master = Master::of(keys, keys.active)?;
         Some(Self {
-            rtp: master.derive(LABEL_RTP_KEY, LABEL_RTP_SALT)?,
-            rtcp: master.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?,
+            rtp: Aead::derive(&master, LABEL_RTP_KEY, LABEL_RTP_SALT)?,
+            rtcp: Aead::derive(&master, LABEL_RTCP_KEY, LABEL_RTCP_SALT)?,
             srtcp_index: 0,
         })
     }
@@ -87,7 +88,11 @@ impl SrtcpReceiver {
         let rtcp = if keys.profile == SrtpProfile::AES128_CM_SHA1_80 {
             Opener::Cm(Box::new(CmRtcp::new(&Master::of_cm(keys, !keys.active)?)?))
         } else {
-            Opener::Aead(Master::of(keys, !keys.active)?.derive(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?)
+            Opener::Aead(Aead::derive(
+                &Master::of(keys, !keys.active)?,
+                LABEL_RTCP_KEY,
+                LABEL_RTCP_SALT,
+            )?)
         };
         Some(Self { rtcp })
     }
@@ -122,82 +127,6 @@ impl SrtcpReceiver {
     }
 }
 
-/// One direction's master key and salt, from the DTLS-SRTP keying material: client key,
-/// server key, client salt, server salt (RFC 5764 §4.2).
-pub(super) struct Master<'a> {
-    key: &'a [u8],
-    pub(super) salt: &'a [u8],
-}
-
-impl<'a> Master<'a> {
-    /// An AEAD profile's master key and salt.
-    fn of(keys: &'a Captured, client_half: bool) -> Option<Self> {
-        let key_len = match keys.profile {
-            SrtpProfile::AEAD_AES_128_GCM => 16,
-            SrtpProfile::AEAD_AES_256_GCM => 32,
-            _ => return None,
-        };
-        Self::split(&keys.material, client_half, key_len, SALT_LEN)
-    }
-
-    /// AES_CM_128_HMAC_SHA1_80's master key and salt (RFC 3711: 112-bit salts).
-    pub(super) fn of_cm(keys: &'a Captured, client_half: bool) -> Option<Self> {
-        if keys.profile != SrtpProfile::AES128_CM_SHA1_80 {
-            return None;
-        }
-        Self::split(&keys.material, client_half, 16, CM_SALT_LEN)
-    }
-
-    fn split(m: &'a [u8], client_half: bool, key_len: usize, salt_len: usize) -> Option<Self> {
-        if m.len() != 2 * key_len + 2 * salt_len {
-            return None;
-        }
-        let (k, s) = if client_half {
-            (0, 0)
-        } else {
-            (key_len, salt_len)
-        };
-        Some(Self {
-            key: &m[k..k + key_len],
-            salt: &m[2 * key_len + s..2 * key_len + s + salt_len],
-        })
-    }
-
-    /// A session key and salt (RFC 3711 §4.3.1 with a key derivation rate of 0): the AES-CM
-    /// keystream under the master key, started at (label XOR master salt) · 2^16. RFC 7714
-    /// §11 keeps this PRF for GCM, with the 96-bit salt in the leftmost bytes.
-    fn derive(&self, key_label: u8, salt_label: u8) -> Option<Aead> {
-        let mut session_key = [0u8; 32];
-        let session_key = &mut session_key[..self.key.len()];
-        self.prf(key_label, session_key)?;
-        let mut salt = [0u8; SALT_LEN];
-        self.prf(salt_label, &mut salt)?;
-        let algorithm = if self.key.len() == 16 {
-            &AES_128_GCM
-        } else {
-            &AES_256_GCM
-        };
-        let key = LessSafeKey::new(UnboundKey::new(algorithm, session_key).ok()?);
-        Some(Aead { key, salt })
-    }
-
-    pub(super) fn prf(&self, label: u8, out: &mut [u8]) -> Option<()> {
-        let mut iv = [0u8; 16];
-        iv[..self.salt.len()].copy_from_slice(self.salt);
-        iv[7] ^= label;
-        let cipher = if self.key.len() == 16 {
-            &AES_128
-        } else {
-            &AES_256
-        };
-        let ctr = EncryptingKey::ctr(UnboundCipherKey::new(cipher, self.key).ok()?).ok()?;
-        out.fill(0);
-        ctr.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(iv)))
-            .ok()?;
-        Some(())
-    }
-}
-
 /// An AES-GCM session key with its salt.
 struct Aead {
     key: LessSafeKey,
@@ -205,6 +134,24 @@ struct Aead {
 }
 
 impl Aead {
+    /// A session key and salt (RFC 3711 §4.3.1 with a key derivation rate of 0): the AES-CM
+    /// keystream under the master key, started at (label XOR master salt) · 2^16. RFC 7714
+    /// §11 keeps this PRF for GCM, with the 96-bit salt in the leftmost bytes.
+    fn derive(master: &Master<'_>, key_label: u8, salt_label: u8) -> Option<Self> {
+        let mut session_key = [0u8; 32];
+        let session_key = &mut session_key[..master.key_len()];
+        master.prf(key_label, session_key)?;
+        let mut salt = [0u8; SALT_LEN];
+        master.prf(salt_label, &mut salt)?;
+        let algorithm = if master.key_len() == 16 {
+            &AES_128_GCM
+        } else {
+            &AES_256_GCM
+        };
+        let key = LessSafeKey::new(UnboundKey::new(algorithm, session_key).ok()?);
+        Some(Self { key, salt })
+    }
+
     fn nonce(&self, mut iv: [u8; 12]) -> Nonce {
         for (b, s) in iv.iter_mut().zip(self.salt) {
             *b ^= s;
@@ -231,22 +178,11 @@ impl Aead {
     }
 }
 
-/// RFC 3711 §4.3.2 key derivation labels.
-const LABEL_RTP_KEY: u8 = 0x00;
-const LABEL_RTP_SALT: u8 = 0x02;
-pub(super) const LABEL_RTCP_KEY: u8 = 0x03;
-pub(super) const LABEL_RTCP_AUTH: u8 = 0x04;
-pub(super) const LABEL_RTCP_SALT: u8 = 0x05;
-/// RFC 3711's 112-bit salts (AES-CM).
-pub(super) const CM_SALT_LEN: usize = 14;
-
-/// RFC 7714: 96-bit salts and 128-bit tags.
-const SALT_LEN: usize = 12;
+/// RFC 7714: 128-bit tags.
 pub const TAG_LEN: usize = 16;
 /// The length an SRTCP packet grows by: the tag, then the E flag and index.
 pub const SRTCP_OVERHEAD: usize = TAG_LEN + 4;
 
-pub(super) const SRTCP_ENCRYPTED: u32 = 1 << 31;
 const SRTCP_INDEX_MASK: u32 = SRTCP_ENCRYPTED - 1;
 
 #[cfg(test)]
@@ -259,30 +195,6 @@ mod tests {
             material: (0..(2 * key_len + 2 * SALT_LEN) as u8).collect(),
             active,
         }
-    }
-
-    #[test]
-    fn the_prf_matches_rfc_3711_appendix_b3() {
-        // RFC 3711 B.3 (AES-CM PRF, 112-bit salt; GCM uses the same PRF with 96 bits).
-        let key = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
-        let salt = hex("0EC675AD498AFEEBB6960B3AABE6");
-        let m = Master {
-            key: &key,
-            salt: &salt,
-        };
-        let mut cipher_key = [0u8; 16];
-        m.prf(LABEL_RTP_KEY, &mut cipher_key).unwrap();
-        assert_eq!(cipher_key[..], hex("C61E7A93744F39EE10734AFE3FF7A087"));
-        let mut cipher_salt = [0u8; 14];
-        m.prf(LABEL_RTP_SALT, &mut cipher_salt).unwrap();
-        assert_eq!(cipher_salt[..], hex("30CBBC08863D8C85D49DB34A9AE1"));
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     #[test]
@@ -315,7 +227,11 @@ mod tests {
     /// Opens an SRTP packet as its receiver does (RFC 7714 §8.1): the IV is 00 00, SSRC,
     /// ROC, SEQ, XORed with the session salt; the header is the AAD.
     fn open_rtp(keys: &Captured, packet: &[u8], roc: u32) -> Option<Vec<u8>> {
-        let rtp = Master::of(keys, keys.active)?.derive(LABEL_RTP_KEY, LABEL_RTP_SALT)?;
+        let rtp = Aead::derive(
+            &Master::of(keys, keys.active)?,
+            LABEL_RTP_KEY,
+            LABEL_RTP_SALT,
+        )?;
         let mut iv = [0u8; 12];
         iv[2..6].copy_from_slice(&packet[8..12]);
         iv[6..10].copy_from_slice(&roc.to_be_bytes());

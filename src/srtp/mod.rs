@@ -17,6 +17,7 @@ pub mod capture;
 mod cm;
 pub mod context;
 pub mod dtls;
+mod master;
 
 pub use capture::{KeySlot, build_rtc};
 pub use context::{SrtcpReceiver, SrtpSender};
