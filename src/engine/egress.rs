@@ -18,6 +18,12 @@
 //! read here only. When the keys are not AES-GCM, [`hand_to_str0m`] declares the same
 //! streams to str0m again and str0m does all of the above itself. str0m runs ICE and DTLS
 //! either way.
+//!
+//! This file queues and seals the live media and schedules the reports; the repairs (NACKs,
+//! resends, first-frame repeats) are `egress/repair.rs`, the packets as written `egress/wire.rs`.
+
+mod repair;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +32,9 @@ use str0m::Rtc;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, VideoOrientation};
 
+use self::repair::ResendBudget;
+use self::wire::{Header, orientation, seal};
 use super::consumer::{Consumer, RtpStart};
-use super::feedback::{Feedback, for_each_feedback};
 use super::first_frame::FirstFrame;
 use super::hold::Hold;
 use super::outbox::{Outbox, Path};
@@ -241,89 +248,9 @@ impl Egress {
         flushed
     }
 
-    /// Reads a viewer SRTCP datagram (decrypted into `scratch`): appends (stream, 16-bit
-    /// sequence number) for every packet it reports lost to `lost`, at most
-    /// [`MAX_RESENDS_PER_RTCP`], and names a stream it wants a keyframe on.
-    pub(crate) fn feedback(
-        &self,
-        data: &[u8],
-        scratch: &mut Vec<u8>,
-        lost: &mut Vec<(usize, u16)>,
-    ) -> Read {
-        let mut read = Read::default();
-        let Some(plain) = self.rtcp_in.open(data, scratch) else {
-            return read;
-        };
-        let stream_of = |ssrc| self.streams.iter().position(|s| s.ssrc == ssrc);
-        read.nacks = for_each_feedback(plain, |f| match f {
-            Feedback::Nack(ssrc, seq) => {
-                if lost.len() < MAX_RESENDS_PER_RTCP
-                    && let Some(i) = stream_of(ssrc)
-                {
-                    lost.push((i, seq));
-                }
-            }
-            Feedback::Keyframe(ssrc) => read.keyframe = read.keyframe.or(stream_of(ssrc)),
-        });
-        read
-    }
-
     /// The m-line of one of this viewer's streams.
     pub(crate) fn mid(&self, stream: usize) -> Option<Mid> {
         self.streams.get(stream).map(|s| s.mid)
-    }
-
-    /// Sends `p` again on `stream`: over its RTX stream, or as it was when the viewer
-    /// negotiated no RTX.
-    pub(crate) fn resend(
-        &mut self,
-        stream: usize,
-        p: &CachedPacket,
-        path: Path,
-        out: &mut Outbox,
-    ) -> bool {
-        let Some(s) = self.streams.get_mut(stream) else {
-            return false;
-        };
-        if !self.resends.take() {
-            return false;
-        }
-        match &mut s.rtx {
-            Some(rtx) => {
-                let Some(&(_, pt)) = rtx.pts.iter().find(|(main, _)| *main == p.pt) else {
-                    return false;
-                };
-                let header = Header {
-                    ssrc: rtx.ssrc,
-                    seq: rtx.seq,
-                    ts: p.ts,
-                    pt,
-                    marker: p.marker,
-                    orientation: orientation(s.orientation_id, p.orientation),
-                };
-                rtx.seq += 1;
-                seal(
-                    &self.srtp,
-                    out,
-                    path,
-                    header,
-                    Some(p.seq as u16),
-                    &p.payload,
-                );
-            }
-            None => {
-                let header = Header {
-                    ssrc: s.ssrc,
-                    seq: p.seq,
-                    ts: p.ts,
-                    pt: p.pt,
-                    marker: p.marker,
-                    orientation: orientation(s.orientation_id, p.orientation),
-                };
-                seal(&self.srtp, out, path, header, None, &p.payload);
-            }
-        }
-        true
     }
 
     /// Packets queued and not yet sealed.
@@ -360,31 +287,6 @@ impl Egress {
         self.first_frame.as_ref()?.packet(stream, seq16)
     }
 
-    /// Sends the first frame's first and last packets again when that is due, and lets the
-    /// first frame go once its time is over. Returns how many packets were resent.
-    pub(crate) fn repair_first_frame(
-        &mut self,
-        now: Instant,
-        path: Option<Path>,
-        out: &mut Outbox,
-    ) -> u64 {
-        let Some(ff) = self.first_frame.as_mut() else {
-            return 0;
-        };
-        if !ff.alive(now) {
-            self.first_frame = None;
-            return 0;
-        }
-        let (Some(packets), Some(path)) = (ff.take_due_repeat(now), path) else {
-            return 0;
-        };
-        let stream = ff.stream();
-        packets
-            .iter()
-            .filter(|p| self.resend(stream, p, path, out))
-            .count() as u64
-    }
-
     /// Sends the sender reports if they are due. Returns whether the deadline moved.
     pub(crate) fn report(&mut self, now: Instant, path: Option<Path>, out: &mut Outbox) -> bool {
         if !self.reports.due(now) {
@@ -403,53 +305,6 @@ impl Egress {
     }
 }
 
-/// How many packets a viewer may have resent: per report interval, a quarter of what it was
-/// sent in the previous one plus a few, so NACKs (honest ones at heavy loss, or a client
-/// that NACKs everything) cannot make a viewer cost much more than its stream. str0m capped
-/// retransmissions at 15 % of the bytes sent; loss that heavy is past repair anyway.
-struct ResendBudget {
-    sent: u64,
-    left: u64,
-}
-
-impl Default for ResendBudget {
-    fn default() -> Self {
-        Self {
-            sent: 0,
-            left: RESENDS_BASE,
-        }
-    }
-}
-
-impl ResendBudget {
-    fn sent(&mut self, datagrams: u64) {
-        self.sent += datagrams;
-    }
-
-    fn take(&mut self) -> bool {
-        let ok = self.left > 0;
-        self.left = self.left.saturating_sub(1);
-        ok
-    }
-
-    fn refill(&mut self) {
-        self.left = RESENDS_BASE + self.sent / 4;
-        self.sent = 0;
-    }
-}
-
-/// Resends every viewer may have per report interval whatever it was sent.
-const RESENDS_BASE: u64 = 16;
-
-/// What a viewer's RTCP asked for (see [`Egress::feedback`]).
-#[derive(Default)]
-pub(crate) struct Read {
-    /// NACK messages read.
-    pub nacks: u64,
-    /// The stream a PLI or FIR names, if any.
-    pub keyframe: Option<usize>,
-}
-
 #[derive(Default)]
 pub(crate) struct Flushed {
     pub(crate) datagrams: u64,
@@ -457,87 +312,9 @@ pub(crate) struct Flushed {
     pub(crate) rescheduled: bool,
 }
 
-/// The fields of the RTP header we write: no CSRCs, and no extension but the video
-/// orientation (the SSRCs are in the SDP answer, so receivers need no MID extension to place
-/// them; see src/offer/mod.rs for what is negotiated).
-#[derive(Clone, Copy)]
-struct Header {
-    ssrc: u32,
-    /// Extended: the rollover counter above the 16 bits on the wire.
-    seq: u64,
-    ts: u32,
-    pt: Pt,
-    marker: bool,
-    /// (extension id, CVO byte), when the viewer negotiated it and the packet carries one.
-    orientation: Option<(u8, u8)>,
-}
-
-fn orientation(id: Option<u8>, value: Option<VideoOrientation>) -> Option<(u8, u8)> {
-    Some((id?, value? as u8))
-}
-
-/// Writes one RTP packet (with RTX's original sequence number first, if any) into the
-/// outbox, seals it in place and queues it. Returns its length.
-fn seal(
-    srtp: &SrtpSender,
-    out: &mut Outbox,
-    path: Path,
-    h: Header,
-    osn: Option<u16>,
-    payload: &[u8],
-) -> usize {
-    let buf = out.bytes();
-    let start = buf.len();
-    buf.push(if h.orientation.is_some() { 0x90 } else { 0x80 });
-    buf.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
-    buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
-    buf.extend_from_slice(&h.ts.to_be_bytes());
-    buf.extend_from_slice(&h.ssrc.to_be_bytes());
-    if let Some((id, cvo)) = h.orientation {
-        // RFC 8285 one-byte header: profile 0xBEDE, one 32-bit word of elements; the
-        // element's length field is the length minus one (0 for CVO's single byte).
-        buf.extend_from_slice(&[0xBE, 0xDE, 0, 1, id << 4, cvo, 0, 0]);
-    }
-    let header_len = buf.len() - start;
-    if let Some(osn) = osn {
-        buf.extend_from_slice(&osn.to_be_bytes());
-    }
-    buf.extend_from_slice(payload);
-    srtp.seal_rtp(buf, start, header_len, h.ssrc, h.seq & SRTP_INDEX_MASK);
-    let len = buf.len() - start;
-    out.commit(path, start);
-    len
-}
-
-/// A NACK storm must not turn into a resend storm.
-const MAX_RESENDS_PER_RTCP: usize = 64;
 /// Packets queued per viewer before they are sealed anyway. A whole keyframe (~70 packets
 /// at 2.5 Mb/s) fits, so a burst stays queued (32 bytes a packet, ≤ 4 KB a viewer) and is
 /// sealed viewer after viewer within the outbox budget as the io loop sends; at 32, a
 /// keyframe sealed 32 packets for every viewer at once (~40 MB of outbox at 1,000 viewers)
 /// before the first left.
 pub(crate) const MAX_QUEUED: usize = 128;
-
-const SRTP_INDEX_MASK: u64 = (1 << 48) - 1;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resends_are_capped_at_a_quarter_of_what_was_sent() {
-        let mut b = ResendBudget::default();
-        let base = (0..100).filter(|_| b.take()).count() as u64;
-        assert_eq!(base, RESENDS_BASE, "a few before anything was sent");
-        b.sent(300);
-        b.refill();
-        let allowed = (0..1000).filter(|_| b.take()).count() as u64;
-        assert_eq!(allowed, RESENDS_BASE + 75);
-        b.refill();
-        assert_eq!(
-            (0..1000).filter(|_| b.take()).count() as u64,
-            RESENDS_BASE,
-            "nothing sent since"
-        );
-    }
-}

@@ -8,7 +8,7 @@ use str0m::{Event, IceConnectionState};
 use tracing::{debug, info};
 
 use super::egress::{self, Egress};
-use super::forward::Burst;
+use super::keyframes::Burst;
 use super::peer::{Peer, Role};
 use super::{CloseReason, Engine, EngineEvent, PeerKey};
 
@@ -139,7 +139,7 @@ impl Engine {
     }
 
     /// A viewer asked for a keyframe on its `kind` track: the publisher of its broadcast is
-    /// asked in turn (throttled, see `forward.rs`).
+    /// asked in turn (throttled, see `keyframes.rs`).
     pub(super) fn keyframe_requested(&mut self, viewer: PeerKey, kind: MediaKind) {
         self.counters.plis_received += 1;
         let Some(b) = self.peer_mut(viewer).map(|p| p.broadcast) else {

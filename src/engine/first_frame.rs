@@ -1,5 +1,5 @@
 //! A viewer's first frame: the cached keyframe and the GOP since it, sent on connecting
-//! (`forward.rs`), made to arrive whole.
+//! (`keyframes.rs`), made to arrive whole.
 //!
 //! A lost packet of that burst cannot always be repaired the way live packets are: without a
 //! whole GOP cache the viewer's consumer forgets its offsets right after the keyframe (the
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Pt};
 
-use super::forward::Burst;
+use super::keyframes::Burst;
 use super::packet::CachedPacket;
 use super::peer::live;
 use super::{Engine, PeerKey};

@@ -1,18 +1,15 @@
-//! The media path: a publisher's RTP packet to every viewer of its broadcast, the keyframe
-//! cache burst for viewers that just connected, and keyframe requests back to publishers.
+//! The live media path: a publisher's RTP packet to every viewer of its broadcast, and the
+//! release of what was written (the start bursts and keyframe requests are keyframes.rs).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
-use str0m::media::{KeyframeRequestKind, MediaKind};
+use str0m::media::MediaKind;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
-use tracing::{debug, info, trace};
+use tracing::{info, trace};
 
 use super::consumer::{Consumer, Skip, SourcePacket};
 use super::egress::MAX_QUEUED;
-use super::gop;
-use super::hold::HOLD;
 use super::packet::CachedPacket;
 use super::peer::{Peer, Role, contained, live};
 use super::record_tap;
@@ -125,7 +122,7 @@ impl Engine {
     /// are synced to the current publisher. Returns false if the viewer is waiting for a
     /// keyframe.
     #[allow(clippy::too_many_arguments)] // the per-packet path; a struct would be rebuilt per viewer
-    fn write_to_viewer(
+    pub(super) fn write_to_viewer(
         &mut self,
         now: Instant,
         v: PeerKey,
@@ -267,165 +264,6 @@ impl Engine {
         }
         self.flush_deferred(now);
     }
-
-    /// Sends a viewer that just connected the last complete keyframe and every packet since
-    /// (the GOP cache, `router.rs`), so its first picture shows at once and moves: it is at
-    /// the live edge and takes the live packets from here. A browser that is just starting
-    /// may decode a lone keyframe and never present it (a first visit in Chromium: the
-    /// `<video>` element learns of no frame until the next one), so a still until the
-    /// publisher's next IDR is not enough. Without a whole GOP cache the viewer gets the
-    /// keyframe alone and then waits for the next IDR (the live frames in between reference
-    /// pictures it never got); so does a viewer that is moved, see [`Burst`].
-    fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey, kind: Burst) {
-        let Some(peer) = self.peer_mut(v) else { return };
-        let b = peer.broadcast;
-        let Some(route) = self.router.route(b) else {
-            return;
-        };
-        let Some(ti) = route
-            .tracks
-            .iter()
-            .position(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty())
-        else {
-            return;
-        };
-        let track = &route.tracks[ti];
-        let gop = match kind {
-            Burst::WithGop => track.gop.packets(),
-            Burst::Keyframe => None,
-        };
-        let (keyframe, epoch) = (track.keyframe.clone(), route.epoch);
-        // What the viewer is sent, kept by its egress for NACKs (first_frame.rs): the
-        // keyframe alone is shared as it is; with the GOP it is one copy per start, its
-        // timestamps squeezed toward the live edge (gop.rs).
-        let sent: Arc<[CachedPacket]> = match gop {
-            Some(gop) if !gop.is_empty() => gop::squeezed(keyframe.iter().chain(gop)),
-            _ => keyframe.clone(),
-        };
-        let at_live_edge = gop.is_some();
-        let mut burst = std::mem::take(&mut self.scratch_packets);
-        burst.clear();
-        // The first packet twice: a receiver counts from the first packet it gets, so no
-        // NACK could ever ask for a lost first packet (see first_frame.rs for the last).
-        burst.extend(sent.first().cloned());
-        burst.extend_from_slice(&sent);
-        debug!(peer = %v, packets = burst.len(), at_live_edge, "sending cached keyframe");
-        let Some(peer) = self.peer_mut(v) else { return };
-        let sealed = peer.egress.is_some();
-        let mut video_mid = None;
-        if let Role::Viewer(consumers) = &mut peer.role
-            && let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video)
-        {
-            // Sent again (first_frame.rs): the viewer restarts from this keyframe.
-            c.unsync();
-            video_mid = Some(c.mid);
-        }
-        // The keyframe (and its first packet twice) at once; what follows it, held a
-        // moment when we seal for the viewer (hold.rs).
-        let gop_from = (keyframe.len() + 1).min(burst.len());
-        let hold = (sealed && gop_from < burst.len())
-            .then_some(video_mid)
-            .flatten();
-        let (keyframe_part, gop_part) = match hold {
-            Some(_) => burst.split_at(gop_from),
-            None => (burst.as_slice(), &[][..]),
-        };
-        let exts = ExtensionValues::default();
-        let _ = self.write_to_viewer(now, v, b, ti, keyframe_part, Start::Here, now, &exts);
-        let started = match hold {
-            Some(mid) => {
-                if let Some(egress) = self.peer_mut(v).and_then(|p| p.egress.as_mut()) {
-                    egress.hold(mid, now + HOLD);
-                }
-                let _ = self.write_to_viewer(now, v, b, ti, gop_part, Start::IfSynced, now, &exts);
-                now + HOLD
-            }
-            None => now,
-        };
-        self.scratch_packets = burst;
-        let Some(peer) = self.peer_mut(v) else { return };
-        peer.first_frames = peer.first_frames.saturating_add(1);
-        let Peer {
-            role: Role::Viewer(consumers),
-            egress,
-            ..
-        } = peer
-        else {
-            return;
-        };
-        let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video) else {
-            return;
-        };
-        // Kept with the numbers it was sent under.
-        if let (Some(egress), Some(first)) = (egress, sent.first())
-            && c.is_synced_to(epoch)
-            && let Some(pt) = c.mapped_pt(first.pt)
-        {
-            let out = (c.seq_out(first.seq), c.ts_out(first.ts));
-            egress.started_on(c.mid, sent.clone(), out, (first.pt, pt), started);
-        }
-        if !at_live_edge {
-            c.unsync();
-        }
-        self.reschedule(v);
-    }
-
-    /// Queues a start burst for viewer `v` (once: a second request while one is queued is
-    /// the same start).
-    pub(super) fn queue_start(&mut self, v: PeerKey, kind: Burst) {
-        if !self.pending_starts.iter().any(|(p, _)| *p == v) {
-            self.pending_starts.push((v, kind));
-        }
-    }
-
-    /// Work deferred until no `Rtc` is being drained: keyframe-cache bursts for viewers that
-    /// just connected, then keyframe requests to publishers.
-    pub(super) fn flush_deferred(&mut self, now: Instant) {
-        // A start is a whole GOP (up to a few MB): like sealing, it waits while the outbox is
-        // full, and `flush_writes` comes back here once it has been sent.
-        while self.outbox.len_bytes() < OUTBOX_BUDGET
-            && let Some((v, kind)) = self.pending_starts.pop()
-        {
-            self.send_keyframe_cache(now, v, kind);
-        }
-        while let Some((b, ti)) = self.pending_plis.pop() {
-            let Some(route) = self.router.route_mut(b) else {
-                continue;
-            };
-            let Some(publisher) = route.publisher else {
-                // A mirror's home throttles keyframe requests for the whole broadcast.
-                self.keyframe_from_home(b, ti);
-                continue;
-            };
-            let Some(track) = route.tracks.get_mut(ti) else {
-                continue;
-            };
-            if !track.take_pli_slot(now) {
-                if let Some(at) = track.next_pli_slot()
-                    && !self
-                        .deferred_plis
-                        .iter()
-                        .any(|&(_, b2, t2)| (b2, t2) == (b, ti))
-                {
-                    self.deferred_plis.push((at, b, ti));
-                }
-                continue;
-            }
-            let mid = track.mid;
-            let Some(peer) = self.peer_mut(publisher) else {
-                continue;
-            };
-            if !peer.connected {
-                continue;
-            }
-            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                self.counters.plis_sent += 1;
-                trace!(broadcast = %b, "keyframe requested from publisher");
-            }
-            self.drain(now, publisher);
-        }
-    }
 }
 
 impl Engine {
@@ -480,7 +318,7 @@ fn peer_dirty(peers: &mut Slab<Peer>, key: PeerKey) -> bool {
 
 /// Where a write may start a viewer's stream.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Start {
+pub(super) enum Start {
     /// The packets begin a complete keyframe: a waiting viewer starts at the first.
     Here,
     /// Live packets: video only for viewers already synced to this publisher.
@@ -517,17 +355,4 @@ fn fresh_extensions(from: &ExtensionValues) -> ExtensionValues {
 /// How many sealed bytes the outbox may hold before sealing waits for the io loop to send
 /// them: a few hundred datagrams, enough for full GSO batches, small enough that memory
 /// does not grow with the audience.
-const OUTBOX_BUDGET: usize = 256 * 1024;
-
-/// What a start burst holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Burst {
-    /// The keyframe and the GOP since it: a viewer without a picture yet (just connected, or
-    /// its first burst was lost) starts at the live edge and its picture moves at once.
-    WithGop,
-    /// The keyframe alone, then the next IDR: a viewer that has a picture and a timeline
-    /// and lost packets while it moved (an ICE restart). A GOP would be numbered from its
-    /// last timestamp on, so every later frame would be stamped up to a GOP's age ahead of
-    /// the real time and its jitter buffer would hold them back that long.
-    Keyframe,
-}
+pub(super) const OUTBOX_BUDGET: usize = 256 * 1024;

@@ -1,6 +1,6 @@
 //! The GOP cache of a video track: every packet since its cached keyframe (`router.rs`).
 //!
-//! A new viewer is sent the keyframe and then these (`forward.rs`), so it reaches the live
+//! A new viewer is sent the keyframe and then these (`keyframes.rs`), so it reaches the live
 //! edge at once and its picture moves, instead of showing one still until the publisher's
 //! next IDR (OBS ignores keyframe requests). One still is not even sure to be shown: a
 //! browser that is just starting may decode a lone keyframe and never present it (a first

@@ -23,7 +23,7 @@
 //! `impl Engine` is split by path, as quinn-proto splits its `Connection`: this file holds the
 //! state and the output side, and each path is an `impl Engine` of its own: datagrams in
 //! (`receive.rs`), time (`timers.rs`), HTTP commands (`on_command.rs`, their types in
-//! `command.rs`), each `Rtc`'s events (`events.rs`), media (`forward.rs`)
+//! `command.rs`), each `Rtc`'s events (`events.rs`), media (`forward.rs`, `keyframes.rs`)
 //! and endings (`teardown.rs`).
 
 mod audience;
@@ -43,6 +43,7 @@ mod forward;
 mod gop;
 mod hold;
 mod key;
+mod keyframes;
 mod on_command;
 mod outbox;
 mod packet;
@@ -78,7 +79,7 @@ pub use self::span::SpanMessage;
 
 use self::deadline::Deadlines;
 use self::demux::Demux;
-use self::forward::Burst;
+use self::keyframes::Burst;
 use self::outbox::Outbox;
 use self::packet::CachedPacket;
 use self::peer::{Peer, live};

@@ -23,7 +23,7 @@ use str0m::net::Protocol;
 use tracing::{debug, info};
 
 use super::demux::{BindingRequest, Remote};
-use super::forward::Burst;
+use super::keyframes::Burst;
 use super::outbox::Path;
 use super::peer::{Role, live};
 use super::{Engine, Patch, PatchError, Patched, PeerKey};

@@ -1,0 +1,62 @@
+//! The RTP packets we write for a viewer: the header fields, and one packet written into
+//! the outbox and sealed in place.
+
+use str0m::media::Pt;
+use str0m::rtp::VideoOrientation;
+
+use crate::engine::outbox::{Outbox, Path};
+use crate::srtp::context::SrtpSender;
+
+/// The fields of the RTP header we write: no CSRCs, and no extension but the video
+/// orientation (the SSRCs are in the SDP answer, so receivers need no MID extension to place
+/// them; see src/offer/mod.rs for what is negotiated).
+#[derive(Clone, Copy)]
+pub(super) struct Header {
+    pub(super) ssrc: u32,
+    /// Extended: the rollover counter above the 16 bits on the wire.
+    pub(super) seq: u64,
+    pub(super) ts: u32,
+    pub(super) pt: Pt,
+    pub(super) marker: bool,
+    /// (extension id, CVO byte), when the viewer negotiated it and the packet carries one.
+    pub(super) orientation: Option<(u8, u8)>,
+}
+
+pub(super) fn orientation(id: Option<u8>, value: Option<VideoOrientation>) -> Option<(u8, u8)> {
+    Some((id?, value? as u8))
+}
+
+/// Writes one RTP packet (with RTX's original sequence number first, if any) into the
+/// outbox, seals it in place and queues it. Returns its length.
+pub(super) fn seal(
+    srtp: &SrtpSender,
+    out: &mut Outbox,
+    path: Path,
+    h: Header,
+    osn: Option<u16>,
+    payload: &[u8],
+) -> usize {
+    let buf = out.bytes();
+    let start = buf.len();
+    buf.push(if h.orientation.is_some() { 0x90 } else { 0x80 });
+    buf.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
+    buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
+    buf.extend_from_slice(&h.ts.to_be_bytes());
+    buf.extend_from_slice(&h.ssrc.to_be_bytes());
+    if let Some((id, cvo)) = h.orientation {
+        // RFC 8285 one-byte header: profile 0xBEDE, one 32-bit word of elements; the
+        // element's length field is the length minus one (0 for CVO's single byte).
+        buf.extend_from_slice(&[0xBE, 0xDE, 0, 1, id << 4, cvo, 0, 0]);
+    }
+    let header_len = buf.len() - start;
+    if let Some(osn) = osn {
+        buf.extend_from_slice(&osn.to_be_bytes());
+    }
+    buf.extend_from_slice(payload);
+    srtp.seal_rtp(buf, start, header_len, h.ssrc, h.seq & SRTP_INDEX_MASK);
+    let len = buf.len() - start;
+    out.commit(path, start);
+    len
+}
+
+const SRTP_INDEX_MASK: u64 = (1 << 48) - 1;
