@@ -62,6 +62,12 @@ impl Consent {
         self.heard.push((remote, now));
     }
 
+    /// When the session last accepted a datagram, from any address: the newest record (the
+    /// list drops its oldest when full, so the newest is always kept).
+    pub(crate) fn last_heard(&self) -> Option<Instant> {
+        self.heard.iter().map(|(_, t)| *t).max()
+    }
+
     /// Whether `remote` sent the session something it accepted within [`CONSENT`].
     pub(crate) fn fresh(&self, remote: Remote, now: Instant) -> bool {
         self.heard
@@ -118,5 +124,26 @@ mod tests {
         consent.added(now, true);
         assert!(!consent.admits_new(now + MIN_ADDR_CHANGE / 2, true));
         assert!(consent.admits_new(now + MIN_ADDR_CHANGE, true));
+    }
+
+    #[test]
+    fn the_newest_record_is_when_the_session_was_last_heard() {
+        let mut consent = Consent::default();
+        assert_eq!(consent.last_heard(), None);
+        let mut now = Instant::now();
+        // More addresses than are kept: the oldest go, the newest stays.
+        for port in 0..(MAX_HEARD as u16 * 2) {
+            now += Duration::from_millis(10);
+            let remote = (
+                str0m::net::Protocol::Udp,
+                ([192, 0, 2, 1], 5000 + port).into(),
+            );
+            consent.heard(remote, now);
+        }
+        assert_eq!(consent.last_heard(), Some(now));
+        // An address heard again is the newest again.
+        let first = (str0m::net::Protocol::Udp, ([192, 0, 2, 1], 5000).into());
+        consent.heard(first, now + Duration::from_millis(1));
+        assert_eq!(consent.last_heard(), Some(now + Duration::from_millis(1)));
     }
 }

@@ -95,7 +95,7 @@ impl Engine {
         if publisher {
             info!(broadcast = %b, peer = %key, "publisher connected");
             // An edge's pull is silent (see `upstream::is_media`) from here until its media.
-            peer.heard.get_or_insert(now);
+            peer.count_silence_from(now);
             if let Some(route) = self.router.route_mut(b) {
                 route.live_since.get_or_insert(now);
             }

@@ -314,7 +314,7 @@ impl Engine {
             rtc_deadline: None,
             expires: Some(now + self.config.handshake_timeout),
             deadline: None,
-            heard: None,
+            silence_stamp: None,
             nacks_seen: 0,
             first_frames: 0,
             dirty: false,

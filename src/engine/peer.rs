@@ -47,8 +47,12 @@ pub(crate) struct Peer {
     pub(crate) expires: Option<Instant>,
     /// What the deadline index currently holds for this peer.
     pub(crate) deadline: Option<Instant>,
-    /// When the last datagram from this peer was accepted (media, RTCP, STUN or DTLS).
-    pub(crate) heard: Option<Instant>,
+    /// The silence clock's own stamp, for what `consent` does not tell (see
+    /// [`last_heard`](Self::last_heard)): an edge's pull counts only media (upstream.rs), so
+    /// for it this is when its last media came; and a publisher that connected before
+    /// anything that counts was heard (an edge's pull before its first media) is silent from
+    /// its connection on ([`count_silence_from`](Self::count_silence_from)).
+    pub(crate) silence_stamp: Option<Instant>,
     /// The cumulative NACK count in this peer's last str0m stats event.
     pub(crate) nacks_seen: u64,
     /// How many times a viewer was sent the cached keyframe (see `first_frame.rs`).
@@ -119,13 +123,35 @@ impl Peer {
     /// its session (media, RTCP, STUN, DTLS). One rule for every stack: a session lives while
     /// its peer is heard, whichever of these it sends (browsers send consent checks and RTCP,
     /// libnice Binding indications, FFmpeg nothing but media once connected).
+    ///
+    /// One stamp per datagram, the consent record of `remote`: it is both where we may send
+    /// (consent.rs) and when the peer was last heard ([`last_heard`](Self::last_heard)).
     pub(crate) fn hear(&mut self, remote: Remote, now: Instant, data: &[u8]) {
         // An edge's pull counts only media: the origin answers our checks and sends reports
         // for a while after its publisher is gone (upstream.rs).
-        if !self.is_upstream() || super::upstream::is_media(data) {
-            self.heard = Some(now);
+        if self.is_upstream() && super::upstream::is_media(data) {
+            self.silence_stamp = Some(now);
         }
         self.consent.heard(remote, now);
+    }
+
+    /// When the peer was last heard, for its silence deadline: the newest consent record
+    /// (every accepted datagram stamps one), or for an edge's pull its last media; in either
+    /// case no earlier than a connection that came before anything was heard.
+    pub(crate) fn last_heard(&self) -> Option<Instant> {
+        if self.is_upstream() {
+            return self.silence_stamp;
+        }
+        self.consent.last_heard().max(self.silence_stamp)
+    }
+
+    /// A publisher connected: if nothing that counts was heard from it yet (an edge's pull is
+    /// silent, see `upstream::is_media`, from here until its media), its silence counts from
+    /// `now`.
+    pub(crate) fn count_silence_from(&mut self, now: Instant) {
+        if self.last_heard().is_none() {
+            self.silence_stamp = Some(now);
+        }
     }
 
     /// When a connected peer that sends nothing more counts as gone: [`PUBLISHER_SILENCE`]
@@ -141,7 +167,7 @@ impl Peer {
             Role::Viewer(_) => VIEWER_SILENCE,
             Role::Probe => return None,
         };
-        Some(self.heard? + bound)
+        Some(self.last_heard()? + bound)
     }
 
     /// A connected peer has sent nothing for its bound.
