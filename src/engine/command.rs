@@ -35,6 +35,9 @@ pub enum Command {
     /// A PATCH on a session URL (RFC 9725 §4.3): trickled candidates, or an ICE restart when
     /// the fragment carries new remote credentials (see `restart.rs`).
     Patch(Patch),
+    /// Send a viewer another simulcast layer (0 is the full-size one): it moves at that
+    /// layer's next keyframe, and is sent its current layer until then (`layers.rs`).
+    SetLayer { session: SessionId, layer: u8 },
     /// Counters for `/healthz`, `/metrics` and tests.
     Stats,
     /// State of one broadcast, for the broadcaster's live panel.
@@ -115,8 +118,8 @@ pub struct IngestTrack {
     pub kind: MediaKind,
     /// The codec(s) accepted for this m-line, with the publisher's payload types.
     pub params: Vec<PayloadParams>,
-    /// With simulcast (OBS 32.1+ sends rids "0", "1", "2"), the one layer viewers get: every
-    /// layer is accepted, or OBS fails, but one picture is forwarded.
+    /// With simulcast (OBS 32.1+ sends rids "0", "1", "2"), the layer this track is: a
+    /// simulcast m-line is one track per layer, the full-size layer first.
     pub layer: Option<str0m::media::Rid>,
 }
 
@@ -137,6 +140,7 @@ pub enum Outcome {
     Described(Option<Vec<IngestTrack>>),
     Closed(bool),
     Patched(Result<Patched, PatchError>),
+    LayerSet(Result<(), LayerError>),
     Stats(Stats),
     Info(BroadcastInfo),
     Status(Vec<(BroadcastKey, BroadcastInfo)>),
@@ -158,6 +162,15 @@ pub enum CommandError {
     ViewerLimitReached,
     #[error("too many viewer sessions of the broadcast are still connecting")]
     TooManyPending,
+}
+
+/// Why a viewer could not be given the layer it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LayerError {
+    #[error("there is no such viewer session")]
+    UnknownSession,
+    #[error("the broadcast has no such layer")]
+    NoSuchLayer,
 }
 
 /// Engine counters.

@@ -22,8 +22,8 @@ pub(crate) struct Consumer {
     /// its RTX stream. Whoever seals the viewer's media sends on them (see egress.rs).
     pub(crate) ssrc: Ssrc,
     pub(crate) rtx: Option<Ssrc>,
-    /// Which source epoch the offsets below are valid for; `None` waits for a sync point.
-    synced_to: Option<u32>,
+    /// Which source the offsets below are valid for; `None` waits for a sync point.
+    synced_to: Option<Source>,
     seq_offset: u64,
     ts_offset: u32,
     /// The first output sequence number the current offsets were used for.
@@ -37,6 +37,22 @@ pub(crate) struct Consumer {
     start: RtpStart,
     /// When it first synced: its first frame was sent then.
     first_sync: Option<Instant>,
+    /// Video from a simulcast publisher: the layer this viewer is sent (0 is the full-size
+    /// layer; see [`Source::layer`]).
+    pub(crate) layer: u8,
+    /// The layer it is to move to at that layer's next keyframe, meanwhile still sent
+    /// `layer`.
+    pub(crate) target: Option<u8>,
+}
+
+/// What a viewer's numbering is derived from: one publisher (its epoch) and one of its
+/// layers. Another publisher, or another simulcast layer, is another source: the viewer
+/// re-syncs at its next sync point and its numbering goes on without a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Source {
+    pub(crate) epoch: u32,
+    /// The simulcast layer, by rank among the tracks of its kind (0 for a single layer).
+    pub(crate) layer: u8,
 }
 
 /// The first sequence number and timestamp of a viewer stream: random (RFC 3550 §5.1), so
@@ -90,7 +106,7 @@ struct Written {
 /// Where a packet sits in its source stream.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SourcePacket {
-    pub(crate) epoch: u32,
+    pub(crate) source: Source,
     pub(crate) seq: u64,
     pub(crate) ts: u32,
     /// A point a decoder can start from: the first packet of a keyframe, or any audio packet.
@@ -119,12 +135,14 @@ impl Consumer {
             pt_map: Vec::new(),
             start,
             first_sync: None,
+            layer: 0,
+            target: None,
         }
     }
 
     /// The (sequence number, timestamp) to write for `pkt`, or why it is skipped.
     pub(crate) fn rewrite(&mut self, pkt: SourcePacket, now: Instant) -> Result<(u64, u32), Skip> {
-        if self.synced_to != Some(pkt.epoch) {
+        if self.synced_to != Some(pkt.source) {
             if !pkt.sync_point {
                 return Err(Skip::Waiting);
             }
@@ -151,8 +169,8 @@ impl Consumer {
         self.synced_to = None;
     }
 
-    pub(crate) fn is_synced_to(&self, epoch: u32) -> bool {
-        self.synced_to == Some(epoch)
+    pub(crate) fn is_synced_to(&self, source: Source) -> bool {
+        self.synced_to == Some(source)
     }
 
     /// Its first frame went out less than [`STARTING`] ago: a viewer asking for a keyframe
@@ -176,15 +194,15 @@ impl Consumer {
         self.seq_offset = seq.wrapping_sub(pkt.seq);
         self.ts_offset = ts.wrapping_sub(pkt.ts);
         self.synced_from = seq;
-        self.synced_to = Some(pkt.epoch);
+        self.synced_to = Some(pkt.source);
         self.first_sync.get_or_insert(now);
     }
 
-    /// Where an output packet the viewer NACKed (by its 16-bit number) came from: (source
-    /// epoch, source sequence number, extended output number). `None` unless it was written
+    /// Where an output packet the viewer NACKed (by its 16-bit number) came from: (source,
+    /// source sequence number, extended output number). `None` unless it was written
     /// since the current sync point, whose offsets alone can map it back.
-    pub(crate) fn source_of(&self, seq16: u16) -> Option<(u32, u64, u64)> {
-        let epoch = self.synced_to?;
+    pub(crate) fn source_of(&self, seq16: u16) -> Option<(Source, u64, u64)> {
+        let source = self.synced_to?;
         let last = self.last?.seq;
         let same_rollover = (last & !0xffff) | u64::from(seq16);
         let out = if same_rollover <= last {
@@ -195,7 +213,7 @@ impl Consumer {
         if out < self.synced_from {
             return None;
         }
-        Some((epoch, out.wrapping_sub(self.seq_offset), out))
+        Some((source, out.wrapping_sub(self.seq_offset), out))
     }
 
     /// The output sequence number for a source sequence number, with the current offsets.
@@ -258,7 +276,7 @@ mod tests {
 
     fn pkt(epoch: u32, seq: u64, ts: u32, sync_point: bool) -> SourcePacket {
         SourcePacket {
-            epoch,
+            source: Source { epoch, layer: 0 },
             seq,
             ts,
             sync_point,
@@ -314,7 +332,7 @@ mod tests {
         // Output numbers FIRST_SEQ..FIRST_SEQ + 9 stand for source 70_000..70_009.
         assert_eq!(
             c.source_of(FIRST_SEQ as u16 + 4),
-            Some((0, 70_004, FIRST_SEQ + 4))
+            Some((Source { epoch: 0, layer: 0 }, 70_004, FIRST_SEQ + 4))
         );
         assert_eq!(c.ts_out(500), FIRST_TS);
         assert_eq!(c.source_of(FIRST_SEQ as u16 + 20), None, "not written yet");

@@ -142,11 +142,14 @@ impl Engine {
     /// asked in turn (throttled, see `keyframes.rs`).
     pub(super) fn keyframe_requested(&mut self, viewer: PeerKey, kind: MediaKind) {
         self.counters.plis_received += 1;
-        let Some(b) = self.peer_mut(viewer).map(|p| p.broadcast) else {
+        let Some(peer) = self.peer_mut(viewer) else {
             return;
         };
+        let b = peer.broadcast;
+        // The layer it is sent (simulcast: each layer's keyframes are its own).
+        let layer = peer.consumer_mut(kind).map_or(0, |c| c.layer);
         if let Some(route) = self.router.route(b)
-            && let Some(i) = route.tracks.iter().position(|t| t.kind == kind)
+            && let Some(i) = route.layer_index(kind, layer)
         {
             self.pending_plis.push((b, i));
         }

@@ -51,15 +51,13 @@ impl Engine {
                 else {
                     continue;
                 };
-                let Some((epoch, source, seq)) = consumer.source_of(seq16) else {
+                let Some((from, source_seq, seq)) = consumer.source_of(seq16) else {
                     continue;
                 };
-                let packet = route
-                    .tracks
-                    .iter()
-                    .find(|t| t.kind == consumer.kind)
-                    .filter(|_| epoch == route.epoch)
-                    .and_then(|t| t.recent(source));
+                let packet = (from.epoch == route.epoch)
+                    .then(|| route.layer(consumer.kind, from.layer))
+                    .flatten()
+                    .and_then(|t| t.recent(source_seq));
                 let Some((p, pt)) = packet.and_then(|p| Some((p, consumer.mapped_pt(p.pt)?)))
                 else {
                     continue;

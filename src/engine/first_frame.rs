@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Pt};
 
+use super::consumer::Source;
 use super::keyframes::Burst;
 use super::packet::CachedPacket;
 use super::peer::live;
@@ -145,9 +146,13 @@ impl Engine {
             .iter()
             .any(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty());
         // Started at the live edge, a viewer is synced at once: it may still have no picture.
-        let waiting = peer
-            .consumer_mut(MediaKind::Video)
-            .is_some_and(|c| !c.is_synced_to(route.epoch) || c.starting(now));
+        let waiting = peer.consumer_mut(MediaKind::Video).is_some_and(|c| {
+            let source = Source {
+                epoch: route.epoch,
+                layer: c.layer,
+            };
+            !c.is_synced_to(source) || c.starting(now)
+        });
         if has_cache && waiting {
             self.queue_start(v, Burst::WithGop);
         }

@@ -8,7 +8,7 @@ use str0m::media::MediaKind;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{info, trace};
 
-use super::consumer::{Consumer, Skip, SourcePacket};
+use super::consumer::{Consumer, Skip, Source, SourcePacket};
 use super::egress::MAX_QUEUED;
 use super::packet::CachedPacket;
 use super::peer::{Peer, Role, contained, live};
@@ -40,26 +40,26 @@ impl Engine {
         if route.publisher != Some(key) {
             return;
         }
-        let Some(ti) = route.track_index(mid) else {
+        let Some(ti) = route.track_index(mid, rid) else {
             return;
         };
-        if route.tracks[ti].layer.is_some() && rid != route.tracks[ti].layer {
-            // Another simulcast layer: received (and NACKed) but not forwarded.
-            return;
-        }
         self.counters.packets_in += 1;
         self.counters.bytes_in += pkt.payload.len() as u64;
-        route
-            .ingest
-            .add(now, pkt.payload.len() + pkt.header.header_len);
-        if route.tracks[ti].kind == MediaKind::Video
+        let size = pkt.payload.len() + pkt.header.header_len;
+        route.ingest.add(now, size);
+        let track = &mut route.tracks[ti];
+        track.rate.add(now, size);
+        if track.kind == MediaKind::Video
             && pkt
                 .payload
                 .first()
                 .is_some_and(|b| matches!(b & 0x1f, 7 | 24))
             && let Some(sps) = crate::h264::sps_in_rtp_payload(&pkt.payload)
         {
-            route.sps = Some(sps);
+            track.sps = Some(sps);
+            if track.rank == 0 {
+                route.sps = Some(sps);
+            }
         }
         let cached = CachedPacket::from_rtp(&pkt);
         if let Some(tap) = &self.recorder {
@@ -159,13 +159,33 @@ impl Engine {
             return true;
         };
         let is_audio = kind == MediaKind::Audio;
-        if start == Start::IfSynced && !is_audio && !consumer.is_synced_to(epoch) {
+        let source = Source {
+            epoch,
+            layer: track.rank,
+        };
+        if !is_audio && consumer.layer != track.rank {
+            // Another simulcast layer than the viewer's: it waits for this one's keyframe
+            // only if it is moving to it, and takes it there.
+            if consumer.target != Some(track.rank) {
+                return true;
+            }
+            if start != Start::Here {
+                // Asked again at most once a second per layer (router.rs), until it comes.
+                if !self.pending_plis.contains(&(b, ti)) {
+                    self.pending_plis.push((b, ti));
+                }
+                return false;
+            }
+            consumer.layer = track.rank;
+            consumer.target = None;
+        }
+        if start == Start::IfSynced && !is_audio && !consumer.is_synced_to(source) {
             return false;
         }
         let (mut wrote, mut failed, mut rescheduled) = (false, false, false);
         for (i, p) in packets.iter().enumerate() {
             let src = SourcePacket {
-                epoch,
+                source,
                 seq: p.seq,
                 ts: p.ts,
                 sync_point: is_audio || (start == Start::Here && i == 0),
@@ -289,6 +309,12 @@ impl Engine {
             let mut decodes = true;
             for c in consumers.iter_mut() {
                 c.forget_pts();
+                // The new publisher may send fewer simulcast layers.
+                let layers = route.layers(c.kind);
+                if c.layer >= layers {
+                    c.layer = 0;
+                }
+                c.target = c.target.filter(|&t| t < layers && t != c.layer);
                 if let Some(track) = route.tracks.iter().find(|t| t.kind == c.kind) {
                     let config = rtc.codec_config();
                     decodes &= track

@@ -8,11 +8,13 @@ use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::rtp::ExtensionValues;
 use tracing::{debug, trace};
 
+use super::consumer::Source;
 use super::forward::{OUTBOX_BUDGET, Start};
 use super::gop;
 use super::hold::HOLD;
 use super::packet::CachedPacket;
 use super::peer::{Peer, Role};
+use super::router;
 use super::{Engine, PeerKey};
 
 impl Engine {
@@ -27,22 +29,39 @@ impl Engine {
     fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey, kind: Burst) {
         let Some(peer) = self.peer_mut(v) else { return };
         let b = peer.broadcast;
+        let wanted = match &peer.role {
+            Role::Viewer(cs) => cs
+                .iter()
+                .find(|c| c.kind == MediaKind::Video)
+                .map(|c| c.layer),
+            _ => None,
+        };
         let Some(route) = self.router.route(b) else {
             return;
         };
-        let Some(ti) = route
-            .tracks
-            .iter()
-            .position(|t| t.kind == MediaKind::Video && !t.keyframe.is_empty())
+        // The viewer's simulcast layer, or, while that has no keyframe yet, any that has
+        // (the viewer moves to its own at that one's first keyframe).
+        let has_keyframe = |t: &router::Track| t.kind == MediaKind::Video && !t.keyframe.is_empty();
+        let Some(ti) = wanted
+            .and_then(|l| route.layer_index(MediaKind::Video, l))
+            .filter(|&i| has_keyframe(&route.tracks[i]))
+            .or_else(|| route.tracks.iter().position(has_keyframe))
         else {
             return;
         };
         let track = &route.tracks[ti];
+        let layer = track.rank;
         let gop = match kind {
             Burst::WithGop => track.gop.packets(),
             Burst::Keyframe => None,
         };
-        let (keyframe, epoch) = (track.keyframe.clone(), route.epoch);
+        let (keyframe, source) = (
+            track.keyframe.clone(),
+            Source {
+                epoch: route.epoch,
+                layer,
+            },
+        );
         // What the viewer is sent, kept by its egress for NACKs (first_frame.rs): the
         // keyframe alone is shared as it is; with the GOP it is one copy per start, its
         // timestamps squeezed toward the live edge (gop.rs).
@@ -67,6 +86,10 @@ impl Engine {
             // Sent again (first_frame.rs): the viewer restarts from this keyframe.
             c.unsync();
             video_mid = Some(c.mid);
+            if c.layer != layer {
+                c.target = c.target.or(Some(c.layer));
+                c.layer = layer;
+            }
         }
         // The keyframe (and its first packet twice) at once; what follows it, held a
         // moment when we seal for the viewer (hold.rs).
@@ -106,7 +129,7 @@ impl Engine {
         };
         // Kept with the numbers it was sent under.
         if let (Some(egress), Some(first)) = (egress, sent.first())
-            && c.is_synced_to(epoch)
+            && c.is_synced_to(source)
             && let Some(pt) = c.mapped_pt(first.pt)
         {
             let out = (c.seq_out(first.seq), c.ts_out(first.ts));
@@ -159,14 +182,14 @@ impl Engine {
                 }
                 continue;
             }
-            let mid = track.mid;
+            let (mid, rid) = (track.mid, track.layer);
             let Some(peer) = self.peer_mut(publisher) else {
                 continue;
             };
             if !peer.connected {
                 continue;
             }
-            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 self.counters.plis_sent += 1;
                 trace!(broadcast = %b, "keyframe requested from publisher");

@@ -44,6 +44,7 @@ mod gop;
 mod hold;
 mod key;
 mod keyframes;
+mod layers;
 mod on_command;
 mod outbox;
 mod packet;
@@ -67,7 +68,7 @@ use slab::Slab;
 
 pub use self::command::{
     BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, Eviction,
-    IngestTrack, NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
+    IngestTrack, LayerError, NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};

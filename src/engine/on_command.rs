@@ -37,6 +37,9 @@ impl Engine {
                 Outcome::Closed(self.close_session(now, &session, publisher))
             }
             Command::Patch(patch) => Outcome::Patched(self.patch(now, patch)),
+            Command::SetLayer { session, layer } => {
+                Outcome::LayerSet(self.set_layer(&session, layer))
+            }
             Command::Stats => Outcome::Stats(self.stats()),
             Command::Info(b) => Outcome::Info(self.info(now, b)),
             Command::Status => Outcome::Status(

@@ -12,7 +12,7 @@ use super::router::Route;
 use crate::record::{Media, Packet, Tap};
 
 /// `--record`: a copy of the packet's handle (an `Arc`, no bytes) for the recorder, if its
-/// codec is one the recorder writes.
+/// codec is one the recorder writes and, with simulcast, it is of the full-size layer.
 pub(super) fn offer(
     tap: &Tap,
     (worker, b): (usize, BroadcastKey),
@@ -21,7 +21,11 @@ pub(super) fn offer(
     cached: &CachedPacket,
     now: Instant,
 ) {
-    let codec = route.tracks[ti]
+    let track = &route.tracks[ti];
+    if track.rank != 0 {
+        return;
+    }
+    let codec = track
         .params
         .iter()
         .find(|p| p.pt() == cached.pt)

@@ -184,12 +184,14 @@ impl Engine {
         // The cached keyframe becomes a new sync point that continues the viewer's numbering
         // (written as it stands, its packets would repeat numbers the viewer already had).
         // Alone, not with the GOP: the viewer has a picture and a timeline (see `Burst`).
+        let mut layer = 0;
         if let Some(c) = peer.consumer_mut(MediaKind::Video) {
             c.unsync();
+            layer = c.layer;
         }
         self.queue_start(key, Burst::Keyframe);
         if let Some(route) = self.router.route(b)
-            && let Some(i) = route.tracks.iter().position(|t| t.kind == MediaKind::Video)
+            && let Some(i) = route.layer_index(MediaKind::Video, layer)
         {
             self.pending_plis.push((b, i));
         }

@@ -86,8 +86,14 @@ pub(crate) struct Track {
     pub(crate) mid: Mid,
     pub(crate) kind: MediaKind,
     pub(crate) params: Vec<PayloadParams>,
-    /// The simulcast layer forwarded, if the publisher sends several.
+    /// The simulcast layer this track is, if the publisher sends several (each is a track).
     pub(crate) layer: Option<str0m::media::Rid>,
+    /// Its rank among the route's tracks of its kind: 0 for the full-size (or only) layer.
+    pub(crate) rank: u8,
+    /// What arrives on it (a simulcast layer's own bitrate).
+    pub(crate) rate: RateMeter,
+    /// H.264: what its SPS says (each simulcast layer has its own size).
+    pub(crate) sps: Option<crate::h264::SpsInfo>,
     /// Packets of the newest frame (same RTP timestamp), shared `Arc` payloads, any order.
     frame: Vec<CachedPacket>,
     frame_ts: Option<u32>,
@@ -240,7 +246,7 @@ impl Route {
         caches: Vec<(Arc<[CachedPacket]>, Gop)>,
     ) {
         self.epoch = epoch;
-        self.tracks = tracks.iter().map(Track::new).collect();
+        self.tracks = Track::all(tracks);
         for (t, (keyframe, gop)) in self.tracks.iter_mut().zip(caches) {
             t.keyframe = keyframe;
             t.gop = gop;
@@ -255,21 +261,57 @@ impl Route {
         self.sps = None;
         self.ingest_loss = None;
         self.epoch = self.epoch.wrapping_add(1);
-        self.tracks = tracks.iter().map(Track::new).collect();
+        self.tracks = Track::all(tracks);
     }
 
-    pub(crate) fn track_index(&self, mid: Mid) -> Option<usize> {
-        self.tracks.iter().position(|t| t.mid == mid)
+    /// The track of a packet: its m-line and, with simulcast, its layer.
+    pub(crate) fn track_index(&self, mid: Mid, rid: Option<str0m::media::Rid>) -> Option<usize> {
+        self.tracks
+            .iter()
+            .position(|t| t.mid == mid && (t.layer.is_none() || t.layer == rid))
+    }
+
+    /// The track of `kind` at simulcast rank `layer` (0: the full-size or only one).
+    pub(crate) fn layer(&self, kind: MediaKind, layer: u8) -> Option<&Track> {
+        self.tracks
+            .iter()
+            .find(|t| t.kind == kind && t.rank == layer)
+    }
+
+    /// Its index, as [`layer`](Self::layer).
+    pub(crate) fn layer_index(&self, kind: MediaKind, layer: u8) -> Option<usize> {
+        self.tracks
+            .iter()
+            .position(|t| t.kind == kind && t.rank == layer)
+    }
+
+    /// How many layers of `kind` the publisher sends (1 without simulcast).
+    pub(crate) fn layers(&self, kind: MediaKind) -> u8 {
+        self.tracks.iter().filter(|t| t.kind == kind).count() as u8
     }
 }
 
 impl Track {
-    fn new(spec: &IngestTrack) -> Self {
+    /// A publisher's tracks, each simulcast layer ranked among those of its kind in the
+    /// order given (the full-size layer first).
+    fn all(specs: &[IngestTrack]) -> Vec<Self> {
+        let mut tracks: Vec<Self> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let rank = tracks.iter().filter(|t| t.kind == spec.kind).count() as u8;
+            tracks.push(Self::new(spec, rank));
+        }
+        tracks
+    }
+
+    fn new(spec: &IngestTrack, rank: u8) -> Self {
         Self {
             mid: spec.mid,
             kind: spec.kind,
             params: spec.params.clone(),
             layer: spec.layer,
+            rank,
+            rate: RateMeter::default(),
+            sps: None,
             frame: Vec::new(),
             frame_ts: None,
             frame_is_key: false,

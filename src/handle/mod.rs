@@ -23,8 +23,8 @@ mod wiring;
 
 pub(crate) use self::wiring::{ReceiveCounters, RelayDrops, RouteUpdate};
 use crate::engine::{
-    BroadcastKey, Command, CommandError, EngineEvent, NewPeer, Outcome, PatchError, Patched,
-    SessionId, Stats, ViewerTrack,
+    BroadcastKey, Command, CommandError, EngineEvent, LayerError, NewPeer, Outcome, PatchError,
+    Patched, SessionId, Stats, ViewerTrack,
 };
 
 /// A command plus where its outcome goes.
@@ -162,6 +162,7 @@ impl EngineHandle {
             }
             Command::Close { session, publisher } => self.close(session, publisher).await,
             Command::Patch(patch) => self.patch(patch).await,
+            Command::SetLayer { session, layer } => self.set_layer(session, layer).await,
             Command::Stats => {
                 let mut total = Stats::default();
                 for load in self.worker_loads().await? {
@@ -292,6 +293,21 @@ impl EngineHandle {
             }
         }
         Ok(Outcome::Closed(false))
+    }
+
+    async fn set_layer(&self, session: SessionId, layer: u8) -> Result<Outcome, EngineGone> {
+        let mut outcome = Outcome::LayerSet(Err(LayerError::UnknownSession));
+        for w in self.candidates_for(&session) {
+            let command = Command::SetLayer {
+                session: session.clone(),
+                layer,
+            };
+            outcome = self.call_on(w, command).await?;
+            if !matches!(outcome, Outcome::LayerSet(Err(LayerError::UnknownSession))) {
+                break;
+            }
+        }
+        Ok(outcome)
     }
 
     async fn patch(&self, patch: crate::engine::Patch) -> Result<Outcome, EngineGone> {

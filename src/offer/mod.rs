@@ -142,7 +142,7 @@ impl SessionSetup {
         let parsed_layers: Vec<_> = parsed
             .media_lines
             .iter()
-            .map(|l| (l.mid(), preferred_layer(&l.rids())))
+            .map(|l| (l.mid(), layers_in_order(&l.rids())))
             .collect();
         let Accepted {
             rtc,
@@ -151,7 +151,7 @@ impl SessionSetup {
             keys,
             ..
         } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL, Ice::Udp)?;
-        let layers: Vec<(str0m::media::Mid, Option<str0m::media::Rid>)> = parsed_layers;
+        let layers: Vec<(str0m::media::Mid, Vec<str0m::media::Rid>)> = parsed_layers;
         let mut tracks = Vec::new();
         for (mid, kind, pts) in media_of(&rtc, &answer) {
             let params: Vec<PayloadParams> = pts
@@ -159,13 +159,23 @@ impl SessionSetup {
                 .filter_map(|pt| rtc.codec_config().find(|p| p.pt() == *pt).copied())
                 .collect();
             if !params.is_empty() && !tracks.iter().any(|t: &IngestTrack| t.kind == kind) {
-                let layer = layers.iter().find(|(m, _)| *m == mid).and_then(|(_, l)| *l);
-                tracks.push(IngestTrack {
-                    mid,
-                    kind,
-                    params,
-                    layer,
-                });
+                // A simulcast m-line is one track per layer, the full-size layer first.
+                let rids = (layers.iter())
+                    .find(|(m, _)| *m == mid)
+                    .map(|(_, rids)| rids.clone())
+                    .unwrap_or_default();
+                let rids: Vec<Option<str0m::media::Rid>> = match rids.is_empty() {
+                    true => vec![None],
+                    false => rids.into_iter().take(MAX_LAYERS).map(Some).collect(),
+                };
+                for layer in rids {
+                    tracks.push(IngestTrack {
+                        mid,
+                        kind,
+                        params: params.clone(),
+                        layer,
+                    });
+                }
             }
         }
         if tracks.is_empty() {
@@ -196,7 +206,13 @@ impl SessionSetup {
             .collect();
         let mut free = (96u8..=127).map(Pt::from).filter(|pt| !used.contains(pt));
         let mut params = Vec::new();
-        for t in publisher {
+        // A simulcast m-line is a track per layer, all with the same codecs: once each.
+        let one_per_mline = publisher
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| !publisher[..*i].iter().any(|u| u.mid == t.mid))
+            .map(|(_, t)| t);
+        for t in one_per_mline {
             for p in &t.params {
                 let resend = if t.kind == MediaKind::Video {
                     free.next()
@@ -350,14 +366,21 @@ pub(crate) fn media_of(rtc: &Rtc, answer: &str) -> Vec<(str0m::media::Mid, Media
         .collect()
 }
 
-/// The simulcast layer to forward: the full-resolution one. OBS names its layers "0" (full),
-/// "1", "2"; browsers commonly use "f", "h", "q".
-fn preferred_layer(rids: &[str0m::media::Rid]) -> Option<str0m::media::Rid> {
-    ["0", "f", "h", "q"]
+/// A simulcast m-line's layers, the full-resolution one first (where viewers start): OBS
+/// names its layers "0" (full), "1", "2"; browsers commonly use "f", "h", "q". The others
+/// keep the offer's order; which is larger is measured once they flow (router.rs).
+fn layers_in_order(rids: &[str0m::media::Rid]) -> Vec<str0m::media::Rid> {
+    let full = ["0", "f", "h", "q"]
         .iter()
         .find_map(|want| rids.iter().find(|r| r.to_string() == *want).copied())
-        .or_else(|| rids.first().copied())
+        .or_else(|| rids.first().copied());
+    full.into_iter()
+        .chain(rids.iter().copied().filter(|r| Some(*r) != full))
+        .collect()
 }
+
+/// Simulcast layers taken from one m-line: OBS sends at most 4, browsers 3.
+const MAX_LAYERS: usize = 4;
 
 /// The codec we take from one offered m-line, in our order of preference: H264 (what OBS
 /// sends and every browser plays, preferring constrained baseline), then VP8, VP9, AV1, H265;

@@ -1,0 +1,42 @@
+//! Simulcast layers per viewer: a publisher that sends several sizes of its video has each
+//! layer as a track of its own (router.rs, ranked from the full size down), and each viewer
+//! is sent one of them. Moving a viewer to another layer waits for that layer's next
+//! keyframe, asked for about once a second, and keeps sending the current layer until it
+//! arrives; the viewer sees one stream that goes on without a gap in its numbering
+//! (consumer.rs re-syncs on the new layer as on a new publisher).
+
+use str0m::media::MediaKind;
+
+use super::peer::{Role, live};
+use super::{Engine, LayerError, SessionId};
+
+impl Engine {
+    /// Moves viewer `session` to simulcast layer `layer` of its broadcast's video.
+    pub(super) fn set_layer(&mut self, session: &SessionId, layer: u8) -> Result<(), LayerError> {
+        let key = *self
+            .sessions
+            .get(session)
+            .ok_or(LayerError::UnknownSession)?;
+        let b = (self.peer_mut(key))
+            .ok_or(LayerError::UnknownSession)?
+            .broadcast;
+        let route = self.router.route(b).ok_or(LayerError::NoSuchLayer)?;
+        let ti = (route.layer_index(MediaKind::Video, layer)).ok_or(LayerError::NoSuchLayer)?;
+        let peer = live(&mut self.peers, key).ok_or(LayerError::UnknownSession)?;
+        let Role::Viewer(consumers) = &mut peer.role else {
+            return Err(LayerError::UnknownSession);
+        };
+        let c = (consumers.iter_mut())
+            .find(|c| c.kind == MediaKind::Video)
+            .ok_or(LayerError::NoSuchLayer)?;
+        if c.layer == layer {
+            c.target = None;
+            return Ok(());
+        }
+        c.target = Some(layer);
+        if !self.pending_plis.contains(&(b, ti)) {
+            self.pending_plis.push((b, ti));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Simulcast per viewer, on the simulated network: a publisher sends three layers of its
+//! video (OBS 32.1's shape: rids "0", "1", "2"), each viewer is sent one, and a viewer moved
+//! to another layer gets it from that layer's next keyframe, with the layer it had until then
+//! and no gap in its numbering.
+
+#![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::{Frame, Sim, engine_config};
+use whipcast::engine::{BroadcastKey, Command, LayerError, Outcome, SessionId};
+
+const B: BroadcastKey = BroadcastKey(1);
+const FRAME: Duration = Duration::from_millis(33);
+
+/// A simulcast publisher and a viewer of it, both connected; the viewer's session ID.
+fn publisher_and_viewer(sim: &mut Sim) -> (usize, usize, SessionId) {
+    let p = sim.publish_simulcast(B).expect("simulcast publish");
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[p].connected);
+    let v = sim.view(B).expect("viewer");
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.clients[v].connected);
+    let session = sim.clients[v].session.clone().expect("a session");
+    (p, v, session)
+}
+
+fn set_layer(sim: &mut Sim, session: &SessionId, layer: u8) -> Result<(), LayerError> {
+    let now = sim.now;
+    let command = Command::SetLayer {
+        session: session.clone(),
+        layer,
+    };
+    match sim.engine.handle_command(now, command) {
+        Outcome::LayerSet(r) => r,
+        other => panic!("SetLayer answered with {other:?}"),
+    }
+}
+
+/// Which layer each frame the viewer decoded is, by its bytes (`sent[n][layer]`).
+fn layers_of(got: &[Frame], sent: &[Vec<Vec<u8>>]) -> Vec<usize> {
+    got.iter()
+        .map(|f| {
+            (sent.iter())
+                .find_map(|layers| layers.iter().position(|l| *l == f.data))
+                .unwrap_or_else(|| panic!("a frame that no layer sent: {} bytes", f.data.len()))
+        })
+        .collect()
+}
+
+/// Each frame starts right after the one before, and its RTP time is later.
+fn assert_continuous(got: &[Frame]) {
+    for pair in got.windows(2) {
+        assert_eq!(
+            pair[1].seq_start,
+            pair[0].seq_end + 1,
+            "a gap in the viewer's numbering between frames at RTP time {} and {}",
+            pair[0].rtp_time,
+            pair[1].rtp_time
+        );
+        assert!(
+            pair[1].rtp_time > pair[0].rtp_time,
+            "RTP time goes back: {} then {}",
+            pair[0].rtp_time,
+            pair[1].rtp_time
+        );
+    }
+}
+
+#[test]
+fn a_viewer_moved_to_another_layer_gets_it_from_its_keyframe_with_no_gap() {
+    let mut sim = Sim::new(engine_config());
+    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let mut sent = Vec::new();
+    // Keyframes on every layer at frames 0 and 45.
+    for n in 0..30 {
+        sent.push(sim.send_simulcast_frame(p, n, n == 0));
+        sim.run_for(FRAME);
+    }
+    set_layer(&mut sim, &session, 2).expect("layer 2 exists");
+    for n in 30..90 {
+        sent.push(sim.send_simulcast_frame(p, n, n == 45));
+        sim.run_for(FRAME);
+    }
+    sim.run_for(Duration::from_millis(200));
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    eprintln!("layers of the {} frames decoded: {layers:?}", got.len());
+    assert!(got.len() >= 80, "viewer decoded {} frames", got.len());
+    let switch = layers
+        .iter()
+        .position(|&l| l == 2)
+        .expect("the viewer got layer 2");
+    assert!(
+        layers[..switch].iter().all(|&l| l == 0) && layers[switch..].iter().all(|&l| l == 2),
+        "layer 0, then layer 2 and nothing else: {layers:?}"
+    );
+    assert!(
+        got[switch].keyframe,
+        "the first frame of layer 2 is its keyframe"
+    );
+    assert!(
+        sent[45][2] == got[switch].data,
+        "it is frame 45's keyframe, the first after the move"
+    );
+    assert!(
+        switch >= 44,
+        "layer 0 until then ({switch} frames before the move)"
+    );
+    assert_continuous(&got);
+    // And back up to the full-size layer at its next keyframe.
+    set_layer(&mut sim, &session, 0).expect("layer 0 exists");
+    for n in 90..130 {
+        sent.push(sim.send_simulcast_frame(p, n, n == 100));
+        sim.run_for(FRAME);
+    }
+    sim.run_for(Duration::from_millis(200));
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    let back = switch
+        + layers[switch..]
+            .iter()
+            .position(|&l| l == 0)
+            .expect("back on layer 0");
+    assert!(sent[100][0] == got[back].data, "from frame 100's keyframe");
+    assert!(layers[back..].iter().all(|&l| l == 0), "{layers:?}");
+    assert_continuous(&got);
+}
+
+#[test]
+fn a_layer_whose_keyframe_never_comes_leaves_the_viewer_where_it_is() {
+    let mut sim = Sim::new(engine_config());
+    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        sent.push(sim.send_simulcast_frame(p, n, n == 0));
+        sim.run_for(FRAME);
+    }
+    let asked_before = sim.clients[p].keyframe_requests;
+    set_layer(&mut sim, &session, 1).expect("layer 1 exists");
+    // Three seconds without a keyframe on any layer.
+    for n in 10..100 {
+        sent.push(sim.send_simulcast_frame(p, n, false));
+        sim.run_for(FRAME);
+    }
+    sim.run_for(Duration::from_millis(200));
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    assert!(got.len() >= 95, "the picture goes on: {} frames", got.len());
+    assert!(layers.iter().all(|&l| l == 0), "still layer 0: {layers:?}");
+    assert_continuous(&got);
+    let asked = sim.clients[p].keyframe_requests - asked_before;
+    assert!(
+        (2..=4).contains(&asked),
+        "the layer's keyframe is asked for about once a second while it waits: {asked} in 3 s"
+    );
+}
+
+#[test]
+fn only_a_layer_the_publisher_sends_can_be_chosen_and_only_by_a_viewer() {
+    let mut sim = Sim::new(engine_config());
+    let (p, _v, session) = publisher_and_viewer(&mut sim);
+    assert_eq!(
+        set_layer(&mut sim, &session, 3),
+        Err(LayerError::NoSuchLayer)
+    );
+    let publisher = sim.clients[p].session.clone().unwrap();
+    assert_eq!(
+        set_layer(&mut sim, &publisher, 1),
+        Err(LayerError::UnknownSession)
+    );
+    assert_eq!(
+        set_layer(&mut sim, &SessionId::random(), 1),
+        Err(LayerError::UnknownSession)
+    );
+}
