@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{Frame, Sim, engine_config};
+use str0m::media::Rid;
 use whipcast::engine::{BroadcastKey, Command, LayerError, Outcome, SessionId};
 
 const B: BroadcastKey = BroadcastKey(1);
@@ -27,11 +28,12 @@ fn publisher_and_viewer(sim: &mut Sim) -> (usize, usize, SessionId) {
     (p, v, session)
 }
 
-fn set_layer(sim: &mut Sim, session: &SessionId, layer: u8) -> Result<(), LayerError> {
+/// Asks for the layer with rid `rid` (OBS's: "0" full size, "1", "2"; `None`: automatic).
+fn set_layer(sim: &mut Sim, session: &SessionId, rid: Option<&str>) -> Result<(), LayerError> {
     let now = sim.now;
     let command = Command::SetLayer {
         session: session.clone(),
-        layer,
+        rid: rid.map(Rid::from),
     };
     match sim.engine.handle_command(now, command) {
         Outcome::LayerSet(r) => r,
@@ -79,7 +81,7 @@ fn a_viewer_moved_to_another_layer_gets_it_from_its_keyframe_with_no_gap() {
         sent.push(sim.send_simulcast_frame(p, n, n == 0));
         sim.run_for(FRAME);
     }
-    set_layer(&mut sim, &session, 2).expect("layer 2 exists");
+    set_layer(&mut sim, &session, Some("2")).expect("layer 2 exists");
     for n in 30..90 {
         sent.push(sim.send_simulcast_frame(p, n, n == 45));
         sim.run_for(FRAME);
@@ -110,8 +112,8 @@ fn a_viewer_moved_to_another_layer_gets_it_from_its_keyframe_with_no_gap() {
         "layer 0 until then ({switch} frames before the move)"
     );
     assert_continuous(&got);
-    // And back up to the full-size layer at its next keyframe.
-    set_layer(&mut sim, &session, 0).expect("layer 0 exists");
+    // Automatic again: back up to the full-size layer at its next keyframe.
+    set_layer(&mut sim, &session, None).expect("automatic");
     for n in 90..130 {
         sent.push(sim.send_simulcast_frame(p, n, n == 100));
         sim.run_for(FRAME);
@@ -139,7 +141,7 @@ fn a_layer_whose_keyframe_never_comes_leaves_the_viewer_where_it_is() {
         sim.run_for(FRAME);
     }
     let asked_before = sim.clients[p].keyframe_requests;
-    set_layer(&mut sim, &session, 1).expect("layer 1 exists");
+    set_layer(&mut sim, &session, Some("1")).expect("layer 1 exists");
     // Three seconds without a keyframe on any layer.
     for n in 10..100 {
         sent.push(sim.send_simulcast_frame(p, n, false));
@@ -163,16 +165,16 @@ fn only_a_layer_the_publisher_sends_can_be_chosen_and_only_by_a_viewer() {
     let mut sim = Sim::new(engine_config());
     let (p, _v, session) = publisher_and_viewer(&mut sim);
     assert_eq!(
-        set_layer(&mut sim, &session, 3),
+        set_layer(&mut sim, &session, Some("3")),
         Err(LayerError::NoSuchLayer)
     );
     let publisher = sim.clients[p].session.clone().unwrap();
     assert_eq!(
-        set_layer(&mut sim, &publisher, 1),
+        set_layer(&mut sim, &publisher, Some("1")),
         Err(LayerError::UnknownSession)
     );
     assert_eq!(
-        set_layer(&mut sim, &SessionId::random(), 1),
+        set_layer(&mut sim, &SessionId::random(), Some("1")),
         Err(LayerError::UnknownSession)
     );
 }

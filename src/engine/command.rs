@@ -35,9 +35,13 @@ pub enum Command {
     /// A PATCH on a session URL (RFC 9725 §4.3): trickled candidates, or an ICE restart when
     /// the fragment carries new remote credentials (see `restart.rs`).
     Patch(Patch),
-    /// Send a viewer another simulcast layer (0 is the full-size one): it moves at that
-    /// layer's next keyframe, and is sent its current layer until then (`layers.rs`).
-    SetLayer { session: SessionId, layer: u8 },
+    /// Send a viewer the simulcast layer `rid`, or with `None` the one the server chooses:
+    /// it moves at that layer's next keyframe, and is sent its current layer until then
+    /// (`layers.rs`).
+    SetLayer {
+        session: SessionId,
+        rid: Option<str0m::media::Rid>,
+    },
     /// Counters for `/healthz`, `/metrics` and tests.
     Stats,
     /// State of one broadcast, for the broadcaster's live panel.

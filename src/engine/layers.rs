@@ -5,23 +5,34 @@
 //! arrives; the viewer sees one stream that goes on without a gap in its numbering
 //! (consumer.rs re-syncs on the new layer as on a new publisher).
 
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, Rid};
 
 use super::peer::{Role, live};
 use super::{Engine, LayerError, SessionId};
 
 impl Engine {
-    /// Moves viewer `session` to simulcast layer `layer` of its broadcast's video.
-    pub(super) fn set_layer(&mut self, session: &SessionId, layer: u8) -> Result<(), LayerError> {
-        let key = *self
-            .sessions
-            .get(session)
-            .ok_or(LayerError::UnknownSession)?;
-        let b = (self.peer_mut(key))
-            .ok_or(LayerError::UnknownSession)?
-            .broadcast;
+    /// Moves viewer `session` to the simulcast layer `rid` of its broadcast's video, or with
+    /// `None` to the one the server chooses (the full-size layer).
+    pub(super) fn set_layer(
+        &mut self,
+        session: &SessionId,
+        rid: Option<Rid>,
+    ) -> Result<(), LayerError> {
+        let key = *(self.sessions.get(session)).ok_or(LayerError::UnknownSession)?;
+        let peer = self.peer_mut(key).ok_or(LayerError::UnknownSession)?;
+        // A publisher's session is no viewer's: the same answer as for no session at all.
+        if !matches!(peer.role, Role::Viewer(_)) {
+            return Err(LayerError::UnknownSession);
+        }
+        let b = peer.broadcast;
         let route = self.router.route(b).ok_or(LayerError::NoSuchLayer)?;
-        let ti = (route.layer_index(MediaKind::Video, layer)).ok_or(LayerError::NoSuchLayer)?;
+        let ti = match rid {
+            None => route.layer_index(MediaKind::Video, 0),
+            Some(rid) => (route.tracks.iter())
+                .position(|t| t.kind == MediaKind::Video && t.layer == Some(rid)),
+        }
+        .ok_or(LayerError::NoSuchLayer)?;
+        let layer = route.tracks[ti].rank;
         let peer = live(&mut self.peers, key).ok_or(LayerError::UnknownSession)?;
         let Role::Viewer(consumers) = &mut peer.role else {
             return Err(LayerError::UnknownSession);

@@ -37,9 +37,7 @@ impl Engine {
                 Outcome::Closed(self.close_session(now, &session, publisher))
             }
             Command::Patch(patch) => Outcome::Patched(self.patch(now, patch)),
-            Command::SetLayer { session, layer } => {
-                Outcome::LayerSet(self.set_layer(&session, layer))
-            }
+            Command::SetLayer { session, rid } => Outcome::LayerSet(self.set_layer(&session, rid)),
             Command::Stats => Outcome::Stats(self.stats()),
             Command::Info(b) => Outcome::Info(self.info(now, b)),
             Command::Status => Outcome::Status(

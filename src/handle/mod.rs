@@ -162,7 +162,7 @@ impl EngineHandle {
             }
             Command::Close { session, publisher } => self.close(session, publisher).await,
             Command::Patch(patch) => self.patch(patch).await,
-            Command::SetLayer { session, layer } => self.set_layer(session, layer).await,
+            Command::SetLayer { session, rid } => self.set_layer(session, rid).await,
             Command::Stats => {
                 let mut total = Stats::default();
                 for load in self.worker_loads().await? {
@@ -295,12 +295,16 @@ impl EngineHandle {
         Ok(Outcome::Closed(false))
     }
 
-    async fn set_layer(&self, session: SessionId, layer: u8) -> Result<Outcome, EngineGone> {
+    async fn set_layer(
+        &self,
+        session: SessionId,
+        rid: Option<str0m::media::Rid>,
+    ) -> Result<Outcome, EngineGone> {
         let mut outcome = Outcome::LayerSet(Err(LayerError::UnknownSession));
         for w in self.candidates_for(&session) {
             let command = Command::SetLayer {
                 session: session.clone(),
-                layer,
+                rid,
             };
             outcome = self.call_on(w, command).await?;
             if !matches!(outcome, Outcome::LayerSet(Err(LayerError::UnknownSession))) {

@@ -9,6 +9,7 @@ mod cluster;
 mod conn;
 mod edges;
 mod events;
+mod layer;
 pub mod limits;
 mod listen;
 mod metrics;
@@ -202,6 +203,13 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
                 if let Some(id) = rest.strip_suffix("/sse") {
                     return events::session(state, req, id).await;
                 }
+                if let Some(id) = rest.strip_suffix("/layer") {
+                    let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
+                    return match method {
+                        Method::POST => layer::select(state, req, session).await,
+                        _ => Err(not_allowed("POST, OPTIONS")),
+                    };
+                }
                 return session(state, req, rest, false).await;
             }
             if let Some(channel) = path.strip_prefix("/stream/events/") {
@@ -305,6 +313,8 @@ pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, 
 fn preflight(path: &str) -> HttpResponse {
     let methods = if path.ends_with("/sse") || path.starts_with("/stream/events") {
         "GET, POST, OPTIONS"
+    } else if path.ends_with("/layer") {
+        "POST, OPTIONS"
     } else if path.contains("/session/") {
         "DELETE, PATCH, OPTIONS"
     } else {

@@ -7,7 +7,7 @@ use hyper::{Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::edge::Refusal;
-use crate::engine::{CommandError, PatchError};
+use crate::engine::{CommandError, LayerError, PatchError};
 use crate::offer::OfferError;
 
 /// Everything a request can fail with. Each variant names the condition; `response` decides
@@ -66,6 +66,12 @@ pub enum ApiError {
         "unknown event \"{0}\"; this server sends active, inactive, viewercount, reconnect, reconnecting, evicted and revoked"
     )]
     UnknownEvent(String),
+    #[error(
+        "send the wanted layer as JSON with mediaId and rid only, e.g. {{\"mediaId\":\"0\",\"rid\":\"1\"}}, or {{\"mediaId\":\"0\"}} to let the server choose"
+    )]
+    BadLayerRequest,
+    #[error("this broadcast has no such layer; the layers event lists them")]
+    NoSuchLayer,
     #[error("the server has too many event streams open; try again shortly")]
     TooManyEventStreams,
     #[error("the server is shutting down")]
@@ -123,6 +129,15 @@ impl From<PatchError> for ApiError {
     }
 }
 
+impl From<LayerError> for ApiError {
+    fn from(e: LayerError) -> Self {
+        match e {
+            LayerError::UnknownSession => Self::UnknownSession,
+            LayerError::NoSuchLayer => Self::NoSuchLayer,
+        }
+    }
+}
+
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
@@ -143,9 +158,11 @@ impl ApiError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::BodyUnreadable | Self::BadEventList | Self::UnknownEvent(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BodyUnreadable
+            | Self::BadEventList
+            | Self::UnknownEvent(_)
+            | Self::BadLayerRequest => StatusCode::BAD_REQUEST,
+            Self::NoSuchLayer => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Offer(
                 O::Malformed(_) | O::TooManyMedia(_) | O::NoMedia(_) | O::Negotiation(_),
             ) => StatusCode::BAD_REQUEST,

@@ -1,0 +1,135 @@
+//! `POST /stream/session/<id>/layer`, the WHEP draft's video layer selection, from the
+//! outside: what a player, a stranger and a publisher's session get.
+
+#![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
+
+mod common;
+
+use common::http_server::{self, Running, create, problem, whip};
+use common::sim::{obs_offer, viewer_offer};
+use reqwest::{StatusCode, header};
+
+async fn post_layer(r: &Running, path: &str, content_type: &str, body: &str) -> reqwest::Response {
+    r.http
+        .post(format!("{}{path}/layer", r.base))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_viewer_session_takes_layer_requests_and_bad_ones_get_a_clear_4xx() {
+    let r = http_server::start("http_layer", &[]).await;
+    let (id, view) = create(&r).await;
+    let published = whip(&r, Some(&id), "application/sdp", obs_offer()).await;
+    assert_eq!(published.status(), StatusCode::CREATED);
+    let publisher = published.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let viewer = r
+        .http
+        .post(format!("{}/stream?id={view}", r.base))
+        .header(header::CONTENT_TYPE, "application/sdp")
+        .body(viewer_offer(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer.status(), StatusCode::CREATED);
+    let session = viewer.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(session.starts_with("/stream/session/"), "{session}");
+
+    // The server's choice back: this broadcast has one layer, so that is all there is.
+    let ok = post_layer(&r, &session, "application/json", r#"{"mediaId":"0"}"#).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let (_, detail) = problem(
+        post_layer(
+            &r,
+            &session,
+            "application/json",
+            r#"{"mediaId":"0","rid":"1"}"#,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(detail.contains("no such layer"), "{detail}");
+    // Broadcast Box's players name the rid `encodingId`.
+    problem(
+        post_layer(&r, &session, "application/json", r#"{"encodingId":"1"}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    for bad in [
+        "not json",
+        r#"{"rid":"a b"}"#,
+        r#"{"rid":""}"#,
+        r#"{"rid":1}"#,
+        r#"{"mediaId":"0","bogus":true}"#,
+    ] {
+        let (_, detail) = problem(
+            post_layer(&r, &session, "application/json", bad).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(detail.contains("mediaId"), "{bad}: {detail}");
+    }
+    problem(
+        post_layer(&r, &session, "text/plain", r#"{"mediaId":"0"}"#).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
+
+    // A stranger's guess, and the publisher's own session under the viewers' URL space.
+    problem(
+        post_layer(
+            &r,
+            "/stream/session/AAAAAAAAAAAAAAAAAAAAAA",
+            "application/json",
+            "{}",
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let publisher_id = publisher.rsplit('/').next().unwrap();
+    problem(
+        post_layer(
+            &r,
+            &format!("/stream/session/{publisher_id}"),
+            "application/json",
+            r#"{"rid":"0"}"#,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+
+    let get = r
+        .http
+        .get(format!("{}{session}/layer", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let preflight = r
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}{session}/layer", r.base),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        preflight.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
+        "POST, OPTIONS"
+    );
+    r.server.shutdown().await;
+}
