@@ -36,6 +36,8 @@ const LOSE_5_PERCENT: &str = "table inet lossy {
 
 /// How long the repair is watched, from the first NACK.
 const WATCHED: Duration = Duration::from_secs(10);
+/// Readings per end of the watched time (see [`lag`]).
+const LAG_READINGS: usize = 5;
 /// How long the picture may be frozen in all while it is watched.
 const MAX_FROZEN: Duration = Duration::from_millis(500);
 
@@ -59,6 +61,24 @@ window.whipcast.pc.getStats().then((stats) => {
 
 fn video_inbound(page: &Browser) -> Value {
     page.js_async(VIDEO_INBOUND, json!([]))
+}
+
+/// How many frames the viewer is behind the publisher (sent and not decoded), the least of
+/// [`LAG_READINGS`] readings a fifth of a second apart; the last reading's stats and frames
+/// sent. A frame
+/// that waits for its retransmission is behind for a moment only; one never repaired stays
+/// behind, so only those make the least reading grow between two times.
+fn lag(viewer: &Browser, obs: &Client) -> (i64, Value, i64) {
+    let (mut least, mut stats, mut sent) = (i64::MAX, Value::Null, 0);
+    for i in 0..LAG_READINGS {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        sent = obs.frames().len() as i64;
+        stats = video_inbound(viewer);
+        least = least.min(sent - count(&stats, "framesDecoded"));
+    }
+    (least, stats, sent)
 }
 
 /// A counter of `field` in `stats`; fails when the browser did not report it.
@@ -135,9 +155,11 @@ async fn chromium_viewer_behind_5_percent_loss_keeps_decoding_with_retransmissio
             (stats["nackCount"].as_u64().unwrap_or(0) > 0).then_some(stats)
         });
         let before = asked["retransmittedPacketsReceived"].as_u64().unwrap_or(0);
-        let (link_before, sent_before) = (datagrams(&ns), obs.frames().len());
+        let link_before = datagrams(&ns);
+        let (lag_before, _, sent_before) = lag(&viewer, &obs);
         std::thread::sleep(WATCHED);
-        let (stats, link, sent) = (video_inbound(&viewer), datagrams(&ns), obs.frames().len());
+        let (lag_after, stats, sent_after) = lag(&viewer, &obs);
+        let link = datagrams(&ns);
         eprintln!("after {WATCHED:?}: video inbound-rtp: {stats}");
         let (arrived, dropped) = (link.0 - link_before.0, link.1 - link_before.1);
         let dropped_share = dropped as f64 / arrived.max(1) as f64;
@@ -150,16 +172,17 @@ async fn chromium_viewer_behind_5_percent_loss_keeps_decoding_with_retransmissio
             "the link dropped {dropped} of {arrived} datagrams: too few to test a repair"
         );
         // A packet never repaired leaves its frame incomplete, and the decoder waits for the
-        // next keyframe: the frames decoded fall short of those sent by up to a GOP each time.
-        // (Chromium's packetsLost cannot say it: RTX-recovered packets are not counted as
-        // received on the media stream, so it stays near the link's loss however well
-        // retransmission repairs.)
+        // next keyframe: the frames decoded fall behind those sent for good, by up to a GOP
+        // each time. (Chromium's packetsLost cannot say it: RTX-recovered packets are not
+        // counted as received on the media stream, so it stays near the link's loss however
+        // well retransmission repairs.)
         let delta = |field: &str| count(&stats, field) - count(&asked, field);
-        let sent = (sent - sent_before) as i64;
-        let missing = (sent - delta("framesDecoded")).max(0);
+        let sent = sent_after - sent_before;
+        let missing = (lag_after - lag_before).max(0);
         let missing_share = missing as f64 / sent.max(1) as f64;
         eprintln!(
-            "frames sent {sent}, not decoded {missing} ({:.2} %); packetsLost rose {} of {}",
+            "frames behind: {lag_before} at the start, {lag_after} at the end: {missing} of the \
+             {sent} sent meanwhile not decoded ({:.2} %); packetsLost rose {} of {}",
             missing_share * 100.0,
             delta("packetsLost"),
             delta("packetsReceived") + delta("packetsLost")

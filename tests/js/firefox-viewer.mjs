@@ -124,12 +124,16 @@ try {
   const png = await video.screenshot({ encoding: 'base64' });
   writeFileSync(screenshotPath, Buffer.from(png, 'base64'));
   const screenshot = await pixels(page, png);
+  // Looked at until the last look is the whole hold after the first: the time of a look is
+  // taken before its reads, so a loop timed from before the first look could end short.
   const timeline = [];
-  const holdUntil = Date.now() + holdSeconds * 1000;
+  let holdUntil = null;
   while (holdSeconds > 0) {
+    const t = Date.now();
+    holdUntil ??= t + holdSeconds * 1000;
     const audio = await audioReceived(page);
     timeline.push({
-      t: Date.now(),
+      t,
       // With the title the page shows when not live: it says why.
       state: await page.evaluate(() => {
         const s = window.whipcast && window.whipcast.state;
@@ -140,7 +144,7 @@ try {
       packets: audio.packets,
       samples: audio.samples,
     });
-    if (Date.now() >= holdUntil) break;
+    if (t >= holdUntil) break;
     await new Promise((r) => setTimeout(r, 1000));
   }
   const state = await page.evaluate(() => window.whipcast.state);
