@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::sim::{Frame, Sim, engine_config};
 use str0m::media::Rid;
-use whipcast::engine::{BroadcastKey, Command, LayerError, Outcome, SessionId};
+use whipcast::engine::{
+    BroadcastKey, Command, EngineEvent, LayerError, LayerState, Outcome, SessionId,
+};
 
 const B: BroadcastKey = BroadcastKey(1);
 const FRAME: Duration = Duration::from_millis(33);
@@ -176,5 +178,73 @@ fn only_a_layer_the_publisher_sends_can_be_chosen_and_only_by_a_viewer() {
     assert_eq!(
         set_layer(&mut sim, &SessionId::random(), Some("1")),
         Err(LayerError::UnknownSession)
+    );
+}
+
+#[test]
+fn the_broadcast_info_lists_every_layer_as_it_arrives() {
+    let mut sim = Sim::new(engine_config());
+    let (p, _v, _session) = publisher_and_viewer(&mut sim);
+    for n in 0..90 {
+        sim.send_simulcast_frame(p, n, n % 30 == 0);
+        sim.run_for(FRAME);
+    }
+    let now = sim.now;
+    let Outcome::Info(info) = sim.engine.handle_command(now, Command::Info(B)) else {
+        panic!("Info is answered with Info");
+    };
+    let rids: Vec<Option<&str>> = info.layers.iter().map(|l| l.rid.as_deref()).collect();
+    assert_eq!(rids, [Some("0"), Some("1"), Some("2")], "full size first");
+    assert!(
+        info.layers
+            .iter()
+            .all(|l| l.bitrate_bps > 0 && l.size.is_some() && l.fps.is_some()),
+        "each layer's own bitrate, size and frame rate: {:?}",
+        info.layers
+    );
+}
+
+#[test]
+fn viewers_are_told_the_layers_when_they_change_and_not_more_often() {
+    let mut sim = Sim::new(engine_config());
+    let (p, _v, _session) = publisher_and_viewer(&mut sim);
+    // Six seconds of all three layers, then five of the full-size one alone.
+    for n in 0..180 {
+        sim.send_simulcast_frame(p, n, n % 30 == 0);
+        sim.run_for(FRAME);
+    }
+    let told = |sim: &Sim| -> Vec<Vec<LayerState>> {
+        (sim.events.iter())
+            .filter_map(|e| match e {
+                EngineEvent::LayersChanged { broadcast, layers } if *broadcast == B => {
+                    Some(layers.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let before = told(&sim);
+    assert!(!before.is_empty(), "told of the layers");
+    let last = before.last().unwrap();
+    let rids: Vec<&str> = last.iter().map(|l| l.rid.as_str()).collect();
+    assert_eq!(rids, ["0", "1", "2"]);
+    assert!(
+        last.iter().all(|l| l.bitrate_bps > 0 && l.size.is_some()),
+        "{last:?}"
+    );
+    assert!(
+        before.len() <= 3,
+        "a steady stream is not told over and over: {} times in 6 s",
+        before.len()
+    );
+    for n in 180..330 {
+        sim.send_simulcast_layers(p, n, n % 30 == 0, 1);
+        sim.run_for(FRAME);
+    }
+    let after = told(&sim);
+    let last = after.last().unwrap();
+    assert!(
+        last[0].bitrate_bps > 0 && last[1].bitrate_bps == 0 && last[2].bitrate_bps == 0,
+        "layers that stop arriving are told as such: {last:?}"
     );
 }

@@ -43,6 +43,21 @@ async fn a_viewer_session_takes_layer_requests_and_bad_ones_get_a_clear_4xx() {
         .unwrap()
         .to_owned();
     assert!(session.starts_with("/stream/session/"), "{session}");
+    let links: Vec<String> = (viewer.headers().get_all(header::LINK).iter())
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        links.iter().any(
+            |l| l == &format!("<{session}/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\"")
+        ),
+        "the answer names the layer URL: {links:?}"
+    );
+    assert!(
+        links
+            .iter()
+            .any(|l| l.contains("server-sent-events") && l.contains("layers")),
+        "and the layers event the draft requires with it: {links:?}"
+    );
 
     // The server's choice back: this broadcast has one layer, so that is all there is.
     let ok = post_layer(&r, &session, "application/json", r#"{"mediaId":"0"}"#).await;

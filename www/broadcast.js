@@ -66,11 +66,29 @@ function render(p) {
   $('whip-url').textContent = p.whip_url;
   $('token').textContent = broadcastId;
   show('full', p.server_full);
+  renderLayers(p.layers || []);
   const warnings = $('warnings');
   warnings.replaceChildren(...p.warnings.map((w) => {
     const div = document.createElement('div');
     div.className = 'warn';
     div.textContent = w;
+    return div;
+  }));
+}
+
+// Simulcast: each layer OBS sends, the full-size one first; viewers each get the one
+// their connection carries.
+function renderLayers(layers) {
+  const box = $('layers');
+  show('layers', layers.length > 0);
+  box.replaceChildren(...layers.map((l, i) => {
+    const div = document.createElement('div');
+    div.className = 'stat';
+    const b = document.createElement('b');
+    b.textContent = l.bitrate_kbps ? `${l.resolution || '?'} · ${l.bitrate_kbps} kb/s` : 'not arriving';
+    const span = document.createElement('span');
+    span.textContent = `layer ${i + 1} of ${layers.length} (rid ${l.rid})${l.fps ? ` · ${l.fps} fps` : ''}`;
+    div.append(b, span);
     return div;
   }));
 }

@@ -4,7 +4,7 @@
 // session it is for, and the worker passes it to that session's tab. If the stream fails, every
 // tab on it hears 'error' and starts over, as it would with its own EventSource.
 
-const NAMES = ['active', 'inactive', 'viewercount', 'reconnect', 'reconnecting', 'evicted', 'revoked'];
+const NAMES = ['active', 'inactive', 'viewercount', 'reconnect', 'reconnecting', 'evicted', 'revoked', 'layers'];
 const servers = new Map(); // origin -> { source, channel, sessions: Map<session ID, port> }
 
 onconnect = (e) => {

@@ -217,7 +217,10 @@ async function subscribe(link, base) {
   const match = link && link.match(/<([^>]+)>\s*;[^,]*rel="urn:ietf:params:whep:ext:core:server-sent-events"/);
   if (!match) return;
   if (base) match[1] = new URL(match[1], base).href;
-  const wanted = ['active', 'inactive', 'viewercount', 'reconnect', 'reconnecting', 'evicted', 'revoked'];
+  const wanted = ['active', 'inactive', 'viewercount', 'reconnect', 'reconnecting', 'evicted', 'revoked', 'layers'];
+  const layer = link.match(/<([^>]+)>\s*;[^,]*rel="urn:ietf:params:whep:ext:core:layer"/);
+  player.layerUrl = layer ? (base ? new URL(layer[1], base).href : layer[1]) : null;
+  quality.value = ''; // a new session starts on the server's choice
   const res = await fetch(match[1], { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(wanted) });
   if (res.status !== 201) return;
   const stream = res.headers.get('Location') || match[1];
@@ -236,6 +239,7 @@ async function subscribe(link, base) {
     const n = data(e).viewercount;
     $('viewers').textContent = n === 1 ? '1 watching' : `${n} watching`;
   });
+  events.addEventListener('layers', (e) => showLayers(data(e)['0'] || []));
   events.addEventListener('inactive', () => {
     player.ended = true;
     teardown();
@@ -268,6 +272,24 @@ async function subscribe(link, base) {
     retry(1000);
   };
 }
+
+// The quality menu (a simulcast broadcast only): Auto lets the server choose; a layer, by its
+// height, pins it (the WHEP draft's layer selection, POSTed to the session's layer URL).
+const quality = $('quality');
+function showLayers(layers) {
+  const arriving = layers.filter((l) => l.bitrate > 0);
+  quality.classList.toggle('hidden', arriving.length < 2 || !player.layerUrl);
+  const chosen = quality.value;
+  quality.replaceChildren(new Option('Auto', ''), ...arriving.map((l) =>
+    new Option(l.height ? `${l.height}p` : `layer ${l.rid}`, l.rid)));
+  quality.value = arriving.some((l) => l.rid === chosen) ? chosen : '';
+}
+quality.addEventListener('change', () => {
+  if (!player.layerUrl) return;
+  const body = quality.value ? { mediaId: '0', rid: quality.value } : { mediaId: '0' };
+  fetch(player.layerUrl, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })
+    .catch(() => {});
+});
 
 video.addEventListener('playing', () => {
   if (player.state === 'connecting' || player.state === 'waiting') show('live', '');

@@ -297,6 +297,20 @@ pub struct BroadcastInfo {
     /// How long each connected viewer (not an edge's relay) has been connected, oldest
     /// first: an edge reports them to its origin, which caps the whole cluster.
     pub connected_for: Vec<std::time::Duration>,
+    /// The publisher's video layers, the full-size one first (one without simulcast).
+    pub layers: Vec<LayerInfo>,
+}
+
+/// One simulcast layer (or the one video stream) as it arrives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerInfo {
+    /// Its rid, with simulcast.
+    pub rid: Option<String>,
+    /// Bits per second over the last second (0: nothing arrives on it).
+    pub bitrate_bps: u64,
+    /// Its picture size, from its SPS (H.264).
+    pub size: Option<(u32, u32)>,
+    pub fps: Option<f32>,
 }
 
 /// Something that happened, for the HTTP layer (viewer counts, SSE) and logs.
@@ -321,6 +335,22 @@ pub enum EngineEvent {
         session: SessionId,
         reason: CloseReason,
     },
+    /// A simulcast broadcast's layers changed (one started or stopped arriving, changed size,
+    /// or its bitrate moved by a fifth), at most every [`LAYERS_EVERY`](super::LAYERS_EVERY):
+    /// what viewers choose from.
+    LayersChanged {
+        broadcast: BroadcastKey,
+        layers: Vec<LayerState>,
+    },
+}
+
+/// A simulcast layer as viewers are told of it: the WHEP draft's `layers` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerState {
+    pub rid: String,
+    /// 0 when it does not arrive now.
+    pub bitrate_bps: u64,
+    pub size: Option<(u32, u32)>,
 }
 
 /// Why a session ended.

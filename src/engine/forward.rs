@@ -66,6 +66,7 @@ impl Engine {
             record_tap::offer(tap, (self.config.worker, b), route, ti, &cached, now);
         }
         let exts = fresh_extensions(&pkt.header.ext_vals);
+        self.tell_layers(now, b);
         self.relay(b, ti, &cached, wallclock, &exts);
         self.fan_out(now, b, ti, cached, wallclock, &exts);
     }

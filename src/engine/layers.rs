@@ -5,10 +5,12 @@
 //! arrives; the viewer sees one stream that goes on without a gap in its numbering
 //! (consumer.rs re-syncs on the new layer as on a new publisher).
 
+use std::time::{Duration, Instant};
+
 use str0m::media::{MediaKind, Rid};
 
 use super::peer::{Role, live};
-use super::{Engine, LayerError, SessionId};
+use super::{BroadcastKey, Engine, EngineEvent, LayerError, LayerState, SessionId};
 
 impl Engine {
     /// Moves viewer `session` to the simulcast layer `rid` of its broadcast's video, or with
@@ -51,3 +53,50 @@ impl Engine {
         Ok(())
     }
 }
+
+impl Engine {
+    /// Tells viewers of simulcast broadcast `b` its layers when they changed enough, at most
+    /// every [`LAYERS_EVERY`] (called with each of its packets: a comparison until then).
+    pub(super) fn tell_layers(&mut self, now: Instant, b: BroadcastKey) {
+        let Some(route) = self.router.route_mut(b) else {
+            return;
+        };
+        if route.layers(MediaKind::Video) < 2
+            || route.layers_told.1.is_some_and(|t| now < t + LAYERS_EVERY)
+        {
+            return;
+        }
+        let layers: Vec<LayerState> = (route.tracks.iter())
+            .filter(|t| t.kind == MediaKind::Video)
+            .map(|t| LayerState {
+                rid: t.layer.map(|r| r.to_string()).unwrap_or_default(),
+                bitrate_bps: t.rate.bps(now),
+                size: t.sps.map(|s| (s.width, s.height)),
+            })
+            .collect();
+        route.layers_told.1 = Some(now);
+        if !changed(&route.layers_told.0, &layers) {
+            return;
+        }
+        route.layers_told.0 = layers.clone();
+        self.events.push_back(EngineEvent::LayersChanged {
+            broadcast: b,
+            layers,
+        });
+    }
+}
+
+/// Whether viewers should hear of `new`: a layer started or stopped arriving, changed size,
+/// or its bitrate moved by more than a fifth.
+fn changed(old: &[LayerState], new: &[LayerState]) -> bool {
+    old.len() != new.len()
+        || old.iter().zip(new).any(|(a, b)| {
+            a.rid != b.rid
+                || a.size != b.size
+                || (a.bitrate_bps == 0) != (b.bitrate_bps == 0)
+                || a.bitrate_bps.abs_diff(b.bitrate_bps) * 5 > a.bitrate_bps
+        })
+}
+
+/// How often viewers may be told of a broadcast's layers.
+pub const LAYERS_EVERY: Duration = Duration::from_secs(2);

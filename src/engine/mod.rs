@@ -58,6 +58,7 @@ mod router;
 mod span;
 mod teardown;
 mod timers;
+mod track;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};
@@ -68,10 +69,12 @@ use slab::Slab;
 
 pub use self::command::{
     BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, Eviction,
-    IngestTrack, LayerError, NewPeer, Outcome, Patch, PatchError, Patched, Stats, ViewerTrack,
+    IngestTrack, LayerError, LayerInfo, LayerState, NewPeer, Outcome, Patch, PatchError, Patched,
+    Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
+pub use self::layers::LAYERS_EVERY;
 pub use self::on_command::PROBE_TIMEOUT;
 pub use self::outbox::{Transmit, TransmitRun};
 pub use self::report::viewer_cname;

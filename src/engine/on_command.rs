@@ -215,6 +215,7 @@ impl Engine {
             keyframe_interval: video.and_then(|t| t.doctor.keyframe_interval),
             b_frames: video.is_some_and(|t| t.doctor.b_frames(now)),
             connected_for: self.connected_for(now, b),
+            layers: route.map_or_else(Vec::new, |r| r.layer_infos(now)),
         }
     }
 

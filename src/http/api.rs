@@ -89,6 +89,8 @@ struct BroadcastPanel {
     fps: Option<f32>,
     keyframe_interval_s: Option<f32>,
     b_frames: bool,
+    /// With simulcast, each layer as it arrives, the full-size one first (empty without).
+    layers: Vec<PanelLayer>,
     /// The publisher's client, from the User-Agent of its WHIP POST (e.g. "OBS-Studio/31.0.2").
     publisher_agent: Option<String>,
     view_id: String,
@@ -102,6 +104,15 @@ struct BroadcastPanel {
     /// Not live, and no slot free: OBS would get 503 now.
     server_full: bool,
     warnings: Vec<String>,
+}
+
+/// One simulcast layer on the broadcaster page.
+#[derive(Serialize)]
+struct PanelLayer {
+    rid: Option<String>,
+    bitrate_kbps: u64,
+    resolution: Option<String>,
+    fps: Option<f32>,
 }
 
 pub(super) async fn broadcast_panel(
@@ -143,6 +154,17 @@ pub(super) async fn broadcast_panel(
             .keyframe_interval
             .map(|d| (d.as_secs_f32() * 10.0).round() / 10.0),
         b_frames: info.b_frames,
+        layers: match info.layers.len() {
+            0 | 1 => Vec::new(),
+            _ => (info.layers.iter())
+                .map(|l| PanelLayer {
+                    rid: l.rid.clone(),
+                    bitrate_kbps: l.bitrate_bps / 1000,
+                    resolution: l.size.map(|(w, h)| format!("{w}x{h}")),
+                    fps: l.fps.map(|f| (f * 10.0).round() / 10.0),
+                })
+                .collect(),
+        },
         publisher_agent: state.agents.lock().expect("agents lock").get(&key).cloned(),
         viewer_url: format!("{origin}/stream?id={view_id}"),
         view_id,

@@ -63,7 +63,7 @@ pub enum ApiError {
     #[error("send the wanted events as a JSON list of strings, e.g. [\"active\",\"inactive\"]")]
     BadEventList,
     #[error(
-        "unknown event \"{0}\"; this server sends active, inactive, viewercount, reconnect, reconnecting, evicted and revoked"
+        "unknown event \"{0}\"; this server sends active, inactive, viewercount, reconnect, reconnecting, evicted, revoked and layers"
     )]
     UnknownEvent(String),
     #[error(

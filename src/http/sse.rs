@@ -1,5 +1,6 @@
 //! Server-sent events for viewers (the WHEP "core extensions" SSE extension): `active`,
-//! `inactive`, `viewercount`, plus our `reconnecting`, `evicted` and `revoked`.
+//! `inactive`, `viewercount`, `layers` (a simulcast broadcast's layers, to choose from), plus
+//! our `reconnecting`, `evicted` and `revoked`.
 //!
 //! Engine events arrive on one channel; the [`Hub`] turns them into per-session event streams,
 //! or into a shared stream (a "channel") that carries the events of several sessions, each
@@ -17,7 +18,9 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use tokio::sync::mpsc;
 
-use crate::engine::{BroadcastKey, BroadcastState, CloseReason, EngineEvent, SessionId};
+use crate::engine::{
+    BroadcastKey, BroadcastState, CloseReason, EngineEvent, LayerState, SessionId,
+};
 
 /// Event names a player may ask for, in the order of the `Link` header.
 pub const EVENTS: &[&str] = &[
@@ -28,6 +31,7 @@ pub const EVENTS: &[&str] = &[
     "reconnecting",
     "evicted",
     "revoked",
+    "layers",
 ];
 
 /// One event on the wire.
@@ -47,6 +51,8 @@ pub struct Hub {
 struct HubState {
     sessions: HashMap<SessionId, Watcher>,
     broadcasts: HashMap<BroadcastKey, (BroadcastState, usize)>,
+    /// The last `layers` event of each simulcast broadcast, for viewers that watch later.
+    layers: HashMap<BroadcastKey, String>,
     /// Recent sessions the engine closed while no watcher was registered for them, oldest
     /// first. WHEP registers before the engine has a session, but engine events come on a
     /// task of their own: this keeps a registration that comes late anyway from creating a
@@ -205,6 +211,7 @@ impl Hub {
             }
             EngineEvent::BroadcastEnded(b) => {
                 s.broadcasts.remove(b);
+                s.layers.remove(b);
                 s.send_to_broadcast(*b, || SseEvent {
                     name: "inactive",
                     data: "{}".into(),
@@ -216,6 +223,14 @@ impl Hub {
                     .or_insert((BroadcastState::Live, 0))
                     .1 = *viewers;
                 s.send_to_broadcast(*broadcast, || viewercount(*viewers));
+            }
+            EngineEvent::LayersChanged { broadcast, layers } => {
+                let data = layers_json(layers);
+                s.layers.insert(*broadcast, data.clone());
+                s.send_to_broadcast(*broadcast, || SseEvent {
+                    name: "layers",
+                    data: data.clone(),
+                });
             }
             EngineEvent::ProbeConnected(_) | EngineEvent::ViewerConnected(_) => {}
             EngineEvent::SessionClosed { session, reason } => {
@@ -281,9 +296,31 @@ impl HubState {
             data: "{}".into(),
         });
         target.send(viewercount(viewers));
+        if let Some(data) = self.layers.get(&b) {
+            target.send(SseEvent {
+                name: "layers",
+                data: data.clone(),
+            });
+        }
         self.sessions.get_mut(session)?.tx = Some(target);
         Some(())
     }
+}
+
+/// The WHEP draft's `layers` event data: the layers of the first video m-line ("0"), the
+/// full-size one first; a layer with bitrate 0 does not arrive now.
+fn layers_json(layers: &[LayerState]) -> String {
+    let list: Vec<serde_json::Value> = (layers.iter())
+        .map(|l| {
+            let mut v = serde_json::json!({ "rid": l.rid, "bitrate": l.bitrate_bps });
+            if let Some((w, h)) = l.size {
+                v["width"] = w.into();
+                v["height"] = h.into();
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({ "0": list }).to_string()
 }
 
 fn viewercount(n: usize) -> SseEvent {

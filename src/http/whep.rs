@@ -115,10 +115,16 @@ pub(super) async fn subscribe(
         session.as_str(),
         super::sse::EVENTS.join(",")
     );
-    response.headers_mut().insert(
-        hyper::header::LINK,
-        link.parse()
-            .expect("a token and fixed text form a valid header"),
+    let layer = format!(
+        "</stream/session/{}/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\"",
+        session.as_str()
     );
+    for link in [link, layer] {
+        response.headers_mut().append(
+            hyper::header::LINK,
+            link.parse()
+                .expect("a token and fixed text form a valid header"),
+        );
+    }
     Ok(response)
 }

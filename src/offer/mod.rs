@@ -366,17 +366,30 @@ pub(crate) fn media_of(rtc: &Rtc, answer: &str) -> Vec<(str0m::media::Mid, Media
         .collect()
 }
 
-/// A simulcast m-line's layers, the full-resolution one first (where viewers start): OBS
-/// names its layers "0" (full), "1", "2"; browsers commonly use "f", "h", "q". The others
-/// keep the offer's order; which is larger is measured once they flow (router.rs).
+/// A simulcast m-line's layers, from the full-size one down: OBS names its layers "0" (full),
+/// "1", "2"; browsers' apps commonly "f", "h", "q" (LiveKit, the WebRTC samples) or "high",
+/// "mid", "low", and often list them smallest first. Other names keep the offer's order,
+/// after these (the sizes that arrive tell more, router.rs).
 fn layers_in_order(rids: &[str0m::media::Rid]) -> Vec<str0m::media::Rid> {
-    let full = ["0", "f", "h", "q"]
-        .iter()
-        .find_map(|want| rids.iter().find(|r| r.to_string() == *want).copied())
-        .or_else(|| rids.first().copied());
-    full.into_iter()
-        .chain(rids.iter().copied().filter(|r| Some(*r) != full))
-        .collect()
+    let size_class = |name: &str| match name {
+        "f" | "high" | "hi" | "full" => Some(0),
+        "h" | "mid" | "medium" | "half" => Some(1),
+        "q" | "low" | "lo" | "quarter" => Some(2),
+        _ => None,
+    };
+    let mut ordered: Vec<(usize, (u8, u64), str0m::media::Rid)> = (rids.iter().enumerate())
+        .map(|(i, rid)| {
+            let name = rid.to_string();
+            let key = match (name.parse::<u64>(), size_class(&name)) {
+                (Ok(n), _) => (0, n),
+                (_, Some(c)) => (1, c),
+                _ => (2, i as u64),
+            };
+            (i, key, *rid)
+        })
+        .collect();
+    ordered.sort_by_key(|(_, key, _)| *key);
+    ordered.into_iter().map(|(_, _, rid)| rid).collect()
 }
 
 /// Simulcast layers taken from one m-line: OBS sends at most 4, browsers 3.
@@ -424,75 +437,4 @@ const VIEWER_STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // tests pick their own start instant
-mod tests {
-    use super::*;
-
-    const OBS: &str = include_str!("../../tests/fixtures/obs-31-offer.sdp");
-    const CHROMIUM: &str = include_str!("../../tests/fixtures/chromium-recvonly-offer.sdp");
-
-    fn setup() -> SessionSetup {
-        SessionSetup::new(vec!["127.0.0.1:8189".parse().unwrap()])
-    }
-
-    pub(super) fn viewer_answer() -> String {
-        let setup = setup();
-        let now = Instant::now();
-        let publisher = setup
-            .accept_publisher(now, OBS)
-            .expect("OBS offer accepted");
-        let viewer = setup
-            .accept_viewer(now, CHROMIUM, &publisher.tracks)
-            .expect("Chromium offer accepted");
-        viewer.answer
-    }
-
-    #[test]
-    fn viewers_negotiate_only_the_header_extensions_whipcast_sends() {
-        let answer = viewer_answer();
-        let extmaps: Vec<&str> = answer
-            .lines()
-            .filter(|l| l.starts_with("a=extmap:"))
-            .collect();
-        assert_eq!(
-            extmaps,
-            ["a=extmap:3 urn:3gpp:video-orientation"],
-            "only the video orientation, under the viewer's id"
-        );
-        for unsent in ["transport-cc", "goog-remb"] {
-            assert!(
-                !answer
-                    .lines()
-                    .any(|l| l.starts_with("a=rtcp-fb") && l.contains(unsent)),
-                "{unsent} negotiated:\n{answer}"
-            );
-        }
-        for kept in ["nack", "nack pli", "ccm fir"] {
-            assert!(
-                answer
-                    .lines()
-                    .any(|l| l.starts_with("a=rtcp-fb") && l.ends_with(kept)),
-                "{kept} missing:\n{answer}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_publisher_whose_video_cannot_be_forwarded_is_refused() {
-        let mp4v = OBS
-            .replace("a=rtpmap:96 H264/90000", "a=rtpmap:96 MP4V-ES/90000")
-            .replace(
-                "a=fmtp:96 profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1",
-                "a=fmtp:96 profile-level-id=3",
-            );
-        assert_ne!(mp4v, OBS);
-        let err = setup()
-            .accept_publisher(Instant::now(), &mp4v)
-            .err()
-            .expect("refused");
-        assert_eq!(err, OfferError::CannotForward("video"));
-        assert!(
-            err.to_string().contains("H264, VP8, VP9, AV1 or H265"),
-            "{err}"
-        );
-    }
-}
+mod tests;

@@ -149,6 +149,20 @@ impl Browser {
         publisher
     }
 
+    /// A Chromium publishing its fake camera at 1280×720 as three simulcast layers, named as
+    /// browser apps name them and listed smallest first: "q" (320×180, 250 kb/s), "h"
+    /// (640×360, 800 kb/s), "f" (1280×720, 2.5 Mb/s).
+    pub fn publishing_simulcast(base: &str, id: &str) -> Self {
+        let publisher = Self::start();
+        publisher.goto(&format!("{base}/"));
+        let result = publisher.js_async(
+            PUBLISH_SIMULCAST,
+            json!([format!("{base}/broadcast?id={id}")]),
+        );
+        assert_eq!(result, "ok", "the Chromium simulcast publisher's WHIP");
+        publisher
+    }
+
     pub fn goto(&self, url: &str) {
         self.call(
             "POST",
@@ -437,6 +451,30 @@ const mean = sum / n;
 return { mean, spread: Math.sqrt(Math.max(0, sq / n - mean * mean)) };";
 
 /// Publishes the page's fake camera and microphone over WHIP from inside the browser.
+const PUBLISH_SIMULCAST: &str = "
+const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const video = { width: 1280, height: 720, frameRate: 30 };
+  const media = await navigator.mediaDevices.getUserMedia({ video, audio: true });
+  const pc = new RTCPeerConnection();
+  for (const t of media.getTracks()) {
+    const sendEncodings = t.kind === 'video' ? [
+      { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 250000 },
+      { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 800000 },
+      { rid: 'f', maxBitrate: 2500000 },
+    ] : undefined;
+    pc.addTransceiver(t, { direction: 'sendonly', sendEncodings });
+  }
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => setTimeout(r, 500));
+  const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+  const text = await res.text();
+  if (res.status !== 201) return done('refused ' + res.status + ': ' + text);
+  window.publisher = { pc, location: res.headers.get('Location') };
+  await pc.setRemoteDescription({ type: 'answer', sdp: text });
+  done('ok');
+})().catch(e => done('error ' + e));";
+
 const PUBLISH_FAKE_CAMERA: &str = "
 const [url, video, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
 (async () => {

@@ -344,6 +344,18 @@ impl<S: Sfu> Sim<S> {
         n: u64,
         keyframe: bool,
     ) -> Vec<Vec<u8>> {
+        self.send_simulcast_layers(publisher, n, keyframe, 3)
+    }
+
+    /// Sends frame `n` on the first `layers` simulcast layers (from the full size down; the
+    /// others send nothing), smallest first; `[layer]` is each one's bytes.
+    pub fn send_simulcast_layers(
+        &mut self,
+        publisher: usize,
+        n: u64,
+        keyframe: bool,
+        layers: usize,
+    ) -> Vec<Vec<u8>> {
         let now = self.now;
         let c = &mut self.clients[publisher];
         let video = c.video_mid.unwrap();
@@ -352,6 +364,9 @@ impl<S: Sfu> Sim<S> {
         // Smallest layer first, so a server that forwarded every layer would hand viewers the
         // wrong one before the full one.
         for (i, rid) in [(2usize, "2"), (1, "1"), (0, "0")] {
+            if i >= layers {
+                continue;
+            }
             let mut frame = frame_with_sps(n, keyframe, BASELINE_SPS);
             frame.extend(std::iter::repeat_n(b'a' + i as u8, 64));
             c.rtc
