@@ -1,7 +1,7 @@
 //! Simulcast as a viewer sees it: a Chromium publisher sends three layers (rids "q", "h",
 //! "f", listed smallest first as browser apps do), and the Chromium viewer page's quality menu
 //! lists them by height (from the server's `layers` event), moves the picture to the layer
-//! chosen, and back to the full size with Auto.
+//! chosen, and back to the full size with Auto; the broadcaster's page lists the layers.
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
@@ -54,7 +54,7 @@ async fn the_quality_menu_moves_the_picture_to_the_layer_chosen_and_auto_brings_
     let base = r.base.clone();
     blocking(move || {
         let (id, view) = create(&base);
-        let _publisher = Browser::publishing_simulcast(&base, &id);
+        let publisher = Browser::publishing_simulcast(&base, &id);
         let viewer = Browser::start();
         viewer.goto(&format!("{base}/stream?id={view}"));
         viewer.wait("the viewer page says live", |b| {
@@ -96,6 +96,23 @@ async fn the_quality_menu_moves_the_picture_to_the_layer_chosen_and_auto_brings_
         viewer.wait_decoding("frames decoded on the full layer again");
         let stats: Value = viewer.js("return window.whipcast && window.whipcast.state", json!([]));
         assert_eq!(stats, "live");
+        // The broadcaster's page lists the layers as they arrive.
+        publisher.new_tab();
+        publisher.goto(&format!("{base}/broadcast?id={id}"));
+        let layers = publisher.wait("the broadcaster page lists three layers", |b| {
+            let v = b.js(
+                "const l = document.getElementById('layers');
+                 return l.classList.contains('hidden') ? [] : [...l.querySelectorAll('b')].map(b => b.textContent);",
+                json!([]),
+            );
+            let texts: Vec<String> = (v.as_array().into_iter().flatten())
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            (texts.len() == 3 && texts.iter().all(|t| t.contains("kb/s"))).then_some(texts)
+        });
+        eprintln!("broadcaster page layers: {layers:?}");
+        assert!(layers[0].starts_with("1280x720"), "{layers:?}");
+        publisher.screenshot("simulcast_broadcaster_page");
     })
     .await;
     r.server.shutdown().await;
