@@ -203,6 +203,8 @@ pub struct Stats {
     /// NACKs sent to publishers (from str0m's periodic stats), and received from viewers.
     pub nacks_sent: u64,
     pub nacks_received: u64,
+    /// Viewers' estimates of their links (REMB) received.
+    pub rembs_received: u64,
     /// Packets resent to viewers that NACKed them.
     pub retransmissions: u64,
     pub evictions: u64,
@@ -234,6 +236,7 @@ impl std::ops::AddAssign for Stats {
             plis_received,
             nacks_sent,
             nacks_received,
+            rembs_received,
             retransmissions,
             evictions,
             late_packets_dropped,
@@ -256,6 +259,7 @@ impl std::ops::AddAssign for Stats {
         self.plis_received += plis_received;
         self.nacks_sent += nacks_sent;
         self.nacks_received += nacks_received;
+        self.rembs_received += rembs_received;
         self.retransmissions += retransmissions;
         self.evictions += evictions;
         self.late_packets_dropped += late_packets_dropped;

@@ -33,7 +33,7 @@ use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, VideoOrientation};
 
 use self::repair::ResendBudget;
-use self::wire::{Header, orientation, seal};
+use self::wire::{Header, abs_send_time, orientation, seal};
 use super::consumer::{Consumer, RtpStart};
 use super::first_frame::FirstFrame;
 use super::hold::Hold;
@@ -77,6 +77,11 @@ pub(crate) struct Egress {
     first_frame: Option<FirstFrame>,
     /// Video queued behind a start burst's keyframe, for a moment (hold.rs).
     hold: Option<Hold<Pending>>,
+    /// The origin of the send times we write (abs-send-time), and the last flush: resends go
+    /// out at about that time.
+    clock: (Instant, Instant),
+    /// The viewer's own estimate of what its link carries (REMB), and when it came.
+    pub(crate) remb: Option<(u64, Instant)>,
 }
 
 /// A queued packet: a [`CachedPacket`]'s fields, numbered for the viewer, with the stream
@@ -98,9 +103,11 @@ struct OutStream {
     rtx: Option<Rtx>,
     /// What its sender reports tell.
     sent: Sent,
-    /// The id the viewer gave urn:3gpp:video-orientation, the one header extension we
-    /// negotiate (src/offer/mod.rs) and so write.
+    /// The id the viewer gave urn:3gpp:video-orientation, a header extension we negotiate
+    /// (src/offer/mod.rs) and so write.
     orientation_id: Option<u8>,
+    /// The id the viewer gave abs-send-time, the other one.
+    abs_send_time_id: Option<u8>,
 }
 
 /// The stream's RTX (RFC 4588): its SSRC, viewer PT → RTX PT, and its own numbering.
@@ -144,6 +151,10 @@ impl Egress {
                     .filter(|_| video)
                     .and_then(|m| m.remote_extmap().id_of(Extension::VideoOrientation))
                     .filter(|id| (1..=14).contains(id)),
+                abs_send_time_id: rtc
+                    .media(c.mid)
+                    .and_then(|m| m.remote_extmap().id_of(Extension::AbsoluteSendTime))
+                    .filter(|id| (1..=14).contains(id)),
             });
         }
         let cname = super::report::viewer_cname(streams.first().map_or(0, |s| s.ssrc));
@@ -156,6 +167,8 @@ impl Egress {
             resends: ResendBudget::default(),
             first_frame: None,
             hold: None,
+            clock: (now, now),
+            remb: None,
         })
     }
 
@@ -221,6 +234,8 @@ impl Egress {
             self.pending.clear();
             return flushed;
         };
+        self.clock.1 = now;
+        let since_origin = now.saturating_duration_since(self.clock.0);
         let Self {
             srtp,
             streams,
@@ -237,6 +252,7 @@ impl Egress {
                 pt: p.pt,
                 marker: p.marker,
                 orientation: orientation(s.orientation_id, p.orientation),
+                abs_send_time: abs_send_time(s.abs_send_time_id, since_origin),
             };
             flushed.bytes += seal(srtp, out, path, header, None, &p.payload) as u64;
             flushed.datagrams += 1;

@@ -8,6 +8,8 @@
 //! - PLI and FIR: a keyframe request for the broadcast's video, like str0m's
 //!   `Event::KeyframeRequest` for everyone else.
 
+use tracing::trace;
+
 use super::packet::CachedPacket;
 use super::peer::{Peer, Role, live};
 use super::{Engine, PeerKey};
@@ -30,6 +32,11 @@ impl Engine {
         {
             let read = egress.feedback(data, &mut rtcp, &mut lost);
             self.counters.nacks_received += read.nacks;
+            if let (Some(bps), Some(now)) = (read.remb, self.last_now) {
+                self.counters.rembs_received += 1;
+                trace!(peer = %v, bps, "viewer's estimate (REMB)");
+                egress.remb = Some((bps, now));
+            }
             keyframe = read.keyframe.and_then(|stream| {
                 let mid = egress.mid(stream)?;
                 consumers.iter().find(|c| c.mid == mid).map(|c| c.kind)
@@ -90,6 +97,8 @@ pub(super) enum Feedback {
     Nack(u32, u16),
     /// A PLI (RFC 4585 §6.3.1) or FIR (RFC 5104 §4.3.1) for this media SSRC.
     Keyframe(u32),
+    /// REMB (draft-alvestrand-rmcat-remb): the receiver's estimate of its link, bits/s.
+    Remb(u64),
 }
 
 /// Calls `f` for every lost packet and keyframe request in a compound RTCP packet; returns
@@ -122,6 +131,15 @@ pub(super) fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Feedback)) ->
                 }
             }
             (PT_PSFB, FMT_PLI) => f(Feedback::Keyframe(media)),
+            // "REMB", the number of SSRCs, then a 6-bit exponent and 18-bit mantissa.
+            (PT_PSFB, FMT_AFB) if packet.len() >= 20 && &packet[12..16] == b"REMB" => {
+                let exp = u32::from(packet[17] >> 2);
+                let mantissa = u64::from(be32(&[0, packet[17] & 3, packet[18], packet[19]]));
+                f(Feedback::Remb(match exp {
+                    0..46 => mantissa << exp,
+                    _ => u64::MAX,
+                }));
+            }
             // FIR names its targets in the FCI (SSRC, command number, reserved).
             (PT_PSFB, FMT_FIR) => {
                 for fci in packet[12..].chunks_exact(8) {
@@ -143,6 +161,8 @@ const PT_PSFB: u8 = 206;
 const FMT_NACK: u8 = 1;
 const FMT_PLI: u8 = 1;
 const FMT_FIR: u8 = 4;
+/// Application layer feedback (RFC 4585 §6.4): REMB is one.
+const FMT_AFB: u8 = 15;
 
 #[cfg(test)]
 mod tests {
@@ -168,6 +188,29 @@ mod tests {
         let mut asks = Vec::new();
         assert_eq!(for_each_feedback(&rtcp, |f| asks.push(f)), 0);
         assert_eq!(asks, vec![Feedback::Keyframe(7), Feedback::Keyframe(9)]);
+    }
+
+    #[test]
+    fn remb_gives_the_viewers_estimate() {
+        // REMB for one SSRC: exponent 3, mantissa 187,500 → 1.5 Mb/s; then an AFB that is
+        // not REMB, which is ignored.
+        let (exp, mantissa) = (3u32, 187_500u32);
+        let br = (exp << 18 | mantissa).to_be_bytes();
+        let mut rtcp = vec![0x8f, 206, 0, 5, 0, 0, 0, 1, 0, 0, 0, 0];
+        rtcp.extend_from_slice(b"REMB");
+        rtcp.extend_from_slice(&[1, br[1], br[2], br[3], 0, 0, 0, 7]);
+        rtcp.extend_from_slice(&[0x8f, 206, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0]);
+        rtcp.extend_from_slice(b"XXXX");
+        let mut got = Vec::new();
+        for_each_feedback(&rtcp, |f| got.push(f));
+        assert_eq!(got, vec![Feedback::Remb(1_500_000)]);
+        // The largest exponent does not overflow.
+        let mut huge = vec![0x8f, 206, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0];
+        huge.extend_from_slice(b"REMB");
+        huge.extend_from_slice(&[0, 0xff, 0xff, 0xff]);
+        let mut got = Vec::new();
+        for_each_feedback(&huge, |f| got.push(f));
+        assert_eq!(got, vec![Feedback::Remb(u64::MAX)]);
     }
 
     #[test]

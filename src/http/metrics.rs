@@ -73,6 +73,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         stats.nacks_received,
     );
     metric(
+        "viewer_rembs_total",
+        "counter",
+        "Viewers' estimates of their links (REMB) received.",
+        stats.rembs_received,
+    );
+    metric(
         "retransmissions_total",
         "counter",
         "Packets resent to viewers that reported them lost.",

@@ -220,10 +220,11 @@ impl SessionSetup {
                     None
                 };
                 let mut params_for_viewer = PayloadParams::new(p.pt(), resend, p.spec());
-                // Nothing estimates viewers' bandwidth yet: receivers must not spend
-                // transport-cc or REMB feedback on us. NACK, PLI and FIR stay.
+                // The viewer estimates its own link and tells us (REMB, from the
+                // abs-send-time we write on its packets): no transport-cc, which would have
+                // it send us per-packet feedback for an estimator of ours. NACK, PLI and FIR.
                 params_for_viewer.set_fb_transport_cc(false);
-                params_for_viewer.set_fb_remb(false);
+                params_for_viewer.set_fb_remb(t.kind == MediaKind::Video);
                 params.push(params_for_viewer);
             }
         }
@@ -333,6 +334,7 @@ enum Ice {
 fn viewer_extensions() -> ExtensionMap {
     let mut exts = ExtensionMap::empty();
     exts.set(VIDEO_ORIENTATION_ID, Extension::VideoOrientation);
+    exts.set(ABS_SEND_TIME_ID, Extension::AbsoluteSendTime);
     exts
 }
 
@@ -426,6 +428,8 @@ fn pick_ingest_codec(params: &[PayloadParams]) -> Option<PayloadParams> {
 
 /// The id we propose for urn:3gpp:video-orientation (the answer takes the viewer's).
 const VIDEO_ORIENTATION_ID: u8 = 13;
+/// abs-send-time, which a viewer's receive-side estimate (REMB) is computed from.
+const ABS_SEND_TIME_ID: u8 = 2;
 /// OBS and browsers send one audio and one video section (plus maybe a data channel); a
 /// dozen leaves room without letting an offer make us build hundreds of streams.
 const MAX_MEDIA: usize = 12;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Egress;
-use super::wire::{Header, orientation, seal};
+use super::wire::{Header, abs_send_time, orientation, seal};
 use crate::engine::feedback::{Feedback, for_each_feedback};
 use crate::engine::outbox::{Outbox, Path};
 use crate::engine::packet::CachedPacket;
@@ -33,6 +33,7 @@ impl Egress {
                 }
             }
             Feedback::Keyframe(ssrc) => read.keyframe = read.keyframe.or(stream_of(ssrc)),
+            Feedback::Remb(bps) => read.remb = Some(bps),
         });
         read
     }
@@ -46,6 +47,7 @@ impl Egress {
         path: Path,
         out: &mut Outbox,
     ) -> bool {
+        let since_origin = self.clock.1.saturating_duration_since(self.clock.0);
         let Some(s) = self.streams.get_mut(stream) else {
             return false;
         };
@@ -64,6 +66,7 @@ impl Egress {
                     pt,
                     marker: p.marker,
                     orientation: orientation(s.orientation_id, p.orientation),
+                    abs_send_time: abs_send_time(s.abs_send_time_id, since_origin),
                 };
                 rtx.seq += 1;
                 seal(
@@ -83,6 +86,7 @@ impl Egress {
                     pt: p.pt,
                     marker: p.marker,
                     orientation: orientation(s.orientation_id, p.orientation),
+                    abs_send_time: abs_send_time(s.abs_send_time_id, since_origin),
                 };
                 seal(&self.srtp, out, path, header, None, &p.payload);
             }
@@ -161,6 +165,8 @@ pub(crate) struct Read {
     pub nacks: u64,
     /// The stream a PLI or FIR names, if any.
     pub keyframe: Option<usize>,
+    /// The viewer's estimate of its link (REMB), bits per second.
+    pub remb: Option<u64>,
 }
 
 /// A NACK storm must not turn into a resend storm.

@@ -20,6 +20,19 @@ pub(super) struct Header {
     pub(super) marker: bool,
     /// (extension id, CVO byte), when the viewer negotiated it and the packet carries one.
     pub(super) orientation: Option<(u8, u8)>,
+    /// (extension id, 24-bit send time), when the viewer negotiated abs-send-time: what its
+    /// receive-side estimate (REMB) is computed from.
+    pub(super) abs_send_time: Option<(u8, u32)>,
+}
+
+/// abs-send-time: seconds in 6.18 fixed point, modulo 64 s; only differences matter, so
+/// any fixed origin does.
+pub(super) fn abs_send_time(
+    id: Option<u8>,
+    since_origin: std::time::Duration,
+) -> Option<(u8, u32)> {
+    let ticks = (since_origin.as_micros() << 18) / 1_000_000;
+    Some((id?, (ticks & 0xff_ffff) as u32))
 }
 
 pub(super) fn orientation(id: Option<u8>, value: Option<VideoOrientation>) -> Option<(u8, u8)> {
@@ -38,15 +51,28 @@ pub(super) fn seal(
 ) -> usize {
     let buf = out.bytes();
     let start = buf.len();
-    buf.push(if h.orientation.is_some() { 0x90 } else { 0x80 });
+    // RFC 8285 one-byte header elements: id and length minus one, then the value (CVO's one
+    // byte, abs-send-time's three); padded with zeros to whole 32-bit words.
+    let mut ext = [0u8; 8];
+    let mut n = 0;
+    if let Some((id, cvo)) = h.orientation {
+        ext[..2].copy_from_slice(&[id << 4, cvo]);
+        n = 2;
+    }
+    if let Some((id, t)) = h.abs_send_time {
+        let t = t.to_be_bytes();
+        ext[n..n + 4].copy_from_slice(&[id << 4 | 2, t[1], t[2], t[3]]);
+        n += 4;
+    }
+    let words = n.div_ceil(4);
+    buf.push(if words > 0 { 0x90 } else { 0x80 });
     buf.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
     buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
     buf.extend_from_slice(&h.ts.to_be_bytes());
     buf.extend_from_slice(&h.ssrc.to_be_bytes());
-    if let Some((id, cvo)) = h.orientation {
-        // RFC 8285 one-byte header: profile 0xBEDE, one 32-bit word of elements; the
-        // element's length field is the length minus one (0 for CVO's single byte).
-        buf.extend_from_slice(&[0xBE, 0xDE, 0, 1, id << 4, cvo, 0, 0]);
+    if words > 0 {
+        buf.extend_from_slice(&[0xBE, 0xDE, 0, words as u8]);
+        buf.extend_from_slice(&ext[..words * 4]);
     }
     let header_len = buf.len() - start;
     if let Some(osn) = osn {
