@@ -14,6 +14,8 @@ use str0m::media::Rid;
 use whipcast::engine::{
     BroadcastKey, Command, EngineEvent, LayerError, LayerState, Outcome, SessionId,
 };
+use whipcast::srtp::SrtpSender;
+use whipcast::srtp::capture::Captured;
 
 const B: BroadcastKey = BroadcastKey(1);
 const FRAME: Duration = Duration::from_millis(33);
@@ -247,4 +249,94 @@ fn viewers_are_told_the_layers_when_they_change_and_not_more_often() {
         last[0].bitrate_bps > 0 && last[1].bitrate_bps == 0 && last[2].bitrate_bps == 0,
         "layers that stop arriving are told as such: {last:?}"
     );
+}
+
+/// Viewer `v` tells the server its estimate, `bps`, in a REMB sealed with its own keys.
+fn send_remb(sim: &mut Sim, v: usize, bps: u64) {
+    let keys = sim.clients[v].server_keys.as_ref().unwrap().get().unwrap();
+    let theirs = Captured {
+        active: !keys.active,
+        ..keys.clone()
+    };
+    let mut tx = SrtpSender::new(&theirs).expect("AES-GCM keys");
+    let (mut exp, mut mantissa) = (0u32, bps);
+    while mantissa > 0x3ffff {
+        mantissa >>= 1;
+        exp += 1;
+    }
+    let br = (exp << 18 | mantissa as u32).to_be_bytes();
+    let mut rtcp = vec![0x8f, 206, 0, 5, 0, 0, 0, 1, 0, 0, 0, 0];
+    rtcp.extend_from_slice(b"REMB");
+    rtcp.extend_from_slice(&[1, br[1], br[2], br[3], 0, 0, 0, 7]);
+    tx.seal_rtcp(&mut rtcp, 0);
+    let from = sim.clients[v].addr;
+    sim.inject(from, &rtcp);
+}
+
+/// Frames `range` on every layer, the viewer's estimate told every 200 ms if any; keyframes
+/// every 30 frames.
+fn stream(
+    sim: &mut Sim,
+    p: usize,
+    v: usize,
+    range: std::ops::Range<u64>,
+    estimate: Option<u64>,
+    sent: &mut Vec<Vec<Vec<u8>>>,
+) {
+    for n in range {
+        if let Some(bps) = estimate
+            && n % 6 == 0
+        {
+            send_remb(sim, v, bps);
+        }
+        sent.push(sim.send_simulcast_frame(p, n, n % 30 == 0));
+        sim.run_for(FRAME);
+    }
+}
+
+#[test]
+fn an_estimate_under_the_full_layer_moves_the_viewer_down_after_a_second() {
+    let mut sim = Sim::new(engine_config());
+    let (p, v, _session) = publisher_and_viewer(&mut sim);
+    let mut sent = Vec::new();
+    stream(&mut sim, p, v, 0..60, None, &mut sent);
+    // 150 kb/s: only the smallest layer (about 60 kb/s with its headers) fits.
+    stream(&mut sim, p, v, 60..150, Some(150_000), &mut sent);
+    sim.run_for(Duration::from_millis(200));
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    eprintln!("layers: {layers:?}");
+    let down = layers
+        .iter()
+        .position(|&l| l == 2)
+        .expect("moved to the smallest layer");
+    assert!(layers[..down].iter().all(|&l| l == 0), "{layers:?}");
+    assert!(layers[down..].iter().all(|&l| l == 2), "{layers:?}");
+    let at = sent.iter().position(|s| s[2] == got[down].data).unwrap();
+    assert!(
+        at >= 90,
+        "not before the estimate stayed low for a second (the first keyframe after it): frame {at}"
+    );
+    assert_continuous(&got);
+    // A generous estimate for five seconds: back up to the full size.
+    stream(&mut sim, p, v, 150..360, Some(5_000_000), &mut sent);
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    assert_eq!(
+        layers.last(),
+        Some(&0),
+        "back on the full layer: {layers:?}"
+    );
+    assert_continuous(&got);
+}
+
+#[test]
+fn a_viewer_that_pinned_a_layer_keeps_it_whatever_its_estimate() {
+    let mut sim = Sim::new(engine_config());
+    let (p, v, session) = publisher_and_viewer(&mut sim);
+    set_layer(&mut sim, &session, Some("0")).expect("layer 0 exists");
+    let mut sent = Vec::new();
+    stream(&mut sim, p, v, 0..150, Some(150_000), &mut sent);
+    let layers = layers_of(&sim.clients[v].frames, &sent);
+    assert!(layers.iter().all(|&l| l == 0), "{layers:?}");
 }

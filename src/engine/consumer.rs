@@ -43,6 +43,13 @@ pub(crate) struct Consumer {
     /// The layer it is to move to at that layer's next keyframe, meanwhile still sent
     /// `layer`.
     pub(crate) target: Option<u8>,
+    /// The server chooses its layer from its estimate (layers.rs); false once the viewer
+    /// pinned one.
+    pub(crate) auto: bool,
+    /// Since when its estimate has been below what its layer needs.
+    pub(crate) below_since: Option<Instant>,
+    /// Since when its estimate has been enough for a larger layer.
+    pub(crate) above_since: Option<Instant>,
 }
 
 /// What a viewer's numbering is derived from: one publisher (its epoch) and one of its
@@ -137,6 +144,9 @@ impl Consumer {
             first_sync: None,
             layer: 0,
             target: None,
+            auto: true,
+            below_since: None,
+            above_since: None,
         }
     }
 

@@ -22,6 +22,7 @@ impl Engine {
         lost.clear();
         let mut rtcp = std::mem::take(&mut self.scratch_rtcp);
         let mut keyframe = None;
+        let mut estimate = None;
         if let Some(Peer {
             broadcast,
             role: Role::Viewer(consumers),
@@ -36,6 +37,7 @@ impl Engine {
                 self.counters.rembs_received += 1;
                 trace!(peer = %v, bps, "viewer's estimate (REMB)");
                 egress.remb = Some((bps, now));
+                estimate = Some((bps, now));
             }
             keyframe = read.keyframe.and_then(|stream| {
                 let mid = egress.mid(stream)?;
@@ -86,6 +88,9 @@ impl Engine {
         self.scratch_rtcp = rtcp;
         if let Some(kind) = keyframe {
             self.keyframe_requested(v, kind);
+        }
+        if let Some((bps, now)) = estimate {
+            self.follow_estimate(now, v, bps);
         }
     }
 }

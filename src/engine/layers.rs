@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, Rid};
 
 use super::peer::{Role, live};
-use super::{BroadcastKey, Engine, EngineEvent, LayerError, LayerState, SessionId};
+use super::{BroadcastKey, Engine, EngineEvent, LayerError, LayerState, PeerKey, SessionId};
 
 impl Engine {
     /// Moves viewer `session` to the simulcast layer `rid` of its broadcast's video, or with
@@ -42,6 +42,8 @@ impl Engine {
         let c = (consumers.iter_mut())
             .find(|c| c.kind == MediaKind::Video)
             .ok_or(LayerError::NoSuchLayer)?;
+        c.auto = rid.is_none();
+        (c.below_since, c.above_since) = (None, None);
         if c.layer == layer {
             c.target = None;
             return Ok(());
@@ -86,6 +88,70 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Viewer `v` told its estimate (REMB, `bps`): in automatic mode it moves to the largest
+    /// layer that fits with [`HEADROOM`], down once the estimate has stayed under its layer
+    /// for [`DOWN_AFTER`], up once it has stayed above a larger one for [`UP_AFTER`].
+    pub(super) fn follow_estimate(&mut self, now: Instant, v: PeerKey, bps: u64) {
+        let Some(peer) = live(&mut self.peers, v) else {
+            return;
+        };
+        let b = peer.broadcast;
+        let Role::Viewer(consumers) = &mut peer.role else {
+            return;
+        };
+        let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video) else {
+            return;
+        };
+        let Some(route) = self.router.route(b) else {
+            return;
+        };
+        let layers = route.layers(MediaKind::Video);
+        if !c.auto || layers < 2 {
+            return;
+        }
+        let needs = |l: u8| {
+            route
+                .layer(MediaKind::Video, l)
+                .map_or(0, |t| t.rate.bps(now))
+        };
+        // The largest layer that arrives and fits; the smallest that arrives if none does.
+        let arriving: Vec<u8> = (0..layers).filter(|&l| needs(l) > 0).collect();
+        let Some(&smallest) = arriving.last() else {
+            return;
+        };
+        let fits = (arriving.iter().copied())
+            .find(|&l| needs(l).saturating_mul(HEADROOM_PERCENT) / 100 <= bps)
+            .unwrap_or(smallest);
+        let current = c.target.unwrap_or(c.layer);
+        let (since, wait) = match fits.cmp(&current) {
+            std::cmp::Ordering::Equal => {
+                (c.below_since, c.above_since) = (None, None);
+                return;
+            }
+            std::cmp::Ordering::Greater => {
+                c.above_since = None;
+                (c.below_since.get_or_insert(now), DOWN_AFTER)
+            }
+            std::cmp::Ordering::Less => {
+                c.below_since = None;
+                (c.above_since.get_or_insert(now), UP_AFTER)
+            }
+        };
+        if now < *since + wait {
+            return;
+        }
+        (c.below_since, c.above_since) = (None, None);
+        c.target = (fits != c.layer).then_some(fits);
+        if let Some(ti) = route.layer_index(MediaKind::Video, fits)
+            && c.target.is_some()
+            && !self.pending_plis.contains(&(b, ti))
+        {
+            self.pending_plis.push((b, ti));
+        }
+    }
+}
+
 /// Whether viewers should hear of `new`: a layer started or stopped arriving, changed size,
 /// or its bitrate moved by more than a fifth.
 fn changed(old: &[LayerState], new: &[LayerState]) -> bool {
@@ -97,6 +163,13 @@ fn changed(old: &[LayerState], new: &[LayerState]) -> bool {
                 || a.bitrate_bps.abs_diff(b.bitrate_bps) * 5 > a.bitrate_bps
         })
 }
+
+/// A layer fits an estimate that is this much above its bitrate (percent).
+const HEADROOM_PERCENT: u64 = 115;
+/// A downgrade is prompt: the estimate stayed under the layer this long.
+const DOWN_AFTER: Duration = Duration::from_secs(1);
+/// An upgrade waits for a stable estimate.
+const UP_AFTER: Duration = Duration::from_secs(5);
 
 /// How often viewers may be told of a broadcast's layers.
 pub const LAYERS_EVERY: Duration = Duration::from_secs(2);

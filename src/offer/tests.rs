@@ -24,23 +24,32 @@ pub(super) fn viewer_answer() -> String {
 #[test]
 fn viewers_negotiate_only_the_header_extensions_whipcast_sends() {
     let answer = viewer_answer();
-    let extmaps: Vec<&str> = answer
+    let mut extmaps: Vec<&str> = answer
         .lines()
         .filter(|l| l.starts_with("a=extmap:"))
         .collect();
+    extmaps.sort_unstable();
+    extmaps.dedup();
     assert_eq!(
         extmaps,
-        ["a=extmap:3 urn:3gpp:video-orientation"],
-        "only the video orientation, under the viewer's id"
+        [
+            "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            "a=extmap:3 urn:3gpp:video-orientation",
+        ],
+        "the video orientation and the send time (for the viewer's REMB), under its ids"
     );
-    for unsent in ["transport-cc", "goog-remb"] {
-        assert!(
-            !answer
-                .lines()
-                .any(|l| l.starts_with("a=rtcp-fb") && l.contains(unsent)),
-            "{unsent} negotiated:\n{answer}"
-        );
-    }
+    assert!(
+        !answer
+            .lines()
+            .any(|l| l.starts_with("a=rtcp-fb") && l.contains("transport-cc")),
+        "transport-cc negotiated:\n{answer}"
+    );
+    assert!(
+        answer
+            .lines()
+            .any(|l| l.starts_with("a=rtcp-fb") && l.contains("goog-remb")),
+        "REMB, the viewer's estimate, is asked for:\n{answer}"
+    );
     for kept in ["nack", "nack pli", "ccm fir"] {
         assert!(
             answer

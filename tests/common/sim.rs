@@ -368,7 +368,8 @@ impl<S: Sfu> Sim<S> {
                 continue;
             }
             let mut frame = frame_with_sps(n, keyframe, BASELINE_SPS);
-            frame.extend(std::iter::repeat_n(b'a' + i as u8, 64));
+            // Each layer its own size, as a simulcast encoder's (about 480, 170 and 50 kb/s).
+            frame.extend(std::iter::repeat_n(b'a' + i as u8, [2000, 700, 200][i]));
             c.rtc
                 .writer(video)
                 .unwrap()
