@@ -110,6 +110,30 @@ struct OutStream {
     abs_send_time_id: Option<u8>,
 }
 
+impl OutStream {
+    /// The header of a packet of this stream: its SSRC and header extensions, the packet's
+    /// own fields.
+    fn header(
+        &self,
+        seq: u64,
+        ts: u32,
+        pt: Pt,
+        marker: bool,
+        cvo: Option<VideoOrientation>,
+        since_origin: Duration,
+    ) -> Header {
+        Header {
+            ssrc: self.ssrc,
+            seq,
+            ts,
+            pt,
+            marker,
+            orientation: orientation(self.orientation_id, cvo),
+            abs_send_time: abs_send_time(self.abs_send_time_id, since_origin),
+        }
+    }
+}
+
 /// The stream's RTX (RFC 4588): its SSRC, viewer PT → RTX PT, and its own numbering.
 struct Rtx {
     ssrc: u32,
@@ -245,15 +269,7 @@ impl Egress {
         for p in pending.drain(..) {
             let s = &mut streams[usize::from(p.stream)];
             s.sent.sealed(p.payload.len());
-            let header = Header {
-                ssrc: s.ssrc,
-                seq: p.seq,
-                ts: p.ts,
-                pt: p.pt,
-                marker: p.marker,
-                orientation: orientation(s.orientation_id, p.orientation),
-                abs_send_time: abs_send_time(s.abs_send_time_id, since_origin),
-            };
+            let header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
             flushed.bytes += seal(srtp, out, path, header, None, &p.payload) as u64;
             flushed.datagrams += 1;
         }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Egress;
-use super::wire::{Header, abs_send_time, orientation, seal};
+use super::wire::{Header, seal};
 use crate::engine::feedback::{Feedback, for_each_feedback};
 use crate::engine::outbox::{Outbox, Path};
 use crate::engine::packet::CachedPacket;
@@ -54,6 +54,7 @@ impl Egress {
         if !self.resends.take() {
             return false;
         }
+        let header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
         match &mut s.rtx {
             Some(rtx) => {
                 let Some(&(_, pt)) = rtx.pts.iter().find(|(main, _)| *main == p.pt) else {
@@ -62,11 +63,8 @@ impl Egress {
                 let header = Header {
                     ssrc: rtx.ssrc,
                     seq: rtx.seq,
-                    ts: p.ts,
                     pt,
-                    marker: p.marker,
-                    orientation: orientation(s.orientation_id, p.orientation),
-                    abs_send_time: abs_send_time(s.abs_send_time_id, since_origin),
+                    ..header
                 };
                 rtx.seq += 1;
                 seal(
@@ -79,15 +77,6 @@ impl Egress {
                 );
             }
             None => {
-                let header = Header {
-                    ssrc: s.ssrc,
-                    seq: p.seq,
-                    ts: p.ts,
-                    pt: p.pt,
-                    marker: p.marker,
-                    orientation: orientation(s.orientation_id, p.orientation),
-                    abs_send_time: abs_send_time(s.abs_send_time_id, since_origin),
-                };
                 seal(&self.srtp, out, path, header, None, &p.payload);
             }
         }
