@@ -205,6 +205,8 @@ pub struct Stats {
     pub nacks_received: u64,
     /// Viewers' estimates of their links (REMB) received.
     pub rembs_received: u64,
+    /// Probes' RTX copies sent to viewers whose links were probed for a larger layer.
+    pub probe_packets: u64,
     /// Packets resent to viewers that NACKed them.
     pub retransmissions: u64,
     pub evictions: u64,
@@ -237,6 +239,7 @@ impl std::ops::AddAssign for Stats {
             nacks_sent,
             nacks_received,
             rembs_received,
+            probe_packets,
             retransmissions,
             evictions,
             late_packets_dropped,
@@ -260,6 +263,7 @@ impl std::ops::AddAssign for Stats {
         self.nacks_sent += nacks_sent;
         self.nacks_received += nacks_received;
         self.rembs_received += rembs_received;
+        self.probe_packets += probe_packets;
         self.retransmissions += retransmissions;
         self.evictions += evictions;
         self.late_packets_dropped += late_packets_dropped;

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::Ssrc;
 
+use super::probe::Probing;
+
 /// The rewrite state of one viewer m-line.
 ///
 /// Output numbering is continuous for the whole life of the viewer session: across publisher
@@ -50,6 +52,8 @@ pub(crate) struct Consumer {
     pub(crate) below_since: Option<Instant>,
     /// Since when its estimate has been enough for a larger layer.
     pub(crate) above_since: Option<Instant>,
+    /// Whether its link is being probed for a larger layer (probe.rs).
+    pub(crate) probing: Probing,
 }
 
 /// What a viewer's numbering is derived from: one publisher (its epoch) and one of its
@@ -147,6 +151,7 @@ impl Consumer {
             auto: true,
             below_since: None,
             above_since: None,
+            probing: Probing::default(),
         }
     }
 

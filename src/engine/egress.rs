@@ -85,7 +85,8 @@ pub(crate) struct Egress {
 }
 
 /// A queued packet: a [`CachedPacket`]'s fields, numbered for the viewer, with the stream
-/// index in the padding (32 bytes).
+/// index in the padding (32 bytes); a probe's copy for the stream's RTX has [`COPY`] set in
+/// it too.
 struct Pending {
     seq: u64,
     payload: Arc<[u8]>,
@@ -134,11 +135,31 @@ impl OutStream {
     }
 }
 
+/// Marks a [`Pending`] that is a copy of the one before it, for the stream's RTX: a probe's
+/// (probe.rs). Streams are numbered far below it (a viewer has an audio and a video one).
+const COPY: u8 = 0x80;
+
 /// The stream's RTX (RFC 4588): its SSRC, viewer PT → RTX PT, and its own numbering.
 struct Rtx {
     ssrc: u32,
     pts: Vec<(Pt, Pt)>,
     seq: u64,
+}
+
+impl Rtx {
+    /// The header of the next RTX packet that carries the media packet of header `media`;
+    /// `None` for a PT the viewer has no RTX for.
+    fn header(&mut self, media: Header) -> Option<Header> {
+        let &(_, pt) = self.pts.iter().find(|(main, _)| *main == media.pt)?;
+        let seq = self.seq;
+        self.seq += 1;
+        Some(Header {
+            ssrc: self.ssrc,
+            seq,
+            pt,
+            ..media
+        })
+    }
 }
 
 impl Egress {
@@ -197,14 +218,16 @@ impl Egress {
     }
 
     /// Queues a packet for the stream of m-line `mid`, to be sealed by [`flush`](Self::flush).
-    /// `wallclock` is when the packet's media was current (for the sender reports).
+    /// `wallclock` is when the packet's media was current (for the sender reports). Returns
+    /// whether it is the last one queued (not held back, hold.rs).
     pub(crate) fn queue(
         &mut self,
         mid: Mid,
         packet: CachedPacket,
         clock_rate: u32,
         wallclock: Instant,
-    ) {
+    ) -> bool {
+        let before = self.pending.len();
         if let Some(stream) = self.streams.iter().position(|s| s.mid == mid) {
             self.streams[stream]
                 .sent
@@ -224,6 +247,30 @@ impl Egress {
             };
             self.pending.extend(pending);
         }
+        self.pending.len() > before
+    }
+
+    /// Queues `n` copies of the last packet queued for its stream's RTX, when it has one: a
+    /// probe (probe.rs).
+    pub(crate) fn queue_copies(&mut self, n: u32) {
+        let Some(last) = self.pending.last() else {
+            return;
+        };
+        if last.stream & COPY != 0 || self.streams[usize::from(last.stream)].rtx.is_none() {
+            return;
+        }
+        let copy = Pending {
+            stream: last.stream | COPY,
+            payload: last.payload.clone(),
+            ..*last
+        };
+        for _ in 1..n {
+            self.pending.push(Pending {
+                payload: copy.payload.clone(),
+                ..copy
+            });
+        }
+        self.pending.push(copy);
     }
 
     /// Holds what is queued on `mid` from now on until `until` (hold.rs); what an earlier
@@ -267,17 +314,32 @@ impl Egress {
             ..
         } = self;
         for p in pending.drain(..) {
-            let s = &mut streams[usize::from(p.stream)];
-            s.sent.sealed(p.payload.len());
+            let s = &mut streams[usize::from(p.stream & !COPY)];
             let header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
+            if p.stream & COPY != 0 {
+                let Some(header) = s.rtx.as_mut().and_then(|rtx| rtx.header(header)) else {
+                    continue;
+                };
+                flushed.bytes +=
+                    seal(srtp, out, path, header, Some(p.seq as u16), &p.payload) as u64;
+                flushed.datagrams += 1;
+                flushed.copies += 1;
+                continue;
+            }
+            s.sent.sealed(p.payload.len());
             flushed.bytes += seal(srtp, out, path, header, None, &p.payload) as u64;
             flushed.datagrams += 1;
         }
-        self.resends.sent(flushed.datagrams);
+        self.resends.sent(flushed.datagrams - flushed.copies);
         if flushed.datagrams > 0 && self.reports.media_sent(now) {
             flushed.rescheduled = true;
         }
         flushed
+    }
+
+    /// The round trip to the viewer, from a receiver report's (LSR, DLSR) read at `now`.
+    pub(crate) fn round_trip(&self, now: Instant, report: (u32, u32)) -> Option<Duration> {
+        self.reports.round_trip(now, report)
     }
 
     /// The m-line of one of this viewer's streams.
@@ -339,7 +401,10 @@ impl Egress {
 
 #[derive(Default)]
 pub(crate) struct Flushed {
+    /// Datagrams sealed, probes' copies included.
     pub(crate) datagrams: u64,
+    /// Of which probes' copies.
+    pub(crate) copies: u64,
     pub(crate) bytes: u64,
     pub(crate) rescheduled: bool,
 }

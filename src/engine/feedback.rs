@@ -8,7 +8,7 @@
 //! - PLI and FIR: a keyframe request for the broadcast's video, like str0m's
 //!   `Event::KeyframeRequest` for everyone else.
 
-use tracing::trace;
+use tracing::{debug, trace};
 
 use super::packet::CachedPacket;
 use super::peer::{Peer, Role, live};
@@ -33,6 +33,21 @@ impl Engine {
         {
             let read = egress.feedback(data, &mut rtcp, &mut lost);
             self.counters.nacks_received += read.nacks;
+            if let Some(now) = self.last_now
+                && let Some(c) = consumers.iter_mut().find(|c| c.kind.is_video())
+            {
+                // A probe that fills the viewer's link shows as a longer round trip (its
+                // queue), then as loss (probe.rs).
+                if let Some(rtt) = read.report.and_then(|r| egress.round_trip(now, r)) {
+                    trace!(peer = %v, rtt_ms = rtt.as_millis() as u64, "viewer's round trip");
+                    if c.probing.round_trip(now, rtt) {
+                        debug!(peer = %v, rtt_ms = rtt.as_millis() as u64, "the probe queued on the viewer's link");
+                    }
+                }
+                if !lost.is_empty() {
+                    c.probing.lost(now, lost.len());
+                }
+            }
             if let (Some(bps), Some(now)) = (read.remb, self.last_now) {
                 self.counters.rembs_received += 1;
                 trace!(peer = %v, bps, "viewer's estimate (REMB)");
@@ -104,6 +119,10 @@ pub(super) enum Feedback {
     Keyframe(u32),
     /// REMB (draft-alvestrand-rmcat-remb): the receiver's estimate of its link, bits/s.
     Remb(u64),
+    /// A receiver report block (RFC 3550 §6.4.1) on one of our SR: the middle 32 bits of
+    /// that SR's NTP time (LSR) and how long the receiver held it (DLSR, 1/65536 s): the
+    /// round trip, and so the queue on the way, is read from them.
+    Report { lsr: u32, dlsr: u32 },
 }
 
 /// Calls `f` for every lost packet and keyframe request in a compound RTCP packet; returns
@@ -136,6 +155,15 @@ pub(super) fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Feedback)) ->
                 }
             }
             (PT_PSFB, FMT_PLI) => f(Feedback::Keyframe(media)),
+            (PT_RR, count) => {
+                for block in packet[8..].chunks_exact(24).take(usize::from(count)) {
+                    let lsr = be32(&block[16..20]);
+                    if lsr != 0 {
+                        let dlsr = be32(&block[20..24]);
+                        f(Feedback::Report { lsr, dlsr });
+                    }
+                }
+            }
             // "REMB", the number of SSRCs, then a 6-bit exponent and 18-bit mantissa.
             (PT_PSFB, FMT_AFB) if packet.len() >= 20 && &packet[12..16] == b"REMB" => {
                 let exp = u32::from(packet[17] >> 2);
@@ -161,6 +189,7 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+const PT_RR: u8 = 201;
 const PT_RTPFB: u8 = 205;
 const PT_PSFB: u8 = 206;
 const FMT_NACK: u8 = 1;

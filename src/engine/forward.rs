@@ -48,18 +48,10 @@ impl Engine {
         let size = pkt.payload.len() + pkt.header.header_len;
         route.ingest.add(now, size);
         let track = &mut route.tracks[ti];
-        track.rate.add(now, size);
-        if track.kind == MediaKind::Video
-            && pkt
-                .payload
-                .first()
-                .is_some_and(|b| matches!(b & 0x1f, 7 | 24))
-            && let Some(sps) = crate::h264::sps_in_rtp_payload(&pkt.payload)
+        if let Some(sps) = track.arrived(now, size, &pkt.payload)
+            && track.rank == 0
         {
-            track.sps = Some(sps);
-            if track.rank == 0 {
-                route.sps = Some(sps);
-            }
+            route.sps = Some(sps);
         }
         let cached = CachedPacket::from_rtp(&pkt);
         if let Some(tap) = &self.recorder {
@@ -213,12 +205,19 @@ impl Engine {
                     orientation: p.orientation,
                     payload: p.payload.clone(),
                 };
-                egress.queue(consumer.mid, out, src.clock_rate, wallclock.min(now));
+                let len = out.payload.len();
+                if egress.queue(consumer.mid, out, src.clock_rate, wallclock.min(now)) {
+                    let copies = consumer.probing.copies(now, len);
+                    if copies > 0 {
+                        egress.queue_copies(copies);
+                    }
+                }
                 wrote = true;
                 self.counters.packets_forwarded += 1;
                 if egress.queued() >= MAX_QUEUED {
                     let f = egress.flush(now, *media_path, &mut self.outbox);
                     self.counters.packets_out += f.datagrams;
+                    self.counters.probe_packets += f.copies;
                     self.counters.bytes_out += f.bytes;
                     rescheduled |= f.rescheduled;
                 }
@@ -275,6 +274,7 @@ impl Engine {
             if let Some(egress) = p.egress.as_mut() {
                 let f = egress.flush(now, p.media_path, &mut self.outbox);
                 self.counters.packets_out += f.datagrams;
+                self.counters.probe_packets += f.copies;
                 self.counters.bytes_out += f.bytes;
                 if f.rescheduled {
                     self.reschedule(v);

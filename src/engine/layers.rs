@@ -8,8 +8,10 @@
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Rid};
+use tracing::debug;
 
 use super::peer::{Role, live};
+use super::probe::Verdict;
 use super::{BroadcastKey, Engine, EngineEvent, LayerError, LayerState, PeerKey, SessionId};
 
 impl Engine {
@@ -44,6 +46,7 @@ impl Engine {
             .ok_or(LayerError::NoSuchLayer)?;
         c.auto = rid.is_none();
         (c.below_since, c.above_since) = (None, None);
+        c.probing.reset();
         if c.layer == layer {
             c.target = None;
             return Ok(());
@@ -90,13 +93,16 @@ impl Engine {
 
 impl Engine {
     /// Viewer `v` told its estimate (REMB, `bps`): in automatic mode it moves to the largest
-    /// layer that fits with [`HEADROOM`], down once the estimate has stayed under its layer
-    /// for [`DOWN_AFTER`], up once it has stayed above a larger one for [`UP_AFTER`].
+    /// layer that fits with [`HEADROOM_PERCENT`], down once the estimate has stayed under its
+    /// layer's bitrate for [`DOWN_AFTER`], up once it has stayed above a larger one (with the
+    /// headroom) for [`UP_AFTER`]. In between, its link may be probed for more (probe.rs).
     pub(super) fn follow_estimate(&mut self, now: Instant, v: PeerKey, bps: u64) {
         let Some(peer) = live(&mut self.peers, v) else {
             return;
         };
         let b = peer.broadcast;
+        // Probes are RTX copies sealed by us (egress.rs).
+        let sealed = peer.egress.is_some();
         let Role::Viewer(consumers) = &mut peer.role else {
             return;
         };
@@ -115,34 +121,85 @@ impl Engine {
                 .layer(MediaKind::Video, l)
                 .map_or(0, |t| t.rate.bps(now))
         };
-        // The largest layer that arrives and fits; the smallest that arrives if none does.
-        let arriving: Vec<u8> = (0..layers).filter(|&l| needs(l) > 0).collect();
-        let Some(&smallest) = arriving.last() else {
+        let Some(largest) = (0..layers).find(|&l| needs(l) > 0) else {
             return;
         };
-        let fits = (arriving.iter().copied())
-            .find(|&l| needs(l).saturating_mul(HEADROOM_PERCENT) / 100 <= bps)
-            .unwrap_or(smallest);
         let current = c.target.unwrap_or(c.layer);
-        let (since, wait) = match fits.cmp(&current) {
-            std::cmp::Ordering::Equal => {
-                (c.below_since, c.above_since) = (None, None);
+        let larger = (largest..current).rev().find(|&l| needs(l) > 0);
+        match c.probing.estimate(now, bps) {
+            Verdict::Going => {}
+            Verdict::Full => debug!(peer = %v, bps, "the probe found the link full"),
+            Verdict::Carried => {
+                // The link carried the larger layer's bitrate: up at once, the probe having
+                // been the wait for a stable estimate.
+                if let Some(larger) = larger
+                    && c.target.is_none()
+                {
+                    debug!(peer = %v, bps, from = c.layer, to = larger, "the link carried the probe");
+                    (c.below_since, c.above_since) = (None, None);
+                    c.target = Some(larger);
+                    if let Some(ti) = route.layer_index(MediaKind::Video, larger)
+                        && !self.pending_plis.contains(&(b, ti))
+                    {
+                        self.pending_plis.push((b, ti));
+                    }
+                }
                 return;
             }
-            std::cmp::Ordering::Greater => {
-                c.above_since = None;
-                (c.below_since.get_or_insert(now), DOWN_AFTER)
-            }
+        }
+        // What the link carries: the estimate, or what a probe proved while the estimate
+        // climbs towards it.
+        let carries = c.probing.effective(bps);
+        // The largest layer that arrives and fits with headroom; the smallest that arrives
+        // if none does.
+        let smallest = (largest..layers)
+            .rev()
+            .find(|&l| needs(l) > 0)
+            .unwrap_or(largest);
+        let fits = (largest..layers)
+            .find(|&l| needs(l) > 0 && needs(l).saturating_mul(HEADROOM_PERCENT) / 100 <= carries)
+            .unwrap_or(smallest);
+        // The layer a viewer is on is kept while the estimate covers most of its bitrate:
+        // headroom is asked of a move up only, so an estimate that wanders around a layer's
+        // bitrate (or, as a viewer starts, climbs to it) does not make it go back and forth.
+        let keeps = needs(current) > 0 && needs(current) * KEEP_PERCENT / 100 <= carries;
+        let (since, wait) = match fits.cmp(&current) {
             std::cmp::Ordering::Less => {
                 c.below_since = None;
                 (c.above_since.get_or_insert(now), UP_AFTER)
+            }
+            std::cmp::Ordering::Greater if !keeps => {
+                c.above_since = None;
+                (c.below_since.get_or_insert(now), DOWN_AFTER)
+            }
+            _ => {
+                (c.below_since, c.above_since) = (None, None);
+                // Steady: probe for the next larger layer if the estimate says the link
+                // may carry more than it is sent (probe.rs).
+                if let Some(larger) = larger
+                    && sealed
+                    && c.rtx.is_some()
+                    && c.target.is_none()
+                    && c.probing.may_start(now, bps, needs(current))
+                {
+                    let to_bps = needs(larger).saturating_mul(HEADROOM_PERCENT) / 100;
+                    debug!(peer = %v, bps, layer = current, to_bps, "probing the viewer's link");
+                    c.probing.start(now, bps, needs(current), to_bps);
+                }
+                return;
             }
         };
         if now < *since + wait {
             return;
         }
         (c.below_since, c.above_since) = (None, None);
+        if fits < current {
+            c.probing.reset();
+        } else {
+            c.probing.failed(now);
+        }
         c.target = (fits != c.layer).then_some(fits);
+        debug!(peer = %v, bps, from = c.layer, to = fits, "viewer's layer follows its estimate");
         if let Some(ti) = route.layer_index(MediaKind::Video, fits)
             && c.target.is_some()
             && !self.pending_plis.contains(&(b, ti))
@@ -166,6 +223,10 @@ fn changed(old: &[LayerState], new: &[LayerState]) -> bool {
 
 /// A layer fits an estimate that is this much above its bitrate (percent).
 const HEADROOM_PERCENT: u64 = 115;
+/// A layer is kept while the estimate is at least this share of its bitrate (percent): the
+/// bitrate measured counts headers and keyframe bursts, and a browser's estimate starts
+/// near what arrives and climbs from there.
+const KEEP_PERCENT: u64 = 85;
 /// A downgrade is prompt: the estimate stayed under the layer this long.
 const DOWN_AFTER: Duration = Duration::from_secs(1);
 /// An upgrade waits for a stable estimate.

@@ -50,6 +50,7 @@ mod outbox;
 mod packet;
 mod peer;
 mod priority;
+mod probe;
 mod receive;
 mod record_tap;
 mod report;
@@ -172,6 +173,7 @@ struct Counters {
     nacks_sent: u64,
     nacks_received: u64,
     rembs_received: u64,
+    probe_packets: u64,
     retransmissions: u64,
     evictions: u64,
     late_packets_dropped: u64,
@@ -266,6 +268,7 @@ impl Engine {
             nacks_sent: self.counters.nacks_sent,
             nacks_received: self.counters.nacks_received,
             rembs_received: self.counters.rembs_received,
+            probe_packets: self.counters.probe_packets,
             retransmissions: self.counters.retransmissions,
             evictions: self.counters.evictions,
             late_packets_dropped: self.counters.late_packets_dropped,

@@ -65,6 +65,16 @@ impl Reports {
         }
     }
 
+    /// The round trip a receiver report read at `now` tells: now, less when we sent the SR
+    /// it names (LSR: the middle 32 bits of its NTP time), less how long the receiver held
+    /// it (DLSR), in 1/65536 s (RFC 3550 §6.4.1). `None` for one that makes no sense (an
+    /// SR of another clock, or more than a minute).
+    pub(super) fn round_trip(&self, now: Instant, (lsr, dlsr): (u32, u32)) -> Option<Duration> {
+        let middle = (ntp_at(self.origin, now) >> 16) as u32;
+        let units = middle.wrapping_sub(lsr).checked_sub(dlsr)?;
+        (units < 60 << 16).then(|| Duration::from_micros(u64::from(units) * 1_000_000 >> 16))
+    }
+
     /// Media was sent at `now`: the first media schedules the first report. Returns whether
     /// the deadline changed.
     pub(super) fn media_sent(&mut self, now: Instant) -> bool {

@@ -164,11 +164,14 @@ impl Engine {
                 wallclock,
                 audio,
             } => {
-                let fed = self
-                    .router
-                    .route(b)
-                    .is_some_and(|r| r.generation == generation && r.fed);
-                if fed {
+                let fed = (self.router.route_mut(b))
+                    .filter(|r| r.generation == generation && r.fed)
+                    .and_then(|r| r.tracks.get_mut(track));
+                if let Some(t) = fed {
+                    // A mirror's viewers follow their estimates too (layers.rs): the
+                    // layers' bitrates are measured here as at home (the header as it
+                    // came is not relayed; a plain 12-byte one is counted for it).
+                    t.arrived(now, packet.payload.len() + 12, &packet.payload);
                     let exts = ExtensionValues {
                         audio_level: audio.0,
                         voice_activity: audio.1,

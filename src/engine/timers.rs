@@ -171,6 +171,7 @@ impl Engine {
         if egress.release_due_hold(now) {
             let f = egress.flush(now, path, &mut self.outbox);
             self.counters.packets_out += f.datagrams;
+            self.counters.probe_packets += f.copies;
             self.counters.bytes_out += f.bytes;
         }
         egress.report(now, path, &mut self.outbox);

@@ -118,6 +118,25 @@ impl Doctor {
 }
 
 impl Track {
+    /// A packet of `size` bytes arrived on it: counted in its bitrate, and its picture size
+    /// read from an H.264 SPS (alone or in a STAP-A), which is returned when it carries one.
+    pub(crate) fn arrived(
+        &mut self,
+        now: Instant,
+        size: usize,
+        payload: &[u8],
+    ) -> Option<crate::h264::SpsInfo> {
+        self.rate.add(now, size);
+        if self.kind != MediaKind::Video
+            || !payload.first().is_some_and(|b| matches!(b & 0x1f, 7 | 24))
+        {
+            return None;
+        }
+        let sps = crate::h264::sps_in_rtp_payload(payload)?;
+        self.sps = Some(sps);
+        Some(sps)
+    }
+
     /// A publisher's tracks, each simulcast layer ranked among those of its kind in the
     /// order given (the full-size layer first).
     pub(super) fn all(specs: &[IngestTrack]) -> Vec<Self> {

@@ -79,6 +79,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         stats.rembs_received,
     );
     metric(
+        "viewer_probe_packets_total",
+        "counter",
+        "RTX copies sent to probe viewers' links for a larger simulcast layer.",
+        stats.probe_packets,
+    );
+    metric(
         "retransmissions_total",
         "counter",
         "Packets resent to viewers that reported them lost.",

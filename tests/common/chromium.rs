@@ -153,7 +153,13 @@ impl Browser {
     /// browser apps name them and listed smallest first: "q" (320×180, 250 kb/s), "h"
     /// (640×360, 800 kb/s), "f" (1280×720, 2.5 Mb/s).
     pub fn publishing_simulcast(base: &str, id: &str) -> Self {
-        let publisher = Self::start();
+        Self::publishing_simulcast_with(base, id, &[])
+    }
+
+    /// The same from a Chromium started with more flags (e.g. a fake camera playing a file,
+    /// `--use-file-for-fake-video-capture`, busy enough that each layer fills its bitrate).
+    pub fn publishing_simulcast_with(base: &str, id: &str, flags: &[&str]) -> Self {
+        let publisher = Self::start_with(None, flags);
         publisher.goto(&format!("{base}/"));
         let result = publisher.js_async(
             PUBLISH_SIMULCAST,

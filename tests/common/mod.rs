@@ -19,6 +19,7 @@ pub mod pair;
 pub mod process;
 pub mod raw_http;
 pub mod server;
+pub mod shaped;
 pub mod sim;
 pub mod sim_session;
 pub mod sse;

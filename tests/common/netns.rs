@@ -72,8 +72,9 @@ impl Drop for Netns {
 }
 
 /// Joins `a` and `b` (None: the root namespace) with a veth pair and gives each end its
-/// address (`10.x.y.z/24`); returns nothing to clean up, the namespaces' drop does it.
-pub fn link(a: Option<&Netns>, a_addr: &str, b: Option<&Netns>, b_addr: &str) {
+/// address (`10.x.y.z/24`); returns the names of `a`'s end and `b`'s (to shape one of them).
+/// Nothing to clean up: the namespaces' drop does it.
+pub fn link(a: Option<&Netns>, a_addr: &str, b: Option<&Netns>, b_addr: &str) -> (String, String) {
     let n = unique();
     let (ea, eb) = (format!("wca{n}"), format!("wcb{n}"));
     ip(&["link", "add", &ea, "type", "veth", "peer", "name", &eb]);
@@ -90,6 +91,7 @@ pub fn link(a: Option<&Netns>, a_addr: &str, b: Option<&Netns>, b_addr: &str) {
             }
         }
     }
+    (ea, eb)
 }
 
 /// A number no other namespace or interface of this run has (names stay under 15 bytes).

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Egress;
-use super::wire::{Header, seal};
+use super::wire::seal;
 use crate::engine::feedback::{Feedback, for_each_feedback};
 use crate::engine::outbox::{Outbox, Path};
 use crate::engine::packet::CachedPacket;
@@ -34,6 +34,7 @@ impl Egress {
             }
             Feedback::Keyframe(ssrc) => read.keyframe = read.keyframe.or(stream_of(ssrc)),
             Feedback::Remb(bps) => read.remb = Some(bps),
+            Feedback::Report { lsr, dlsr } => read.report = Some((lsr, dlsr)),
         });
         read
     }
@@ -57,16 +58,9 @@ impl Egress {
         let header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
         match &mut s.rtx {
             Some(rtx) => {
-                let Some(&(_, pt)) = rtx.pts.iter().find(|(main, _)| *main == p.pt) else {
+                let Some(header) = rtx.header(header) else {
                     return false;
                 };
-                let header = Header {
-                    ssrc: rtx.ssrc,
-                    seq: rtx.seq,
-                    pt,
-                    ..header
-                };
-                rtx.seq += 1;
                 seal(
                     &self.srtp,
                     out,
@@ -156,6 +150,8 @@ pub(crate) struct Read {
     pub keyframe: Option<usize>,
     /// The viewer's estimate of its link (REMB), bits per second.
     pub remb: Option<u64>,
+    /// A receiver report's (LSR, DLSR) on our sender reports: see [`Egress::round_trip`].
+    pub report: Option<(u32, u32)>,
 }
 
 /// A NACK storm must not turn into a resend storm.

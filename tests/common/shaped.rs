@@ -1,0 +1,190 @@
+//! A viewer behind a link of limited bandwidth, as a phone or a busy home line is: a network
+//! namespace of the test's own joined to the root namespace (where whipcast listens) by a veth
+//! pair, whose root end sends towards the viewer through a token bucket (`tc qdisc … tbf`:
+//! this machine's kernel has tbf and htb, no netem). The cap can be set, changed and lifted
+//! while the viewer watches. Also: a fake camera busy enough that each simulcast layer fills
+//! its bitrate, and what a page presents, frame by frame, as a person would see it.
+//! Needs root, iproute2, ffmpeg; a test fails, never skips, without them.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::netns::{Netns, link};
+
+/// The viewer's namespace and the veth end that carries what whipcast sends it.
+pub struct ShapedLink {
+    pub ns: Netns,
+    /// Where whipcast listens (the root namespace's end).
+    pub server: IpAddr,
+    /// The viewer's address, in its namespace.
+    pub viewer: IpAddr,
+    towards_viewer: String,
+}
+
+impl ShapedLink {
+    /// A viewer namespace on `10.<subnet>.0.2`, the root namespace's end `10.<subnet>.0.1`,
+    /// with nothing capped yet.
+    pub fn new(subnet: u8) -> Self {
+        let ns = Netns::new();
+        let (root_end, _) = link(
+            None,
+            &format!("10.{subnet}.0.1/24"),
+            Some(&ns),
+            &format!("10.{subnet}.0.2/24"),
+        );
+        Self {
+            ns,
+            server: [10, subnet, 0, 1].into(),
+            viewer: [10, subnet, 0, 2].into(),
+            towards_viewer: root_end,
+        }
+    }
+
+    /// Caps what reaches the viewer at `kbit_s`: a token bucket with a queue of at most
+    /// 200 ms (a home router's buffer; what overflows it is dropped).
+    pub fn cap(&self, kbit_s: u32) {
+        self.lift();
+        ip_tc(&[
+            "qdisc",
+            "add",
+            "dev",
+            &self.towards_viewer,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{kbit_s}kbit"),
+            "burst",
+            "20kb",
+            "latency",
+            "200ms",
+        ]);
+    }
+
+    /// Lifts the cap (no qdisc of ours is left).
+    pub fn lift(&self) {
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.towards_viewer, "root"])
+            .output();
+    }
+
+    /// (bytes sent, packets dropped) by the cap so far; zeros when there is none.
+    pub fn cap_counters(&self) -> (u64, u64) {
+        let out = Command::new("tc")
+            .args(["-s", "-j", "qdisc", "show", "dev", &self.towards_viewer])
+            .output()
+            .expect("tc runs");
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let tbf = (listed.as_array().into_iter().flatten()).find(|q| q["kind"] == "tbf");
+        tbf.map_or((0, 0), |q| {
+            (
+                q["bytes"].as_u64().unwrap_or(0),
+                q["drops"].as_u64().unwrap_or(0),
+            )
+        })
+    }
+}
+
+fn ip_tc(args: &[&str]) {
+    let out = Command::new("tc")
+        .args(args)
+        .output()
+        .expect("`tc` runs: the tests need iproute2 and root");
+    assert!(
+        out.status.success(),
+        "tc {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Y4M file for Chromium's fake camera (`--use-file-for-fake-video-capture`): 1280×720 at
+/// 30 fps, two seconds of ffmpeg's moving test picture with grain on it that changes every
+/// frame, so that an encoder needs its whole bitrate at every size (the plain fake camera is
+/// so easy that a 2.5 Mb/s layer sends ~500 kb/s). Made once per test process.
+pub fn busy_camera() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("whipcast-busy-{}.y4m", std::process::id()));
+    if path.exists() {
+        return path;
+    }
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args(["-i", "testsrc2=size=1280x720:rate=30:duration=2"])
+        .args(["-vf", "noise=alls=24:allf=t", "-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg runs: apt-get install ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg made no Y4M: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// Installed in a viewer page: keeps, for every frame the `<video>` presents, when it was
+/// presented and at what height (`requestVideoFrameCallback`, in Chromium and Firefox), in
+/// `window.presented`.
+pub const COUNT_PRESENTED: &str = "
+window.presented = [];
+const watch = () => {
+  const v = document.querySelector('video');
+  if (!v || !v.requestVideoFrameCallback) return setTimeout(watch, 100);
+  const each = (now, meta) => {
+    window.presented.push([Math.round(now), meta.height]);
+    v.requestVideoFrameCallback(each);
+  };
+  v.requestVideoFrameCallback(each);
+};
+watch();";
+
+/// Frames presented from `from` on (page milliseconds), as (time, height).
+pub const PRESENTED_SINCE: &str = "
+const from = arguments[0];
+return [Math.round(performance.now()), (window.presented || []).filter(([t]) => t >= from)];";
+
+/// What a person watching would notice over a stretch of presented frames.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watched {
+    /// Frames presented per second.
+    pub fps: f64,
+    /// Pauses between two frames longer than [`FREEZE_MS`]: a picture that stops.
+    pub freezes: usize,
+    /// The longest pause, in ms.
+    pub longest_ms: u64,
+    /// The heights seen, the last one last.
+    pub last_height: u64,
+}
+
+/// A pause between frames that a viewer sees as a freeze. WebRTC's own stats call a freeze a
+/// pause over three frames' time and over 150 ms more than the mean: at 30 fps, ~183 ms.
+pub const FREEZE_MS: u64 = 200;
+
+/// Reads `frames` ((ms, height) pairs) presented over `span_ms`.
+pub fn watched(frames: &[(u64, u64)], span_ms: u64) -> Watched {
+    let gaps = frames.windows(2).map(|w| w[1].0.saturating_sub(w[0].0));
+    let (mut freezes, mut longest) = (0, 0);
+    for g in gaps {
+        longest = longest.max(g);
+        if g > FREEZE_MS {
+            freezes += 1;
+        }
+    }
+    Watched {
+        fps: frames.len() as f64 * 1000.0 / span_ms.max(1) as f64,
+        freezes,
+        longest_ms: longest,
+        last_height: frames.last().map_or(0, |f| f.1),
+    }
+}
+
+/// The (ms, height) pairs of a [`PRESENTED_SINCE`] answer, and the page's time then.
+pub fn presented(answer: &Value) -> (u64, Vec<(u64, u64)>) {
+    let now = answer[0].as_u64().unwrap_or(0);
+    let frames = (answer[1].as_array().into_iter().flatten())
+        .map(|f| (f[0].as_u64().unwrap_or(0), f[1].as_u64().unwrap_or(0)))
+        .collect();
+    (now, frames)
+}
