@@ -50,6 +50,8 @@ pub(crate) struct Consumer {
     pub(crate) below_since: Option<Instant>,
     /// Since when its estimate has been enough for a larger layer.
     pub(crate) above_since: Option<Instant>,
+    /// Whether its link carries what it is sent (slow.rs).
+    pub(crate) slow: super::slow::Slowness,
 }
 
 /// What a viewer's numbering is derived from: one publisher (its epoch) and one of its
@@ -147,6 +149,7 @@ impl Consumer {
             auto: true,
             below_since: None,
             above_since: None,
+            slow: Default::default(),
         }
     }
 
