@@ -207,7 +207,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
                     let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
                     return match method {
                         Method::POST => layer::select(state, req, session).await,
-                        _ => Err(not_allowed("POST, OPTIONS")),
+                        Method::GET => layer::describe(state, session).await,
+                        _ => Err(not_allowed("GET, POST, OPTIONS")),
                     };
                 }
                 return session(state, req, rest, false).await;
@@ -311,15 +312,15 @@ pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, 
 
 /// CORS preflight for every WHIP/WHEP URL (RFC 9725 §4.1 requires it).
 fn preflight(path: &str) -> HttpResponse {
-    let methods = if path.ends_with("/sse") || path.starts_with("/stream/events") {
-        "GET, POST, OPTIONS"
-    } else if path.ends_with("/layer") {
-        "POST, OPTIONS"
-    } else if path.contains("/session/") {
-        "DELETE, PATCH, OPTIONS"
-    } else {
-        "GET, POST, OPTIONS"
-    };
+    let methods =
+        if path.ends_with("/sse") || path.starts_with("/stream/events") || path.ends_with("/layer")
+        {
+            "GET, POST, OPTIONS"
+        } else if path.contains("/session/") {
+            "DELETE, PATCH, OPTIONS"
+        } else {
+            "GET, POST, OPTIONS"
+        };
     Response::builder()
         .status(StatusCode::NO_CONTENT)
         .header(header::ACCESS_CONTROL_ALLOW_METHODS, methods)
