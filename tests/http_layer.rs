@@ -239,3 +239,42 @@ async fn a_viewer_is_told_its_layer_and_link_and_nobody_else_is() {
     assert!(!metrics.contains(&id) && !metrics.contains(&view));
     r.server.shutdown().await;
 }
+
+/// With two workers the broadcast's viewers are spread over both: the one on the worker that
+/// only mirrors the broadcast is told its layer's size and what it is sent as well as the one
+/// on the publisher's worker (the mirror measures what is relayed to it).
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_on_either_worker_are_told_their_pictures_size_and_bitrate() {
+    use common::server::{metric, start_in, temp_dir};
+    use common::udp_client::{Client, http};
+    let (server, base) = start_in(&temp_dir("http_layer_workers"), &["--workers", "2"]).await;
+    tokio::task::spawn_blocking(move || {
+        let (id, view) = common::server::create(&base);
+        let _publisher = Client::publish(&base, &id).expect("publish");
+        let viewers: Vec<Client> = (0..2)
+            .map(|_| {
+                let v = Client::view(&base, &view).expect("viewer accepted");
+                v.wait_for("60 frames", |s| s.frames.len() >= 60);
+                v
+            })
+            .collect();
+        for w in 0..2 {
+            let on = format!("whipcast_worker_viewers{{worker=\"{w}\"}}");
+            assert_eq!(metric(&base, &on), 1, "one viewer on worker {w}");
+        }
+        for v in &viewers {
+            let (status, _, body) = http("GET", &format!("{base}{}/layer", v.location), &[], "");
+            assert_eq!(status, 200, "{body}");
+            let layer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(layer["height"], 240, "the fixture's size: {layer}");
+            let needed = layer["needed_bps"].as_u64().unwrap();
+            assert!(
+                (150_000..1_000_000).contains(&needed),
+                "the fixture's ~300 kb/s and the tone: {layer}"
+            );
+        }
+    })
+    .await
+    .expect("no panic");
+    server.shutdown().await;
+}

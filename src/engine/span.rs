@@ -169,6 +169,11 @@ impl Engine {
                     .route(b)
                     .is_some_and(|r| r.generation == generation && r.fed);
                 if fed {
+                    if let Some(t) =
+                        (self.router.route_mut(b)).and_then(|r| r.tracks.get_mut(track))
+                    {
+                        t.measure_relayed(now, &packet);
+                    }
                     let exts = ExtensionValues {
                         audio_level: audio.0,
                         voice_activity: audio.1,

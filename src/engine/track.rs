@@ -169,6 +169,22 @@ impl Track {
         }
     }
 
+    /// Measures a packet relayed from the broadcast's home (span.rs) as the home measured it
+    /// from the publisher: its bitrate and, from an SPS, its size. A mirror's viewers have
+    /// their layer chosen and their link judged by these (layers.rs, slow.rs).
+    pub(crate) fn measure_relayed(&mut self, now: Instant, pkt: &CachedPacket) {
+        self.rate.add(now, pkt.payload.len() + RTP_HEADER);
+        if self.kind == MediaKind::Video
+            && pkt
+                .payload
+                .first()
+                .is_some_and(|b| matches!(b & 0x1f, 7 | 24))
+            && let Some(sps) = crate::h264::sps_in_rtp_payload(&pkt.payload)
+        {
+            self.sps = Some(sps);
+        }
+    }
+
     /// A recent packet by its (publisher) sequence number.
     pub(crate) fn recent(&self, seq: u64) -> Option<&CachedPacket> {
         self.recent
@@ -323,3 +339,6 @@ const MAX_FRAME_PACKETS: usize = 1024;
 /// packets/s, far more than a NACK round trip; one ring per broadcast (~20 KB), not per
 /// viewer.
 const RECENT: usize = 512;
+/// The fixed RTP header a relayed packet's size is counted with: the home counts the
+/// publisher's whole header, extensions too, so a mirror's rate reads a few percent lower.
+const RTP_HEADER: usize = 12;
