@@ -36,8 +36,8 @@ use hyper::{Method, Request, Response, StatusCode, header};
 pub use self::cluster::on_event as cluster_event;
 pub use self::listen::serve;
 use self::pages::{
-    BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, PLAYER_JS, STATUS_HTML,
-    STATUS_JS, STYLE_CSS, page, stream_page, text,
+    BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, LINK_JS, PLAYER_JS,
+    STATUS_HTML, STATUS_JS, STYLE_CSS, page, stream_page, text,
 };
 pub use self::problem::ApiError;
 pub(crate) use self::request::{
@@ -177,6 +177,11 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             StatusCode::OK,
             "text/javascript; charset=utf-8",
             EVENTS_JS,
+        )),
+        "/assets/link.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            LINK_JS,
         )),
         "/assets/events-worker.js" => Ok(text(
             StatusCode::OK,
