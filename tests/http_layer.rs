@@ -20,16 +20,12 @@ async fn post_layer(r: &Running, path: &str, content_type: &str, body: &str) -> 
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_viewer_session_takes_layer_requests_and_bad_ones_get_a_clear_4xx() {
-    let r = http_server::start("http_layer", &[]).await;
-    let (id, view) = create(&r).await;
-    let published = whip(&r, Some(&id), "application/sdp", obs_offer()).await;
+/// A broadcast (broadcast ID, view ID) with an OBS-shaped publisher (no media) and a viewer:
+/// the publisher's session URL and the viewer's WHEP answer.
+async fn publisher_and_viewer(r: &Running) -> ((String, String), String, reqwest::Response) {
+    let (id, view) = create(r).await;
+    let published = whip(r, Some(&id), "application/sdp", obs_offer()).await;
     assert_eq!(published.status(), StatusCode::CREATED);
-    let publisher = published.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
     let viewer = r
         .http
         .post(format!("{}/stream?id={view}", r.base))
@@ -39,10 +35,18 @@ async fn a_viewer_session_takes_layer_requests_and_bad_ones_get_a_clear_4xx() {
         .await
         .unwrap();
     assert_eq!(viewer.status(), StatusCode::CREATED);
-    let session = viewer.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    ((id, view), location(&published), viewer)
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()[header::LOCATION].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_viewer_session_takes_layer_requests_and_bad_ones_get_a_clear_4xx() {
+    let r = http_server::start("http_layer", &[]).await;
+    let (_, publisher, viewer) = publisher_and_viewer(&r).await;
+    let session = location(&viewer);
     assert!(session.starts_with("/stream/session/"), "{session}");
     let links: Vec<String> = (viewer.headers().get_all(header::LINK).iter())
         .map(|v| v.to_str().unwrap().to_owned())
@@ -160,26 +164,8 @@ async fn get_layer(r: &Running, path: &str) -> reqwest::Response {
 #[tokio::test]
 async fn a_viewer_is_told_its_layer_and_link_and_nobody_else_is() {
     let r = http_server::start("http_layer_get", &[]).await;
-    let (id, view) = create(&r).await;
-    let published = whip(&r, Some(&id), "application/sdp", obs_offer()).await;
-    assert_eq!(published.status(), StatusCode::CREATED);
-    let publisher = published.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let viewer = r
-        .http
-        .post(format!("{}/stream?id={view}", r.base))
-        .header(header::CONTENT_TYPE, "application/sdp")
-        .body(viewer_offer(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(viewer.status(), StatusCode::CREATED);
-    let session = viewer.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let ((id, view), publisher, viewer) = publisher_and_viewer(&r).await;
+    let session = location(&viewer);
 
     let got = get_layer(&r, &session).await;
     assert_eq!(got.status(), StatusCode::OK);
