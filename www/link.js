@@ -36,10 +36,13 @@ export function watchLink(player) {
     const slow = watching() && l && l.slow;
     notice.classList.toggle('hidden', !slow);
     if (!slow) return;
-    const simulcast = l.rid !== null;
-    const what = simulcast ? 'even the smallest quality of this broadcast' : 'this broadcast';
+    // With simulcast the server flags a viewer in Auto only on the smallest layer; one that
+    // pinned a layer can still choose a smaller one.
+    const what = l.rid === null ? 'this broadcast'
+      : l.auto ? 'even the smallest quality of this broadcast' : 'the quality you chose';
     const have = l.estimate_bps ? `, about ${kbps(l.estimate_bps)} available` : '';
-    notice.textContent = `Your connection is slower than ${what} (${kbps(l.needed_bps)} needed${have}): the picture may freeze.`;
+    const hint = l.rid !== null && !l.auto ? ' Choose a lower quality, or Auto.' : '';
+    notice.textContent = `Your connection is slower than ${what} (${kbps(l.needed_bps)} needed${have}): the picture may freeze.${hint}`;
   }
 
   async function askServer() {
