@@ -14,8 +14,6 @@ use str0m::media::Rid;
 use whipcast::engine::{
     BroadcastKey, Command, EngineEvent, LayerError, LayerState, Outcome, SessionId,
 };
-use whipcast::srtp::SrtpSender;
-use whipcast::srtp::capture::Captured;
 
 const B: BroadcastKey = BroadcastKey(1);
 const FRAME: Duration = Duration::from_millis(33);
@@ -251,28 +249,6 @@ fn viewers_are_told_the_layers_when_they_change_and_not_more_often() {
     );
 }
 
-/// Viewer `v` tells the server its estimate, `bps`, in a REMB sealed with its own keys.
-fn send_remb(sim: &mut Sim, v: usize, bps: u64) {
-    let keys = sim.clients[v].server_keys.as_ref().unwrap().get().unwrap();
-    let theirs = Captured {
-        active: !keys.active,
-        ..keys.clone()
-    };
-    let mut tx = SrtpSender::new(&theirs).expect("AES-GCM keys");
-    let (mut exp, mut mantissa) = (0u32, bps);
-    while mantissa > 0x3ffff {
-        mantissa >>= 1;
-        exp += 1;
-    }
-    let br = (exp << 18 | mantissa as u32).to_be_bytes();
-    let mut rtcp = vec![0x8f, 206, 0, 5, 0, 0, 0, 1, 0, 0, 0, 0];
-    rtcp.extend_from_slice(b"REMB");
-    rtcp.extend_from_slice(&[1, br[1], br[2], br[3], 0, 0, 0, 7]);
-    tx.seal_rtcp(&mut rtcp, 0);
-    let from = sim.clients[v].addr;
-    sim.inject(from, &rtcp);
-}
-
 /// Frames `range` on every layer, the viewer's estimate told every 200 ms if any; keyframes
 /// every 30 frames.
 fn stream(
@@ -287,7 +263,7 @@ fn stream(
         if let Some(bps) = estimate
             && n % 6 == 0
         {
-            send_remb(sim, v, bps);
+            sim.send_remb(v, bps);
         }
         sent.push(sim.send_simulcast_frame(p, n, n % 30 == 0));
         sim.run_for(FRAME);

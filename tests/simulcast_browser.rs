@@ -88,7 +88,16 @@ async fn the_quality_menu_moves_the_picture_to_the_layer_chosen_and_auto_brings_
         });
         let decoded = viewer.wait_decoding("frames decoded on the small layer");
         eprintln!("full {full}p, then {small}p: {decoded} frames decoded there");
+        // The stats overlay names the layer the server sends, pinned from the menu.
+        viewer.click("#statsToggle");
+        let stats = viewer.wait("the stats overlay shows the pinned small layer", |b| {
+            let text = b.text("#stats");
+            (text.contains(&format!("{small}p (layer {small_rid})")) && text.contains("Pinned"))
+                .then_some(text)
+        });
+        eprintln!("stats overlay: {stats}");
         viewer.screenshot("simulcast_smallest_layer");
+        viewer.click("#statsToggle");
         choose(&viewer, "");
         viewer.wait("Auto brings the full size back", |b| {
             (height(b) == full).then_some(())

@@ -3,6 +3,7 @@
 // Tests read window.whipcast.pc and window.whipcast.state.
 
 import { openEvents } from './events.js';
+import { watchLink } from './link.js';
 
 const $ = (id) => document.getElementById(id);
 const viewId = new URLSearchParams(location.search).get('id') || '';
@@ -315,3 +316,4 @@ addEventListener('pagehide', () => {
 addEventListener('pageshow', (e) => { if (e.persisted) join(); });
 
 join();
+watchLink(player);

@@ -42,6 +42,8 @@ pub enum Command {
         session: SessionId,
         rid: Option<str0m::media::Rid>,
     },
+    /// Tell a viewer its layer, where it is moving and how its link fares (`slow.rs`).
+    DescribeLayer(SessionId),
     /// Counters for `/healthz`, `/metrics` and tests.
     Stats,
     /// State of one broadcast, for the broadcaster's live panel.
@@ -145,6 +147,7 @@ pub enum Outcome {
     Closed(bool),
     Patched(Result<Patched, PatchError>),
     LayerSet(Result<(), LayerError>),
+    LayerDescribed(Result<super::ViewerLayer, LayerError>),
     Stats(Stats),
     Info(BroadcastInfo),
     Status(Vec<(BroadcastKey, BroadcastInfo)>),
@@ -213,6 +216,12 @@ pub struct Stats {
     /// Packets not forwarded because they were from before a viewer's sync point (a late
     /// packet after a keyframe burst or a publisher splice): their number was already used.
     pub late_packets_dropped: u64,
+    /// Viewers moved from one simulcast layer to another.
+    pub layer_switches: u64,
+    /// Viewers whose estimate stayed below what they are sent, with no smaller layer left.
+    pub viewers_slow: usize,
+    /// Viewers of simulcast broadcasts by the layer they are sent, the full size first.
+    pub simulcast_viewers: [usize; super::METERED_LAYERS],
 }
 
 impl std::ops::AddAssign for Stats {
@@ -243,6 +252,9 @@ impl std::ops::AddAssign for Stats {
             retransmissions,
             evictions,
             late_packets_dropped,
+            layer_switches,
+            viewers_slow,
+            simulcast_viewers,
         } = other;
         self.peers += peers;
         self.publishers += publishers;
@@ -267,6 +279,11 @@ impl std::ops::AddAssign for Stats {
         self.retransmissions += retransmissions;
         self.evictions += evictions;
         self.late_packets_dropped += late_packets_dropped;
+        self.layer_switches += layer_switches;
+        self.viewers_slow += viewers_slow;
+        for (mine, theirs) in self.simulcast_viewers.iter_mut().zip(simulcast_viewers) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -307,6 +324,8 @@ pub struct BroadcastInfo {
     pub connected_for: Vec<std::time::Duration>,
     /// The publisher's video layers, the full-size one first (one without simulcast).
     pub layers: Vec<LayerInfo>,
+    /// Viewers whose link stayed slower than what they are sent (`slow.rs`).
+    pub slow_viewers: usize,
 }
 
 /// One simulcast layer (or the one video stream) as it arrives.

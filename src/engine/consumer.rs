@@ -54,6 +54,8 @@ pub(crate) struct Consumer {
     pub(crate) above_since: Option<Instant>,
     /// Whether its link is being probed for a larger layer (probe.rs).
     pub(crate) probing: Probing,
+    /// Whether its link carries what it is sent (slow.rs).
+    pub(crate) slow: super::slow::Slowness,
 }
 
 /// What a viewer's numbering is derived from: one publisher (its epoch) and one of its
@@ -152,6 +154,7 @@ impl Consumer {
             below_since: None,
             above_since: None,
             probing: Probing::default(),
+            slow: Default::default(),
         }
     }
 

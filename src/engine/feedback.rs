@@ -106,6 +106,7 @@ impl Engine {
         }
         if let Some((bps, now)) = estimate {
             self.follow_estimate(now, v, bps);
+            self.track_slow(now, v, bps);
         }
     }
 }

@@ -89,6 +89,7 @@ impl Engine {
             if c.layer != layer {
                 c.target = c.target.or(Some(c.layer));
                 c.layer = layer;
+                self.counters.layer_switches += 1;
             }
         }
         // The keyframe (and its first packet twice) at once; what follows it, held a

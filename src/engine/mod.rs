@@ -56,6 +56,7 @@ mod record_tap;
 mod report;
 mod restart;
 mod router;
+mod slow;
 mod span;
 mod teardown;
 mod timers;
@@ -80,6 +81,7 @@ pub use self::on_command::PROBE_TIMEOUT;
 pub use self::outbox::{Transmit, TransmitRun};
 pub use self::report::viewer_cname;
 pub use self::restart::etag;
+pub use self::slow::{CLEAR_AFTER, METERED_LAYERS, SLOW_AFTER, ViewerLayer};
 pub use self::span::SpanMessage;
 
 use self::deadline::Deadlines;
@@ -177,6 +179,7 @@ struct Counters {
     retransmissions: u64,
     evictions: u64,
     late_packets_dropped: u64,
+    layer_switches: u64,
 }
 
 impl Engine {
@@ -248,6 +251,7 @@ impl Engine {
             .iter()
             .filter(|(_, p)| p.egress.is_some())
             .count();
+        let (viewers_slow, simulcast_viewers) = self.viewer_layers(self.last_now);
         Stats {
             peers: self.peers.len(),
             publishers,
@@ -272,6 +276,9 @@ impl Engine {
             retransmissions: self.counters.retransmissions,
             evictions: self.counters.evictions,
             late_packets_dropped: self.counters.late_packets_dropped,
+            layer_switches: self.counters.layer_switches,
+            viewers_slow,
+            simulcast_viewers,
         }
     }
 

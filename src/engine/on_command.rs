@@ -38,6 +38,9 @@ impl Engine {
             }
             Command::Patch(patch) => Outcome::Patched(self.patch(now, patch)),
             Command::SetLayer { session, rid } => Outcome::LayerSet(self.set_layer(&session, rid)),
+            Command::DescribeLayer(session) => {
+                Outcome::LayerDescribed(self.describe_layer(now, &session))
+            }
             Command::Stats => Outcome::Stats(self.stats()),
             Command::Info(b) => Outcome::Info(self.info(now, b)),
             Command::Status => Outcome::Status(
@@ -216,6 +219,7 @@ impl Engine {
             b_frames: video.is_some_and(|t| t.doctor.b_frames(now)),
             connected_for: self.connected_for(now, b),
             layers: route.map_or_else(Vec::new, |r| r.layer_infos(now)),
+            slow_viewers: self.slow_viewers(now, b),
         }
     }
 

@@ -145,7 +145,7 @@ impl EngineHandle {
                 self.call_on(w, Command::Probe(peer)).await
             }
             Command::Describe(b) => self.call_on(self.worker_of(b), Command::Describe(b)).await,
-            Command::Info(b) => self.call_on(self.worker_of(b), Command::Info(b)).await,
+            Command::Info(b) => self.info(b).await,
             // Every worker may hold viewers of it.
             Command::RevokeViewers(b) => {
                 let mut n = 0;
@@ -162,7 +162,17 @@ impl EngineHandle {
             }
             Command::Close { session, publisher } => self.close(session, publisher).await,
             Command::Patch(patch) => self.patch(patch).await,
-            Command::SetLayer { session, rid } => self.set_layer(session, rid).await,
+            Command::SetLayer { session, rid } => {
+                let command = || Command::SetLayer {
+                    session: session.clone(),
+                    rid,
+                };
+                self.on_viewer(&session, command).await
+            }
+            Command::DescribeLayer(session) => {
+                let command = || Command::DescribeLayer(session.clone());
+                self.on_viewer(&session, command).await
+            }
             Command::Stats => {
                 let mut total = Stats::default();
                 for load in self.worker_loads().await? {
@@ -295,23 +305,42 @@ impl EngineHandle {
         Ok(Outcome::Closed(false))
     }
 
-    async fn set_layer(
+    /// A layer command about viewer `session`, on its worker (or, not booked, the first
+    /// worker that knows it).
+    async fn on_viewer(
         &self,
-        session: SessionId,
-        rid: Option<str0m::media::Rid>,
+        session: &SessionId,
+        command: impl Fn() -> Command,
     ) -> Result<Outcome, EngineGone> {
-        let mut outcome = Outcome::LayerSet(Err(LayerError::UnknownSession));
-        for w in self.candidates_for(&session) {
-            let command = Command::SetLayer {
-                session: session.clone(),
-                rid,
-            };
-            outcome = self.call_on(w, command).await?;
-            if !matches!(outcome, Outcome::LayerSet(Err(LayerError::UnknownSession))) {
+        let mut outcome = None;
+        for w in self.candidates_for(session) {
+            let answer = self.call_on(w, command()).await?;
+            let unknown = matches!(
+                answer,
+                Outcome::LayerSet(Err(LayerError::UnknownSession))
+                    | Outcome::LayerDescribed(Err(LayerError::UnknownSession))
+            );
+            outcome = Some(answer);
+            if !unknown {
                 break;
             }
         }
-        Ok(outcome)
+        Ok(outcome.expect("at least one worker is tried"))
+    }
+
+    /// A broadcast as its home sees it, with the slow viewers every worker holds: one
+    /// broadcast's viewers spread over the workers.
+    async fn info(&self, b: BroadcastKey) -> Result<Outcome, EngineGone> {
+        let home = self.worker_of(b);
+        let Outcome::Info(mut info) = self.call_on(home, Command::Info(b)).await? else {
+            unreachable!("Info is answered with Info");
+        };
+        for w in (0..self.inner.workers.len()).filter(|&w| w != home) {
+            if let Outcome::Info(mirror) = self.call_on(w, Command::Info(b)).await? {
+                info.slow_viewers += mirror.slow_viewers;
+            }
+        }
+        Ok(Outcome::Info(info))
     }
 
     async fn patch(&self, patch: crate::engine::Patch) -> Result<Outcome, EngineGone> {

@@ -203,6 +203,18 @@ fn warnings(info: &BroadcastInfo) -> Vec<String> {
                 .into(),
         );
     }
+    // One layer is all a slow viewer can get: simulcast would give it a smaller one. (With
+    // simulcast a slow viewer is on the smallest layer already, its own link's problem.)
+    if info.slow_viewers > 0 && info.layers.len() <= 1 {
+        let who = match info.slow_viewers {
+            1 => "1 viewer has a connection".to_owned(),
+            n => format!("{n} viewers have connections"),
+        };
+        w.push(format!(
+            "{who} slower than this broadcast's {} kb/s: turn on simulcast in OBS (Settings → Stream → Simulcast, Total Layers 2 or more; OBS 32.1+) or lower the bitrate.",
+            info.bitrate_bps / 1000,
+        ));
+    }
     w
 }
 
@@ -302,4 +314,50 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
         .header(header::CACHE_CONTROL, "no-store")
         .body(super::full(serde_json::to_vec(body).expect("serialises")))
         .expect("valid headers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::LayerInfo;
+
+    fn live(slow_viewers: usize, layers: usize) -> BroadcastInfo {
+        let layer = LayerInfo {
+            rid: None,
+            bitrate_bps: 2_500_000,
+            size: None,
+            fps: None,
+        };
+        BroadcastInfo {
+            state: BroadcastState::Live,
+            viewers: 3,
+            bitrate_bps: 2_600_000,
+            video_codec: None,
+            audio_codec: None,
+            sps: None,
+            live_for: None,
+            ingest_loss: None,
+            fps: None,
+            keyframe_interval: None,
+            b_frames: false,
+            connected_for: Vec::new(),
+            layers: vec![layer; layers],
+            slow_viewers,
+        }
+    }
+
+    #[test]
+    fn slow_viewers_of_a_single_layer_broadcast_bring_the_simulcast_suggestion() {
+        assert!(warnings(&live(0, 1)).is_empty());
+        let one = warnings(&live(1, 1));
+        assert_eq!(
+            one,
+            [
+                "1 viewer has a connection slower than this broadcast's 2600 kb/s: turn on simulcast in OBS (Settings → Stream → Simulcast, Total Layers 2 or more; OBS 32.1+) or lower the bitrate."
+            ]
+        );
+        assert!(warnings(&live(2, 1))[0].starts_with("2 viewers have connections slower"));
+        // With simulcast they are on the smallest layer already: nothing OBS can turn on.
+        assert!(warnings(&live(2, 3)).is_empty());
+    }
 }

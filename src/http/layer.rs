@@ -1,5 +1,7 @@
 //! `POST /stream/session/<id>/layer`: a viewer chooses its simulcast layer, the WHEP
-//! "core extensions" draft's video layer selection (`urn:ietf:params:whep:ext:core:layer`).
+//! "core extensions" draft's video layer selection (`urn:ietf:params:whep:ext:core:layer`);
+//! `GET` on the same URL tells the viewer its layer and how its link fares (our own, for the
+//! viewer page's stats and its "your connection is slower" notice).
 //! The body is JSON: `{"mediaId":"0","rid":"1"}` asks for the layer with that rid (Broadcast
 //! Box's players call it `encodingId`), `{"mediaId":"0"}` gives the choice back to the
 //! server. A viewer has one video m-line, so `mediaId` picks nothing; it is checked for shape
@@ -8,8 +10,8 @@
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use serde::Deserialize;
+use hyper::{Request, Response, StatusCode, header};
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, HttpResponse, call, full, read_body, require_content_type};
 use crate::engine::{Command, Outcome, SessionId};
@@ -46,6 +48,48 @@ pub(super) async fn select(
         Outcome::LayerSet(Err(e)) => Err(e.into()),
         _ => Err(ApiError::UnknownSession),
     }
+}
+
+/// What `GET …/layer` answers: the layer the viewer is sent now (rid and height; both null
+/// without simulcast, the height too before the first SPS), the one it moves to, whether the
+/// server chooses, its latest estimate (REMB, null before the first), what it is sent, and
+/// whether its link has stayed slower than that (engine/slow.rs).
+#[derive(Serialize)]
+struct LayerReport {
+    rid: Option<String>,
+    height: Option<u32>,
+    target: Option<String>,
+    auto: bool,
+    estimate_bps: Option<u64>,
+    needed_bps: u64,
+    slow: bool,
+}
+
+pub(super) async fn describe(
+    state: &AppState,
+    session: SessionId,
+) -> Result<HttpResponse, ApiError> {
+    let layer = match call(state, Command::DescribeLayer(session)).await? {
+        Outcome::LayerDescribed(layer) => layer?,
+        _ => return Err(ApiError::UnknownSession),
+    };
+    let report = LayerReport {
+        rid: layer.rid,
+        height: layer.height,
+        target: layer.target,
+        auto: layer.auto,
+        estimate_bps: layer.estimate_bps,
+        needed_bps: layer.needs_bps,
+        slow: layer.slow,
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(Bytes::from(
+            serde_json::to_vec(&report).expect("serialises"),
+        )))
+        .expect("valid headers"))
 }
 
 /// RFC 8851: a rid is alphanumeric, `-` and `_`, at most 255 characters (and a mid as short).

@@ -120,6 +120,18 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         "Datagrams dropped (unknown source or rejected).",
         stats.datagrams_dropped,
     );
+    metric(
+        "layer_switches_total",
+        "counter",
+        "Viewers moved from one simulcast layer to another.",
+        stats.layer_switches,
+    );
+    metric(
+        "viewers_slow",
+        "gauge",
+        "Viewers whose estimate stayed below what they are sent (10 s) with no smaller layer left.",
+        stats.viewers_slow as u64,
+    );
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     metric(
         "connectivity_tests_total",
@@ -159,6 +171,7 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         .await
         .map_err(|_| ApiError::ShuttingDown)?;
     worker_metrics(&mut out, &workers);
+    layer_metrics(&mut out, &stats);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(
@@ -167,6 +180,18 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         )
         .body(super::full(out))
         .expect("valid headers"))
+}
+
+/// Viewers of simulcast broadcasts by the layer they are sent, labelled by its rank (0 is the
+/// full size): how many viewers the publisher's smaller layers serve. Never labelled by
+/// broadcast: its IDs are secrets.
+fn layer_metrics(out: &mut String, stats: &crate::engine::Stats) {
+    out.push_str("# HELP whipcast_simulcast_viewers Viewers of simulcast broadcasts per layer sent, by rank (0: full size).\n# TYPE whipcast_simulcast_viewers gauge\n");
+    for (rank, n) in stats.simulcast_viewers.iter().enumerate() {
+        out.push_str(&format!(
+            "whipcast_simulcast_viewers{{layer=\"{rank}\"}} {n}\n"
+        ));
+    }
 }
 
 /// Each media worker's share (`--workers`), labelled by its index: whether the load is

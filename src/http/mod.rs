@@ -36,8 +36,8 @@ use hyper::{Method, Request, Response, StatusCode, header};
 pub use self::cluster::on_event as cluster_event;
 pub use self::listen::serve;
 use self::pages::{
-    BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, PLAYER_JS, STATUS_HTML,
-    STATUS_JS, STYLE_CSS, page, stream_page, text,
+    BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, LINK_JS, PLAYER_JS,
+    STATUS_HTML, STATUS_JS, STYLE_CSS, page, stream_page, text,
 };
 pub use self::problem::ApiError;
 pub(crate) use self::request::{
@@ -178,6 +178,11 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             "text/javascript; charset=utf-8",
             EVENTS_JS,
         )),
+        "/assets/link.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            LINK_JS,
+        )),
         "/assets/events-worker.js" => Ok(text(
             StatusCode::OK,
             "text/javascript; charset=utf-8",
@@ -207,7 +212,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
                     let session = SessionId::parse(id).ok_or(ApiError::UnknownSession)?;
                     return match method {
                         Method::POST => layer::select(state, req, session).await,
-                        _ => Err(not_allowed("POST, OPTIONS")),
+                        Method::GET => layer::describe(state, session).await,
+                        _ => Err(not_allowed("GET, POST, OPTIONS")),
                     };
                 }
                 return session(state, req, rest, false).await;
@@ -311,15 +317,15 @@ pub(crate) async fn call(state: &AppState, command: Command) -> Result<Outcome, 
 
 /// CORS preflight for every WHIP/WHEP URL (RFC 9725 §4.1 requires it).
 fn preflight(path: &str) -> HttpResponse {
-    let methods = if path.ends_with("/sse") || path.starts_with("/stream/events") {
-        "GET, POST, OPTIONS"
-    } else if path.ends_with("/layer") {
-        "POST, OPTIONS"
-    } else if path.contains("/session/") {
-        "DELETE, PATCH, OPTIONS"
-    } else {
-        "GET, POST, OPTIONS"
-    };
+    let methods =
+        if path.ends_with("/sse") || path.starts_with("/stream/events") || path.ends_with("/layer")
+        {
+            "GET, POST, OPTIONS"
+        } else if path.contains("/session/") {
+            "DELETE, PATCH, OPTIONS"
+        } else {
+            "GET, POST, OPTIONS"
+        };
     Response::builder()
         .status(StatusCode::NO_CONTENT)
         .header(header::ACCESS_CONTROL_ALLOW_METHODS, methods)

@@ -70,5 +70,6 @@ pub(super) const STATUS_JS: &str = include_str!("../../www/status.js");
 const STREAM_HTML: &str = include_str!("../../www/stream.html");
 pub(super) const PLAYER_JS: &str = include_str!("../../www/player.js");
 pub(super) const EVENTS_JS: &str = include_str!("../../www/events.js");
+pub(super) const LINK_JS: &str = include_str!("../../www/link.js");
 pub(super) const EVENTS_WORKER_JS: &str = include_str!("../../www/events-worker.js");
 pub(super) const STYLE_CSS: &str = include_str!("../../www/style.css");

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use str0m::{Candidate, IceCreds};
 use whipcast::engine::{BroadcastKey, Command, Outcome, Patch, PatchError, Patched};
+use whipcast::srtp::SrtpSender;
+use whipcast::srtp::capture::Captured;
 
 use super::sim::{Sfu, Sim};
 
@@ -32,6 +34,29 @@ impl<S: Sfu> Sim<S> {
             self.run_for(FRAME);
         }
         sent
+    }
+
+    /// Viewer `v` tells the server its estimate, `bps`, in a REMB sealed with its own keys
+    /// (whipcast seals the viewer's media and reads its RTCP itself).
+    pub fn send_remb(&mut self, v: usize, bps: u64) {
+        let keys = self.clients[v].server_keys.as_ref().unwrap().get().unwrap();
+        let theirs = Captured {
+            active: !keys.active,
+            ..keys.clone()
+        };
+        let mut tx = SrtpSender::new(&theirs).expect("AES-GCM keys");
+        let (mut exp, mut mantissa) = (0u32, bps);
+        while mantissa > 0x3ffff {
+            mantissa >>= 1;
+            exp += 1;
+        }
+        let br = (exp << 18 | mantissa as u32).to_be_bytes();
+        let mut rtcp = vec![0x8f, 206, 0, 5, 0, 0, 0, 1, 0, 0, 0, 0];
+        rtcp.extend_from_slice(b"REMB");
+        rtcp.extend_from_slice(&[1, br[1], br[2], br[3], 0, 0, 0, 7]);
+        tx.seal_rtcp(&mut rtcp, 0);
+        let from = self.clients[v].addr;
+        self.inject(from, &rtcp);
     }
 
     /// The client closes its PeerConnection, as `pc.close()` does: DTLS close_notify goes
