@@ -17,9 +17,9 @@ use common::chromium::Browser;
 use common::page_test::blocking;
 use common::server::{create, temp_dir};
 use common::shaped::{
-    COUNT_PRESENTED, PRESENTED_SINCE, ShapedLink, Watched, busy_camera, presented, watched,
+    ShapedLink, busy_camera, full_height, height_now, keyframes, metric, page_now, publisher_rates,
+    since, viewer_page, within,
 };
-use serde_json::json;
 use whipcast::{Config, Server};
 
 /// The capped viewer's link.
@@ -32,95 +32,6 @@ const WATCHED: Duration = Duration::from_secs(20);
 /// How long the capped viewer may take to be back on the full layer once the cap lifts
 /// (the issue's 15 s; the figure is printed).
 const BACK: Duration = Duration::from_secs(15);
-
-/// The publisher's outbound video per layer: rid → (bytes sent, keyframes encoded, height).
-const PUBLISHER_LAYERS: &str = "
-const done = arguments[arguments.length - 1];
-window.publisher.pc.getStats().then((stats) => {
-  const out = {};
-  stats.forEach((r) => { if (r.type === 'outbound-rtp' && r.kind === 'video') out[r.rid] = [r.bytesSent || 0, r.keyFramesEncoded || 0, r.frameHeight || 0]; });
-  done(out);
-}).catch((e) => done(String(e)));";
-
-/// A page's presented-frames clock now (page milliseconds).
-fn page_now(page: &Browser) -> u64 {
-    page.js(PRESENTED_SINCE, json!([u64::MAX]))[0]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// What a page presented since `from` (its own clock).
-fn since(page: &Browser, from: u64) -> Watched {
-    let (now, frames) = presented(&page.js(PRESENTED_SINCE, json!([from])));
-    watched(&frames, now.saturating_sub(from))
-}
-
-/// The height a page presents now (its last frame's).
-fn height_now(page: &Browser) -> u64 {
-    let from = page_now(page).saturating_sub(500);
-    since(page, from).last_height
-}
-
-/// A counter of the server's /metrics.
-fn metric(base: &str, name: &str) -> u64 {
-    let (_, _, text) = common::udp_client::http("GET", &format!("{base}/metrics"), &[], "");
-    (text.lines())
-        .find_map(|l| l.strip_prefix(&format!("whipcast_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
-/// The height of the publisher's full layer now (Chromium lowers its layers' sizes when its
-/// CPU is short: 720p may become 540p).
-fn full_height(publisher: &Browser) -> u64 {
-    let v = publisher.js_async(PUBLISHER_LAYERS, json!([]));
-    (v.as_object().into_iter().flatten())
-        .map(|(_, l)| l[2].as_u64().unwrap_or(0))
-        .max()
-        .unwrap_or(0)
-}
-
-/// Keyframes the publisher encoded so far, all layers.
-fn keyframes(publisher: &Browser) -> u64 {
-    let v = publisher.js_async(PUBLISHER_LAYERS, json!([]));
-    (v.as_object().into_iter().flatten())
-        .map(|(_, l)| l[1].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// The publisher's layers over a second, the largest first: (rid, kb/s, height).
-fn publisher_rates(publisher: &Browser) -> Vec<(String, u64, u64)> {
-    let a = publisher.js_async(PUBLISHER_LAYERS, json!([]));
-    std::thread::sleep(Duration::from_secs(1));
-    let b = publisher.js_async(PUBLISHER_LAYERS, json!([]));
-    let mut rates: Vec<(String, u64, u64)> = (b.as_object().into_iter().flatten())
-        .map(|(rid, l)| {
-            let bytes = l[0].as_u64().unwrap_or(0) - a[rid][0].as_u64().unwrap_or(0);
-            (rid.clone(), bytes * 8 / 1000, l[2].as_u64().unwrap_or(0))
-        })
-        .collect();
-    rates.sort_by_key(|r| std::cmp::Reverse(r.2));
-    rates
-}
-
-fn viewer_page(page: &Browser, url: &str) {
-    page.before_page_scripts(COUNT_PRESENTED);
-    page.goto(url);
-    page.wait("the viewer page says live", |b| {
-        (b.player_state() == "live").then_some(())
-    });
-    page.wait_decoding("frames decoded");
-}
-
-/// Waits up to `limit` for `f`; how long it took.
-fn within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    t0.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_capped_chromium_viewer_settles_on_a_layer_that_fits_and_comes_back_when_the_cap_lifts() {
