@@ -248,10 +248,21 @@ async fn viewers_on_either_worker_are_told_their_pictures_size_and_bitrate() {
             let on = format!("whipcast_worker_viewers{{worker=\"{w}\"}}");
             assert_eq!(metric(&base, &on), 1, "one viewer on worker {w}");
         }
+        // A mirror measures over about a second from its first relayed packet: look until
+        // each has a measure.
         for v in &viewers {
-            let (status, _, body) = http("GET", &format!("{base}{}/layer", v.location), &[], "");
-            assert_eq!(status, 200, "{body}");
-            let layer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let layer = loop {
+                let (status, _, body) =
+                    http("GET", &format!("{base}{}/layer", v.location), &[], "");
+                assert_eq!(status, 200, "{body}");
+                let layer: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let needed = layer["needed_bps"].as_u64().unwrap_or(0);
+                if (150_000..1_000_000).contains(&needed) || std::time::Instant::now() > deadline {
+                    break layer;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            };
             assert_eq!(layer["height"], 240, "the fixture's size: {layer}");
             let needed = layer["needed_bps"].as_u64().unwrap();
             assert!(
