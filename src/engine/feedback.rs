@@ -226,6 +226,24 @@ mod tests {
     }
 
     #[test]
+    fn receiver_reports_give_each_block_on_our_reports() {
+        // RR from SSRC 9 with two blocks: one on an SR we sent (LSR, DLSR), one on none yet.
+        let mut rtcp = vec![0x82, 201, 0, 13, 0, 0, 0, 9];
+        let block = |lsr: u32, dlsr: u32| {
+            let mut b = vec![0u8; 16];
+            b.extend_from_slice(&lsr.to_be_bytes());
+            b.extend_from_slice(&dlsr.to_be_bytes());
+            b
+        };
+        rtcp.extend(block(0x1234_5678, 655));
+        rtcp.extend(block(0, 0));
+        let mut got = Vec::new();
+        for_each_feedback(&rtcp, |f| got.push(f));
+        let lsr = 0x1234_5678;
+        assert_eq!(got, vec![Feedback::Report { lsr, dlsr: 655 }]);
+    }
+
+    #[test]
     fn remb_gives_the_viewers_estimate() {
         // REMB for one SSRC: exponent 3, mantissa 187,500 → 1.5 Mb/s; then an AFB that is
         // not REMB, which is ignored.

@@ -149,7 +149,7 @@ impl Engine {
         }
         // What the link carries: the estimate, or what a probe proved while the estimate
         // climbs towards it.
-        let carries = c.probing.effective(bps);
+        let carries = c.probing.effective(now, bps);
         // The largest layer that arrives and fits with headroom; the smallest that arrives
         // if none does.
         let smallest = (largest..layers)

@@ -60,8 +60,9 @@ struct Probe {
 /// What tells a link that is full: its estimate falling, or the viewer losing packets.
 #[derive(Debug)]
 struct Watch {
-    /// The rate being shown (a probe's last step; the rate it proved).
+    /// The rate being shown (a probe's last step; the rate it proved), and since when.
     bps: u64,
+    since: Instant,
     /// The highest estimate seen since it started.
     peak_bps: u64,
     /// Media packets sent, and NACKed, since it started.
@@ -70,9 +71,10 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(bps: u64, estimate: u64) -> Self {
+    fn new(now: Instant, bps: u64, estimate: u64) -> Self {
         Self {
             bps,
+            since: now,
             peak_bps: estimate,
             sent: 0,
             lost: 0,
@@ -204,7 +206,7 @@ impl Probing {
             to_bps,
             extra_256: 0,
             owed: 0,
-            watch: Watch::new(to_bps, bps),
+            watch: Watch::new(now, to_bps, bps),
         };
         p.step(now);
         self.active = Some(p);
@@ -228,16 +230,18 @@ impl Probing {
         if p.step_bps >= p.to_bps && now >= p.step_since + HOLD {
             let proved = p.to_bps;
             self.reset();
-            self.proven = Some(Watch::new(proved, bps));
+            self.proven = Some(Watch::new(now, proved, bps));
             return Verdict::Carried;
         }
         Verdict::Going
     }
 
     /// The estimate to choose a layer from: the viewer's own, or what a probe proved while
-    /// the estimate climbs towards it.
-    pub(crate) fn effective(&self, bps: u64) -> u64 {
-        self.proven.as_ref().map_or(bps, |w| bps.max(w.bps))
+    /// the estimate climbs towards it (for [`PROVEN_FOR`] at most).
+    pub(crate) fn effective(&self, now: Instant, bps: u64) -> u64 {
+        (self.proven.as_ref())
+            .filter(|w| now < w.since + PROVEN_FOR)
+            .map_or(bps, |w| bps.max(w.bps))
     }
 
     /// No probe, and none waited for: the viewer moved up (the link carries more, probing
@@ -306,6 +310,11 @@ const STEP: Duration = Duration::from_secs(1);
 /// How long the last step must be carried, without loss and without the estimate falling,
 /// for the viewer to move up.
 const HOLD: Duration = Duration::from_secs(1);
+
+/// How long a rate a probe proved stands for an estimate that has not climbed to it: a
+/// browser's rises about 8 % a second, from 1.5 times the 800 kb/s layer to the 2.5 Mb/s
+/// layer's bitrate in ~10 s. One that has not got there by then is believed.
+const PROVEN_FOR: Duration = Duration::from_secs(15);
 
 /// The first wait after a failed probe, and the longest: a viewer whose link is full is
 /// probed about every 8 s, and one whose link got better is found within that.
@@ -402,18 +411,20 @@ mod tests {
             "and may probe on"
         );
         // The estimate climbs slowly: the rate proved stands for it until it gets there.
-        assert_eq!(p.effective(1_400_000), 1_500_000);
+        assert_eq!(p.effective(t + HOLD, 1_400_000), 1_500_000);
+        let later = t + HOLD + PROVEN_FOR;
+        assert_eq!(p.effective(later, 1_400_000), 1_400_000, "for a while");
         assert_eq!(p.estimate(t + HOLD, 1_400_000), Verdict::Going);
         assert_eq!(p.estimate(t + HOLD, 1_200_000), Verdict::Going);
-        assert_eq!(p.effective(1_200_000), 1_200_000, "unless it falls");
+        assert_eq!(p.effective(now, 1_200_000), 1_200_000, "unless it falls");
         let mut p = Probing::default();
         p.start(now, 1_300_000, 1_000_000, 1_250_000);
         assert_eq!(p.estimate(now + HOLD, 1_300_000), Verdict::Carried);
-        assert_eq!(p.effective(1_100_000), 1_250_000);
+        assert_eq!(p.effective(now, 1_100_000), 1_250_000);
         copies(&mut p, now + HOLD, 100);
         p.lost(now + HOLD, 4);
         assert_eq!(
-            p.effective(1_100_000),
+            p.effective(now, 1_100_000),
             1_100_000,
             "or the viewer loses packets"
         );

@@ -72,7 +72,7 @@ impl Reports {
     pub(super) fn round_trip(&self, now: Instant, (lsr, dlsr): (u32, u32)) -> Option<Duration> {
         let middle = (ntp_at(self.origin, now) >> 16) as u32;
         let units = middle.wrapping_sub(lsr).checked_sub(dlsr)?;
-        (units < 60 << 16).then(|| Duration::from_micros(u64::from(units) * 1_000_000 >> 16))
+        (units < (60 << 16)).then(|| Duration::from_micros((u64::from(units) * 1_000_000) >> 16))
     }
 
     /// Media was sent at `now`: the first media schedules the first report. Returns whether
@@ -249,6 +249,24 @@ mod tests {
             (13_899..=13_900).contains(&rtp),
             "RTP time from the newest timestamp: {rtp}"
         );
+    }
+
+    #[test]
+    fn a_receiver_report_tells_the_round_trip() {
+        let t0 = crate::clock::now();
+        let r = Reports::new(String::new(), t0);
+        let sent = t0 + Duration::from_secs(3);
+        let lsr = (ntp_at(t0, sent) >> 16) as u32;
+        // Held 10 ms by the receiver (655/65536 s), read back 60 ms after it was sent.
+        let rtt = r
+            .round_trip(sent + Duration::from_millis(60), (lsr, 655))
+            .unwrap();
+        assert!(
+            rtt.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1),
+            "{rtt:?}"
+        );
+        // A report on an SR of another clock says nothing.
+        assert_eq!(r.round_trip(sent, (lsr.wrapping_add(1 << 30), 0)), None);
     }
 
     #[test]
