@@ -48,8 +48,8 @@ pub(crate) struct Consumer {
     /// The server chooses its layer from its estimate (layers.rs); false once the viewer
     /// pinned one.
     pub(crate) auto: bool,
-    /// Since when its estimate has been below what its layer needs.
-    pub(crate) below_since: Option<Instant>,
+    /// Since when its estimate has been below what its layer needs, and the estimate then.
+    pub(crate) below_since: Option<(Instant, u64)>,
     /// Since when its estimate has been enough for a larger layer.
     pub(crate) above_since: Option<Instant>,
     /// Whether its link is being probed for a larger layer (probe.rs).

@@ -82,6 +82,8 @@ pub(crate) struct Egress {
     clock: (Instant, Instant),
     /// The viewer's own estimate of what its link carries (REMB), and when it came.
     pub(crate) remb: Option<(u64, Instant)>,
+    /// When the resend budget was last refilled.
+    refilled: Instant,
 }
 
 /// A queued packet: a [`CachedPacket`]'s fields, numbered for the viewer, with the stream
@@ -214,6 +216,7 @@ impl Egress {
             hold: None,
             clock: (now, now),
             remb: None,
+            refilled: now,
         })
     }
 
@@ -337,6 +340,12 @@ impl Egress {
         flushed
     }
 
+    /// Sender reports four times a second until `until` (a probe reads the round trips).
+    /// Returns whether the deadline moved.
+    pub(crate) fn quicken_reports(&mut self, now: Instant, until: Instant) -> bool {
+        self.reports.quicken(now, until)
+    }
+
     /// The round trip to the viewer, from a receiver report's (LSR, DLSR) read at `now`.
     pub(crate) fn round_trip(&self, now: Instant, report: (u32, u32)) -> Option<Duration> {
         self.reports.round_trip(now, report)
@@ -386,7 +395,11 @@ impl Egress {
         if !self.reports.due(now) {
             return false;
         }
-        self.resends.refill();
+        // The resend budget is per second, however often reports go (probes quicken them).
+        if now >= self.refilled + RESEND_PERIOD {
+            self.resends.refill();
+            self.refilled = now;
+        }
         let Some(path) = path else { return true };
         let buf = out.bytes();
         let start = buf.len();
@@ -415,3 +428,6 @@ pub(crate) struct Flushed {
 /// keyframe sealed 32 packets for every viewer at once (~40 MB of outbox at 1,000 viewers)
 /// before the first left.
 pub(crate) const MAX_QUEUED: usize = 128;
+
+/// The resend budget's period (repair.rs): the regular report interval.
+const RESEND_PERIOD: Duration = Duration::from_secs(1);

@@ -106,6 +106,7 @@ impl Engine {
         }
         if let Some((bps, now)) = estimate {
             self.follow_estimate(now, v, bps);
+            self.quicken_reports_while_probing(now, v);
             self.track_slow(now, v, bps);
         }
     }

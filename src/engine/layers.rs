@@ -92,6 +92,22 @@ impl Engine {
 }
 
 impl Engine {
+    /// While viewer `v`'s link is probed, its sender reports go four times a second: the
+    /// probe reads the viewer's queue from the round trips they give back (probe.rs).
+    pub(super) fn quicken_reports_while_probing(&mut self, now: Instant, v: PeerKey) {
+        let Some(peer) = live(&mut self.peers, v) else {
+            return;
+        };
+        let probing = peer
+            .consumer_mut(MediaKind::Video)
+            .is_some_and(|c| c.probing.is_active());
+        let moved = probing
+            && (peer.egress.as_mut()).is_some_and(|e| e.quicken_reports(now, now + QUICK_FOR));
+        if moved {
+            self.reschedule(v);
+        }
+    }
+
     /// Viewer `v` told its estimate (REMB, `bps`): in automatic mode it moves to the largest
     /// layer that fits with [`HEADROOM_PERCENT`], down once the estimate has stayed under its
     /// layer's bitrate for [`DOWN_AFTER`], up once it has stayed above a larger one (with the
@@ -170,7 +186,13 @@ impl Engine {
             }
             std::cmp::Ordering::Greater if !keeps => {
                 c.above_since = None;
-                (c.below_since.get_or_insert(now), DOWN_AFTER)
+                // An estimate still climbing (a browser's first seconds, or its recovery
+                // after a move) is not a full link: the wait starts again while it rises.
+                let below = c.below_since.get_or_insert((now, bps));
+                if bps.saturating_mul(100) > below.1.saturating_mul(RISING_PERCENT) {
+                    *below = (now, bps);
+                }
+                (&mut below.0, DOWN_AFTER)
             }
             _ => {
                 (c.below_since, c.above_since) = (None, None);
@@ -227,6 +249,13 @@ const HEADROOM_PERCENT: u64 = 115;
 /// bitrate measured counts headers and keyframe bursts, and a browser's estimate starts
 /// near what arrives and climbs from there.
 const KEEP_PERCENT: u64 = 85;
+/// How long reports stay quick after an estimate during a probe (browsers send several a
+/// second).
+const QUICK_FOR: Duration = Duration::from_secs(2);
+/// An estimate this much above (percent) what it was when it fell under the viewer's layer
+/// is climbing: Chromium's and Firefox's rise by about 8 % a second, a full link's wanders
+/// by a few per cent.
+const RISING_PERCENT: u64 = 105;
 /// A downgrade is prompt: the estimate stayed under the layer this long.
 const DOWN_AFTER: Duration = Duration::from_secs(1);
 /// An upgrade waits for a stable estimate.

@@ -53,6 +53,9 @@ pub(super) struct Reports {
     next: Option<Instant>,
     /// The instant our SR NTP clock counts from (see [`ntp_at`]).
     origin: Instant,
+    /// Until then, reports every [`QUICK_INTERVAL`]: a probe of the viewer's link reads its
+    /// queue from the round trips they give (probe.rs).
+    quick_until: Option<Instant>,
     cname: String,
 }
 
@@ -61,6 +64,7 @@ impl Reports {
         Self {
             next: None,
             origin: now,
+            quick_until: None,
             cname,
         }
     }
@@ -94,8 +98,27 @@ impl Reports {
         if self.next.is_none_or(|t| t > now) {
             return false;
         }
-        self.next = Some(now + REPORT_INTERVAL);
+        let quick = self.quick_until.is_some_and(|t| now < t);
+        self.next = Some(
+            now + if quick {
+                QUICK_INTERVAL
+            } else {
+                REPORT_INTERVAL
+            },
+        );
         true
+    }
+
+    /// Reports every [`QUICK_INTERVAL`] until `until`. Returns whether the deadline moved.
+    pub(super) fn quicken(&mut self, now: Instant, until: Instant) -> bool {
+        self.quick_until = Some(until);
+        match self.next {
+            Some(t) if t > now + QUICK_INTERVAL => {
+                self.next = Some(now + QUICK_INTERVAL);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Appends the compound SR + SDES (plain RTCP, to be sealed) for the `(ssrc, sent)`
@@ -164,6 +187,11 @@ const NTP_ORIGIN_SECS: u64 = 3_976_214_400;
 /// As str0m does for video (RFC 3550 leaves it to the profile); the first report soon
 /// after media starts, so browsers can align audio and video from the start.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Reports while a viewer's link is probed: a receiver reports back on each (Firefox about
+/// every 200 ms, Chromium with its next feedback), so the round trip, and a probe's queue,
+/// is read four times a second instead of once; a probe step a quarter over a 1 Mb/s link
+/// is then seen at ~60 ms of queue instead of ~250.
+const QUICK_INTERVAL: Duration = Duration::from_millis(250);
 const FIRST_REPORT_AFTER: Duration = Duration::from_millis(100);
 
 const PT_SR: u8 = 200;
