@@ -195,7 +195,24 @@ async fn a_capped_firefox_viewer_settles_on_a_layer_that_fits_and_comes_back_whe
         let (c0, u0) = (page_now(&capped), page_now(&uncapped));
         let (bytes0, drops0) = link.cap_counters();
         let r0 = received(&capped);
-        std::thread::sleep(WATCHED);
+        // The cap's queue, looked at every 50 ms: a probe that overfills it shows there.
+        let looking = std::sync::atomic::AtomicBool::new(true);
+        let peak = std::thread::scope(|s| {
+            let queue = s.spawn(|| {
+                let mut peak = (0, clock());
+                while looking.load(std::sync::atomic::Ordering::Relaxed) {
+                    let bytes = link.cap_backlog();
+                    if bytes > peak.0 {
+                        peak = (bytes, clock());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                peak
+            });
+            std::thread::sleep(WATCHED);
+            looking.store(false, std::sync::atomic::Ordering::Relaxed);
+            queue.join().unwrap()
+        });
         let (c, u) = (since(&capped, c0), since(&uncapped, u0));
         let (bytes, drops) = link.cap_counters();
         let added = (keyframes(&publisher) - k0) as f64 - alone * WATCHED.as_secs_f64();
@@ -214,9 +231,11 @@ async fn a_capped_firefox_viewer_settles_on_a_layer_that_fits_and_comes_back_whe
             heights(&uncapped, u0),
         );
         eprintln!(
-            "freezes (when, ms): capped {:?}, uncapped {:?}; load average {}",
+            "freezes (when, ms): capped {:?}, uncapped {:?}; the cap's queue peaked at {} ms at {}; load average {}",
             freezes(&capped, c0),
             freezes(&uncapped, u0),
+            peak.0 * 8 / u64::from(CAP_KBIT),
+            peak.1,
             std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         );
         assert!(

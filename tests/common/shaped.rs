@@ -77,18 +77,30 @@ impl ShapedLink {
 
     /// (bytes sent, packets dropped) by the cap so far; zeros when there is none.
     pub fn cap_counters(&self) -> (u64, u64) {
-        let out = Command::new("tc")
-            .args(["-s", "-j", "qdisc", "show", "dev", &self.towards_viewer])
-            .output()
-            .expect("tc runs");
-        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let tbf = (listed.as_array().into_iter().flatten()).find(|q| q["kind"] == "tbf");
-        tbf.map_or((0, 0), |q| {
+        self.cap_stats().map_or((0, 0), |q| {
             (
                 q["bytes"].as_u64().unwrap_or(0),
                 q["drops"].as_u64().unwrap_or(0),
             )
         })
+    }
+
+    /// Bytes waiting in the cap's queue now (zero when there is no cap).
+    pub fn cap_backlog(&self) -> u64 {
+        self.cap_stats()
+            .and_then(|q| q["backlog"].as_u64())
+            .unwrap_or(0)
+    }
+
+    fn cap_stats(&self) -> Option<Value> {
+        let out = Command::new("tc")
+            .args(["-s", "-j", "qdisc", "show", "dev", &self.towards_viewer])
+            .output()
+            .expect("tc runs");
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (listed.as_array().into_iter().flatten())
+            .find(|q| q["kind"] == "tbf")
+            .cloned()
     }
 }
 
