@@ -8,6 +8,18 @@
 //! and lifting the cap must bring the capped viewer back to the full size. What Firefox
 //! presents is read frame by frame (`requestVideoFrameCallback`), as for Chromium. Needs
 //! root, iproute2, ffmpeg, Chromium, firefox-esr, Node and tests/js's puppeteer-core.
+//!
+//! What Firefox (153 ESR) does differently from Chromium here, seen with
+//! `RUST_LOG=whipcast::engine::layers=debug,whipcast::engine::feedback=trace`:
+//! - it sends a receiver report every ~200 ms (Chromium: one a second), but every report
+//!   between two of our sender reports (one a second) carries the same round trip: a probe's
+//!   queue is seen at most once a second, and a step that fills the cap's 360 ms queue within
+//!   that second drops packets before it is stopped (a freeze of ~300 ms);
+//! - its estimate (REMB) sits at ~1.2–1.3 times the rate it receives (Chromium's at 1.5
+//!   times), barely over what counts as pinned, and hardly falls while a probe queues;
+//! - a fresh viewer's estimate starts at ~1.9–2.3 Mb/s and climbs ~8 % a second: under 85 %
+//!   of the full layer it is moved down at once, and its estimate then drops to ~0.85 times
+//!   the smaller layer's rate, which can move it down once more.
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
