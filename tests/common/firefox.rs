@@ -126,3 +126,123 @@ impl Drop for FirefoxTabs {
         }
     }
 }
+
+/// One viewer page kept open in Firefox for as long as a test looks at it
+/// (`tests/js/firefox-page.mjs`), optionally inside a network namespace; asked in lines of
+/// JSON, as a WebDriver session would be.
+pub struct FirefoxPage {
+    child: std::process::Child,
+    talk: std::sync::Mutex<(
+        Option<std::process::ChildStdin>,
+        std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    )>,
+}
+
+impl FirefoxPage {
+    /// Starts Firefox with one tab that runs `before` ahead of every page's scripts, in the
+    /// root namespace or inside `netns` (`ip netns exec`: the browser's traffic then goes
+    /// through that namespace's links).
+    pub fn start(netns: Option<&str>, before: &str) -> Self {
+        let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+        require_driver(&js);
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/bin/node"]);
+                c
+            }
+            None => Command::new("/usr/bin/node"),
+        };
+        let mut child = command
+            .arg(js.join("firefox-page.mjs"))
+            .arg(before)
+            .current_dir(&js)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let page = Self {
+            child,
+            talk: std::sync::Mutex::new((Some(stdin), lines)),
+        };
+        let first = page.next_line();
+        assert_eq!(first["ready"], true, "Firefox runs: {first}");
+        page
+    }
+
+    /// Opens `url` in the tab; returns once the page says live and decodes frames.
+    pub fn goto(&self, url: &str) {
+        let answer = self.ask(serde_json::json!({ "goto": url }));
+        assert_eq!(answer["live"], true, "Firefox's page is live: {answer}");
+    }
+
+    fn next_line(&self) -> Value {
+        let mut talk = self.talk.lock().unwrap();
+        let line = (talk.1.next())
+            .and_then(Result::ok)
+            .expect("the Firefox driver ended early (see its stderr above)");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("the driver's JSON: {line}"))
+    }
+
+    fn ask(&self, question: Value) -> Value {
+        {
+            use std::io::Write as _;
+            let mut talk = self.talk.lock().unwrap();
+            let stdin = talk.0.as_mut().expect("the driver's stdin is open");
+            writeln!(stdin, "{question}").expect("the Firefox driver reads");
+        }
+        let answer = self.next_line();
+        assert!(
+            answer.get("error").is_none(),
+            "Firefox's page: {answer} (asked {question})"
+        );
+        answer
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`; a promise is awaited) and
+    /// returns its value.
+    pub fn js(&self, script: &str, args: Value) -> Value {
+        self.ask(serde_json::json!({ "js": script, "args": args }))["value"].clone()
+    }
+
+    /// Saves the `<video>` to `target/screenshots/<name>.png` for people to look at.
+    pub fn screenshot(&self, name: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = dir.join(format!("{name}.png"));
+        self.ask(serde_json::json!({ "screenshot": png }));
+    }
+}
+
+impl Drop for FirefoxPage {
+    /// Closes stdin (the driver then closes Firefox); a driver that does not end soon is
+    /// told to (SIGTERM: puppeteer then closes Firefox), then killed, so that a failed
+    /// assertion leaves no Firefox running.
+    fn drop(&mut self) {
+        if let Ok(talk) = self.talk.get_mut() {
+            talk.0.take();
+        }
+        let ended = |child: &mut std::process::Child, secs: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            false
+        };
+        if !ended(&mut self.child, 10) {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            if !ended(&mut self.child, 5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::chromium::Browser;
+use super::firefox::FirefoxPage;
 
 use super::netns::{Netns, link};
 
@@ -76,18 +77,30 @@ impl ShapedLink {
 
     /// (bytes sent, packets dropped) by the cap so far; zeros when there is none.
     pub fn cap_counters(&self) -> (u64, u64) {
-        let out = Command::new("tc")
-            .args(["-s", "-j", "qdisc", "show", "dev", &self.towards_viewer])
-            .output()
-            .expect("tc runs");
-        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let tbf = (listed.as_array().into_iter().flatten()).find(|q| q["kind"] == "tbf");
-        tbf.map_or((0, 0), |q| {
+        self.cap_stats().map_or((0, 0), |q| {
             (
                 q["bytes"].as_u64().unwrap_or(0),
                 q["drops"].as_u64().unwrap_or(0),
             )
         })
+    }
+
+    /// Bytes waiting in the cap's queue now (zero when there is no cap).
+    pub fn cap_backlog(&self) -> u64 {
+        self.cap_stats()
+            .and_then(|q| q["backlog"].as_u64())
+            .unwrap_or(0)
+    }
+
+    fn cap_stats(&self) -> Option<Value> {
+        let out = Command::new("tc")
+            .args(["-s", "-j", "qdisc", "show", "dev", &self.towards_viewer])
+            .output()
+            .expect("tc runs");
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (listed.as_array().into_iter().flatten())
+            .find(|q| q["kind"] == "tbf")
+            .cloned()
     }
 }
 
@@ -202,21 +215,40 @@ window.publisher.pc.getStats().then((stats) => {
   done(out);
 }).catch((e) => done(String(e)));";
 
+/// A viewer page in a browser a test drives: Chromium (WebDriver) or Firefox
+/// ([`FirefoxPage`]).
+pub trait Page {
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+    fn js(&self, script: &str, args: Value) -> Value;
+}
+
+impl Page for Browser {
+    fn js(&self, script: &str, args: Value) -> Value {
+        Browser::js(self, script, args)
+    }
+}
+
+impl Page for FirefoxPage {
+    fn js(&self, script: &str, args: Value) -> Value {
+        FirefoxPage::js(self, script, args)
+    }
+}
+
 /// A page's presented-frames clock now (page milliseconds).
-pub fn page_now(page: &Browser) -> u64 {
+pub fn page_now(page: &impl Page) -> u64 {
     page.js(PRESENTED_SINCE, json!([u64::MAX]))[0]
         .as_u64()
         .unwrap_or(0)
 }
 
 /// What a page presented since `from` (its own clock).
-pub fn since(page: &Browser, from: u64) -> Watched {
+pub fn since(page: &impl Page, from: u64) -> Watched {
     let (now, frames) = presented(&page.js(PRESENTED_SINCE, json!([from])));
     watched(&frames, now.saturating_sub(from))
 }
 
 /// The height a page presents now (its last frame's).
-pub fn height_now(page: &Browser) -> u64 {
+pub fn height_now(page: &impl Page) -> u64 {
     let from = page_now(page).saturating_sub(500);
     since(page, from).last_height
 }
