@@ -13,6 +13,7 @@ pub mod http_server;
 pub mod link;
 pub mod long_run;
 pub mod netns;
+pub mod obs_simulcast;
 pub mod opus;
 pub mod page_test;
 pub mod pair;
