@@ -12,15 +12,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use common::chromium::Browser;
 use common::page_test::blocking;
-use common::server::{create, temp_dir};
+use common::server::create;
 use common::shaped::{
-    ShapedLink, busy_camera, full_height, height_now, keyframes, metric, page_now, publisher_rates,
-    since, viewer_page, within,
+    ShapedLink, busy_simulcast_publisher, full_height, height_now, keyframes, metric, page_now,
+    publisher_rates, server_on, since, viewer_page, within,
 };
-use whipcast::{Config, Server};
 
 /// The capped viewer's link.
 const CAP_KBIT: u32 = 1000;
@@ -40,53 +38,12 @@ async fn a_capped_chromium_viewer_settles_on_a_layer_that_fits_and_comes_back_wh
         .with_writer(std::io::stderr)
         .try_init();
     let link = ShapedLink::new(237);
-    let camera = busy_camera();
-    let data = temp_dir("shaped");
-    let listen = format!("{}:0", link.server);
-    let args = [
-        "whipcast",
-        "--http-listen",
-        &listen,
-        "--udp-listen",
-        &listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let server = Server::start(Config::parse_from(args))
-        .await
-        .expect("server starts");
-    let base = format!("http://{}", server.http_addr);
+    let (server, base) = server_on(&link, "shaped").await;
     let (ns, viewer_ip) = (link.ns.name.clone(), link.viewer);
     blocking(move || {
         let (id, view) = create(&base);
-        let flag = format!("--use-file-for-fake-video-capture={}", camera.display());
-        // The camera is for secure pages: loopback's, or one named so.
-        let secure = format!("--unsafely-treat-insecure-origin-as-secure={base}");
-        let publisher = Browser::publishing_simulcast_with(&base, &id, &[&flag, &secure]);
+        let (publisher, rates, alone) = busy_simulcast_publisher(&base, &id, CAP_KBIT);
         let url = format!("{base}/stream?id={view}");
-        // The publisher's own estimate ramps up over a few seconds.
-        let t0 = Instant::now();
-        let rates = loop {
-            let rates = publisher_rates(&publisher);
-            eprintln!(
-                "{:>5.1}s publisher layers: {rates:?}",
-                t0.elapsed().as_secs_f64()
-            );
-            let filled = rates.len() == 3 && rates[0].1 >= 1500 && rates[1].1 >= 600;
-            if filled || t0.elapsed() > Duration::from_secs(30) {
-                break rates;
-            }
-        };
-        assert!(
-            rates.len() == 3 && rates[0].1 > u64::from(CAP_KBIT) * 3 / 2,
-            "three layers, the full one well over the cap: {rates:?}"
-        );
-        // Chromium's encoder makes keyframes of its own (when it resizes a layer for CPU):
-        // what the viewers add is counted over that.
-        let k = keyframes(&publisher);
-        std::thread::sleep(Duration::from_secs(10));
-        let alone = (keyframes(&publisher) - k) as f64 / 10.0;
-        eprintln!("publisher {rates:?}: {alone:.1} keyframes a second on its own");
         let uncapped = Browser::start();
         viewer_page(&uncapped, &url);
         link.cap(CAP_KBIT);

@@ -30,17 +30,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use common::chromium::Browser;
 use common::firefox::FirefoxPage;
 use common::page_test::blocking;
-use common::server::{create, temp_dir};
+use common::server::create;
 use common::shaped::{
-    COUNT_PRESENTED, FREEZE_MS, PRESENTED_SINCE, ShapedLink, busy_camera, full_height, height_now,
-    keyframes, metric, page_now, presented, publisher_rates, since, within,
+    COUNT_PRESENTED, FREEZE_MS, PRESENTED_SINCE, ShapedLink, busy_simulcast_publisher, full_height,
+    height_now, keyframes, metric, page_now, presented, publisher_rates, server_on, since, within,
 };
 use serde_json::{Value, json};
-use whipcast::{Config, Server};
 
 /// The capped viewer's link.
 const CAP_KBIT: u32 = 1000;
@@ -118,53 +115,12 @@ async fn a_capped_firefox_viewer_settles_on_a_layer_that_fits_and_comes_back_whe
         .try_init();
     // 10.237 is tests/shaped_link.rs's: both can run at once.
     let link = ShapedLink::new(238);
-    let camera = busy_camera();
-    let data = temp_dir("shaped-ff");
-    let listen = format!("{}:0", link.server);
-    let args = [
-        "whipcast",
-        "--http-listen",
-        &listen,
-        "--udp-listen",
-        &listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let server = Server::start(Config::parse_from(args))
-        .await
-        .expect("server starts");
-    let base = format!("http://{}", server.http_addr);
+    let (server, base) = server_on(&link, "shaped-ff").await;
     let ns = link.ns.name.clone();
     blocking(move || {
         let (id, view) = create(&base);
-        let flag = format!("--use-file-for-fake-video-capture={}", camera.display());
-        // The camera is for secure pages: loopback's, or one named so.
-        let secure = format!("--unsafely-treat-insecure-origin-as-secure={base}");
-        let publisher = Browser::publishing_simulcast_with(&base, &id, &[&flag, &secure]);
+        let (publisher, rates, alone) = busy_simulcast_publisher(&base, &id, CAP_KBIT);
         let url = format!("{base}/stream?id={view}");
-        // The publisher's own estimate ramps up over a few seconds.
-        let t0 = Instant::now();
-        let rates = loop {
-            let rates = publisher_rates(&publisher);
-            eprintln!(
-                "{:>5.1}s publisher layers: {rates:?}",
-                t0.elapsed().as_secs_f64()
-            );
-            let filled = rates.len() == 3 && rates[0].1 >= 1500 && rates[1].1 >= 600;
-            if filled || t0.elapsed() > Duration::from_secs(30) {
-                break rates;
-            }
-        };
-        assert!(
-            rates.len() == 3 && rates[0].1 > u64::from(CAP_KBIT) * 3 / 2,
-            "three layers, the full one well over the cap: {rates:?}"
-        );
-        // Chromium's encoder makes keyframes of its own (when it resizes a layer for CPU):
-        // what the viewers add is counted over that.
-        let k = keyframes(&publisher);
-        std::thread::sleep(Duration::from_secs(10));
-        let alone = (keyframes(&publisher) - k) as f64 / 10.0;
-        eprintln!("publisher {rates:?}: {alone:.1} keyframes a second on its own");
         eprintln!("{} the uncapped Firefox starts", clock());
         let uncapped = FirefoxPage::start(None, COUNT_PRESENTED);
         uncapped.goto(&url);

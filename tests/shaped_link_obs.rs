@@ -13,18 +13,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use common::chromium::Browser;
 use common::obs_simulcast::{OBS_LAYERS, ObsSimulcast};
 use common::page_test::blocking;
-use common::server::{create, temp_dir};
+use common::server::create;
 use common::shaped::{
-    PRESENTED_SINCE, ShapedLink, height_now, metric, page_now, presented, since, viewer_page,
-    within,
+    PRESENTED_SINCE, ShapedLink, height_now, metric, page_now, presented, server_on, since,
+    viewer_page, within,
 };
 use common::udp_client::http;
 use serde_json::{Value, json};
-use whipcast::{Config, Server};
 
 /// The capped viewer's link.
 const CAP_KBIT: u32 = 1000;
@@ -47,21 +45,7 @@ async fn a_capped_viewer_of_obs_simulcast_settles_on_a_layer_that_fits_and_comes
         .with_writer(std::io::stderr)
         .try_init();
     let link = ShapedLink::new(239);
-    let data = temp_dir("shaped-obs");
-    let listen = format!("{}:0", link.server);
-    let args = [
-        "whipcast",
-        "--http-listen",
-        &listen,
-        "--udp-listen",
-        &listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let server = Server::start(Config::parse_from(args))
-        .await
-        .expect("server starts");
-    let base = format!("http://{}", server.http_addr);
+    let (server, base) = server_on(&link, "shaped-obs").await;
     let (ns, viewer_ip) = (link.ns.name.clone(), link.viewer);
     blocking(move || {
         let (id, view) = create(&base);

@@ -313,3 +313,65 @@ pub fn within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
     }
     t0.elapsed()
 }
+
+/// whipcast on the root end of `link`, its data in a fresh temp dir named `name`: the server
+/// and its base URL.
+pub async fn server_on(link: &ShapedLink, name: &str) -> (whipcast::Server, String) {
+    use clap::Parser;
+    let data = super::server::temp_dir(name);
+    let listen = format!("{}:0", link.server);
+    let args = [
+        "whipcast",
+        "--http-listen",
+        &listen,
+        "--udp-listen",
+        &listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let server = whipcast::Server::start(whipcast::Config::parse_from(args))
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.http_addr);
+    (server, base)
+}
+
+/// A Chromium publishing three simulcast layers of [`busy_camera`] to broadcast `id`, once
+/// its own estimate has ramped up so that the layers fill their bitrates (the full one well
+/// over `cap_kbit`): the publisher, its layers ((rid, kb/s, height), the largest first) and
+/// the keyframes a second its encoder makes on its own (when it resizes a layer for CPU),
+/// over which what viewers add is counted.
+pub fn busy_simulcast_publisher(
+    base: &str,
+    id: &str,
+    cap_kbit: u32,
+) -> (Browser, Vec<(String, u64, u64)>, f64) {
+    let flag = format!(
+        "--use-file-for-fake-video-capture={}",
+        busy_camera().display()
+    );
+    // The camera is for secure pages: loopback's, or one named so.
+    let secure = format!("--unsafely-treat-insecure-origin-as-secure={base}");
+    let publisher = Browser::publishing_simulcast_with(base, id, &[&flag, &secure]);
+    let t0 = Instant::now();
+    let rates = loop {
+        let rates = publisher_rates(&publisher);
+        eprintln!(
+            "{:>5.1}s publisher layers: {rates:?}",
+            t0.elapsed().as_secs_f64()
+        );
+        let filled = rates.len() == 3 && rates[0].1 >= 1500 && rates[1].1 >= 600;
+        if filled || t0.elapsed() > Duration::from_secs(30) {
+            break rates;
+        }
+    };
+    assert!(
+        rates.len() == 3 && rates[0].1 > u64::from(cap_kbit) * 3 / 2,
+        "three layers, the full one well over the cap: {rates:?}"
+    );
+    let k = keyframes(&publisher);
+    std::thread::sleep(Duration::from_secs(10));
+    let alone = (keyframes(&publisher) - k) as f64 / 10.0;
+    eprintln!("publisher {rates:?}: {alone:.1} keyframes a second on its own");
+    (publisher, rates, alone)
+}
