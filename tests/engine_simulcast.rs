@@ -378,3 +378,78 @@ fn a_falling_estimate_stops_the_probe_at_once_and_the_next_waits() {
         "still on the smallest layer: {layers:?}"
     );
 }
+
+#[test]
+fn a_viewer_joining_a_broadcast_under_way_starts_on_the_largest_layer_of_at_most_1_2_mb_s() {
+    let mut sim = Sim::new(engine_config());
+    let p = sim.publish_simulcast(B).expect("simulcast publish");
+    sim.run_for(Duration::from_millis(500));
+    // About 1.6 Mb/s, 560 and 110 kb/s with their headers: a start on the full layer would
+    // send a slow link a GOP it cannot carry.
+    let sizes = [6000, 2000, 300];
+    let mut sent = Vec::new();
+    for n in 0..60 {
+        sent.push(sim.send_simulcast_sized(p, n, n % 30 == 0, 3, sizes));
+        sim.run_for(FRAME);
+    }
+    let v = sim.view(B).expect("viewer");
+    for n in 60..90 {
+        sent.push(sim.send_simulcast_sized(p, n, n % 30 == 0, 3, sizes));
+        sim.run_for(FRAME);
+    }
+    assert!(sim.clients[v].connected);
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    assert!(got.len() >= 20, "the viewer plays: {} frames", got.len());
+    assert!(
+        layers.iter().all(|&l| l == 1),
+        "the middle layer from its first frame: {layers:?}"
+    );
+    assert!(got[0].keyframe, "its cached keyframe first");
+    assert_continuous(&got);
+}
+
+#[test]
+fn a_move_to_a_layer_whose_keyframe_is_current_takes_the_cached_one_and_asks_no_other() {
+    let mut sim = Sim::new(engine_config());
+    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let mut sent = Vec::new();
+    // Keyframes on every layer at frames 0 and 40; the move comes two frames after the
+    // second, and no keyframe follows.
+    for n in 0..42 {
+        sent.push(sim.send_simulcast_frame(p, n, n % 40 == 0));
+        sim.run_for(FRAME);
+    }
+    let asked_before = sim.clients[p].keyframe_requests;
+    set_layer(&mut sim, &session, Some("1")).expect("layer 1 exists");
+    for n in 42..90 {
+        sent.push(sim.send_simulcast_frame(p, n, false));
+        sim.run_for(FRAME);
+    }
+    sim.run_for(Duration::from_millis(200));
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    eprintln!("layers of the {} frames decoded: {layers:?}", got.len());
+    let switch = layers
+        .iter()
+        .position(|&l| l == 1)
+        .expect("the viewer got layer 1 without a new keyframe");
+    assert!(
+        layers[..switch].iter().all(|&l| l == 0) && layers[switch..].iter().all(|&l| l == 1),
+        "layer 0, then layer 1 and nothing else: {layers:?}"
+    );
+    assert!(
+        got[switch].keyframe && sent[40][1] == got[switch].data,
+        "from layer 1's cached keyframe (frame 40)"
+    );
+    assert!(
+        got.len() >= 85,
+        "no frame lost in the move: {} decoded",
+        got.len()
+    );
+    assert_eq!(
+        sim.clients[p].keyframe_requests, asked_before,
+        "the publisher was asked for no keyframe"
+    );
+    assert_continuous(&got);
+}

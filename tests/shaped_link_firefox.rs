@@ -105,9 +105,6 @@ fn clock_at(unix_ms: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 26, open: in CI (2026-12-05 01:09) the capped Firefox showed its first frame \
-            11.2 s after opening the page (a new viewer starts on the full layer, whose GOP \
-            burst floods a 1 Mb/s link); run with --ignored"]
 async fn a_capped_firefox_viewer_settles_on_a_layer_that_fits_and_comes_back_when_the_cap_lifts() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

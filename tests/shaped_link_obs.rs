@@ -37,8 +37,6 @@ const BACK: Duration = Duration::from_secs(15);
 const FULL: u64 = OBS_LAYERS[0].height as u64;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 26, open: passed once on the final engine, 5 of 15 before it; not yet shown \
-            reliable (a two-layer climb is near the 15 s limit); run with --ignored"]
 async fn a_capped_viewer_of_obs_simulcast_settles_on_a_layer_that_fits_and_comes_back() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -65,6 +65,11 @@ impl Gop {
         self.packets.insert(at, pkt.clone());
     }
 
+    /// Payload bytes since the keyframe.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Every packet since the keyframe, or `None` if the cache gave up (or never had a
     /// keyframe of its own): then a viewer sent the keyframe must wait for the next one.
     pub(crate) fn packets(&self) -> Option<&[CachedPacket]> {

@@ -29,32 +29,70 @@ impl Engine {
     fn send_keyframe_cache(&mut self, now: Instant, v: PeerKey, kind: Burst) {
         let Some(peer) = self.peer_mut(v) else { return };
         let b = peer.broadcast;
-        let wanted = match &peer.role {
-            Role::Viewer(cs) => cs
-                .iter()
-                .find(|c| c.kind == MediaKind::Video)
-                .map(|c| c.layer),
+        let first = peer.first_frames == 0;
+        let video = match &peer.role {
+            Role::Viewer(cs) => cs.iter().find(|c| c.kind == MediaKind::Video),
             _ => None,
         };
+        let video = video.map(|c| (c.layer, c.target, c.auto));
         let Some(route) = self.router.route(b) else {
             return;
         };
-        // The viewer's simulcast layer, or, while that has no keyframe yet, any that has
-        // (the viewer moves to its own at that one's first keyframe).
+        // A viewer's first start is on the layer it would start on now: the layers' bitrates
+        // and GOPs have moved on since it made its offer (router.rs).
+        let fresh = first && kind == Burst::WithGop && video.is_some_and(|(.., auto)| auto);
+        let wanted = match kind {
+            Burst::Switch => video.and_then(|(_, target, _)| target),
+            _ if fresh => Some(route.start_layer(MediaKind::Video, now)),
+            _ => video.map(|(layer, ..)| layer),
+        };
         let has_keyframe = |t: &router::Track| t.kind == MediaKind::Video && !t.keyframe.is_empty();
-        let Some(ti) = wanted
-            .and_then(|l| route.layer_index(MediaKind::Video, l))
-            .filter(|&i| has_keyframe(&route.tracks[i]))
-            .or_else(|| route.tracks.iter().position(has_keyframe))
-        else {
-            return;
+        let ti = if kind == Burst::Switch {
+            // The layer the viewer moves to, while its keyframe is still current; else it
+            // waits for that layer's next one (layers.rs).
+            let Some(ti) = wanted.and_then(|l| route.layer_index(MediaKind::Video, l)) else {
+                return;
+            };
+            if !route.tracks[ti].keyframe_is_current(now) {
+                if !self.pending_plis.contains(&(b, ti)) {
+                    self.pending_plis.push((b, ti));
+                }
+                return;
+            }
+            ti
+        } else {
+            // The viewer's simulcast layer, or, while that has no keyframe yet, any that has
+            // (the viewer moves to its own at that one's first keyframe).
+            let Some(ti) = wanted
+                .and_then(|l| route.layer_index(MediaKind::Video, l))
+                .filter(|&i| has_keyframe(&route.tracks[i]))
+                .or_else(|| route.tracks.iter().position(has_keyframe))
+            else {
+                return;
+            };
+            ti
         };
         let track = &route.tracks[ti];
         let layer = track.rank;
-        let gop = match kind {
-            Burst::WithGop => track.gop.packets(),
+        let mut gop = match kind {
+            Burst::WithGop | Burst::Switch => track.gop.packets(),
             Burst::Keyframe => None,
         };
+        // A simulcast start whose GOP is long (a publisher that sends keyframes only when
+        // asked, as Chromium does) is more than a slow link takes at once: what it cannot
+        // queue is lost, and repairing it keeps the first picture waiting for seconds. So
+        // the viewer is sent the keyframe alone and starts at that layer's next one, asked
+        // for now (at most once a second per layer).
+        let bytes = |p: &[CachedPacket]| p.iter().map(|p| p.payload.len()).sum::<usize>();
+        if kind == Burst::WithGop
+            && route.layers(MediaKind::Video) > 1
+            && gop.is_some_and(|g| bytes(&track.keyframe) + bytes(g) > START_BURST_BYTES)
+        {
+            gop = None;
+            if !self.pending_plis.contains(&(b, ti)) {
+                self.pending_plis.push((b, ti));
+            }
+        }
         let (keyframe, source) = (
             track.keyframe.clone(),
             Source {
@@ -87,7 +125,11 @@ impl Engine {
             c.unsync();
             video_mid = Some(c.mid);
             if c.layer != layer {
-                c.target = c.target.or(Some(c.layer));
+                c.target = match kind {
+                    Burst::Switch => None,
+                    _ if fresh => None,
+                    _ => c.target.or(Some(c.layer)),
+                };
                 c.layer = layer;
                 self.counters.layer_switches += 1;
             }
@@ -116,7 +158,9 @@ impl Engine {
         };
         self.scratch_packets = burst;
         let Some(peer) = self.peer_mut(v) else { return };
-        peer.first_frames = peer.first_frames.saturating_add(1);
+        if kind != Burst::Switch {
+            peer.first_frames = peer.first_frames.saturating_add(1);
+        }
         let Peer {
             role: Role::Viewer(consumers),
             egress,
@@ -200,6 +244,10 @@ impl Engine {
     }
 }
 
+/// The most a simulcast viewer's start burst may hold (payload bytes): about what a 1 Mb/s
+/// link with a fifth of a second of queue takes at once, plus what it passes meanwhile.
+const START_BURST_BYTES: usize = 48 * 1024;
+
 /// What a start burst holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Burst {
@@ -211,4 +259,9 @@ pub(super) enum Burst {
     /// last timestamp on, so every later frame would be stamped up to a GOP's age ahead of
     /// the real time and its jitter buffer would hold them back that long.
     Keyframe,
+    /// The keyframe of the layer a viewer moves to and the GOP since it, while that is
+    /// current (`Track::keyframe_is_current`): the move needs no keyframe from the publisher.
+    /// Its timestamps squeezed toward the newest frame, it follows the viewer's timeline as
+    /// a new publisher's first frame does (consumer.rs).
+    Switch,
 }

@@ -1,24 +1,29 @@
 //! Simulcast layers per viewer: a publisher that sends several sizes of its video has each
 //! layer as a track of its own (router.rs, ranked from the full size down), and each viewer
-//! is sent one of them. Moving a viewer to another layer waits for that layer's next
-//! keyframe, asked for about once a second, and keeps sending the current layer until it
-//! arrives; the viewer sees one stream that goes on without a gap in its numbering
-//! (consumer.rs re-syncs on the new layer as on a new publisher).
+//! is sent one of them, starting on a modest one (`Route::start_layer`). Moving a viewer to
+//! another layer takes that layer's cached keyframe when it is current (with the few packets
+//! since it); otherwise it waits for the layer's next keyframe, asked for about once a
+//! second, and keeps sending the current layer until it arrives. Either way the viewer sees
+//! one stream that goes on without a gap in its numbering (consumer.rs re-syncs on the new
+//! layer as on a new publisher).
 
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Rid};
 use tracing::debug;
 
+use super::keyframes::Burst;
 use super::peer::{Role, live};
 use super::probe::Verdict;
+use super::router::Route;
 use super::{BroadcastKey, Engine, EngineEvent, LayerError, LayerState, PeerKey, SessionId};
 
 impl Engine {
-    /// Moves viewer `session` to the simulcast layer `rid` of its broadcast's video, or with
-    /// `None` to the one the server chooses (the full-size layer).
+    /// Moves viewer `session` to the simulcast layer `rid` of its broadcast's video (pinned),
+    /// or with `None` lets the server choose from its estimate again.
     pub(super) fn set_layer(
         &mut self,
+        now: Instant,
         session: &SessionId,
         rid: Option<Rid>,
     ) -> Result<(), LayerError> {
@@ -29,9 +34,15 @@ impl Engine {
             return Err(LayerError::UnknownSession);
         }
         let b = peer.broadcast;
+        let on = (peer.consumer_mut(MediaKind::Video)).map_or(0, |c| c.target.unwrap_or(c.layer));
         let route = self.router.route(b).ok_or(LayerError::NoSuchLayer)?;
         let ti = match rid {
-            None => route.layer_index(MediaKind::Video, 0),
+            // Automatic: the layer a new viewer would start on if that is larger than the
+            // viewer's, else the one it is on; from there its estimate takes it.
+            None => {
+                let start = route.start_layer(MediaKind::Video, now);
+                route.layer_index(MediaKind::Video, start.min(on))
+            }
             Some(rid) => (route.tracks.iter())
                 .position(|t| t.kind == MediaKind::Video && t.layer == Some(rid)),
         }
@@ -52,9 +63,14 @@ impl Engine {
             return Ok(());
         }
         c.target = Some(layer);
-        if !self.pending_plis.contains(&(b, ti)) {
-            self.pending_plis.push((b, ti));
-        }
+        ask_for_layer(
+            now,
+            route,
+            key,
+            (b, ti),
+            &mut self.pending_plis,
+            &mut self.pending_starts,
+        );
         Ok(())
     }
 }
@@ -154,10 +170,9 @@ impl Engine {
                     debug!(peer = %v, bps, from = c.layer, to = larger, "the link carried the probe");
                     (c.below_since, c.above_since) = (None, None);
                     c.target = Some(larger);
-                    if let Some(ti) = route.layer_index(MediaKind::Video, larger)
-                        && !self.pending_plis.contains(&(b, ti))
-                    {
-                        self.pending_plis.push((b, ti));
+                    if let Some(ti) = route.layer_index(MediaKind::Video, larger) {
+                        let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+                        ask_for_layer(now, route, v, (b, ti), plis, starts);
                     }
                 }
                 return;
@@ -224,10 +239,32 @@ impl Engine {
         debug!(peer = %v, bps, from = c.layer, to = fits, "viewer's layer follows its estimate");
         if let Some(ti) = route.layer_index(MediaKind::Video, fits)
             && c.target.is_some()
-            && !self.pending_plis.contains(&(b, ti))
         {
-            self.pending_plis.push((b, ti));
+            let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+            ask_for_layer(now, route, v, (b, ti), plis, starts);
         }
+    }
+}
+
+/// Viewer `v` is to move to track `ti` of broadcast `b`: with the layer's cached keyframe
+/// and the GOP since it when that is current (a start burst of the target layer, queued for
+/// `keyframes.rs`), else at the layer's next keyframe, asked of the publisher (at most once
+/// a second per layer, `keyframes.rs`).
+fn ask_for_layer(
+    now: Instant,
+    route: &Route,
+    v: PeerKey,
+    (b, ti): (BroadcastKey, usize),
+    pending_plis: &mut Vec<(BroadcastKey, usize)>,
+    pending_starts: &mut Vec<(PeerKey, Burst)>,
+) {
+    // A start still queued goes first; the move then waits for the layer's next keyframe.
+    let current = (route.tracks.get(ti)).is_some_and(|t| t.keyframe_is_current(now))
+        && !pending_starts.iter().any(|(p, _)| *p == v);
+    if current {
+        pending_starts.push((v, Burst::Switch));
+    } else if !pending_plis.contains(&(b, ti)) {
+        pending_plis.push((b, ti));
     }
 }
 

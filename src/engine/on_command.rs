@@ -37,7 +37,9 @@ impl Engine {
                 Outcome::Closed(self.close_session(now, &session, publisher))
             }
             Command::Patch(patch) => Outcome::Patched(self.patch(now, patch)),
-            Command::SetLayer { session, rid } => Outcome::LayerSet(self.set_layer(&session, rid)),
+            Command::SetLayer { session, rid } => {
+                Outcome::LayerSet(self.set_layer(now, &session, rid))
+            }
             Command::DescribeLayer(session) => {
                 Outcome::LayerDescribed(self.describe_layer(now, &session))
             }
@@ -134,7 +136,11 @@ impl Engine {
             // it ends up sealing this viewer's media (egress::hand_to_str0m).
             api.remove_stream_tx(ssrc);
             let start = RtpStart::random(self.config.test_seq_start);
-            consumers.push(Consumer::new(t.mid, t.kind, ssrc, rtx, start));
+            let mut c = Consumer::new(t.mid, t.kind, ssrc, rtx, start);
+            if let Some(route) = self.router.route(b) {
+                c.layer = route.start_layer(t.kind, now);
+            }
+            consumers.push(c);
         }
         let key = self.insert_peer(now, new, Role::Viewer(consumers));
         let route = self.router.entry(b);

@@ -9,10 +9,8 @@ use str0m::media::{MediaKind, Mid};
 
 use super::audience::Audience;
 use super::command::{IngestTrack, LayerInfo, LayerState};
-use super::gop::Gop;
 use super::key::{BroadcastKey, PeerKey};
-use super::packet::CachedPacket;
-pub(crate) use super::track::{RateMeter, Track};
+pub(crate) use super::track::{Mirrored, RateMeter, Track};
 
 /// All routes, by broadcast.
 #[derive(Default)]
@@ -134,19 +132,13 @@ impl Route {
             .collect()
     }
 
-    /// A mirror takes its home's publisher epoch, tracks, cached keyframes and GOPs (the
-    /// home relays every later packet, so they go on from there).
-    pub(crate) fn mirror_epoch(
-        &mut self,
-        epoch: u32,
-        tracks: &[IngestTrack],
-        caches: Vec<(Arc<[CachedPacket]>, Gop)>,
-    ) {
+    /// A mirror takes its home's publisher epoch, tracks, cached keyframes, GOPs and
+    /// bitrates (the home relays every later packet, so they go on from there).
+    pub(crate) fn mirror_epoch(&mut self, epoch: u32, tracks: &[IngestTrack], home: Vec<Mirrored>) {
         self.epoch = epoch;
         self.tracks = Track::all(tracks);
-        for (t, (keyframe, gop)) in self.tracks.iter_mut().zip(caches) {
-            t.keyframe = keyframe;
-            t.gop = gop;
+        for (t, home) in self.tracks.iter_mut().zip(home) {
+            t.start_from(home);
         }
     }
 
@@ -195,8 +187,28 @@ impl Route {
             .collect()
     }
 
+    /// The simulcast layer of `kind` a new viewer starts on: the largest that arrives at no
+    /// more than [`START_BPS`], else the smallest that arrives. A viewer's link is unknown
+    /// when it connects, and the start burst (a keyframe and the GOP since it, keyframes.rs)
+    /// of a layer larger than its link floods it: the first picture then waits for repairs
+    /// or the next keyframe. From the start layer its estimate and probes move it (layers.rs,
+    /// probe.rs). While no layer has been measured (the broadcast's first second: a start
+    /// burst is then little more than its first keyframe) it starts on the full size.
+    pub(crate) fn start_layer(&self, kind: MediaKind, now: Instant) -> u8 {
+        let layers = self.layers(kind);
+        let bps = |l: u8| self.layer(kind, l).map_or(0, |t| t.rate.bps(now));
+        (0..layers)
+            .find(|&l| (1..=START_BPS).contains(&bps(l)))
+            .or_else(|| (0..layers).rev().find(|&l| bps(l) > 0))
+            .unwrap_or(0)
+    }
+
     /// How many layers of `kind` the publisher sends (1 without simulcast).
     pub(crate) fn layers(&self, kind: MediaKind) -> u8 {
         self.tracks.iter().filter(|t| t.kind == kind).count() as u8
     }
 }
+
+/// The bitrate a new viewer's layer may have ([`Route::start_layer`]): what a modest link (a
+/// phone's 1.5 Mb/s) carries with the headroom a move up asks for.
+const START_BPS: u64 = 1_200_000;

@@ -32,8 +32,8 @@ use tracing::debug;
 
 use super::audience::Audience;
 use super::command::IngestTrack;
-use super::gop::Gop;
 use super::packet::CachedPacket;
+use super::track::Mirrored;
 use super::{BroadcastKey, CloseReason, Engine, PeerKey};
 
 /// A message from one engine to another (see the module docs). Opaque outside the engine.
@@ -139,9 +139,8 @@ struct Start {
     epoch: u32,
     live: bool,
     tracks: Vec<IngestTrack>,
-    /// Each track's cached keyframe and the GOP since it, so a mirror's first viewer gets
-    /// its first frame at once and starts at the live edge.
-    caches: Vec<(Arc<[CachedPacket]>, Gop)>,
+    /// Each track's cached keyframe, GOP and bitrate (`Track::mirrored`).
+    caches: Vec<Mirrored>,
     audience: Arc<Audience>,
 }
 
@@ -364,9 +363,7 @@ impl Engine {
             epoch: route.epoch,
             live: route.publisher.is_some(),
             tracks: route.ingest_tracks(),
-            caches: (route.tracks.iter())
-                .map(|t| (t.keyframe.clone(), t.gop.clone()))
-                .collect(),
+            caches: route.tracks.iter().map(|t| t.mirrored()).collect(),
             audience: route.audience.clone(),
         };
         Some(SpanMessage(Message::Start(Box::new(start))))

@@ -13,7 +13,7 @@ use super::gop::Gop;
 use super::packet::CachedPacket;
 
 /// Bytes per second over windows of about a second.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(crate) struct RateMeter {
     window_start: Option<Instant>,
     bytes: u64,
@@ -79,6 +79,16 @@ pub(crate) struct Track {
     recent: Vec<Option<CachedPacket>>,
 }
 
+/// A home track's state a mirror starts from: its cached keyframe and the GOP since it, so
+/// the mirror's first viewer gets its first frame at once and starts at the live edge; its
+/// bitrate and size, so that viewer starts on a layer that fits (`Route::start_layer`).
+pub(crate) struct Mirrored {
+    keyframe: Arc<[CachedPacket]>,
+    gop: Gop,
+    rate: RateMeter,
+    sps: Option<crate::h264::SpsInfo>,
+}
+
 /// What the broadcaster page's ingest doctor needs to know about a video track.
 #[derive(Default)]
 pub(crate) struct Doctor {
@@ -135,6 +145,24 @@ impl Track {
         let sps = crate::h264::sps_in_rtp_payload(payload)?;
         self.sps = Some(sps);
         Some(sps)
+    }
+
+    /// What a mirror on another worker starts this track from (span.rs).
+    pub(crate) fn mirrored(&self) -> Mirrored {
+        Mirrored {
+            keyframe: self.keyframe.clone(),
+            gop: self.gop.clone(),
+            rate: self.rate,
+            sps: self.sps,
+        }
+    }
+
+    /// Starts this track as a mirror of its home's, from what the home sent.
+    pub(crate) fn start_from(&mut self, home: Mirrored) {
+        self.keyframe = home.keyframe;
+        self.gop = home.gop;
+        self.rate = home.rate;
+        self.sps = home.sps;
     }
 
     /// A publisher's tracks, each simulcast layer ranked among those of its kind in the
@@ -291,6 +319,19 @@ impl Track {
         (h264 && str0m::format::detect_h264_nalu(&pkt.payload, 7)) || self.is_keyframe_packet(pkt)
     }
 
+    /// Whether its cached keyframe may move a viewer onto this layer, with the GOP since it,
+    /// instead of a keyframe asked of the publisher: the GOP holds every packet since it
+    /// and at most [`CURRENT_FOR`] of the layer's bitrate, so the burst costs the viewer's
+    /// link little more than the layer itself (and the publisher no keyframe).
+    pub(crate) fn keyframe_is_current(&self, now: Instant) -> bool {
+        let budget = self.rate.bps(now) / 8 * CURRENT_FOR.as_millis() as u64 / 1000;
+        !self.keyframe.is_empty()
+            && self
+                .gop
+                .packets()
+                .is_some_and(|_| self.gop.bytes() as u64 <= budget)
+    }
+
     /// Whether a keyframe request may go to the publisher now (at most one per
     /// [`PLI_INTERVAL`]: OBS largely ignores them and a storm of viewers must not flood it).
     /// When the next keyframe request may go, if one went within [`PLI_INTERVAL`].
@@ -333,6 +374,9 @@ impl Track {
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Frame rate over two seconds: steady enough to read, quick to follow a change in OBS.
 const FPS_WINDOW: Duration = Duration::from_secs(2);
+/// How much of a layer (in time at its bitrate) may have come since its cached keyframe for
+/// that keyframe to count as current ([`Track::keyframe_is_current`]).
+const CURRENT_FOR: Duration = Duration::from_millis(500);
 /// At most one keyframe request per track per second (DESIGN.md §5).
 const PLI_INTERVAL: Duration = Duration::from_secs(1);
 /// A 1080p IDR at high bitrate is a few hundred packets; past this a "frame" is garbage.

@@ -356,6 +356,20 @@ impl<S: Sfu> Sim<S> {
         keyframe: bool,
         layers: usize,
     ) -> Vec<Vec<u8>> {
+        // Each layer its own size, as a simulcast encoder's (about 480, 170 and 50 kb/s).
+        self.send_simulcast_sized(publisher, n, keyframe, layers, [2000, 700, 200])
+    }
+
+    /// Sends frame `n` as [`send_simulcast_layers`](Self::send_simulcast_layers), each layer
+    /// `sizes[layer]` bytes past its SPS.
+    pub fn send_simulcast_sized(
+        &mut self,
+        publisher: usize,
+        n: u64,
+        keyframe: bool,
+        layers: usize,
+        sizes: [usize; 3],
+    ) -> Vec<Vec<u8>> {
         let now = self.now;
         let c = &mut self.clients[publisher];
         let video = c.video_mid.unwrap();
@@ -368,8 +382,7 @@ impl<S: Sfu> Sim<S> {
                 continue;
             }
             let mut frame = frame_with_sps(n, keyframe, BASELINE_SPS);
-            // Each layer its own size, as a simulcast encoder's (about 480, 170 and 50 kb/s).
-            frame.extend(std::iter::repeat_n(b'a' + i as u8, [2000, 700, 200][i]));
+            frame.extend(std::iter::repeat_n(b'a' + i as u8, sizes[i]));
             c.rtc
                 .writer(video)
                 .unwrap()
