@@ -151,6 +151,18 @@ fn a_simulcast_viewer_is_moved_down_not_flagged_and_flagged_only_on_the_smallest
     let top = describe(&mut sim, &session).unwrap();
     assert_eq!(top.rid.as_deref(), Some("0"), "on the full size: {top:?}");
     assert_eq!(sim.stats().simulcast_viewers, [1, 0, 0, 0]);
+    // What the publisher sends per layer, for /metrics: each its own bitrate, and the size
+    // its SPS gives (the test publisher's layers share one).
+    let ingest = sim.stats().simulcast_ingest;
+    let bps: Vec<u64> = ingest.iter().map(|l| l.bits_per_second).collect();
+    assert!(
+        bps[0] > bps[1] && bps[1] > bps[2] && bps[2] > 0 && bps[3] == 0,
+        "bitrates by layer: {ingest:?}"
+    );
+    assert!(
+        ingest[..3].iter().all(|l| l.height > 0) && ingest[3].height == 0,
+        "{ingest:?}"
+    );
     // 460 kb/s for 15 s: under the full layer (about 840 kb/s) and under the 85 % of the
     // middle one (about 560 kb/s) that keeps a viewer on it, over the smallest (about
     // 410 kb/s).

@@ -221,7 +221,21 @@ pub struct Stats {
     /// Viewers whose estimate stayed below what they are sent, with no smaller layer left.
     pub viewers_slow: usize,
     /// Viewers of simulcast broadcasts by the layer they are sent, the full size first.
-    pub simulcast_viewers: [usize; super::METERED_LAYERS],
+    pub simulcast_viewers: [usize; METERED_LAYERS],
+    /// What publishers of simulcast broadcasts send, by layer, the full size first.
+    pub simulcast_ingest: [LayerIngest; METERED_LAYERS],
+}
+
+/// Layers counted per rank in `/metrics`: OBS sends at most four (the offer keeps four).
+pub const METERED_LAYERS: usize = 4;
+
+/// One simulcast layer rank over every simulcast broadcast a server's publishers send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerIngest {
+    /// The layers' bitrates added up.
+    pub bits_per_second: u64,
+    /// The largest picture height among them (H.264: from its SPS), 0 if none is known.
+    pub height: u32,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -255,6 +269,7 @@ impl std::ops::AddAssign for Stats {
             layer_switches,
             viewers_slow,
             simulcast_viewers,
+            simulcast_ingest,
         } = other;
         self.peers += peers;
         self.publishers += publishers;
@@ -283,6 +298,10 @@ impl std::ops::AddAssign for Stats {
         self.viewers_slow += viewers_slow;
         for (mine, theirs) in self.simulcast_viewers.iter_mut().zip(simulcast_viewers) {
             *mine += theirs;
+        }
+        for (mine, theirs) in self.simulcast_ingest.iter_mut().zip(simulcast_ingest) {
+            mine.bits_per_second += theirs.bits_per_second;
+            mine.height = mine.height.max(theirs.height);
         }
     }
 }

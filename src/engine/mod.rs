@@ -71,8 +71,8 @@ use slab::Slab;
 
 pub use self::command::{
     BroadcastInfo, BroadcastState, CloseReason, Command, CommandError, EngineEvent, Eviction,
-    IngestTrack, LayerError, LayerInfo, LayerState, NewPeer, Outcome, Patch, PatchError, Patched,
-    Stats, ViewerTrack,
+    IngestTrack, LayerError, LayerInfo, LayerIngest, LayerState, METERED_LAYERS, NewPeer, Outcome,
+    Patch, PatchError, Patched, Stats, ViewerTrack,
 };
 pub use self::demux::stun_local_ufrag;
 pub use self::key::{BroadcastKey, PROBE, PeerKey, SessionId};
@@ -81,7 +81,7 @@ pub use self::on_command::PROBE_TIMEOUT;
 pub use self::outbox::{Transmit, TransmitRun};
 pub use self::report::viewer_cname;
 pub use self::restart::etag;
-pub use self::slow::{CLEAR_AFTER, METERED_LAYERS, SLOW_AFTER, ViewerLayer};
+pub use self::slow::{CLEAR_AFTER, SLOW_AFTER, ViewerLayer};
 pub use self::span::SpanMessage;
 
 use self::deadline::Deadlines;
@@ -279,6 +279,7 @@ impl Engine {
             layer_switches: self.counters.layer_switches,
             viewers_slow,
             simulcast_viewers,
+            simulcast_ingest: self.router.simulcast_ingest(self.last_now),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use str0m::media::{MediaKind, Mid};
 
 use super::audience::Audience;
-use super::command::{IngestTrack, LayerInfo, LayerState};
+use super::command::{IngestTrack, LayerInfo, LayerIngest, LayerState, METERED_LAYERS};
 use super::key::{BroadcastKey, PeerKey};
 pub(crate) use super::track::{Mirrored, RateMeter, Track};
 
@@ -89,6 +89,24 @@ impl Router {
     }
 
     /// Broadcasts holding a slot: live, or waiting for their publisher to resume.
+    /// What the publishers of simulcast broadcasts here send, by layer rank (home routes
+    /// only: a mirror's layers are its home's), for `/metrics`.
+    pub(crate) fn simulcast_ingest(&self, now: Option<Instant>) -> [LayerIngest; METERED_LAYERS] {
+        let mut by_rank = [LayerIngest::default(); METERED_LAYERS];
+        let Some(now) = now else { return by_rank };
+        let simulcast = (self.routes.values())
+            .filter(|r| r.publisher.is_some() && r.layers(MediaKind::Video) > 1);
+        for t in simulcast.flat_map(|r| r.tracks.iter()) {
+            if let Some(m) =
+                (by_rank.get_mut(usize::from(t.rank))).filter(|_| t.kind == MediaKind::Video)
+            {
+                m.bits_per_second += t.rate.bps(now);
+                m.height = m.height.max(t.sps.map_or(0, |s| s.height));
+            }
+        }
+        by_rank
+    }
+
     pub(crate) fn slots_in_use(&self) -> usize {
         self.routes.values().filter(|r| r.holds_slot()).count()
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::MediaKind;
 
+use super::command::METERED_LAYERS;
 use super::consumer::Consumer;
 use super::peer::{Peer, Role, live};
 use super::router::Route;
@@ -220,8 +221,6 @@ pub const CLEAR_AFTER: Duration = Duration::from_secs(3);
 /// link that carries the stream well (Firefox's REMB sat at 100.6 % of it in a run); a
 /// link 10 % short of the stream is one that freezes.
 const BELOW_PERCENT: u64 = 90;
-/// Layers counted per rank in `/metrics`: OBS sends at most four (the offer keeps four).
-pub const METERED_LAYERS: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -182,14 +182,29 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         .expect("valid headers"))
 }
 
-/// Viewers of simulcast broadcasts by the layer they are sent, labelled by its rank (0 is the
-/// full size): how many viewers the publisher's smaller layers serve. Never labelled by
+/// Viewers of simulcast broadcasts by the layer they are sent, and what the publishers send on
+/// each layer (bitrate, picture height), labelled by the layer's rank (0 is the full size):
+/// how many viewers the smaller layers serve, and what they cost. Never labelled by
 /// broadcast: its IDs are secrets.
 fn layer_metrics(out: &mut String, stats: &crate::engine::Stats) {
     out.push_str("# HELP whipcast_simulcast_viewers Viewers of simulcast broadcasts per layer sent, by rank (0: full size).\n# TYPE whipcast_simulcast_viewers gauge\n");
     for (rank, n) in stats.simulcast_viewers.iter().enumerate() {
         out.push_str(&format!(
             "whipcast_simulcast_viewers{{layer=\"{rank}\"}} {n}\n"
+        ));
+    }
+    out.push_str("# HELP whipcast_simulcast_ingest_bits_per_second What publishers of simulcast broadcasts send per layer, added up, by rank (0: full size).\n# TYPE whipcast_simulcast_ingest_bits_per_second gauge\n");
+    for (rank, l) in stats.simulcast_ingest.iter().enumerate() {
+        out.push_str(&format!(
+            "whipcast_simulcast_ingest_bits_per_second{{layer=\"{rank}\"}} {}\n",
+            l.bits_per_second
+        ));
+    }
+    out.push_str("# HELP whipcast_simulcast_layer_height_pixels The largest picture height publishers of simulcast broadcasts send per layer, by rank (0 if unknown).\n# TYPE whipcast_simulcast_layer_height_pixels gauge\n");
+    for (rank, l) in stats.simulcast_ingest.iter().enumerate() {
+        out.push_str(&format!(
+            "whipcast_simulcast_layer_height_pixels{{layer=\"{rank}\"}} {}\n",
+            l.height
         ));
     }
 }
