@@ -124,14 +124,19 @@ impl Engine {
             // Sent again (first_frame.rs): the viewer restarts from this keyframe.
             c.unsync();
             video_mid = Some(c.mid);
+            if fresh {
+                // Its start layer, or the one it had no keyframe for yet: it moves there.
+                c.target = wanted.filter(|&w| w != layer);
+            }
             if c.layer != layer {
                 c.target = match kind {
                     Burst::Switch => None,
-                    _ if fresh => None,
+                    _ if fresh => c.target,
                     _ => c.target.or(Some(c.layer)),
                 };
                 c.layer = layer;
-                self.counters.layer_switches += 1;
+                // A viewer that had no picture yet was not moved.
+                self.counters.layer_switches += u64::from(!fresh);
             }
         }
         // The keyframe (and its first packet twice) at once; what follows it, held a
