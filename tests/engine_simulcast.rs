@@ -453,3 +453,44 @@ fn a_move_to_a_layer_whose_keyframe_is_current_takes_the_cached_one_and_asks_no_
     );
     assert_continuous(&got);
 }
+
+#[test]
+fn a_viewer_losing_packets_on_its_layer_moves_down_though_its_estimate_fits_and_stays_a_while() {
+    let mut sim = Sim::new(engine_config());
+    let (p, v, _session) = publisher_and_viewer(&mut sim);
+    let mut sent = Vec::new();
+    // A generous estimate throughout: only loss can move the viewer.
+    stream(&mut sim, p, v, 0..60, Some(5_000_000), &mut sent);
+    let layers = layers_of(&sim.clients[v].frames, &sent);
+    assert!(layers.iter().all(|&l| l == 0), "{layers:?}");
+    // One datagram in six lost both ways, for a little over two seconds.
+    sim.drop_every = 6;
+    sim.drop_only_at = Some(sim.clients[v].addr);
+    stream(&mut sim, p, v, 60..130, Some(5_000_000), &mut sent);
+    sim.drop_every = 0;
+    stream(&mut sim, p, v, 130..150, Some(5_000_000), &mut sent);
+    // Then six seconds without loss: more than the 5 s an estimate needs to move a viewer
+    // up, less than the 10 s the layer it lost on stays barred.
+    stream(&mut sim, p, v, 150..330, Some(5_000_000), &mut sent);
+    let got = sim.clients[v].frames.clone();
+    let layers = layers_of(&got, &sent);
+    eprintln!("layers: {layers:?}");
+    let down = layers
+        .iter()
+        .position(|&l| l != 0)
+        .expect("moved down for its loss");
+    assert!(
+        layers[down..].iter().all(|&l| l == 1),
+        "one layer down, and kept there: {layers:?}"
+    );
+    let at = sent.iter().position(|s| s[1] == got[down].data).unwrap();
+    assert!(at >= 60, "not before the loss: frame {at}");
+    // Past the bar, the estimate takes it back up.
+    stream(&mut sim, p, v, 330..700, Some(5_000_000), &mut sent);
+    let layers = layers_of(&sim.clients[v].frames, &sent);
+    assert_eq!(
+        layers.last(),
+        Some(&0),
+        "back on the full layer: {layers:?}"
+    );
+}

@@ -56,6 +56,8 @@ pub(crate) struct Consumer {
     pub(crate) probing: Probing,
     /// Whether its link carries what it is sent (slow.rs).
     pub(crate) slow: super::slow::Slowness,
+    /// What it loses on its layer, and the layers it lost too much on (loss.rs).
+    pub(crate) loss: super::loss::LayerLoss,
 }
 
 /// What a viewer's numbering is derived from: one publisher (its epoch) and one of its
@@ -155,6 +157,7 @@ impl Consumer {
             above_since: None,
             probing: Probing::default(),
             slow: Default::default(),
+            loss: Default::default(),
         }
     }
 

@@ -45,6 +45,12 @@ impl Engine {
                     }
                 }
                 if !lost.is_empty() {
+                    // What a probe makes it lose stops the probe; what it loses otherwise
+                    // counts against its layer (loss.rs).
+                    if !c.probing.is_active() {
+                        let video = lost.iter().filter(|(s, _)| egress.mid(*s) == Some(c.mid));
+                        c.loss.lost(now, video.count());
+                    }
                     c.probing.lost(now, lost.len());
                 }
             }

@@ -157,6 +157,29 @@ impl Engine {
             return;
         };
         let current = c.target.unwrap_or(c.layer);
+        // Loss on its layer moves a viewer down though its estimate says the layer fits,
+        // and bars that layer to it for a while (loss.rs).
+        let pps = route
+            .layer(MediaKind::Video, c.layer)
+            .map_or(0, |t| t.rate.pps(now));
+        let lossy = c.loss.lossy(now, pps);
+        if lossy
+            && c.target.is_none()
+            && let Some(smaller) = (c.layer + 1..layers).find(|&l| needs(l) > 0)
+        {
+            debug!(peer = %v, bps, from = c.layer, to = smaller, "the viewer loses packets on its layer");
+            c.loss.bar(now, c.layer);
+            c.probing.failed(now);
+            (c.below_since, c.above_since) = (None, None);
+            c.target = Some(smaller);
+            if let Some(ti) = route.layer_index(MediaKind::Video, smaller) {
+                let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+                ask_for_layer(now, route, v, (b, ti), plis, starts);
+            }
+            return;
+        }
+        // The largest layer it may go to: what arrives, and not one it lost on lately.
+        let largest = largest.max(c.loss.top(now));
         let larger = (largest..current).rev().find(|&l| needs(l) > 0);
         match c.probing.estimate(now, bps) {
             Verdict::Going => {}

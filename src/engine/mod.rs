@@ -45,6 +45,7 @@ mod hold;
 mod key;
 mod keyframes;
 mod layers;
+mod loss;
 mod on_command;
 mod outbox;
 mod packet;

@@ -12,12 +12,14 @@ use super::command::IngestTrack;
 use super::gop::Gop;
 use super::packet::CachedPacket;
 
-/// Bytes per second over windows of about a second.
+/// Bits and packets per second over windows of about a second.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct RateMeter {
     window_start: Option<Instant>,
     bytes: u64,
+    packets: u64,
     bps: u64,
+    pps: u64,
     last: Option<Instant>,
 }
 
@@ -26,12 +28,20 @@ impl RateMeter {
         let start = *self.window_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= RATE_WINDOW {
-            self.bps = self.bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
-            self.bytes = 0;
+            let micros = elapsed.as_micros().max(1) as u64;
+            self.bps = self.bytes * 8 * 1_000_000 / micros;
+            self.pps = self.packets * 1_000_000 / micros;
+            (self.bytes, self.packets) = (0, 0);
             self.window_start = Some(now);
         }
         self.bytes += bytes as u64;
+        self.packets += 1;
         self.last = Some(now);
+    }
+
+    /// Packets per second, or 0 once nothing has arrived for a few seconds.
+    pub(crate) fn pps(&self, now: Instant) -> u64 {
+        if self.bps(now) == 0 { 0 } else { self.pps }
     }
 
     /// Bits per second, or 0 once nothing has arrived for a few seconds.
