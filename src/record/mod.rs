@@ -10,15 +10,25 @@
 //! files ([`segment`]) of fMP4 boxes ([`fmp4`]), after putting H.264 access units back
 //! together ([`frames`]) and placing every track on one timeline ([`timeline`]).
 //!
+//! Each broadcast has a Record switch (the broadcaster page's, kept in the registry) and a
+//! status the recorder reports, both on the [`Board`]; [`list`] reads a broadcast's files back
+//! for the page. A byte cap (`--record-max-bytes`), a free-space floor (`--record-min-free`,
+//! measured by [`space`]) or a failed write stops the recording, never the broadcast.
+//!
 //! A recording is one route of the engine: a publisher that drops and resumes within
 //! `--resume-grace` stays on the same route (a new epoch) and so in the same recording, with a
 //! gap; a new publish is a new route and starts a new recording.
 
+mod board;
 mod fmp4;
 mod frames;
+pub mod list;
 mod recording;
 mod segment;
+mod space;
 mod timeline;
+
+pub use self::board::{Board, Status, StopReason};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -68,6 +78,10 @@ pub struct Settings {
     pub dir: PathBuf,
     pub segment: Duration,
     pub max_bytes: Option<u64>,
+    /// Free bytes the disk under `dir` keeps: below this, recordings stop.
+    pub min_free: u64,
+    /// The Record switches and each recording's status, shared with the HTTP side.
+    pub board: Arc<Board>,
     /// A recording whose publisher has sent nothing for this long has ended (the resume
     /// grace, plus a margin).
     pub idle: Duration,
@@ -135,28 +149,30 @@ fn run(
 ) {
     let mut recordings: HashMap<BroadcastKey, ((usize, u64), Recording)> = HashMap::new();
     let mut last_sweep = crate::clock::now();
+    let mut switches = settings.board.take_switches();
     loop {
         match rx.recv_timeout(TICK) {
             Ok(p) => {
-                let current = recordings.get(&p.broadcast).map(|(route, _)| *route);
-                if current != Some(p.route) {
-                    // A new publish of the broadcast: the old recording has ended.
-                    if let Some((_, old)) = recordings.remove(&p.broadcast) {
-                        old.finish();
+                if settings.board.version() != switches.version {
+                    switches = settings.board.take_switches();
+                    // Switched off: the recording ends. Switched on again after a stop: the
+                    // stopped one ends and the next packet starts a new one.
+                    let ended: Vec<BroadcastKey> = (recordings.iter())
+                        .filter(|(b, (_, r))| {
+                            switches.off.contains(b) || (switches.retry.contains(b) && r.stopped())
+                        })
+                        .map(|(b, _)| *b)
+                        .collect();
+                    for b in ended {
+                        if let Some((_, r)) = recordings.remove(&b) {
+                            r.finish();
+                        }
                     }
-                    let label = registry
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.label(p.broadcast).map(str::to_owned))
-                        .unwrap_or_else(|| p.broadcast.to_string());
-                    let recording = Recording::new(label, &settings, p.arrival);
-                    recordings.insert(p.broadcast, (p.route, recording));
+                }
+                if !switches.off.contains(&p.broadcast) {
+                    on_packet(&mut recordings, p, &settings, &registry);
                 }
                 active.store(recordings.len() as u64, Ordering::Relaxed);
-                let (_, recording) = recordings
-                    .get_mut(&p.broadcast)
-                    .expect("inserted above when missing");
-                recording.handle(p, &settings);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -181,4 +197,32 @@ fn run(
     for (_, (_, r)) in recordings {
         r.finish();
     }
+}
+
+/// One packet for the recorder: into its broadcast's recording, which a new route (a new
+/// publish) starts afresh.
+fn on_packet(
+    recordings: &mut HashMap<BroadcastKey, ((usize, u64), Recording)>,
+    p: Packet,
+    settings: &Settings,
+    registry: &Mutex<Registry>,
+) {
+    let current = recordings.get(&p.broadcast).map(|(route, _)| *route);
+    if current != Some(p.route) {
+        // A new publish of the broadcast: the old recording has ended.
+        if let Some((_, old)) = recordings.remove(&p.broadcast) {
+            old.finish();
+        }
+        let label = registry
+            .lock()
+            .ok()
+            .and_then(|r| r.label(p.broadcast).map(str::to_owned))
+            .unwrap_or_else(|| p.broadcast.to_string());
+        let recording = Recording::new(p.broadcast, label, settings, p.arrival);
+        recordings.insert(p.broadcast, (p.route, recording));
+    }
+    let (_, recording) = recordings
+        .get_mut(&p.broadcast)
+        .expect("inserted above when missing");
+    recording.handle(p, settings);
 }
