@@ -15,9 +15,11 @@
 //! for the page. A byte cap (`--record-max-bytes`), a free-space floor (`--record-min-free`,
 //! measured by [`space`]) or a failed write stops the recording, never the broadcast.
 //!
-//! A recording is one route of the engine: a publisher that drops and resumes within
-//! `--resume-grace` stays on the same route (a new epoch) and so in the same recording, with a
-//! gap; a new publish is a new route and starts a new recording.
+//! A recording lasts from a publish to its DELETE (the engine says [`Tap::stopped`]), or to
+//! `idle` after the publisher's last packet: a publisher that drops and comes back within
+//! that (a new epoch of its route, or a new route when nobody was watching meanwhile)
+//! continues the same recording, with the outage as a gap; a publish after a DELETE, or
+//! after a longer absence, starts a new recording.
 
 mod board;
 mod fmp4;
@@ -60,9 +62,9 @@ pub enum Media {
 #[derive(Debug)]
 pub struct Packet {
     pub broadcast: BroadcastKey,
-    /// The worker and the route generation on it: one recording.
+    /// The worker and the route generation on it.
     pub route: (usize, u64),
-    /// The route's publisher epoch: a new one re-anchors the timeline (a resume).
+    /// The route's publisher epoch: a new one (or a new route) re-anchors the timeline.
     pub epoch: u32,
     pub media: Media,
     pub seq: u64,
@@ -70,6 +72,23 @@ pub struct Packet {
     pub marker: bool,
     pub payload: Arc<[u8]>,
     pub arrival: Instant,
+    /// The latest sender report of the packet's stream, if one came yet.
+    pub report: Option<Report>,
+}
+
+/// A publisher's sender report (RFC 3550 §6.4.1): its stream's RTP time `rtp` was current at
+/// its wall-clock time `ntp`, one clock for all the publisher's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub ntp: std::time::SystemTime,
+    pub rtp: u32,
+}
+
+/// What goes through the recorder's queue.
+#[derive(Debug)]
+enum Item {
+    Packet(Packet),
+    Stopped(BroadcastKey),
 }
 
 /// What the recorder needs to know from the options.
@@ -90,7 +109,7 @@ pub struct Settings {
 /// The engine's side of the queue.
 #[derive(Clone)]
 pub struct Tap {
-    tx: SyncSender<Packet>,
+    tx: SyncSender<Item>,
     drops: Arc<AtomicU64>,
     /// Recordings with a file open, for `/metrics` (and for tests to know a file is complete).
     active: Arc<AtomicU64>,
@@ -107,7 +126,18 @@ impl fmt::Debug for Tap {
 impl Tap {
     /// Queues `packet` for the recorder without waiting; a full queue drops and counts it.
     pub fn offer(&self, packet: Packet) {
-        match self.tx.try_send(packet) {
+        self.send(Item::Packet(packet));
+    }
+
+    /// The broadcast's publisher stopped on purpose (DELETE): its recording ends now, and the
+    /// next publish starts a new one. (Lost to a full queue, it ends `idle` later instead, and
+    /// a publish before that continues it.)
+    pub fn stopped(&self, broadcast: BroadcastKey) {
+        self.send(Item::Stopped(broadcast));
+    }
+
+    fn send(&self, item: Item) {
+        match self.tx.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.drops.fetch_add(1, Ordering::Relaxed);
@@ -141,30 +171,31 @@ pub fn start(settings: Settings, registry: Arc<Mutex<Registry>>) -> std::io::Res
     })
 }
 
-fn run(
-    rx: Receiver<Packet>,
-    settings: Settings,
-    registry: Arc<Mutex<Registry>>,
-    active: &AtomicU64,
-) {
-    let mut recordings: HashMap<BroadcastKey, ((usize, u64), Recording)> = HashMap::new();
+fn run(rx: Receiver<Item>, settings: Settings, registry: Arc<Mutex<Registry>>, active: &AtomicU64) {
+    let mut recordings: HashMap<BroadcastKey, Recording> = HashMap::new();
     let mut last_sweep = crate::clock::now();
     let mut switches = settings.board.take_switches();
     loop {
         match rx.recv_timeout(TICK) {
-            Ok(p) => {
+            Ok(Item::Stopped(b)) => {
+                if let Some(r) = recordings.remove(&b) {
+                    r.finish();
+                }
+                active.store(recordings.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Item::Packet(p)) => {
                 if settings.board.version() != switches.version {
                     switches = settings.board.take_switches();
                     // Switched off: the recording ends. Switched on again after a stop: the
                     // stopped one ends and the next packet starts a new one.
                     let ended: Vec<BroadcastKey> = (recordings.iter())
-                        .filter(|(b, (_, r))| {
+                        .filter(|(b, r)| {
                             switches.off.contains(b) || (switches.retry.contains(b) && r.stopped())
                         })
                         .map(|(b, _)| *b)
                         .collect();
                     for b in ended {
-                        if let Some((_, r)) = recordings.remove(&b) {
+                        if let Some(r) = recordings.remove(&b) {
                             r.finish();
                         }
                     }
@@ -184,45 +215,35 @@ fn run(
         last_sweep = now;
         let ended: Vec<BroadcastKey> = recordings
             .iter()
-            .filter(|(_, (_, r))| now.saturating_duration_since(r.last_arrival) > settings.idle)
+            .filter(|(_, r)| now.saturating_duration_since(r.last_arrival) > settings.idle)
             .map(|(b, _)| *b)
             .collect();
         for b in ended {
-            if let Some((_, r)) = recordings.remove(&b) {
+            if let Some(r) = recordings.remove(&b) {
                 r.finish();
             }
         }
         active.store(recordings.len() as u64, Ordering::Relaxed);
     }
-    for (_, (_, r)) in recordings {
+    for (_, r) in recordings {
         r.finish();
     }
 }
 
-/// One packet for the recorder: into its broadcast's recording, which a new route (a new
-/// publish) starts afresh.
+/// One packet for the recorder: into its broadcast's recording, started if there is none.
 fn on_packet(
-    recordings: &mut HashMap<BroadcastKey, ((usize, u64), Recording)>,
+    recordings: &mut HashMap<BroadcastKey, Recording>,
     p: Packet,
     settings: &Settings,
     registry: &Mutex<Registry>,
 ) {
-    let current = recordings.get(&p.broadcast).map(|(route, _)| *route);
-    if current != Some(p.route) {
-        // A new publish of the broadcast: the old recording has ended.
-        if let Some((_, old)) = recordings.remove(&p.broadcast) {
-            old.finish();
-        }
+    let recording = recordings.entry(p.broadcast).or_insert_with(|| {
         let label = registry
             .lock()
             .ok()
             .and_then(|r| r.label(p.broadcast).map(str::to_owned))
             .unwrap_or_else(|| p.broadcast.to_string());
-        let recording = Recording::new(p.broadcast, label, settings, p.arrival);
-        recordings.insert(p.broadcast, (p.route, recording));
-    }
-    let (_, recording) = recordings
-        .get_mut(&p.broadcast)
-        .expect("inserted above when missing");
+        Recording::new(p.broadcast, label, settings, p.arrival)
+    });
     recording.handle(p, settings);
 }

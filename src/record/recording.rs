@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::fmp4::{OPUS_TIMESCALE, TrackSetup, VIDEO_TIMESCALE};
 use super::frames::H264Assembler;
 use super::segment::Segment;
-use super::timeline::TrackClock;
+use super::timeline::{Timeline, Track};
 use super::{Board, Media, Packet, Settings, Status, StopReason};
 use crate::broadcast_key::BroadcastKey;
 
@@ -33,8 +33,7 @@ pub(crate) struct Recording {
     dir: PathBuf,
     origin: Instant,
     origin_wall: SystemTime,
-    video: TrackClock,
-    audio: TrackClock,
+    timeline: Timeline,
     h264: H264Assembler,
     sps: Option<Vec<u8>>,
     pps: Option<Vec<u8>>,
@@ -45,6 +44,10 @@ pub(crate) struct Recording {
     earlier_bytes: u64,
     stopped: bool,
     space_checked: Option<Instant>,
+    /// The publisher's (route, epoch) of the last packet, and the timeline's epoch for it:
+    /// each new one (a resume) is anchored afresh.
+    publisher: Option<((usize, u64), u32)>,
+    epoch: u32,
     pub(crate) last_arrival: Instant,
 }
 
@@ -72,8 +75,7 @@ impl Recording {
             origin: first,
             // The clock's wall time is read in io/ only; a second's precision names files.
             origin_wall: std::time::UNIX_EPOCH + Duration::from_secs(crate::clock::unix_now()),
-            video: TrackClock::new(VIDEO_TIMESCALE),
-            audio: TrackClock::new(OPUS_TIMESCALE),
+            timeline: Timeline::new(first, VIDEO_TIMESCALE, OPUS_TIMESCALE),
             h264: H264Assembler::default(),
             sps: None,
             pps: None,
@@ -83,12 +85,20 @@ impl Recording {
             earlier_bytes,
             stopped: false,
             space_checked: None,
+            publisher: None,
+            epoch: 0,
             last_arrival: first,
         }
     }
 
-    pub(crate) fn handle(&mut self, p: Packet, settings: &Settings) {
+    pub(crate) fn handle(&mut self, mut p: Packet, settings: &Settings) {
         self.last_arrival = p.arrival;
+        let publisher = Some((p.route, p.epoch));
+        if self.publisher.is_some() && self.publisher != publisher {
+            self.epoch += 1;
+        }
+        self.publisher = publisher;
+        p.epoch = self.epoch;
         if self.stopped {
             return;
         }
@@ -129,7 +139,7 @@ impl Recording {
 
     fn on_opus(&mut self, p: Packet) -> std::io::Result<()> {
         self.seen_audio = true;
-        let t = self.audio.time(self.origin, p.epoch, p.ts, p.arrival);
+        let t = (self.timeline).time(Track::Audio, p.epoch, p.ts, p.arrival, p.report);
         if self.segment.is_none()
             && !self.seen_video
             && p.arrival.saturating_duration_since(self.origin) >= AUDIO_ONLY_AFTER
@@ -161,7 +171,8 @@ impl Recording {
             changed |= self.pps.as_ref() != Some(&pps);
             self.pps = Some(pps);
         }
-        let t = self.video.time(self.origin, p.epoch, unit.ts, p.arrival);
+        let (epoch, arrival, report) = (p.epoch, p.arrival, p.report);
+        let t = (self.timeline).time(Track::Video, epoch, unit.ts, arrival, report);
         let t_us = t * 1_000_000 / i64::from(VIDEO_TIMESCALE);
         if unit.keyframe
             && let (Some(sps), Some(pps)) = (&self.sps, &self.pps)
