@@ -51,9 +51,9 @@ const QUEUE_PACKETS: usize = 2048;
 /// How often the thread looks for recordings whose publisher is gone for good.
 const TICK: Duration = Duration::from_secs(1);
 /// The recorder empties its queue this often rather than waiting on it: a receiver that
-/// blocks must be woken (a futex syscall) by every packet the media thread hands over, which
-/// measured ~2 µs a packet on the media thread; one that polls costs the sender nothing
-/// (benches/record.rs). 20 ms hold at most ~15 packets of a 6 Mb/s broadcast.
+/// blocks must be woken (a futex syscall) by the packets the media thread hands over; one
+/// that polls leaves the sender a `try_send` (about 0.3 µs a packet with the `Arc` clone:
+/// benches/fanout.rs, BENCHMARKS.md §12). 20 ms holds about 15 packets of a 6 Mb/s broadcast.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// A codec the recorder writes.
