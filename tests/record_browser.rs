@@ -171,3 +171,50 @@ async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe() {
         assert!(duration >= 5.0, "8 s sent, {duration} s in {}", f.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcaster_page_says_why_recording_stopped_while_the_broadcast_goes_on() {
+    let dir = common::server::temp_dir("record-page-cap");
+    let rec = dir.join("rec");
+    let rec_arg = rec.to_str().unwrap().to_owned();
+    let r = start_in(
+        &dir,
+        &[
+            "--record",
+            "--record-dir",
+            &rec_arg,
+            "--record-max-bytes",
+            "120K",
+        ],
+    )
+    .await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, _view) = create(&base);
+        let page = Browser::start();
+        page.goto(&format!("{base}/broadcast?id={id}"));
+        let publisher = Client::publish(&base, &id).expect("WHIP accepted");
+        page.wait("the page says stopped", |p| {
+            (p.text("#record-state") == "stopped").then_some(())
+        });
+        let reason = page.text("#record-reason");
+        page.js(
+            "document.querySelector('#record-card').scrollIntoView()",
+            json!([]),
+        );
+        page.screenshot("record-stopped");
+        assert!(
+            reason.contains("--record-max-bytes") && reason.contains("0.1 MB"),
+            "{reason}"
+        );
+        assert_eq!(page.text("#state"), "live", "the broadcast goes on");
+        // The list follows: the file written before the stop is no longer being written.
+        page.wait("the list shows the file done", |p| {
+            let row = p.text("#recordings tr");
+            (!row.is_empty() && !row.contains("(recording)")).then_some(())
+        });
+        drop(publisher);
+    })
+    .await;
+    r.server.shutdown().await;
+}

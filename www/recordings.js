@@ -25,6 +25,7 @@ function formatSeconds(s) {
 
 export function recordingCard(auth) {
   let lastList = 0;
+  let lastState = null;
 
   function renderStatus(r) {
     $('record-card').classList.toggle('hidden', !r);
@@ -90,9 +91,12 @@ export function recordingCard(auth) {
     list();
   });
 
-  // Called with each panel poll: the status every second, the file list every few seconds.
+  // Called with each panel poll: the status every second, the file list every few seconds
+  // and whenever the status changes (a file started, or stopped being written).
   return (recording) => {
     renderStatus(recording);
-    if (recording && Date.now() - lastList > 4000) list().catch(() => {});
+    const changed = recording && recording.state !== lastState;
+    lastState = recording && recording.state;
+    if (recording && (changed || Date.now() - lastList > 4000)) list().catch(() => {});
   };
 }
