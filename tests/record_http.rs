@@ -81,6 +81,25 @@ async fn recordings_are_listed_downloaded_in_ranges_and_deleted_with_the_broadca
         .as_secs();
     let start = f["start_unix"].as_u64().unwrap();
     assert!(now - start < 60, "started {start}, now {now}");
+    // The file itself says when it started (mvhd creation time), as its name does.
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format_tags=creation_time"])
+        .args(["-of", "default=nw=1:nk=1"])
+        .arg(&on_disk[0])
+        .output()
+        .unwrap();
+    let created = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (days, secs) = (start / 86_400, start % 86_400);
+    let hms = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    );
+    assert!(
+        created.contains(&format!("T{hms}")),
+        "{created} vs {start} (day {days})"
+    );
 
     // The signed link: the whole file, then byte ranges as a seeking <video> asks for them.
     let url = format!("{base}{}", f["url"].as_str().unwrap());

@@ -210,7 +210,7 @@ fn run(rx: Receiver<Item>, settings: Settings, registry: Arc<Mutex<Registry>>, a
                 }
                 active.store(recordings.len() as u64, Ordering::Relaxed);
             }
-            Err(TryRecvError::Empty) => std::thread::sleep(DRAIN_EVERY),
+            Err(TryRecvError::Empty) => pause(),
             Err(TryRecvError::Disconnected) => break,
         }
         let now = crate::clock::now();
@@ -233,6 +233,12 @@ fn run(rx: Receiver<Item>, settings: Settings, registry: Arc<Mutex<Registry>>, a
     for (_, r) in recordings {
         r.finish();
     }
+}
+
+/// Waits [`DRAIN_EVERY`] before the next look at the queue.
+#[allow(clippy::disallowed_methods)] // the recorder's own thread: sleeping stalls no media loop
+fn pause() {
+    std::thread::sleep(DRAIN_EVERY);
 }
 
 /// One packet for the recorder: into its broadcast's recording, started if there is none.
