@@ -7,7 +7,9 @@
 //! packet after 3.3 s of warm-up, so the RTX caches are full. Throughput is per
 //! viewer-packet. Each case checks what it measures: `whipcast` sealed every viewer itself
 //! and `whipcast-str0m-srtp` none (the engine's `viewers_sealed`), and after every batch each
-//! viewer got exactly one copy of each packet (`Fanout::check`).
+//! viewer got exactly one copy of each packet (`Fanout::check`). `whipcast-recording` is
+//! `whipcast` with `--record`'s tap: each publisher packet also handed to a running recorder
+//! thread (issue 27; its own work is on its thread, not timed here: benches/record.rs).
 //!
 //! `cargo bench --bench fanout` (BENCHMARKS.md has the latest results)
 
@@ -36,11 +38,14 @@ const BATCH: u64 = 32;
 
 /// whipcast; with `str0m_seals`, viewers' media goes through str0m's send path instead of
 /// whipcast's own SRTP (as for sessions that negotiated AES-CM), to show what that saves.
-fn whipcast(viewers: usize, str0m_seals: bool) -> Fanout<Engine> {
+fn whipcast(viewers: usize, str0m_seals: bool, record: bool) -> Fanout<Engine> {
     let mut config = engine_config();
     config.max_viewers = viewers;
     let mut sim = Sim::new(config);
     sim.str0m_seals_viewers = str0m_seals;
+    if record {
+        sim.engine.set_recorder(recorder());
+    }
     let mut f = Fanout::connect(sim, viewers);
     // The case measures the path its name says: whipcast sealed every viewer's media itself,
     // or str0m sealed all of it.
@@ -51,6 +56,25 @@ fn whipcast(viewers: usize, str0m_seals: bool) -> Fanout<Engine> {
         "viewers_sealed"
     );
     f
+}
+
+/// A recorder thread writing under a fresh temporary directory.
+fn recorder() -> whipcast::record::Tap {
+    let dir = std::env::temp_dir().join(format!(
+        "whipcast-bench-fanout-{}",
+        whipcast::secret::random_token()
+    ));
+    let registry = whipcast::registry::Registry::open(&dir).expect("a registry");
+    let settings = whipcast::record::Settings {
+        dir: dir.join("rec"),
+        segment: Duration::from_secs(600),
+        max_bytes: None,
+        min_free: 0,
+        board: Default::default(),
+        idle: Duration::from_secs(30),
+    };
+    let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
+    whipcast::record::start(settings, registry).expect("the recorder starts")
 }
 
 fn naive(viewers: usize) -> Fanout<naive::Naive> {
@@ -83,10 +107,14 @@ fn fanout(c: &mut Criterion) {
         group.throughput(Throughput::Elements(viewers as u64));
         let id = |name| BenchmarkId::new(name, viewers);
         // Set up lazily, so a filter (`-- fanout/naive/10`) skips the others' handshakes.
-        for (name, str0m_seals) in [("whipcast", false), ("whipcast-str0m-srtp", true)] {
+        for (name, str0m_seals, record) in [
+            ("whipcast", false, false),
+            ("whipcast-recording", false, true),
+            ("whipcast-str0m-srtp", true, false),
+        ] {
             let mut ours = None;
             group.bench_function(id(name), |b| {
-                let f = ours.get_or_insert_with(|| whipcast(viewers, str0m_seals));
+                let f = ours.get_or_insert_with(|| whipcast(viewers, str0m_seals, record));
                 b.iter_custom(|iters| measure(f, iters));
             });
         }

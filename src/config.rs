@@ -195,9 +195,15 @@ pub struct Config {
     pub record_segment: Duration,
 
     /// Bytes of recordings one broadcast may hold on disk; when reached its recording stops
-    /// (the broadcast goes on). Unlimited when unset.
-    #[arg(long, env = "WHIPCAST_RECORD_MAX_BYTES")]
+    /// (the broadcast goes on). Unlimited when unset. Units: K, M, G, T (powers of 1024).
+    #[arg(long, env = "WHIPCAST_RECORD_MAX_BYTES", value_parser = parse_bytes)]
     pub record_max_bytes: Option<u64>,
+
+    /// Free space the disk under --record-dir keeps: below it recordings stop (the broadcasts
+    /// go on), so recording never fills the disk the state file and logs live on. 1G is about
+    /// 20 minutes of one 6 Mb/s broadcast: time to notice and make room.
+    #[arg(long, env = "WHIPCAST_RECORD_MIN_FREE", default_value = "1G", value_parser = parse_bytes)]
+    pub record_min_free: u64,
 
     /// TESTING ONLY, hidden from --help: every viewer stream's first RTP sequence number
     /// instead of a random one, so a test crosses the 16-bit wrap within seconds.
@@ -334,9 +340,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("\"{s}\" is too long"))
 }
 
+/// A byte count: a number with an optional unit K, M, G or T (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a size like 500M or 2G"))?;
+    let shift = match unit.trim_end_matches(['B', 'b', 'i']) {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("unknown unit \"{unit}\": use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("\"{s}\" is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("300000"), Ok(300_000));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MiB"), Ok(500 << 20));
+        assert!(parse_bytes("2X").is_err());
+        assert!(parse_bytes("99999999T").is_err());
+    }
 
     #[test]
     fn specific_udp_address_is_advertised_exactly() {

@@ -56,8 +56,12 @@ pub(crate) struct Entry {
     /// field count as published.
     #[serde(default = "published_before_the_field")]
     published: bool,
+    /// The broadcaster page's Record switch (with `--record`): on unless switched off.
+    #[serde(default = "published_before_the_field")]
+    record: bool,
 }
 
+/// `published` and `record` of entries from before those fields.
 fn published_before_the_field() -> bool {
     true
 }
@@ -192,6 +196,7 @@ impl Registry {
             created_unix: now_unix,
             last_used_unix: now_unix,
             published: false,
+            record: true,
         };
         let key = self.insert(entry);
         self.changed_entry(key);
@@ -297,6 +302,29 @@ impl Registry {
         let old = std::mem::replace(&mut e.view_id, view_id);
         self.changed_entry(key);
         Some(old)
+    }
+
+    /// Sets the Record switch; returns what it was (to set back if saving fails).
+    pub fn set_record(&mut self, key: BroadcastKey, on: bool) -> Option<bool> {
+        let e = self.entries.get_mut(&key)?;
+        let old = std::mem::replace(&mut e.record, on);
+        if old != on {
+            self.changed_entry(key);
+        }
+        Some(old)
+    }
+
+    /// The Record switch (on for a broadcast the registry does not know: `--record` says so).
+    pub fn record(&self, key: BroadcastKey) -> bool {
+        self.entries.get(&key).is_none_or(|e| e.record)
+    }
+
+    /// Broadcasts whose Record switch is off.
+    pub fn not_recorded(&self) -> impl Iterator<Item = BroadcastKey> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.record)
+            .map(|(k, _)| *k)
     }
 
     pub fn view_id(&self, key: BroadcastKey) -> Option<&str> {

@@ -109,6 +109,7 @@ impl Server {
             test_seq_start: config.test_seq_start,
             worker: 0,
         };
+        let record_board = Arc::new(crate::record::Board::with_off(registry.not_recorded()));
         let registry = Arc::new(Mutex::new(registry));
         let recorder = match config.record {
             true => Some(
@@ -117,6 +118,8 @@ impl Server {
                         dir: config.record_dir.clone(),
                         segment: config.record_segment,
                         max_bytes: config.record_max_bytes,
+                        min_free: config.record_min_free,
+                        board: record_board.clone(),
                         // A publisher back within the grace continues its recording.
                         idle: config.resume_grace + Duration::from_secs(5),
                     },
@@ -165,6 +168,8 @@ impl Server {
             setup,
             registry,
             recorder,
+            record_board,
+            download_links: Default::default(),
             saver: Arc::default(),
             limits: http::limits::Limits::new(&config),
             engine: engine_handle.clone(),

@@ -6,71 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::record::{ffprobe, recordings, wait_sent};
 use common::server::{create, metric};
 use common::udp_client::Client;
-
-/// Every `.mp4` under `dir` (one directory per broadcast), sorted by name (= UTC start).
-fn recordings(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for broadcast in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(broadcast.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if f.path().extension().is_some_and(|e| e == "mp4") {
-                files.push(f.path());
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
-/// What `ffprobe -v error` says about `file`: its streams' codec names, its duration in
-/// seconds, and everything it printed on stderr (nothing, for a good file).
-fn ffprobe(file: &Path) -> (Vec<String>, f64, String) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name:format=duration",
-            "-of",
-            "default=noprint_wrappers=1",
-        ])
-        .arg(file)
-        .output()
-        .expect("ffprobe runs (Debian package ffmpeg)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let codecs = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("codec_name="))
-        .map(str::to_owned)
-        .collect();
-    let duration = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("duration=")?.parse().ok())
-        .unwrap_or_else(|| panic!("no duration from ffprobe: {stdout}"));
-    (
-        codecs,
-        duration,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Waits until the publisher has sent `frames` video frames (30 a second).
-fn wait_sent(publisher: &Client, frames: usize) {
-    let deadline = Instant::now() + Duration::from_secs(frames as u64 / 30 + 60);
-    while publisher.shared.lock().unwrap().frames.len() < frames {
-        assert!(Instant::now() < deadline, "the publisher stalled");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn obs_broadcast_of_30_s_is_recorded_as_h264_and_opus_that_ffprobe_accepts() {

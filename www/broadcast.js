@@ -2,12 +2,15 @@
 // that polls GET /api/broadcast once a second. The broadcast ID goes in the Authorization
 // header, never in a request path, so it stays out of access logs.
 
+import { recordingCard } from '/assets/recordings.js';
+
 const $ = (id) => document.getElementById(id);
 const show = (id, on) => $(id).classList.toggle('hidden', !on);
 let broadcastId = new URLSearchParams(location.search).get('id');
 
 // The broadcast ID as the server wants it on the page's own API calls.
 const auth = () => ({ Authorization: `Bearer ${broadcastId}` });
+const renderRecording = recordingCard(auth);
 
 async function createBroadcast(errorBox) {
   // A server started with --create-token wants it; the field is there for that.
@@ -67,6 +70,7 @@ function render(p) {
   $('token').textContent = broadcastId;
   show('full', p.server_full);
   renderLayers(p.layers || []);
+  renderRecording(p.recording);
   const warnings = $('warnings');
   warnings.replaceChildren(...p.warnings.map((w) => {
     const div = document.createElement('div');

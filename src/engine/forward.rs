@@ -55,7 +55,15 @@ impl Engine {
         }
         let cached = CachedPacket::from_rtp(&pkt);
         if let Some(tap) = &self.recorder {
-            record_tap::offer(tap, (self.config.worker, b), route, ti, &cached, now);
+            let report = pkt.last_sender_info.as_ref();
+            record_tap::offer(
+                tap,
+                (self.config.worker, b),
+                (route, ti),
+                &cached,
+                report,
+                now,
+            );
         }
         let exts = fresh_extensions(&pkt.header.ext_vals);
         self.tell_layers(now, b);

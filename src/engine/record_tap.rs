@@ -5,20 +5,22 @@
 use std::time::Instant;
 
 use str0m::format::Codec;
+use str0m::rtp::rtcp::SenderInfo;
 
 use super::BroadcastKey;
 use super::packet::CachedPacket;
 use super::router::Route;
-use crate::record::{Media, Packet, Tap};
+use crate::record::{Media, Packet, Report, Tap};
 
 /// `--record`: a copy of the packet's handle (an `Arc`, no bytes) for the recorder, if its
-/// codec is one the recorder writes and, with simulcast, it is of the full-size layer.
+/// codec is one the recorder writes and, with simulcast, it is of the full-size layer; with
+/// its stream's latest sender report, which the recorder aligns the tracks by.
 pub(super) fn offer(
     tap: &Tap,
     (worker, b): (usize, BroadcastKey),
-    route: &Route,
-    ti: usize,
+    (route, ti): (&Route, usize),
     cached: &CachedPacket,
+    report: Option<&SenderInfo>,
     now: Instant,
 ) {
     let track = &route.tracks[ti];
@@ -45,5 +47,9 @@ pub(super) fn offer(
         marker: cached.marker,
         payload: cached.payload.clone(),
         arrival: now,
+        report: report.map(|r| Report {
+            ntp: r.ntp_time,
+            rtp: r.rtp_time.numer() as u32,
+        }),
     });
 }

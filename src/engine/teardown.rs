@@ -88,6 +88,9 @@ impl Engine {
         if publisher && waiting {
             info!(broadcast = %b, "publisher that hung up sent DELETE");
             self.end_route(now, b);
+            if let Some(tap) = &self.recorder {
+                tap.stopped(b);
+            }
         }
         true
     }
@@ -184,6 +187,9 @@ impl Engine {
         let b = peer.broadcast;
         self.remove_peer(now, publisher, CloseReason::Deleted);
         self.end_route(now, b);
+        if let Some(tap) = &self.recorder {
+            tap.stopped(b);
+        }
     }
 
     pub(super) fn end_route(&mut self, now: Instant, b: BroadcastKey) {

@@ -104,6 +104,8 @@ struct BroadcastPanel {
     /// Not live, and no slot free: OBS would get 503 now.
     server_full: bool,
     warnings: Vec<String>,
+    /// With `--record`: the Record switch and what the recorder is doing.
+    recording: Option<super::recordings::RecordingStatus>,
 }
 
 /// One simulcast layer on the broadcaster page.
@@ -173,6 +175,7 @@ pub(super) async fn broadcast_panel(
         slots_used,
         slots_total,
         server_full: info.state == BroadcastState::Idle && slots_used >= slots_total,
+        recording: super::recordings::status(state, key),
     };
     Ok(json(StatusCode::OK, &panel))
 }
@@ -307,7 +310,7 @@ pub(super) async fn server_status(state: &AppState) -> Result<HttpResponse, ApiE
     Ok(json(StatusCode::OK, &status))
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
+pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

@@ -7,8 +7,10 @@ mod api;
 mod client;
 mod cluster;
 mod conn;
+mod download_link;
 mod edges;
 mod events;
+mod file_body;
 mod layer;
 pub mod limits;
 mod listen;
@@ -17,6 +19,7 @@ mod pages;
 mod patch;
 mod pending;
 mod problem;
+mod recordings;
 mod request;
 mod sse;
 mod whep;
@@ -37,7 +40,7 @@ pub use self::cluster::on_event as cluster_event;
 pub use self::listen::serve;
 use self::pages::{
     BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, LINK_JS, PLAYER_JS,
-    STATUS_HTML, STATUS_JS, STYLE_CSS, page, stream_page, text,
+    RECORDINGS_JS, STATUS_HTML, STATUS_JS, STYLE_CSS, page, stream_page, text,
 };
 pub use self::problem::ApiError;
 pub(crate) use self::request::{
@@ -58,6 +61,10 @@ pub struct AppState {
     pub saver: Arc<crate::registry::Saver>,
     /// `--record`: the recorder's queue, for its drop count in `/metrics`.
     pub recorder: Option<crate::record::Tap>,
+    /// The Record switches and recording statuses (`--record`), shared with the recorder.
+    pub record_board: Arc<crate::record::Board>,
+    /// Signs the recordings' download links (a key drawn at start).
+    pub download_links: download_link::DownloadLinks,
     pub limits: limits::Limits,
     pub engine: EngineHandle,
     pub setup: SessionSetup,
@@ -134,6 +141,11 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             "text/javascript; charset=utf-8",
             BROADCAST_JS,
         )),
+        "/assets/recordings.js" => Ok(text(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            RECORDINGS_JS,
+        )),
         "/assets/status.js" => Ok(text(
             StatusCode::OK,
             "text/javascript; charset=utf-8",
@@ -155,6 +167,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
                 api::rotate_view_id(state, req, &id).await
             }
             _ => Err(not_allowed("POST, OPTIONS")),
+        },
+        "/api/broadcast/record" => match method {
+            Method::POST => {
+                let id = bearer(&req).ok_or(ApiError::MissingBroadcastId)?.to_owned();
+                recordings::set_switch(state, req, &id).await
+            }
+            _ => Err(not_allowed("POST, OPTIONS")),
+        },
+        "/api/broadcast/recordings" => match method {
+            Method::GET => {
+                let id = bearer(&req).ok_or(ApiError::MissingBroadcastId)?;
+                recordings::list(state, id).await
+            }
+            _ => Err(not_allowed("GET, OPTIONS")),
         },
         "/api/edges" => match method {
             Method::POST => edges::register(state, req).await,
@@ -220,6 +246,13 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse,
             }
             if let Some(channel) = path.strip_prefix("/stream/events/") {
                 return events::attach(state, req, channel).await;
+            }
+            if let Some(name) = path.strip_prefix("/api/broadcast/recordings/") {
+                let id = bearer(&req).ok_or(ApiError::MissingBroadcastId)?.to_owned();
+                return recordings::file(state, req, &id, name).await;
+            }
+            if let Some(rest) = path.strip_prefix("/recordings/") {
+                return recordings::signed(state, req, rest).await;
             }
             if let Some(rest) = path.strip_prefix("/api/broadcasts/") {
                 return match (method.clone(), rest.strip_suffix("/view-id")) {
@@ -321,6 +354,8 @@ fn preflight(path: &str) -> HttpResponse {
         if path.ends_with("/sse") || path.starts_with("/stream/events") || path.ends_with("/layer")
         {
             "GET, POST, OPTIONS"
+        } else if path.starts_with("/api/broadcast/recordings/") {
+            "GET, HEAD, DELETE, OPTIONS"
         } else if path.contains("/session/") {
             "DELETE, PATCH, OPTIONS"
         } else {

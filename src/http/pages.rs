@@ -65,6 +65,7 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 
 pub(super) const INDEX_HTML: &str = include_str!("../../www/index.html");
 pub(super) const BROADCAST_HTML: &str = include_str!("../../www/broadcast.html");
 pub(super) const BROADCAST_JS: &str = include_str!("../../www/broadcast.js");
+pub(super) const RECORDINGS_JS: &str = include_str!("../../www/recordings.js");
 pub(super) const STATUS_HTML: &str = include_str!("../../www/status.html");
 pub(super) const STATUS_JS: &str = include_str!("../../www/status.js");
 const STREAM_HTML: &str = include_str!("../../www/stream.html");

@@ -93,6 +93,24 @@ pub enum ApiError {
     TooManyEdges,
     #[error("this server holds as many broadcasts as it allows; unused ones expire after --id-ttl")]
     TooManyBroadcasts,
+    #[error("this server does not record broadcasts (it was started without --record)")]
+    RecordingOff,
+    #[error("send {{\"on\": true}} or {{\"on\": false}}")]
+    BadRecordSwitch,
+    #[error("no such recording")]
+    NoSuchRecording,
+    #[error(
+        "this file is being recorded now; switch Record off (or stop the broadcast), then delete it"
+    )]
+    RecordingInProgress,
+    #[error("the recordings cannot be read on the server")]
+    RecordingsUnreadable,
+    #[error("the range is outside the file's {len} bytes")]
+    RangeNotSatisfiable { len: u64 },
+    #[error(
+        "this download link is not valid or has expired; reload the broadcaster page for a new one"
+    )]
+    BadDownloadLink,
 }
 
 /// Whole seconds to wait, rounded up, at least one.
@@ -189,6 +207,12 @@ impl ApiError {
             Self::StaleEtag => StatusCode::PRECONDITION_FAILED,
             Self::IfMatchRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RecordingOff | Self::RecordingInProgress => StatusCode::CONFLICT,
+            Self::BadRecordSwitch => StatusCode::BAD_REQUEST,
+            Self::NoSuchRecording => StatusCode::NOT_FOUND,
+            Self::RecordingsUnreadable => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::BadDownloadLink => StatusCode::FORBIDDEN,
         }
     }
 
@@ -226,6 +250,9 @@ impl ApiError {
         }
         match self {
             Self::MethodNotAllowed { allow, .. } => builder = builder.header(header::ALLOW, *allow),
+            Self::RangeNotSatisfiable { len } => {
+                builder = builder.header(header::CONTENT_RANGE, format!("bytes */{len}"))
+            }
             Self::MissingBroadcastId | Self::UnknownBroadcast | Self::CreateTokenRequired => {
                 builder = builder.header(header::WWW_AUTHENTICATE, "Bearer")
             }

@@ -62,8 +62,17 @@ pub(crate) struct Run<'a> {
     pub(crate) samples: &'a [Sample],
 }
 
-/// `ftyp` + `moov` for `tracks` (track IDs 1, 2, … in that order).
-pub(crate) fn init_segment(tracks: &[TrackSetup]) -> Vec<u8> {
+/// Seconds from 1904-01-01 (ISO BMFF's epoch) to 1970-01-01.
+const SECONDS_1904_TO_1970: u64 = 2_082_844_800;
+
+/// `ftyp` + `moov` for `tracks` (track IDs 1, 2, … in that order), whose `mvhd` creation time
+/// is `started`, the segment's wall-clock start (players show it, e.g. ffprobe's
+/// `creation_time`; it stays with the file when it is renamed).
+pub(crate) fn init_segment(tracks: &[TrackSetup], started: std::time::SystemTime) -> Vec<u8> {
+    let since_1970 = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let created = since_1970 + SECONDS_1904_TO_1970;
     let ftyp = Ftyp {
         major_brand: b"iso6".into(),
         minor_version: 0,
@@ -71,6 +80,8 @@ pub(crate) fn init_segment(tracks: &[TrackSetup]) -> Vec<u8> {
     };
     let moov = Moov {
         mvhd: Mvhd {
+            creation_time: created,
+            modification_time: created,
             timescale: 1000,
             rate: 1.into(),
             volume: 1.into(),
@@ -321,20 +332,25 @@ mod tests {
     }
 
     #[test]
-    fn init_segment_decodes_with_both_sample_entries() {
-        let bytes = init_segment(&[
-            TrackSetup::H264 {
-                sps: vec![0x67, 0x42, 0xe0, 0x1f, 0xda],
-                pps: vec![0x68, 0xce, 0x3c, 0x80],
-                width: 320,
-                height: 240,
-            },
-            TrackSetup::Opus,
-        ]);
+    fn init_segment_decodes_with_both_sample_entries_and_its_wall_clock_start() {
+        let started = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000);
+        let bytes = init_segment(
+            &[
+                TrackSetup::H264 {
+                    sps: vec![0x67, 0x42, 0xe0, 0x1f, 0xda],
+                    pps: vec![0x68, 0xce, 0x3c, 0x80],
+                    width: 320,
+                    height: 240,
+                },
+                TrackSetup::Opus,
+            ],
+            started,
+        );
         let buf = &mut std::io::Cursor::new(&bytes);
         Ftyp::decode(buf).expect("ftyp");
         let moov = Moov::decode(buf).expect("moov");
         assert_eq!(moov.trak.len(), 2);
+        assert_eq!(moov.mvhd.creation_time, 1_780_000_000 + 2_082_844_800);
         assert_eq!(moov.mvex.expect("mvex").trex.len(), 2);
     }
 }

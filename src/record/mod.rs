@@ -10,21 +10,33 @@
 //! files ([`segment`]) of fMP4 boxes ([`fmp4`]), after putting H.264 access units back
 //! together ([`frames`]) and placing every track on one timeline ([`timeline`]).
 //!
-//! A recording is one route of the engine: a publisher that drops and resumes within
-//! `--resume-grace` stays on the same route (a new epoch) and so in the same recording, with a
-//! gap; a new publish is a new route and starts a new recording.
+//! Each broadcast has a Record switch (the broadcaster page's, kept in the registry) and a
+//! status the recorder reports, both on the [`Board`]; [`list`] reads a broadcast's files back
+//! for the page. A byte cap (`--record-max-bytes`), a free-space floor (`--record-min-free`,
+//! measured by [`space`]) or a failed write stops the recording, never the broadcast.
+//!
+//! A recording lasts from a publish to its DELETE (the engine says [`Tap::stopped`]), or to
+//! `idle` after the publisher's last packet: a publisher that drops and comes back within
+//! that (a new epoch of its route, or a new route when nobody was watching meanwhile)
+//! continues the same recording, with the outage as a gap; a publish after a DELETE, or
+//! after a longer absence, starts a new recording.
 
+mod board;
 mod fmp4;
 mod frames;
+pub mod list;
 mod recording;
 mod segment;
+mod space;
 mod timeline;
+
+pub use self::board::{Board, Status, StopReason};
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +50,11 @@ use self::recording::Recording;
 const QUEUE_PACKETS: usize = 2048;
 /// How often the thread looks for recordings whose publisher is gone for good.
 const TICK: Duration = Duration::from_secs(1);
+/// The recorder empties its queue this often rather than waiting on it: a receiver that
+/// blocks must be woken (a futex syscall) by the packets the media thread hands over; one
+/// that polls leaves the sender a `try_send` (about 0.3 µs a packet with the `Arc` clone:
+/// benches/fanout.rs, BENCHMARKS.md §12). 20 ms holds about 15 packets of a 6 Mb/s broadcast.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// A codec the recorder writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +67,9 @@ pub enum Media {
 #[derive(Debug)]
 pub struct Packet {
     pub broadcast: BroadcastKey,
-    /// The worker and the route generation on it: one recording.
+    /// The worker and the route generation on it.
     pub route: (usize, u64),
-    /// The route's publisher epoch: a new one re-anchors the timeline (a resume).
+    /// The route's publisher epoch: a new one (or a new route) re-anchors the timeline.
     pub epoch: u32,
     pub media: Media,
     pub seq: u64,
@@ -60,6 +77,23 @@ pub struct Packet {
     pub marker: bool,
     pub payload: Arc<[u8]>,
     pub arrival: Instant,
+    /// The latest sender report of the packet's stream, if one came yet.
+    pub report: Option<Report>,
+}
+
+/// A publisher's sender report (RFC 3550 §6.4.1): its stream's RTP time `rtp` was current at
+/// its wall-clock time `ntp`, one clock for all the publisher's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub ntp: std::time::SystemTime,
+    pub rtp: u32,
+}
+
+/// What goes through the recorder's queue.
+#[derive(Debug)]
+enum Item {
+    Packet(Packet),
+    Stopped(BroadcastKey),
 }
 
 /// What the recorder needs to know from the options.
@@ -68,6 +102,10 @@ pub struct Settings {
     pub dir: PathBuf,
     pub segment: Duration,
     pub max_bytes: Option<u64>,
+    /// Free bytes the disk under `dir` keeps: below this, recordings stop.
+    pub min_free: u64,
+    /// The Record switches and each recording's status, shared with the HTTP side.
+    pub board: Arc<Board>,
     /// A recording whose publisher has sent nothing for this long has ended (the resume
     /// grace, plus a margin).
     pub idle: Duration,
@@ -76,7 +114,7 @@ pub struct Settings {
 /// The engine's side of the queue.
 #[derive(Clone)]
 pub struct Tap {
-    tx: SyncSender<Packet>,
+    tx: SyncSender<Item>,
     drops: Arc<AtomicU64>,
     /// Recordings with a file open, for `/metrics` (and for tests to know a file is complete).
     active: Arc<AtomicU64>,
@@ -93,7 +131,18 @@ impl fmt::Debug for Tap {
 impl Tap {
     /// Queues `packet` for the recorder without waiting; a full queue drops and counts it.
     pub fn offer(&self, packet: Packet) {
-        match self.tx.try_send(packet) {
+        self.send(Item::Packet(packet));
+    }
+
+    /// The broadcast's publisher stopped on purpose (DELETE): its recording ends now, and the
+    /// next publish starts a new one. (Lost to a full queue, it ends `idle` later instead, and
+    /// a publish before that continues it.)
+    pub fn stopped(&self, broadcast: BroadcastKey) {
+        self.send(Item::Stopped(broadcast));
+    }
+
+    fn send(&self, item: Item) {
+        match self.tx.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.drops.fetch_add(1, Ordering::Relaxed);
@@ -127,39 +176,42 @@ pub fn start(settings: Settings, registry: Arc<Mutex<Registry>>) -> std::io::Res
     })
 }
 
-fn run(
-    rx: Receiver<Packet>,
-    settings: Settings,
-    registry: Arc<Mutex<Registry>>,
-    active: &AtomicU64,
-) {
-    let mut recordings: HashMap<BroadcastKey, ((usize, u64), Recording)> = HashMap::new();
+fn run(rx: Receiver<Item>, settings: Settings, registry: Arc<Mutex<Registry>>, active: &AtomicU64) {
+    let mut recordings: HashMap<BroadcastKey, Recording> = HashMap::new();
     let mut last_sweep = crate::clock::now();
+    let mut switches = settings.board.take_switches();
     loop {
-        match rx.recv_timeout(TICK) {
-            Ok(p) => {
-                let current = recordings.get(&p.broadcast).map(|(route, _)| *route);
-                if current != Some(p.route) {
-                    // A new publish of the broadcast: the old recording has ended.
-                    if let Some((_, old)) = recordings.remove(&p.broadcast) {
-                        old.finish();
-                    }
-                    let label = registry
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.label(p.broadcast).map(str::to_owned))
-                        .unwrap_or_else(|| p.broadcast.to_string());
-                    let recording = Recording::new(label, &settings, p.arrival);
-                    recordings.insert(p.broadcast, (p.route, recording));
+        match rx.try_recv() {
+            Ok(Item::Stopped(b)) => {
+                if let Some(r) = recordings.remove(&b) {
+                    r.finish();
                 }
                 active.store(recordings.len() as u64, Ordering::Relaxed);
-                let (_, recording) = recordings
-                    .get_mut(&p.broadcast)
-                    .expect("inserted above when missing");
-                recording.handle(p, &settings);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Item::Packet(p)) => {
+                if settings.board.version() != switches.version {
+                    switches = settings.board.take_switches();
+                    // Switched off: the recording ends. Switched on again after a stop: the
+                    // stopped one ends and the next packet starts a new one.
+                    let ended: Vec<BroadcastKey> = (recordings.iter())
+                        .filter(|(b, r)| {
+                            switches.off.contains(b) || (switches.retry.contains(b) && r.stopped())
+                        })
+                        .map(|(b, _)| *b)
+                        .collect();
+                    for b in ended {
+                        if let Some(r) = recordings.remove(&b) {
+                            r.finish();
+                        }
+                    }
+                }
+                if !switches.off.contains(&p.broadcast) {
+                    on_packet(&mut recordings, p, &settings, &registry);
+                }
+                active.store(recordings.len() as u64, Ordering::Relaxed);
+            }
+            Err(TryRecvError::Empty) => pause(),
+            Err(TryRecvError::Disconnected) => break,
         }
         let now = crate::clock::now();
         if now.saturating_duration_since(last_sweep) < TICK {
@@ -168,17 +220,41 @@ fn run(
         last_sweep = now;
         let ended: Vec<BroadcastKey> = recordings
             .iter()
-            .filter(|(_, (_, r))| now.saturating_duration_since(r.last_arrival) > settings.idle)
+            .filter(|(_, r)| now.saturating_duration_since(r.last_arrival) > settings.idle)
             .map(|(b, _)| *b)
             .collect();
         for b in ended {
-            if let Some((_, r)) = recordings.remove(&b) {
+            if let Some(r) = recordings.remove(&b) {
                 r.finish();
             }
         }
         active.store(recordings.len() as u64, Ordering::Relaxed);
     }
-    for (_, (_, r)) in recordings {
+    for (_, r) in recordings {
         r.finish();
     }
+}
+
+/// Waits [`DRAIN_EVERY`] before the next look at the queue.
+#[allow(clippy::disallowed_methods)] // the recorder's own thread: sleeping stalls no media loop
+fn pause() {
+    std::thread::sleep(DRAIN_EVERY);
+}
+
+/// One packet for the recorder: into its broadcast's recording, started if there is none.
+fn on_packet(
+    recordings: &mut HashMap<BroadcastKey, Recording>,
+    p: Packet,
+    settings: &Settings,
+    registry: &Mutex<Registry>,
+) {
+    let recording = recordings.entry(p.broadcast).or_insert_with(|| {
+        let label = registry
+            .lock()
+            .ok()
+            .and_then(|r| r.label(p.broadcast).map(str::to_owned))
+            .unwrap_or_else(|| p.broadcast.to_string());
+        Recording::new(p.broadcast, label, settings, p.arrival)
+    });
+    recording.handle(p, settings);
 }

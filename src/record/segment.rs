@@ -68,7 +68,7 @@ impl Segment {
                 Err(e) => return Err(e),
             }
         };
-        let init = fmp4::init_segment(&tracks);
+        let init = fmp4::init_segment(&tracks, started);
         file.write_all(&init)?;
         Ok(Self {
             path,

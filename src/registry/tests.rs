@@ -259,3 +259,25 @@ fn each_creation_writes_a_line_not_the_whole_registry() {
             .all(|c| reopened.by_broadcast_id(&c.broadcast_id).is_some())
     );
 }
+
+#[test]
+fn the_record_switch_survives_a_restart_through_the_journal() {
+    let dir = temp_dir("record-switch");
+    let registry = Mutex::new(Registry::open(&dir).unwrap());
+    let saver = Saver::default();
+    let created = create_saved(&registry, &saver);
+    assert!(
+        registry.lock().unwrap().record(created.key),
+        "on by default"
+    );
+    let generation = {
+        let mut r = registry.lock().unwrap();
+        assert_eq!(r.set_record(created.key, false), Some(true));
+        r.generation()
+    };
+    saver.save_at_least(&registry, generation).unwrap();
+    let reopened = Registry::open(&dir).unwrap();
+    let key = reopened.by_broadcast_id(&created.broadcast_id).unwrap();
+    assert!(!reopened.record(key), "switched off before the restart");
+    assert_eq!(reopened.not_recorded().collect::<Vec<_>>(), [key]);
+}

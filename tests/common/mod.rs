@@ -19,6 +19,7 @@ pub mod page_test;
 pub mod pair;
 pub mod process;
 pub mod raw_http;
+pub mod record;
 pub mod server;
 pub mod shaped;
 pub mod sim;

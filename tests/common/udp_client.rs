@@ -76,6 +76,30 @@ impl Client {
         broadcast_id: &str,
         script: Vec<(AccessUnit, u64)>,
     ) -> Result<Self, Refused> {
+        Self::publish_with(base, broadcast_id, script, None)
+    }
+
+    /// The fixture publisher whose video leaves it `video_late` after the audio of the same
+    /// instant, as an encoder's does; its sender reports say when each was captured (each
+    /// frame's and packet's scheduled instant, not when this thread got round to it).
+    pub fn publish_late_video(
+        base: &str,
+        broadcast_id: &str,
+        video_late: Duration,
+    ) -> Result<Self, Refused> {
+        let script = fixture()
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| (u, i as u64));
+        Self::publish_with(base, broadcast_id, script.collect(), Some(video_late))
+    }
+
+    fn publish_with(
+        base: &str,
+        broadcast_id: &str,
+        script: Vec<(AccessUnit, u64)>,
+        video_late: Option<Duration>,
+    ) -> Result<Self, Refused> {
         let mut cfg = RtcConfig::new().clear_codecs();
         cfg.codec_config().add_h264(96.into(), None, true, 0x42e01f);
         cfg.codec_config().enable_opus(true, false);
@@ -107,6 +131,7 @@ impl Client {
                 audio,
                 video,
                 script,
+                video_late,
                 tone: super::opus::tone(),
                 frames: 0,
                 packets: 0,
@@ -364,6 +389,10 @@ struct Sender {
     audio: Mid,
     video: Mid,
     script: Vec<(AccessUnit, u64)>,
+    /// How much later than its capture each video frame is sent (the audio: at once); with
+    /// it, the instants written (and so the sender reports) are the scheduled ones. Without,
+    /// each write is stamped with the moment it happens.
+    video_late: Option<Duration>,
     tone: Vec<Vec<u8>>,
     /// Video frames and audio packets written so far.
     frames: u64,
@@ -385,16 +414,18 @@ impl Sender {
         let (Some(vpt), Some(apt)) = (vpt, apt) else {
             return Some(now + PACKET);
         };
-        let next_frame = *self.next_frame.get_or_insert(now);
+        let late = self.video_late.unwrap_or_default();
+        let next_frame = *self.next_frame.get_or_insert(now + late);
         let next_packet = *self.next_packet.get_or_insert(now);
         if now >= next_frame {
             let len = self.script.len() as u64;
             let (unit, pts) = &self.script[(self.frames % len) as usize];
             let pts = self.frames / len * len + pts;
             let time = MediaTime::from_90khz(pts * 3000);
-            let _ = rtc
-                .writer(self.video)
-                .map(|w| w.write(vpt, now, time, unit.data.clone()));
+            let _ = rtc.writer(self.video).map(|w| {
+                let captured = self.video_late.map_or(now, |late| next_frame - late);
+                w.write(vpt, captured, time, unit.data.clone())
+            });
             shared.lock().unwrap().frames.push(Received {
                 data: unit.data.clone(),
                 keyframe: unit.keyframe,
@@ -408,9 +439,10 @@ impl Sender {
             let packet = &self.tone[(self.packets % self.tone.len() as u64) as usize];
             // 20 ms at 48 kHz is 960 samples.
             let time = MediaTime::new(self.packets * 960, Frequency::FORTY_EIGHT_KHZ);
-            let _ = rtc
-                .writer(self.audio)
-                .map(|w| w.write(apt, now, time, packet.clone()));
+            let _ = rtc.writer(self.audio).map(|w| {
+                let captured = self.video_late.map_or(now, |_| next_packet);
+                w.write(apt, captured, time, packet.clone())
+            });
             shared.lock().unwrap().audio.push(packet.clone());
             self.packets += 1;
             self.next_packet = Some(next_packet + PACKET);

@@ -1,0 +1,220 @@
+//! Recordings in real headless Chromium (issue 27): the broadcaster page's Recording card
+//! (switch, status, list, delete), and a recording played from its download link in a
+//! `<video>`: frames decoded, audio decoded, a seek served by byte ranges, `currentTime` at the
+//! end. And recordings from a Chromium and a GStreamer publisher, which `ffprobe` reads.
+
+#![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::chromium::Browser;
+use common::gst::GstClient;
+use common::page_test::{blocking, start_in};
+use common::record::{ffprobe, recordings, wait_sent};
+use common::server::{create, metric};
+use common::udp_client::Client;
+use serde_json::json;
+
+/// Plays `url` in a muted `<video>` at double speed, seeks back to the middle once it has
+/// passed it, and reports what Chromium decoded once it ended.
+const PLAY_TO_THE_END: &str = "
+const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+const v = document.createElement('video');
+v.muted = true;
+document.body.append(v);
+let seeked = false;
+v.addEventListener('error', () => done({ error: String(v.error && v.error.message) }));
+v.addEventListener('timeupdate', () => {
+  if (!seeked && v.currentTime > v.duration * 0.7) {
+    seeked = true;
+    v.currentTime = v.duration * 0.4;
+  }
+});
+v.addEventListener('seeked', () => { window.seekedTo = v.currentTime; });
+v.addEventListener('ended', () => {
+  const q = v.getVideoPlaybackQuality();
+  done({
+    duration: v.duration,
+    currentTime: v.currentTime,
+    frames: q.totalVideoFrames - q.droppedVideoFrames,
+    audioBytes: v.webkitAudioDecodedByteCount,
+    width: v.videoWidth,
+    seekedTo: window.seekedTo ?? null,
+  });
+});
+v.src = url;
+v.playbackRate = 2;
+v.play().catch((e) => done({ error: String(e) }));
+setTimeout(() => done({ error: 'not ended in 40 s', currentTime: v.currentTime, duration: v.duration }), 40000);";
+
+fn wait_ended(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(base, "whipcast_recordings_active") != 0 {
+        assert!(Instant::now() < deadline, "the recording never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcaster_page_lists_a_recording_that_plays_and_seeks_in_a_video_element() {
+    let dir = common::server::temp_dir("record-page");
+    let rec = dir.join("rec");
+    let rec_arg = rec.to_str().unwrap().to_owned();
+    let r = start_in(
+        &dir,
+        &["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"],
+    )
+    .await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, _view) = create(&base);
+        let page = Browser::start();
+        page.goto(&format!("{base}/broadcast?id={id}"));
+        page.wait("the Recording card shows it waits", |p| {
+            (p.text("#record-state") == "waiting").then_some(())
+        });
+        // The switch, off and on again, from the page.
+        page.click("#record-switch");
+        page.wait("switched off", |p| (p.text("#record-state") == "off").then_some(()));
+        page.click("#record-switch");
+        page.wait("switched on", |p| (p.text("#record-state") == "waiting").then_some(()));
+        let publisher = Client::publish(&base, &id).expect("WHIP accepted");
+        page.wait("the page says recording", |p| {
+            (p.text("#record-state") == "recording").then_some(())
+        });
+        wait_sent(&publisher, 300);
+        assert_eq!(publisher.stop(), 200);
+        wait_ended(&base);
+        let href = page.wait("the page lists the recording", |p| {
+            let v = p.js(
+                "const a = document.querySelector('#recordings a.download'); return a && !a.closest('tr').textContent.includes('(recording)') ? a.href : null",
+                json!([]),
+            );
+            v.as_str().map(str::to_owned)
+        });
+        page.screenshot("record-list");
+        let row = page.text("#recordings tr");
+        assert!(row.contains("0:1") && row.contains("kB"), "start, duration, size: {row}");
+        let played = page.js_async(PLAY_TO_THE_END, json!([href]));
+        println!("played: {played}");
+        assert_eq!(played["error"], serde_json::Value::Null, "{played}");
+        let duration = played["duration"].as_f64().unwrap();
+        assert!((duration - 10.0).abs() <= 1.0, "10 s sent, {duration} s");
+        assert!(
+            played["currentTime"].as_f64().unwrap() >= duration - 0.1,
+            "{played}"
+        );
+        // Seeked back to 40 % after 70 %: the second half was decoded twice, so more than
+        // the 300 frames sent (the first ones maybe dropped at double speed) were decoded.
+        assert!(played["seekedTo"].as_f64().is_some(), "{played}");
+        assert!(played["frames"].as_u64().unwrap() >= 250, "{played}");
+        assert!(played["audioBytes"].as_u64().unwrap() > 0, "{played}");
+        assert_eq!(played["width"], 320);
+
+        // Delete from the page.
+        page.js("window.confirm = () => true", json!([]));
+        page.click("#recordings button.delete");
+        page.wait("the list is empty", |p| {
+            (p.js("return document.querySelectorAll('#recordings tr').length", json!([])) == 0)
+                .then_some(())
+        });
+        assert!(recordings(&rec).is_empty());
+    })
+    .await;
+    r.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe() {
+    let dir = common::server::temp_dir("record-publishers");
+    let rec = dir.join("rec");
+    let rec_arg = rec.to_str().unwrap().to_owned();
+    let r = start_in(
+        &dir,
+        &["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"],
+    )
+    .await;
+    let base = r.base.clone();
+    let files = blocking(move || {
+        let (chromium_id, _) = create(&base);
+        let (gst_id, _) = create(&base);
+        let chromium = Browser::publishing(&base, &chromium_id);
+        let gst = GstClient::publishing(&base, &gst_id);
+        std::thread::sleep(Duration::from_secs(8));
+        chromium.js("window.publisher.pc.close()", json!([]));
+        let location = chromium.js("return window.publisher.location", json!([]));
+        common::udp_client::http(
+            "DELETE",
+            &format!("{base}{}", location.as_str().unwrap()),
+            &[],
+            "",
+        );
+        gst.finish();
+        wait_ended(&base);
+        recordings(&rec)
+    })
+    .await;
+    r.server.shutdown().await;
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let (codecs, duration, errors) = ffprobe(f);
+        println!("{}: {codecs:?}, {duration} s", f.display());
+        assert_eq!(
+            errors,
+            "",
+            "ffprobe -v error printed nothing for {}",
+            f.display()
+        );
+        assert_eq!(codecs, ["h264", "opus"], "{}", f.display());
+        assert!(duration >= 5.0, "8 s sent, {duration} s in {}", f.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcaster_page_says_why_recording_stopped_while_the_broadcast_goes_on() {
+    let dir = common::server::temp_dir("record-page-cap");
+    let rec = dir.join("rec");
+    let rec_arg = rec.to_str().unwrap().to_owned();
+    let r = start_in(
+        &dir,
+        &[
+            "--record",
+            "--record-dir",
+            &rec_arg,
+            "--record-max-bytes",
+            "120K",
+        ],
+    )
+    .await;
+    let base = r.base.clone();
+    blocking(move || {
+        let (id, _view) = create(&base);
+        let page = Browser::start();
+        page.goto(&format!("{base}/broadcast?id={id}"));
+        let publisher = Client::publish(&base, &id).expect("WHIP accepted");
+        page.wait("the page says stopped", |p| {
+            (p.text("#record-state") == "stopped").then_some(())
+        });
+        let reason = page.text("#record-reason");
+        page.js(
+            "document.querySelector('#record-card').scrollIntoView()",
+            json!([]),
+        );
+        page.screenshot("record-stopped");
+        assert!(
+            reason.contains("--record-max-bytes") && reason.contains("0.1 MB"),
+            "{reason}"
+        );
+        assert_eq!(page.text("#state"), "live", "the broadcast goes on");
+        // The list follows: the file written before the stop is no longer being written.
+        page.wait("the list shows the file done", |p| {
+            let row = p.text("#recordings tr");
+            (!row.is_empty() && !row.contains("(recording)")).then_some(())
+        });
+        drop(publisher);
+    })
+    .await;
+    r.server.shutdown().await;
+}
