@@ -356,6 +356,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether the indices agree with the entries (each entry found by its digest and by its
+    /// view ID, nothing else indexed): the `journal` fuzz target's check after a replay.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn indices_agree(&self) -> bool {
+        self.by_secret.len() == self.entries.len()
+            && self.by_view.len() == self.entries.len()
+            && self.entries.iter().all(|(key, e)| {
+                self.by_secret.get(&e.id_sha256) == Some(key)
+                    && self.by_view.get(&e.view_id) == Some(key)
+            })
+    }
+
     fn insert(&mut self, entry: Entry) -> BroadcastKey {
         let key = BroadcastKey(self.next_key);
         self.next_key += 1;
