@@ -199,6 +199,7 @@ impl World {
         let ssrc = u32::from_be_bytes(rtp[8..12].try_into().unwrap());
         // A new SSRC starts where a sender's would: anywhere in the first rollover.
         let last = self.sent_seq.entry(ssrc).or_insert(ssrc as u16 as u64);
+        let before = *last;
         // An index may go back (a reordered or replayed packet), never below zero.
         *last = last.saturating_add_signed(seq_step as i64).min(1 << 47);
         rtp[2..4].copy_from_slice(&(*last as u16).to_be_bytes());
@@ -206,7 +207,16 @@ impl World {
         self.as_publisher
             .seal_rtp(&mut rtp, 0, header_len, ssrc, index);
         let from = self.publisher_addr();
+        let far = seq_step.unsigned_abs() >= 1 << 15;
+        let routed = far.then(|| self.sim.engine.stats().packets_in);
         self.sim.inject(from, &rtp);
+        // A jump of half the sequence space or more is one the receiver cannot follow (it
+        // guesses the rollover counter from the 16 bits): the packet fails authentication,
+        // and a sender that went on from there would never be heard again in this world.
+        // Unless it got through, the next packet goes on from before the jump.
+        if routed.is_some_and(|n| n == self.sim.engine.stats().packets_in) {
+            self.sent_seq.insert(ssrc, before);
+        }
     }
 
     /// Seals a compound RTCP packet as `publisher` or the viewer and delivers it.
