@@ -267,7 +267,9 @@ impl World {
             let viewer = self.sim.clients[self.viewer].addr;
             while let Some(t) = engine.poll_transmit() {
                 if t.destination == viewer {
-                    self.sim.tapped.push((now, t.contents.to_vec()));
+                    // Only the header is read (read_tap): no copy of the payload.
+                    let header = &t.contents[..t.contents.len().min(12)];
+                    self.sim.tapped.push((now, header.to_vec()));
                 }
             }
             while let Some(e) = engine.poll_event() {
