@@ -42,6 +42,9 @@ use self::pages::{
     BROADCAST_HTML, BROADCAST_JS, EVENTS_JS, EVENTS_WORKER_JS, INDEX_HTML, LINK_JS, PLAYER_JS,
     RECORDINGS_JS, STATUS_HTML, STATUS_JS, STYLE_CSS, page, stream_page, text,
 };
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use self::patch::parse_fragment;
 pub use self::problem::ApiError;
 pub(crate) use self::request::{
     bearer, origin, query_param, read_body, read_offer, require_content_type,

@@ -91,6 +91,14 @@ fn answer(state: &AppState, local: &IceCreds, mid: &str, viewer: bool) -> String
     s
 }
 
+/// The fragment parser alone, for the `patch_fragment` fuzz target (`fuzz/`): the
+/// credentials and mid it read, or the 400 it answers.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn parse_fragment(body: &[u8]) -> Result<(Option<IceCreds>, Option<&str>), ApiError> {
+    Fragment::parse(body).map(|f| (f.creds, f.mid))
+}
+
 /// What we read of a fragment: the peer's credentials and the first m-line's mid.
 #[derive(Debug, PartialEq, Eq)]
 struct Fragment<'a> {

@@ -128,6 +128,53 @@ fn corrupt_state_file_is_an_error_not_an_empty_registry() {
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
+/// Found by the `journal` fuzz target (issue 28): a state file in which two broadcasts
+/// shared a view ID (or one broadcast ID was listed twice) loaded, and the view ID then
+/// opened only the later broadcast: the other one's viewers were shown the wrong stream. A
+/// journal record doing the same replayed too.
+#[test]
+fn two_broadcasts_under_one_id_are_corruption() {
+    let entry = |id: u8, view: &str| {
+        format!(
+            r#"{{"id_sha256":"{}","view_id":"{view}","label":"x","created_unix":1}}"#,
+            format!("{id:02x}").repeat(32)
+        )
+    };
+    let state = |entries: &[String]| {
+        format!(
+            r#"{{"version":1,"generation":1,"broadcasts":[{}]}}"#,
+            entries.join(",")
+        )
+    };
+    let put = |generation: u64, entry: String| {
+        format!("{{\"op\":\"put\",\"generation\":{generation},\"entry\":{entry}}}\n")
+    };
+    for broadcasts in [
+        [entry(1, "v1"), entry(2, "v1")],
+        [entry(1, "v1"), entry(1, "v2")],
+    ] {
+        let dir = temp_dir("one-id-twice");
+        fs::write(dir.join(STATE_FILE), state(&broadcasts)).unwrap();
+        let err = Registry::open(&dir).err().expect("an ID listed twice");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+    let dir = temp_dir("view-id-taken");
+    fs::write(dir.join(STATE_FILE), state(&[entry(1, "v1")])).unwrap();
+    fs::write(dir.join(JOURNAL_FILE), put(2, entry(2, "v1"))).unwrap();
+    let err = Registry::open(&dir).err().expect("another's view ID");
+    assert!(err.to_string().contains("line 1"), "{err}");
+    // A broadcast keeping its own view ID, or leaving it for another, is no conflict.
+    let lines = [
+        put(2, entry(1, "v1")),
+        put(3, entry(1, "v3")),
+        put(4, entry(2, "v1")),
+    ];
+    fs::write(dir.join(JOURNAL_FILE), lines.concat()).unwrap();
+    let r = Registry::open(&dir).expect("no conflict");
+    assert_eq!(r.len(), 2);
+    assert!(r.indices_agree_for_tests());
+}
+
 /// Creates a broadcast and saves it as the HTTP layer does.
 fn create_saved(registry: &Mutex<Registry>, saver: &Saver) -> Created {
     let (created, generation) = {
