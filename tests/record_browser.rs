@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::chromium::Browser;
 use common::gst::GstClient;
 use common::page_test::{blocking, start_in};
-use common::record::{ffprobe, list, recordings, wait_sent};
+use common::record::{ffprobe, list, recording_server, recordings, wait_sent};
 use common::server::{create, metric};
 use common::udp_client::Client;
 use serde_json::json;
@@ -60,15 +60,7 @@ fn wait_ended(base: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broadcaster_page_lists_a_recording_that_plays_and_seeks_in_a_video_element() {
-    let dir = common::server::temp_dir("record-page");
-    let rec = dir.join("rec");
-    let rec_arg = rec.to_str().unwrap().to_owned();
-    let r = start_in(
-        &dir,
-        &["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"],
-    )
-    .await;
-    let base = r.base.clone();
+    let (server, base, rec) = recording_server("record-page").await;
     blocking(move || {
         let (id, _view) = create(&base);
         let page = Browser::start();
@@ -124,7 +116,7 @@ async fn broadcaster_page_lists_a_recording_that_plays_and_seeks_in_a_video_elem
         assert!(recordings(&rec).is_empty());
     })
     .await;
-    r.server.shutdown().await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,15 +124,7 @@ async fn broadcaster_page_lists_a_recording_that_plays_and_seeks_in_a_video_elem
             no audio track (ffprobe: h264 only; Chromium decoded 0 audio bytes); not yet known \
             whether the publisher sent no audio or the recorder dropped it; run with --ignored"]
 async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe_and_play_in_chromium() {
-    let dir = common::server::temp_dir("record-publishers");
-    let rec = dir.join("rec");
-    let rec_arg = rec.to_str().unwrap().to_owned();
-    let r = start_in(
-        &dir,
-        &["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"],
-    )
-    .await;
-    let base = r.base.clone();
+    let (server, base, rec) = recording_server("record-publishers").await;
     let files = blocking(move || {
         let (chromium_id, _) = create(&base);
         let (gst_id, _) = create(&base);
@@ -182,7 +166,7 @@ async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe_and_play
         recordings(&rec)
     })
     .await;
-    r.server.shutdown().await;
+    server.shutdown().await;
     assert_eq!(files.len(), 2, "{files:?}");
     for f in &files {
         let (codecs, duration, errors) = ffprobe(f);

@@ -11,7 +11,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::record::{ffprobe, list, panel_recording, recordings, switch, wait_sent, wait_state};
+use common::record::{
+    ffprobe, list, panel_recording, recording_server, recordings, switch, wait_sent, wait_state,
+};
 use common::server::{create, metric, start_in};
 use common::udp_client::{Client, http};
 use tokio::task::block_in_place;
@@ -45,14 +47,8 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recordings_are_listed_downloaded_in_ranges_and_deleted_with_the_broadcast_id_only() {
-    let dir = common::server::temp_dir("record-http");
-    let rec = dir.join("rec");
-    let rec_arg = rec.to_str().unwrap().to_owned();
-    let (server, base) = start_in(
-        &dir,
-        &["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"],
-    )
-    .await;
+    let (server, base, rec) = recording_server("record-http").await;
+    let dir = rec.parent().unwrap().to_owned();
     let (id, view) = create(&base);
     block_in_place(|| publish_and_stop(&base, &id, 180));
     let on_disk = recordings(&rec);

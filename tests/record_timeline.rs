@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::annexb::{fixture, nal_units};
-use common::record::{ffprobe, list, recordings, wait_sent};
+use common::record::{ffprobe, list, recording_server, recordings, wait_sent};
 use common::server::{create, metric, start_in};
 use common::udp_client::Client;
 use sha2::{Digest, Sha256};
@@ -107,14 +107,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audio_and_video_are_aligned_by_sender_reports_when_the_video_leaves_150_ms_late() {
-    let dir = common::server::temp_dir("record-av");
-    let rec = dir.join("rec");
-    let rec_arg = rec.to_str().unwrap().to_owned();
-    let (server, base) = start_in(
-        &dir,
-        &["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"],
-    )
-    .await;
+    let (server, base, rec) = recording_server("record-av").await;
     block_in_place(|| {
         let (id, _) = create(&base);
         let late = Duration::from_millis(150);

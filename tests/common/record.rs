@@ -7,6 +7,17 @@ use std::time::{Duration, Instant};
 
 use super::udp_client::{Client, http};
 
+/// A server in a fresh temp dir named `name`, recording into its `rec` directory, with a
+/// resume grace of 1 s: the server, its base URL and the recordings' directory.
+pub async fn recording_server(name: &str) -> (whipcast::Server, String, PathBuf) {
+    let dir = super::server::temp_dir(name);
+    let rec = dir.join("rec");
+    let rec_arg = rec.to_str().unwrap().to_owned();
+    let flags = ["--record", "--record-dir", &rec_arg, "--resume-grace", "1s"];
+    let (server, base) = super::server::start_in(&dir, &flags).await;
+    (server, base, rec)
+}
+
 /// Every `.mp4` under `dir` (one directory per broadcast), sorted by name (= UTC start).
 pub fn recordings(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
