@@ -17,7 +17,7 @@ use common::page_test::blocking;
 use common::server::create;
 use common::shaped::{
     ShapedLink, busy_simulcast_publisher, full_height, height_now, keyframes, metric, page_now,
-    publisher_rates, server_on, since, viewer_page, within,
+    publisher_rates, server_on, since, until_settled, viewer_page, within,
 };
 
 /// The capped viewer's link.
@@ -66,7 +66,8 @@ async fn a_capped_chromium_viewer_settles_on_a_layer_that_fits_and_comes_back_wh
         });
         let settled = joined.elapsed();
         eprintln!("the capped viewer settled in {settled:?} at {}p", height_now(&capped));
-        // Then 20 s of both, side by side.
+        // Then 20 s of both, side by side, from the 5 s after it joined.
+        until_settled(joined);
         let (k0, plis0) = (keyframes(&publisher), metric(&base, "plis_sent_total"));
         let (c0, u0) = (page_now(&capped), page_now(&uncapped));
         let (bytes0, drops0) = link.cap_counters();

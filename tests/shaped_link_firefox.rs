@@ -35,7 +35,8 @@ use common::page_test::blocking;
 use common::server::create;
 use common::shaped::{
     COUNT_PRESENTED, FREEZE_MS, PRESENTED_SINCE, ShapedLink, busy_simulcast_publisher, full_height,
-    height_now, keyframes, metric, page_now, presented, publisher_rates, server_on, since, within,
+    height_now, keyframes, metric, page_now, presented, publisher_rates, server_on, since,
+    until_settled, within,
 };
 use serde_json::{Value, json};
 
@@ -161,7 +162,8 @@ async fn a_capped_firefox_viewer_settles_on_a_layer_that_fits_and_comes_back_whe
             settled <= SETTLE,
             "the capped Firefox settled within {SETTLE:?} of opening the page: {settled:?}"
         );
-        // Then 20 s of both, side by side.
+        // Then 20 s of both, side by side, from the 5 s after it joined.
+        until_settled(joined);
         let (k0, plis0) = (keyframes(&publisher), metric(&base, "plis_sent_total"));
         let (c0, u0) = (page_now(&capped), page_now(&uncapped));
         let (bytes0, drops0) = link.cap_counters();

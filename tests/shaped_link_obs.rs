@@ -19,7 +19,7 @@ use common::page_test::blocking;
 use common::server::create;
 use common::shaped::{
     PRESENTED_SINCE, ShapedLink, height_now, metric, page_now, presented, server_on, since,
-    viewer_page, within,
+    until_settled, viewer_page, within,
 };
 use common::udp_client::http;
 use serde_json::{Value, json};
@@ -37,11 +37,11 @@ const BACK: Duration = Duration::from_secs(15);
 const FULL: u64 = OBS_LAYERS[0].height as u64;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 26, open: 5 of 6 runs passed on 2026-12-05; in one the capped viewer stayed on \
-            the 800 kb/s middle layer, whose keyframes overfilled the 1 Mb/s cap's 200 ms queue \
-            (108 packets dropped, 9 freezes in the watched 20 s); a viewer losing over 5 % on \
-            its layer is now moved down (loss.rs) but that run has not been seen again; run with \
-            --ignored"]
+#[ignore = "issue 26, open: of 6 runs on 2026-12-05 (morning), 2 took over 15 s to come back \
+            to the full layer once the cap lifted (21.1 and 23.4 s): Chromium's estimate stays \
+            under the probe's threshold for up to 16 s after a probe found the link full. \
+            Probing without that threshold froze the capped viewer (up to 850 ms) on its \
+            97 %-full link, and was not kept; run with --ignored"]
 async fn a_capped_viewer_of_obs_simulcast_settles_on_a_layer_that_fits_and_comes_back() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -95,7 +95,8 @@ async fn a_capped_viewer_of_obs_simulcast_settles_on_a_layer_that_fits_and_comes
         });
         let settled = joined.elapsed();
         eprintln!("the capped viewer settled in {settled:?} at {}p", height_now(&capped));
-        // Then 20 s of both, side by side.
+        // Then 20 s of both, side by side, from the issue's 5 s after it joined.
+        until_settled(joined);
         let (sent0, requests0) = (publisher.counts(), publisher.requests());
         let plis0 = metric(&base, "plis_sent_total");
         let (c0, u0) = (page_now(&capped), page_now(&uncapped));

@@ -304,6 +304,19 @@ pub fn viewer_page(page: &Browser, url: &str) {
     page.wait_decoding("frames decoded");
 }
 
+/// The issue's limit for a capped viewer to settle on a layer that fits ("within 5 s, and
+/// then … no new freeze for 20 s"). What a viewer shows before then is settling: its start
+/// burst draining through the capped link's queue, a move down.
+pub const SETTLED_BY: Duration = Duration::from_secs(5);
+
+/// Waits until [`SETTLED_BY`] after `joined` (at once if that is past: a viewer that
+/// settled later, on a loaded machine, is watched from then).
+pub fn until_settled(joined: Instant) {
+    if let Some(left) = (joined + SETTLED_BY).checked_duration_since(Instant::now()) {
+        std::thread::sleep(left);
+    }
+}
+
 /// Waits up to `limit` for `f`; how long it took.
 pub fn within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
