@@ -309,6 +309,7 @@ impl Engine {
             ufrag,
             rtc,
             keys,
+            transport_cc: _,
         } = new;
         self.demux.insert_ufrag(ufrag.clone(), key);
         self.sessions.insert(session.clone(), key);
