@@ -47,7 +47,8 @@
 //! # One packet's path
 //!
 //! OBS datagram → `io` batch receive → `Engine::handle_datagram` → demux (address, or STUN
-//! ufrag) → publisher `Rtc` decrypts → `Event::RtpPacket` (payload `Arc<[u8]>`) → router:
+//! ufrag) → a check of its transport-wide sequence number, which str0m 0.25 must not see
+//! go back past 0 (`engine/twcc_guard.rs`) → publisher `Rtc` decrypts → `Event::RtpPacket` (payload `Arc<[u8]>`) → router:
 //! the broadcast's viewers → per viewer: rewrite seq/timestamp/PT, queue an `Arc` clone (no
 //! byte copy) → once per receive batch, each viewer's packets are sealed with its own SRTP
 //! keys straight into the engine's outbox (no str0m send queue, no allocation) →

@@ -77,6 +77,7 @@ async fn probe(
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
         keys: accepted.keys,
+        transport_cc: accepted.transport_cc,
     };
     engine
         .call(Command::Probe(peer))

@@ -38,11 +38,11 @@ fn world() -> World {
     let publisher = setup.accept_publisher(now, OBS_OFFER).unwrap();
     let tracks = publisher.tracks.clone();
     let mut ufrags = vec![publisher.ufrag.clone()];
-    let peer = NewPeer { broadcast: b, session: SessionId::random(), ufrag: publisher.ufrag, rtc: publisher.rtc, keys: publisher.keys };
+    let peer = NewPeer { broadcast: b, session: SessionId::random(), ufrag: publisher.ufrag, rtc: publisher.rtc, keys: publisher.keys, transport_cc: publisher.transport_cc };
     assert!(matches!(engine.handle_command(now, Command::Publish(peer, tracks.clone())), Outcome::Published(Ok(()))));
     let viewer = setup.accept_viewer(now, VIEWER_OFFER, &tracks).unwrap();
     ufrags.push(viewer.ufrag.clone());
-    let peer = NewPeer { broadcast: b, session: SessionId::random(), ufrag: viewer.ufrag, rtc: viewer.rtc, keys: viewer.keys };
+    let peer = NewPeer { broadcast: b, session: SessionId::random(), ufrag: viewer.ufrag, rtc: viewer.rtc, keys: viewer.keys, transport_cc: viewer.transport_cc };
     assert!(matches!(engine.handle_command(now, Command::Subscribe(peer, viewer.tracks)), Outcome::Subscribed(Ok(()))));
     World { engine, now, ufrags }
 }

@@ -124,6 +124,9 @@ pub(crate) async fn pull(
         ufrag,
         rtc,
         keys,
+        // The origin answers as to any viewer, without transport-cc (offer/mod.rs): str0m
+        // builds no feedback on transport-wide numbers here, so there is nothing to check.
+        transport_cc: None,
     };
     Ok(Answered {
         peer,

@@ -71,6 +71,10 @@ pub struct NewPeer {
     pub rtc: Rtc,
     /// The session's SRTP keys, once DTLS exports them: viewers' media is sealed with them.
     pub keys: KeySlot,
+    /// The header extension id its `Rtc` reads transport-wide sequence numbers from, if any
+    /// (`offer::Accepted::transport_cc`): a publisher's are checked before str0m sees them
+    /// (twcc_guard.rs).
+    pub transport_cc: Option<u8>,
 }
 
 /// Which viewers of one broadcast a [`Command::Evict`] closes.

@@ -25,6 +25,7 @@ impl Engine {
         let Role::Publisher(ingest) = &mut peer.role else {
             return;
         };
+        ingest.twcc.registered(pkt.header.ext_vals.transport_cc);
         let Some((mid, rid)) = ingest.mid_of(&mut peer.rtc, pkt.header.ssrc) else {
             return;
         };

@@ -62,6 +62,7 @@ mod span;
 mod teardown;
 mod timers;
 mod track;
+mod twcc_guard;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};

@@ -10,6 +10,7 @@ use tracing::info;
 use super::audience::Admission;
 use super::consumer::{Consumer, RtpStart};
 use super::peer::{Ingest, Peer, Role};
+use super::twcc_guard::TwccGuard;
 use super::{
     BroadcastInfo, BroadcastKey, BroadcastState, CloseReason, Command, CommandError, Engine,
     EngineEvent, IngestTrack, NewPeer, Outcome, PeerKey, SessionId, ViewerTrack,
@@ -89,7 +90,8 @@ impl Engine {
             info!(broadcast = %b, "publisher replaced by a new session");
             self.remove_peer(now, old, CloseReason::Replaced);
         }
-        let key = self.insert_peer(now, new, Role::Publisher(Ingest::default()));
+        let ingest = Ingest::new(TwccGuard::new(new.transport_cc));
+        let key = self.insert_peer(now, new, Role::Publisher(ingest));
         let route = self.router.entry(b);
         route.start_epoch(key, &tracks);
         // Viewers kept through a resume grace no longer expire.
@@ -309,6 +311,7 @@ impl Engine {
             ufrag,
             rtc,
             keys,
+            transport_cc: _,
         } = new;
         self.demux.insert_ufrag(ufrag.clone(), key);
         self.sessions.insert(session.clone(), key);

@@ -21,6 +21,7 @@ use super::demux::Remote;
 use super::egress::Egress;
 use super::key::{BroadcastKey, PeerKey, SessionId};
 use super::outbox::Path;
+use super::twcc_guard::TwccGuard;
 use crate::srtp::KeySlot;
 use str0m::media::{Mid, Rid};
 
@@ -83,7 +84,6 @@ pub(crate) enum Role {
 }
 
 /// Publisher-side state: which of its SSRCs belong to which m-line.
-#[derive(Default)]
 pub(crate) struct Ingest {
     /// An edge's pull from its origin (upstream.rs), not a WHIP publisher.
     pub(crate) upstream: bool,
@@ -94,6 +94,8 @@ pub(crate) struct Ingest {
     pub(crate) goodbye: Goodbye,
     /// When its media was current, by its sender reports (capture_clock.rs).
     pub(crate) clock: CaptureClock,
+    /// Its transport-wide sequence numbers, checked before str0m sees them (twcc_guard.rs).
+    pub(crate) twcc: TwccGuard,
 }
 
 impl Peer {
@@ -184,6 +186,16 @@ impl Peer {
 }
 
 impl Ingest {
+    pub(crate) fn new(twcc: TwccGuard) -> Self {
+        Self {
+            upstream: false,
+            ssrcs: Vec::new(),
+            goodbye: Goodbye::default(),
+            clock: CaptureClock::default(),
+            twcc,
+        }
+    }
+
     /// The SSRCs it has sent media on.
     pub(crate) fn media_ssrcs(&self) -> impl Iterator<Item = Ssrc> + '_ {
         self.ssrcs.iter().map(|(s, ..)| *s)

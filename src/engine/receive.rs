@@ -9,7 +9,7 @@ use str0m::net::{Protocol, Receive};
 use tracing::{debug, info, trace};
 
 use super::demux::{self, is_rtcp, is_stun};
-use super::peer::{contained, live};
+use super::peer::{Role, contained, live};
 use super::priority;
 use super::{CloseReason, Engine};
 
@@ -92,6 +92,13 @@ impl Engine {
         let Some(peer) = live(&mut self.peers, key) else {
             return;
         };
+        if let Role::Publisher(ingest) = &mut peer.role
+            && !ingest.twcc.admits(data, &peer.keys)
+        {
+            self.counters.datagrams_dropped += 1;
+            debug!(peer = %key, "RTP refused: str0m would take its transport-wide number as gone back past 0");
+            return;
+        }
         if let Err(e) = contained(|| peer.rtc.handle_input(input)) {
             debug!(peer = %key, error = %e, "peer input failed");
             self.close_peer(now, key, CloseReason::PeerFailed);

@@ -321,6 +321,7 @@ async fn connectivity_test(
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
         keys: accepted.keys,
+        transport_cc: accepted.transport_cc,
     };
     call(state, Command::Probe(peer)).await?;
     Ok(Response::builder()

@@ -81,6 +81,7 @@ pub(super) async fn subscribe(
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
         keys: accepted.keys,
+        transport_cc: accepted.transport_cc,
     };
     // Registered before the engine has the session: its `SessionClosed` can only come
     // later, so it always finds (and removes) the watcher.

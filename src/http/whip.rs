@@ -47,6 +47,7 @@ pub(super) async fn publish(
         ufrag: accepted.ufrag,
         rtc: accepted.rtc,
         keys: accepted.keys,
+        transport_cc: accepted.transport_cc,
     };
     match call(state, Command::Publish(peer, accepted.tracks)).await? {
         Outcome::Published(Ok(())) => {}

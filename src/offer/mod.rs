@@ -20,6 +20,7 @@ use crate::engine::{IngestTrack, ViewerTrack};
 use crate::srtp::{KeySlot, build_rtc};
 
 mod answer;
+mod extmap;
 mod ice;
 mod quirks;
 
@@ -47,6 +48,9 @@ pub struct Accepted<T> {
     pub answer: String,
     pub ufrag: String,
     pub tracks: Vec<T>,
+    /// The header extension id str0m reads transport-wide sequence numbers from in this
+    /// session, if any (extmap.rs): for the engine's check in front of it.
+    pub transport_cc: Option<u8>,
 }
 
 /// Why an offer cannot be answered. Each says what is wrong with the offer, for a human.
@@ -149,6 +153,7 @@ impl SessionSetup {
             answer,
             ufrag,
             keys,
+            transport_cc,
             ..
         } = self.accept(now, parsed, chosen, PUBLISHER_STATS_INTERVAL, Ice::Udp)?;
         let layers: Vec<(str0m::media::Mid, Vec<str0m::media::Rid>)> = parsed_layers;
@@ -187,6 +192,7 @@ impl SessionSetup {
             ufrag,
             keys,
             tracks,
+            transport_cc,
         })
     }
 
@@ -233,6 +239,7 @@ impl SessionSetup {
             answer,
             ufrag,
             keys,
+            transport_cc,
             ..
         } = self.accept(now, parsed, params, VIEWER_STATS_INTERVAL, Ice::UdpAndTcp)?;
         let answer = one_stream(&answer);
@@ -261,6 +268,7 @@ impl SessionSetup {
             ufrag,
             keys,
             tracks,
+            transport_cc,
         })
     }
 
@@ -289,16 +297,18 @@ impl SessionSetup {
     ) -> Result<Accepted<()>, OfferError> {
         let creds = ice_credentials();
         let ufrag = creds.ufrag.clone();
+        // Negotiate only the header extensions that are sent. Publishers: the standard set,
+        // so MID/RID (simulcast) and the video orientation are read. Viewers: only the video
+        // orientation, which our egress writes (src/engine/egress.rs); the SSRCs are in the
+        // answer, so no MID is needed, and nothing estimates bandwidth yet, so no
+        // transport-cc or abs-send-time.
+        let exts = match ice {
+            Ice::UdpAndTcp => viewer_extensions(),
+            Ice::Udp => ExtensionMap::standard(),
+        };
+        let transport_cc = extmap::transport_cc_id(&exts, &offer);
         let mut config = RtcConfig::new()
-            // Negotiate only the header extensions that are sent. Publishers: the standard
-            // set, so MID/RID (simulcast) and the video orientation are read. Viewers: only
-            // the video orientation, which our egress writes (src/engine/egress.rs); the
-            // SSRCs are in the answer, so no MID is needed, and nothing estimates bandwidth
-            // yet, so no transport-cc or abs-send-time.
-            .set_extension_map(match ice {
-                Ice::UdpAndTcp => viewer_extensions(),
-                Ice::Udp => ExtensionMap::standard(),
-            })
+            .set_extension_map(exts)
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_dtls_cert(self.dtls_cert.clone())
@@ -319,6 +329,7 @@ impl SessionSetup {
             ufrag,
             keys,
             tracks: Vec::new(),
+            transport_cc,
         })
     }
 }

@@ -102,3 +102,27 @@ fn simulcast_layers_are_ordered_from_the_full_size_down() {
         "unknown names keep their order"
     );
 }
+
+#[test]
+fn the_transport_cc_id_the_engine_checks_is_the_one_str0m_negotiated() {
+    // Chromium's offer turned round: a browser publisher, transport-cc on 4 (str0m's own map
+    // has it on 3, and the offer's video orientation on 3 moves it first).
+    let offer = CHROMIUM.replace("a=recvonly", "a=sendonly");
+    let accepted = setup()
+        .accept_publisher(Instant::now(), &offer)
+        .expect("a browser's publishing offer is accepted");
+    let negotiated: Vec<&str> = accepted
+        .answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=extmap:"))
+        .filter(|l| l.ends_with("transport-wide-cc-extensions-01"))
+        .collect();
+    assert!(!negotiated.is_empty(), "{}", accepted.answer);
+    for line in negotiated {
+        assert!(line.starts_with("4 "), "{line}");
+    }
+    assert_eq!(accepted.transport_cc, Some(4));
+    // OBS maps no extension: str0m still reads transport-cc on 3.
+    let obs = setup().accept_publisher(Instant::now(), OBS).unwrap();
+    assert_eq!(obs.transport_cc, Some(3));
+}

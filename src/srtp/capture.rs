@@ -51,6 +51,11 @@ impl KeySlot {
     pub fn get(&self) -> Option<&Captured> {
         self.0.get()
     }
+
+    /// A slot that already holds `keys`: for tests that make their own.
+    pub fn holding(keys: Captured) -> Self {
+        Self(Arc::new(OnceLock::from(keys)))
+    }
 }
 
 /// Builds the `Rtc` with the capturing provider and returns the slot its keys will land in.

@@ -1,8 +1,10 @@
-//! Opening a peer's SRTCP under AES_CM_128_HMAC_SHA1_80 (RFC 3711 §3.4, §4.1.1, §4.2.1).
+//! Opening a peer's SRTCP under AES_CM_128_HMAC_SHA1_80 (RFC 3711 §3.4, §4.1.1, §4.2.1),
+//! and checking the tag of its SRTP (§4.2).
 //!
 //! Sessions fall back to this profile when the peer offers no AEAD one (FFmpeg's WHIP muxer,
 //! some GStreamer builds). Forwarded media to such peers stays sealed by str0m; this is only
-//! for what the engine reads itself from a publisher's RTCP (its BYE, see engine/bye.rs).
+//! for what the engine reads itself from a publisher's RTCP (its BYE, see engine/bye.rs) and
+//! the few RTP packets it must judge before str0m opens them (engine/twcc_guard.rs).
 
 use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
@@ -10,8 +12,37 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
 
 use super::master::{
-    CM_SALT_LEN, LABEL_RTCP_AUTH, LABEL_RTCP_KEY, LABEL_RTCP_SALT, Master, SRTCP_ENCRYPTED,
+    CM_SALT_LEN, LABEL_RTCP_AUTH, LABEL_RTCP_KEY, LABEL_RTCP_SALT, LABEL_RTP_AUTH, Master,
+    SRTCP_ENCRYPTED,
 };
+
+/// One direction's SRTP authentication key: enough to tell the peer's packets from forgeries.
+pub(super) struct CmRtpAuth {
+    auth: hmac::Key,
+}
+
+impl CmRtpAuth {
+    pub(super) fn new(master: &Master<'_>) -> Option<Self> {
+        let mut auth = [0u8; AUTH_KEY_LEN];
+        master.prf(LABEL_RTP_AUTH, &mut auth)?;
+        Some(Self {
+            auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
+        })
+    }
+
+    /// Whether the packet's tag is right: HMAC-SHA1 over the header, the encrypted payload
+    /// and the rollover counter `roc`, cut to 80 bits (RFC 3711 §4.2).
+    pub(super) fn is_authentic(&self, packet: &[u8], roc: u32) -> bool {
+        let Some(split) = packet.len().checked_sub(TAG_LEN) else {
+            return false;
+        };
+        let (authenticated, tag) = packet.split_at(split);
+        let mut ctx = hmac::Context::with_key(&self.auth);
+        ctx.update(authenticated);
+        ctx.update(&roc.to_be_bytes());
+        verify_slices_are_equal(&ctx.sign().as_ref()[..TAG_LEN], tag).is_ok()
+    }
+}
 
 /// One direction's SRTCP session keys.
 pub(super) struct CmRtcp {

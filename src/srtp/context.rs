@@ -2,10 +2,11 @@
 //! opened, for the AEAD_AES_128_GCM and AEAD_AES_256_GCM profiles (RFC 7714), the ones
 //! browsers offer and str0m's DTLS prefers. A session that negotiated AES_CM_HMAC_SHA1_80
 //! gets no sealing context here and stays on str0m's send path; its RTCP can still be opened
-//! (cm.rs), for what the engine reads from publishers (their BYE).
+//! (cm.rs), for what the engine reads from publishers (their BYE), and the tag of its RTP
+//! checked, as for every profile ([`SrtpVerifier`]).
 
 use super::capture::Captured;
-use super::cm::CmRtcp;
+use super::cm::{CmRtcp, CmRtpAuth};
 use super::master::{
     LABEL_RTCP_KEY, LABEL_RTCP_SALT, LABEL_RTP_KEY, LABEL_RTP_SALT, Master, SALT_LEN,
     SRTCP_ENCRYPTED,
@@ -30,6 +31,18 @@ enum Opener {
     Aead(Aead),
     // Boxed: an AES key schedule is 1.7 KB, and most sessions are AEAD.
     Cm(Box<CmRtcp>),
+}
+
+/// Telling the peer's SRTP packets from forgeries without keeping what they decrypt to: for
+/// the few packets the engine must judge before str0m opens them (engine/twcc_guard.rs).
+pub struct SrtpVerifier {
+    rtp: Verifier,
+}
+
+enum Verifier {
+    Aead(Aead),
+    // Boxed: an HMAC key holds two SHA-1 states, 1.2 KB.
+    Cm(Box<CmRtpAuth>),
 }
 
 impl SrtpSender {
@@ -124,6 +137,44 @@ impl SrtcpReceiver {
         let plain_len = aead.open(iv, &aad, &mut scratch[8..])?;
         scratch.truncate(8 + plain_len);
         Some(&scratch[..])
+    }
+}
+
+impl SrtpVerifier {
+    /// The check for what the peer sends, or `None` for a profile this module does not do.
+    pub fn new(keys: &Captured) -> Option<Self> {
+        let rtp = if keys.profile == SrtpProfile::AES128_CM_SHA1_80 {
+            Verifier::Cm(Box::new(CmRtpAuth::new(&Master::of_cm(
+                keys,
+                !keys.active,
+            )?)?))
+        } else {
+            Verifier::Aead(Aead::derive(
+                &Master::of(keys, !keys.active)?,
+                LABEL_RTP_KEY,
+                LABEL_RTP_SALT,
+            )?)
+        };
+        Some(Self { rtp })
+    }
+
+    /// Whether `packet` (an RTP header of `header_len` bytes, the encrypted payload, the
+    /// tag) was sealed by the peer with the rollover counter `roc`.
+    pub fn is_authentic(&self, packet: &[u8], header_len: usize, roc: u32) -> bool {
+        let aead = match &self.rtp {
+            Verifier::Aead(aead) => aead,
+            Verifier::Cm(cm) => return packet.len() >= header_len && cm.is_authentic(packet, roc),
+        };
+        if header_len < 12 || packet.len() < header_len + TAG_LEN {
+            return false;
+        }
+        // RFC 7714 §8.1: 00 00, SSRC, ROC, SEQ; the header is the associated data.
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&packet[8..12]);
+        iv[6..10].copy_from_slice(&roc.to_be_bytes());
+        iv[10..12].copy_from_slice(&packet[2..4]);
+        let (header, sealed) = packet.split_at(header_len);
+        aead.open(iv, header, &mut sealed.to_vec()).is_some()
     }
 }
 
@@ -268,6 +319,71 @@ mod tests {
                 "and only with ROC {roc}"
             );
         }
+    }
+
+    #[test]
+    fn rtp_the_peer_sealed_is_authentic_and_forgeries_are_not() {
+        for (profile, len) in [
+            (SrtpProfile::AEAD_AES_128_GCM, 16),
+            (SrtpProfile::AEAD_AES_256_GCM, 32),
+        ] {
+            // We are the DTLS server; the peer seals with the client's half.
+            let server = keys(profile, len, false);
+            let peer = SrtpSender::new(&keys(profile, len, true)).unwrap();
+            let verifier = SrtpVerifier::new(&server).unwrap();
+            let ssrc = 0x0102_0304u32;
+            // A header with a one-word extension (the associated data), then a payload.
+            let mut buf = vec![0x90, 96, 0x12, 0x34, 0, 0, 0, 1];
+            buf.extend_from_slice(&ssrc.to_be_bytes());
+            buf.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x31, 0, 7, 0]);
+            buf.extend_from_slice(&[9; 30]);
+            peer.seal_rtp(&mut buf, 0, 20, ssrc, (3 << 16) | 0x1234);
+            assert!(verifier.is_authentic(&buf, 20, 3));
+            assert!(
+                !verifier.is_authentic(&buf, 20, 2),
+                "another rollover counter"
+            );
+            for i in [6, 18, 25, buf.len() - 1] {
+                let mut forged = buf.clone();
+                forged[i] ^= 1;
+                assert!(!verifier.is_authentic(&forged, 20, 3), "byte {i} flipped");
+            }
+            assert!(!verifier.is_authentic(&buf[..20], 20, 3), "too short");
+            let ours = SrtpVerifier::new(&keys(profile, len, true)).unwrap();
+            assert!(
+                !ours.is_authentic(&buf, 20, 3),
+                "the other half of the keys"
+            );
+        }
+    }
+
+    #[test]
+    fn cm_sha1_rtp_tags_are_checked() {
+        use aws_lc_rs::hmac;
+        let cm = |active| Captured {
+            profile: SrtpProfile::AES128_CM_SHA1_80,
+            material: (0..60).collect(),
+            active,
+        };
+        let verifier = SrtpVerifier::new(&cm(false)).expect("CM sessions are checked too");
+        // The peer's auth key (its half: the client's), as RFC 3711 §4.3 derives it.
+        let peer = cm(true);
+        let master = Master::of_cm(&peer, true).unwrap();
+        let mut auth = [0u8; 20];
+        master
+            .prf(super::super::master::LABEL_RTP_AUTH, &mut auth)
+            .unwrap();
+        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth);
+        let mut packet = vec![0x80, 96, 0, 5, 0, 0, 0, 1, 1, 2, 3, 4];
+        packet.extend_from_slice(&[7; 20]);
+        let mut signed = packet.clone();
+        signed.extend_from_slice(&5u32.to_be_bytes());
+        let tag = hmac::sign(&key, &signed);
+        packet.extend_from_slice(&tag.as_ref()[..10]);
+        assert!(verifier.is_authentic(&packet, 12, 5));
+        assert!(!verifier.is_authentic(&packet, 12, 4));
+        packet[13] ^= 1;
+        assert!(!verifier.is_authentic(&packet, 12, 5));
     }
 
     #[test]

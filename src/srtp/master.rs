@@ -73,6 +73,7 @@ impl<'a> Master<'a> {
 
 /// RFC 3711 §4.3.2 key derivation labels.
 pub(super) const LABEL_RTP_KEY: u8 = 0x00;
+pub(super) const LABEL_RTP_AUTH: u8 = 0x01;
 pub(super) const LABEL_RTP_SALT: u8 = 0x02;
 pub(super) const LABEL_RTCP_KEY: u8 = 0x03;
 pub(super) const LABEL_RTCP_AUTH: u8 = 0x04;

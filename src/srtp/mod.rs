@@ -11,7 +11,8 @@
 //! - [`dtls`]: the DTLS handshake itself, on OpenSSL, so that peers with RSA certificates
 //!   (GStreamer) connect too; str0m's own DTLS takes only ECDSA.
 //! - [`context`]: session keys from that material (RFC 3711 §4.3) and the AEAD seal of
-//!   RTP and RTCP (RFC 7714), in place, into the caller's buffer.
+//!   RTP and RTCP (RFC 7714), in place, into the caller's buffer; the peer's RTCP opened and
+//!   its RTP's tag checked.
 
 pub mod capture;
 mod cm;
@@ -20,4 +21,4 @@ pub mod dtls;
 mod master;
 
 pub use capture::{KeySlot, build_rtc};
-pub use context::{SrtcpReceiver, SrtpSender};
+pub use context::{SrtcpReceiver, SrtpSender, SrtpVerifier};

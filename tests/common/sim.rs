@@ -261,6 +261,7 @@ impl<S: Sfu> Sim<S> {
             ufrag: accepted.ufrag,
             rtc: accepted.rtc,
             keys: accepted.keys,
+            transport_cc: accepted.transport_cc,
         };
         match self
             .engine
@@ -317,6 +318,7 @@ impl<S: Sfu> Sim<S> {
             ufrag: accepted.ufrag,
             rtc: accepted.rtc,
             keys: accepted.keys,
+            transport_cc: accepted.transport_cc,
         };
         match self
             .engine
@@ -436,6 +438,7 @@ impl<S: Sfu> Sim<S> {
             } else {
                 accepted.keys
             },
+            transport_cc: accepted.transport_cc,
         };
         match self
             .engine
