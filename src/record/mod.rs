@@ -28,6 +28,8 @@ pub mod list;
 mod recording;
 mod segment;
 mod space;
+#[cfg(test)]
+mod tests;
 mod timeline;
 
 pub use self::board::{Board, Status, StopReason};

@@ -4,8 +4,11 @@
 //! The first segment starts at the first H.264 keyframe whose parameter sets are known (audio
 //! before it is left out, so the file opens on a picture); a new segment starts at the first
 //! keyframe after `--record-segment`, or when the parameter sets change (the sample entry is
-//! per file). A broadcast without video is recorded audio-only once a second of audio has
-//! come without any video.
+//! per file). Audio whose first packet comes after the segment started joins it until its
+//! first fragment is written (a publisher's first video keyframe often beats its first audio
+//! packet by milliseconds); audio that starts later than that is in the next segment, started
+//! at the next keyframe. A broadcast without video is recorded audio-only once a second of
+//! audio has come without any video.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -150,11 +153,16 @@ impl Recording {
         let Some(segment) = &mut self.segment else {
             return Ok(());
         };
-        let opus = segment.setups().position(|s| *s == TrackSetup::Opus);
-        match opus {
-            Some(i) => segment.push(i, t, true, p.payload.to_vec()),
-            None => Ok(()),
-        }
+        let position = segment.setups().position(|s| *s == TrackSetup::Opus);
+        let opus = match position {
+            Some(i) => i,
+            // Audio that starts just after the segment (its first packet beaten by the first
+            // video keyframe) joins it while nothing is written; later audio waits for the
+            // next segment, which the next keyframe starts.
+            None if segment.add_track(TrackSetup::Opus) => segment.setups().count() - 1,
+            None => return Ok(()),
+        };
+        segment.push(opus, t, true, p.payload.to_vec())
     }
 
     fn on_h264(&mut self, p: Packet, settings: &Settings) -> std::io::Result<()> {
@@ -182,6 +190,7 @@ impl Recording {
                 Some(s) => {
                     changed
                         || !s.setups().any(|s| matches!(s, TrackSetup::H264 { .. }))
+                        || (self.seen_audio && !s.setups().any(|s| *s == TrackSetup::Opus))
                         || t_us - s.start_us() >= settings.segment.as_micros() as i64
                 }
             };
