@@ -15,7 +15,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::fmp4::{self, Run, Sample, TrackSetup};
+use super::entry::TrackSetup;
+use super::fmp4::{self, Run, Sample};
 
 /// A fragment is cut at the first video keyframe after this much.
 const FRAGMENT_MIN_US: i64 = 1_000_000;
@@ -169,7 +170,7 @@ impl Segment {
             self.fragment_start_us.get_or_insert(pt_us);
         }
         let age = self.fragment_start_us.map_or(0, |s| t_us - s);
-        let video_key = keyframe && matches!(track.setup, TrackSetup::H264 { .. });
+        let video_key = keyframe && track.setup.is_video();
         track.pending = Some((t, keyframe, data));
         if gap || age >= FRAGMENT_MAX_US || (video_key && age >= FRAGMENT_MIN_US) {
             self.flush()?;
@@ -225,10 +226,7 @@ impl Segment {
 
 /// A frame at 30 fps, or an Opus packet of 20 ms: what publishers send.
 fn nominal_duration(setup: &TrackSetup) -> i64 {
-    match setup {
-        TrackSetup::H264 { .. } => 3000,
-        TrackSetup::Opus => 960,
-    }
+    if setup.is_video() { 3000 } else { 960 }
 }
 
 /// `YYYYMMDDTHHMMSSZ`, the UTC time in a segment's name (sorts by time; no `:` for Windows).
