@@ -120,9 +120,6 @@ async fn broadcaster_page_lists_a_recording_that_plays_and_seeks_in_a_video_elem
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 27, open: in 1 of 2 runs on 2026-12-05 the GStreamer publisher's recording had \
-            no audio track (ffprobe: h264 only; Chromium decoded 0 audio bytes); not yet known \
-            whether the publisher sent no audio or the recorder dropped it; run with --ignored"]
 async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe_and_play_in_chromium() {
     let (server, base, rec) = recording_server("record-publishers").await;
     let files = blocking(move || {

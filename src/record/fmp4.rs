@@ -1,52 +1,26 @@
 //! Fragmented MP4 bytes: the init segment (`ftyp` + `moov` with an empty sample table and
 //! `mvex`) and one fragment (`moof` + `mdat`) per call. The boxes are `mp4-atom`'s; what goes
-//! in them (track layout, sample flags, the data offsets into `mdat`) is decided here.
+//! in them (track layout, sample flags, the data offsets into `mdat`) is decided here; each
+//! track's sample entry is [`TrackSetup::sample_entry`]'s.
 //!
 //! A file is the init segment followed by fragments, so it plays from its first byte and
 //! every complete fragment is playable: a crash loses only the fragment being written.
 
 use mp4_atom::{
-    Audio, Avc1, Avcc, Dinf, Dops, Dref, Encode, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf, Moof,
-    Moov, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun,
-    TrunEntry, TrunSamples, Url, Visual, Vmhd,
+    Dinf, Dref, Encode, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Smhd,
+    Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Vmhd,
 };
 
-/// RTP's (and so the file's) clock for video: every RTP video codec runs at 90 kHz.
-pub(crate) const VIDEO_TIMESCALE: u32 = 90_000;
-/// Opus always runs at 48 kHz on RTP (RFC 7587), whatever the encoder's internal rate.
-pub(crate) const OPUS_TIMESCALE: u32 = 48_000;
-/// The pre-skip Opus encoders use at 48 kHz (libopus' lookahead, RFC 7845 §4.2): players drop
-/// that many decoded samples at the start.
-const OPUS_PRE_SKIP: u16 = 312;
+use super::entry::TrackSetup;
 
 /// `sample_depends_on = 2` (an I-frame, a sync sample).
 const SYNC_SAMPLE: u32 = 0x0200_0000;
 /// `sample_depends_on = 1` and `sample_is_non_sync_sample`.
 const NON_SYNC_SAMPLE: u32 = 0x0101_0000;
 
-/// What a file's track carries, as its sample entry needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum TrackSetup {
-    /// H.264 with the parameter sets seen in-band (avcC), and the picture size from the SPS.
-    H264 {
-        sps: Vec<u8>,
-        pps: Vec<u8>,
-        width: u16,
-        height: u16,
-    },
-    Opus,
-}
-
-impl TrackSetup {
-    pub(crate) fn timescale(&self) -> u32 {
-        match self {
-            Self::H264 { .. } => VIDEO_TIMESCALE,
-            Self::Opus => OPUS_TIMESCALE,
-        }
-    }
-}
-
-/// One coded frame (video: an access unit of length-prefixed NAL units; Opus: one packet).
+/// One coded frame in its codec's ISO binding (H.264: an access unit of length-prefixed NAL
+/// units; VP8, VP9: a frame, VP9's spatial layers as one superframe; AV1: a temporal unit's
+/// OBUs, each with its size; Opus: one packet).
 #[derive(Debug, Clone)]
 pub(crate) struct Sample {
     pub(crate) duration: u32,
@@ -112,65 +86,12 @@ pub(crate) fn init_segment(tracks: &[TrackSetup], started: std::time::SystemTime
 }
 
 fn trak(setup: &TrackSetup, track_id: u32) -> Trak {
-    let (handler, name, width, height, volume) = match setup {
-        TrackSetup::H264 { width, height, .. } => (b"vide", "VideoHandler", *width, *height, 0),
-        TrackSetup::Opus => (b"soun", "SoundHandler", 0, 0, 1),
+    let (handler, name, volume) = if setup.is_video() {
+        (b"vide", "VideoHandler", 0)
+    } else {
+        (b"soun", "SoundHandler", 1)
     };
-    let codec = match setup {
-        TrackSetup::H264 {
-            sps,
-            pps,
-            width,
-            height,
-        } => Avc1 {
-            visual: Visual {
-                data_reference_index: 1,
-                width: *width,
-                height: *height,
-                horizresolution: 72.into(),
-                vertresolution: 72.into(),
-                frame_count: 1,
-                compressor: "".into(),
-                depth: 24,
-            },
-            avcc: Avcc {
-                configuration_version: 1,
-                avc_profile_indication: sps.get(1).copied().unwrap_or(66),
-                profile_compatibility: sps.get(2).copied().unwrap_or(0),
-                avc_level_indication: sps.get(3).copied().unwrap_or(31),
-                length_size: 4,
-                sequence_parameter_sets: vec![sps.clone()],
-                picture_parameter_sets: vec![pps.clone()],
-                ext: None,
-            },
-            btrt: None,
-            colr: None,
-            pasp: None,
-            taic: None,
-            fiel: None,
-            spatial: Default::default(),
-        }
-        .into(),
-        TrackSetup::Opus => Opus {
-            audio: Audio {
-                data_reference_index: 1,
-                // WebRTC signals Opus as two channels (RFC 7587 §7); a mono encoder's packets
-                // decode to both.
-                channel_count: 2,
-                sample_size: 16,
-                sample_rate: 48000.into(),
-            },
-            dops: Dops {
-                output_channel_count: 2,
-                pre_skip: OPUS_PRE_SKIP,
-                input_sample_rate: 48000,
-                output_gain: 0,
-                channel_mapping: None,
-            },
-            btrt: None,
-        }
-        .into(),
-    };
+    let (width, height) = setup.size();
     Trak {
         tkhd: Tkhd {
             track_id,
@@ -192,8 +113,8 @@ fn trak(setup: &TrackSetup, track_id: u32) -> Trak {
                 name: name.into(),
             },
             minf: Minf {
-                vmhd: matches!(setup, TrackSetup::H264 { .. }).then(Vmhd::default),
-                smhd: matches!(setup, TrackSetup::Opus).then(Smhd::default),
+                vmhd: setup.is_video().then(Vmhd::default),
+                smhd: (!setup.is_video()).then(Smhd::default),
                 dinf: Dinf {
                     dref: Dref {
                         entries: vec![Url::default().into()],
@@ -201,7 +122,7 @@ fn trak(setup: &TrackSetup, track_id: u32) -> Trak {
                 },
                 stbl: Stbl {
                     stsd: Stsd {
-                        codecs: vec![codec],
+                        codecs: vec![setup.sample_entry()],
                     },
                     stco: Some(Stco::default()),
                     ..Default::default()

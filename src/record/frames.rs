@@ -1,108 +1,174 @@
-//! RTP packets to coded frames: H.264 access units (RFC 6184: single NAL units, STAP-A and
-//! FU-A) as length-prefixed NAL units with the parameter sets taken out for the sample entry,
-//! and Opus packets as they come (one packet, one sample; RFC 7587).
+//! RTP packets to coded video frames. [`Pictures`] gathers each picture's packets (one RTP
+//! timestamp, ended by the marker bit), in order; the codec's depacketizer ([`h264`]) turns a picture's payloads into one sample. Opus
+//! needs none: one packet, one sample (RFC 7587).
+//!
+//! A picture waits for a packet it misses (a retransmission answering the engine's NACK) while
+//! a few later pictures arrive; then it is lost. H.264 keeps every complete access unit after
+//! a loss (OBS, its main publisher, sends a keyframe every 1–2 s and decoders conceal the
+//! rest).
 
-/// An H.264 access unit put back together from its RTP packets.
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::entry::TrackSetup;
+use super::{Media, h264};
+
+/// Pictures held while an earlier one misses a packet: 8 frames (270 ms at 30 fps) leave a
+/// NACK and its retransmission time to arrive on most links.
+const OPEN_PICTURES: usize = 8;
+/// Packets one picture may have: ~5 MB, several times the largest keyframe WebRTC encoders
+/// send; a publisher that never sets the marker bit cannot grow a picture past it.
+const PICTURE_PACKETS: usize = 4096;
+
+/// One coded frame, as a depacketizer makes it.
 #[derive(Debug, Default)]
-pub(crate) struct AccessUnit {
-    pub(crate) ts: u32,
-    /// NAL units, each behind its 4-byte big-endian length (avcC `length_size` 4).
+pub(crate) struct Frame {
     pub(crate) data: Vec<u8>,
     pub(crate) keyframe: bool,
-    pub(crate) sps: Option<Vec<u8>>,
-    pub(crate) pps: Option<Vec<u8>>,
+    /// On a keyframe whose configuration is known: the sample entry a file starting here gets.
+    pub(crate) setup: Option<TrackSetup>,
 }
 
-/// Packets of the access unit being received, in arrival order.
-#[derive(Default)]
-pub(crate) struct H264Assembler {
-    ts: Option<u32>,
-    packets: Vec<(u64, std::sync::Arc<[u8]>)>,
+/// A picture's packets, in sequence order and complete.
+pub(crate) struct Picture {
+    pub(crate) ts: u32,
+    pub(crate) payloads: Vec<Arc<[u8]>>,
 }
 
-impl H264Assembler {
-    /// Takes one packet; returns the access unit it completes (marker bit), or the previous
-    /// one when this packet starts a new timestamp without the old one's marker (a lost
-    /// last packet: the unit is still returned if its sequence numbers have no hole).
-    pub(crate) fn push(
-        &mut self,
-        seq: u64,
-        ts: u32,
-        marker: bool,
-        payload: std::sync::Arc<[u8]>,
-    ) -> Option<AccessUnit> {
-        let mut done = None;
-        if self.ts.is_some_and(|t| t != ts) {
-            done = self.finish();
-        }
-        self.ts = Some(ts);
-        self.packets.push((seq, payload));
-        if marker {
-            // A unit completed by this packet wins over an abandoned earlier one.
-            return self.finish().or(done);
-        }
-        done
+struct Open {
+    ts: u32,
+    packets: Vec<(u64, Arc<[u8]>)>,
+    marker: Option<u64>,
+}
+
+impl Open {
+    fn first(&self) -> u64 {
+        self.packets.first().map_or(u64::MAX, |p| p.0)
     }
 
-    fn finish(&mut self) -> Option<AccessUnit> {
-        let ts = self.ts.take()?;
-        let mut packets = std::mem::take(&mut self.packets);
-        packets.sort_by_key(|(seq, _)| *seq);
-        packets.dedup_by_key(|(seq, _)| *seq);
-        let contiguous = packets.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-        if !contiguous {
-            return None;
-        }
-        let mut unit = AccessUnit {
-            ts,
-            ..Default::default()
+    /// All its packets are here: from its first through the marker, with no hole.
+    fn complete(&self, previous: Option<u64>) -> bool {
+        let Some(marker) = self.marker else {
+            return false;
         };
-        let mut fu: Option<Vec<u8>> = None;
-        for (_, p) in &packets {
-            let Some(&header) = p.first() else {
-                continue;
-            };
-            match header & 0x1f {
-                1..=23 => unit.add_nal(p),
-                24 => {
-                    let mut rest = &p[1..];
-                    while rest.len() >= 2 {
-                        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-                        let nal = rest.get(2..2 + len)?;
-                        unit.add_nal(nal);
-                        rest = &rest[2 + len..];
-                    }
-                }
-                28 => {
-                    let &fu_header = p.get(1)?;
-                    if fu_header & 0x80 != 0 {
-                        fu = Some(vec![(header & 0xe0) | (fu_header & 0x1f)]);
-                    }
-                    // A fragment whose start was lost cannot be rebuilt.
-                    fu.as_mut()?.extend_from_slice(&p[2..]);
-                    if fu_header & 0x40 != 0 {
-                        unit.add_nal(&fu.take()?);
-                    }
-                }
-                _ => {}
-            }
-        }
-        (!unit.data.is_empty() && fu.is_none()).then_some(unit)
+        let first = self.first();
+        let starts_right = previous.is_none_or(|p| first == p + 1);
+        starts_right && marker + 1 - first == self.packets.len() as u64
     }
 }
 
-impl AccessUnit {
-    fn add_nal(&mut self, nal: &[u8]) {
-        match nal.first().map(|b| b & 0x1f) {
-            Some(7) => self.sps = Some(nal.to_vec()),
-            Some(8) => self.pps = Some(nal.to_vec()),
-            // Access unit delimiters and filler carry nothing a file needs.
-            Some(9 | 12) | None => {}
-            Some(t) => {
-                self.keyframe |= t == 5;
-                self.data
-                    .extend_from_slice(&(nal.len() as u32).to_be_bytes());
-                self.data.extend_from_slice(nal);
+/// The pictures being received, oldest first.
+#[derive(Default)]
+pub(crate) struct Pictures {
+    open: VecDeque<Open>,
+    /// The marker's sequence number of the last picture handed out (or given up, if it had
+    /// one): the next picture starts right after it.
+    end: Option<u64>,
+    /// Packets up to this sequence number are too late: their picture is gone.
+    late: Option<u64>,
+}
+
+impl Pictures {
+    /// Takes one packet (`seq` extended, so it never wraps).
+    pub(crate) fn push(&mut self, seq: u64, ts: u32, marker: bool, payload: Arc<[u8]>) {
+        if self.late.is_some_and(|late| seq <= late) {
+            return; // a duplicate, or too late for its picture
+        }
+        let at = match self.open.iter().position(|o| o.ts == ts) {
+            Some(at) => at,
+            None => {
+                let at = self.open.iter().take_while(|o| o.first() < seq).count();
+                let packets = Vec::new();
+                self.open.insert(
+                    at,
+                    Open {
+                        ts,
+                        packets,
+                        marker: None,
+                    },
+                );
+                at
+            }
+        };
+        let open = &mut self.open[at];
+        if let Err(i) = open.packets.binary_search_by_key(&seq, |p| p.0) {
+            open.packets.insert(i, (seq, payload));
+        }
+        if marker {
+            open.marker = Some(seq);
+        }
+        if open.packets.len() > PICTURE_PACKETS {
+            self.open.remove(at);
+        }
+    }
+
+    /// The next picture in order, once it is complete; gives up on a picture that later
+    /// ones have kept waiting too long.
+    pub(crate) fn poll(&mut self) -> Option<Picture> {
+        loop {
+            let front = self.open.front()?;
+            if front.complete(self.end) {
+                let open = self.open.pop_front()?;
+                (self.end, self.late) = (open.marker, open.marker);
+                return Some(Picture {
+                    ts: open.ts,
+                    payloads: open.packets.into_iter().map(|(_, p)| p).collect(),
+                });
+            }
+            if self.open.len() <= OPEN_PICTURES {
+                return None;
+            }
+            let gone = self.open.pop_front()?;
+            // Its late packets are dropped; the next picture is checked against its end only
+            // if its marker came (else the codec's start-of-frame flags are the check).
+            self.late = gone.packets.last().map(|p| p.0).max(self.late);
+            self.end = gone.marker;
+        }
+    }
+}
+
+/// One video track's depacketizer.
+pub(crate) struct VideoFrames {
+    media: Media,
+    pictures: Pictures,
+    codec: Codec,
+}
+
+enum Codec {
+    H264(h264::Depacketizer),
+}
+
+impl VideoFrames {
+    /// A depacketizer for `media`; `None` for audio.
+    pub(crate) fn new(media: Media) -> Option<Self> {
+        let codec = match media {
+            Media::H264 => Codec::H264(h264::Depacketizer::default()),
+            Media::Opus => return None,
+        };
+        Some(Self {
+            media,
+            pictures: Pictures::default(),
+            codec,
+        })
+    }
+
+    pub(crate) fn media(&self) -> Media {
+        self.media
+    }
+
+    pub(crate) fn push(&mut self, seq: u64, ts: u32, marker: bool, payload: Arc<[u8]>) {
+        self.pictures.push(seq, ts, marker, payload);
+    }
+
+    /// The next frame (with its RTP timestamp) once its packets are all here.
+    pub(crate) fn poll(&mut self) -> Option<(u32, Frame)> {
+        loop {
+            let picture = self.pictures.poll()?;
+            let frame = match &mut self.codec {
+                Codec::H264(d) => d.frame(&picture.payloads),
+            };
+            if let Some(f) = frame {
+                return Some((picture.ts, f));
             }
         }
     }
@@ -111,35 +177,42 @@ impl AccessUnit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn arc(b: &[u8]) -> Arc<[u8]> {
         Arc::from(b)
     }
 
-    #[test]
-    fn stap_a_and_fu_a_become_length_prefixed_nal_units() {
-        let mut a = H264Assembler::default();
-        // STAP-A with SPS and PPS, then an IDR slice in two FU-A fragments.
-        let stap = [24, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
-        assert!(a.push(10, 900, false, arc(&stap)).is_none());
-        assert!(a.push(11, 900, false, arc(&[0x7c, 0x85, 1, 2])).is_none());
-        let unit = a.push(12, 900, true, arc(&[0x7c, 0x45, 3])).expect("unit");
-        assert!(unit.keyframe);
-        assert_eq!(unit.sps.as_deref(), Some(&[0x67, 0x42][..]));
-        assert_eq!(unit.pps.as_deref(), Some(&[0x68, 0xce][..]));
-        assert_eq!(unit.data, [0, 0, 0, 4, 0x65, 1, 2, 3]);
+    fn seqs(p: &Picture) -> Vec<u8> {
+        p.payloads.iter().map(|p| p[0]).collect()
     }
 
     #[test]
-    fn a_unit_with_a_lost_packet_is_dropped() {
-        let mut a = H264Assembler::default();
-        assert!(a.push(1, 0, false, arc(&[0x7c, 0x85, 1])).is_none());
-        assert!(a.push(3, 0, true, arc(&[0x7c, 0x45, 3])).is_none());
-        let unit = a
-            .push(4, 3000, true, arc(&[0x41, 9]))
-            .expect("the next unit");
-        assert!(!unit.keyframe);
-        assert_eq!(unit.data, [0, 0, 0, 2, 0x41, 9]);
+    fn a_picture_waits_for_a_retransmitted_packet_and_comes_out_in_order() {
+        let mut p = Pictures::default();
+        p.push(1, 0, false, arc(&[1]));
+        p.push(3, 0, true, arc(&[3]));
+        p.push(4, 3000, true, arc(&[4]));
+        assert!(p.poll().is_none(), "packet 2 is missing");
+        p.push(2, 0, false, arc(&[2]));
+        let first = p.poll().expect("the first picture");
+        assert_eq!((first.ts, seqs(&first)), (0, vec![1, 2, 3]));
+        let second = p.poll().expect("the second");
+        assert_eq!((second.ts, seqs(&second)), (3000, vec![4]));
+    }
+
+    #[test]
+    fn a_picture_missing_a_packet_is_given_up_once_later_ones_pile_up() {
+        let mut p = Pictures::default();
+        p.push(1, 0, false, arc(&[1]));
+        p.push(3, 0, true, arc(&[3]));
+        for i in 0..OPEN_PICTURES as u32 {
+            p.push(4 + u64::from(i), 3000 * (i + 1), true, arc(&[4 + i as u8]));
+        }
+        let next = p.poll().expect("the first complete picture");
+        assert_eq!(next.ts, 3000);
+        assert!(p.poll().is_some_and(|n| n.ts == 6000));
+        // Its late packet is too late.
+        p.push(2, 0, false, arc(&[2]));
+        assert!(p.poll().is_some_and(|n| n.ts == 9000));
     }
 }

@@ -7,8 +7,9 @@
 //! media path does nothing more than before.
 //!
 //! One thread owns every recording: [`recording`] turns a broadcast's packets into segment
-//! files ([`segment`]) of fMP4 boxes ([`fmp4`]), after putting H.264 access units back
-//! together ([`frames`]) and placing every track on one timeline ([`timeline`]).
+//! files ([`segment`]) of fMP4 boxes ([`fmp4`]) with each track's sample entry ([`entry`]),
+//! after putting video frames back together ([`frames`], [`h264`]) and placing every track
+//! on one timeline ([`timeline`]).
 //!
 //! Each broadcast has a Record switch (the broadcaster page's, kept in the registry) and a
 //! status the recorder reports, both on the [`Board`]; [`list`] reads a broadcast's files back
@@ -22,12 +23,16 @@
 //! after a longer absence, starts a new recording.
 
 mod board;
+mod entry;
 mod fmp4;
 mod frames;
+mod h264;
 pub mod list;
 mod recording;
 mod segment;
 mod space;
+#[cfg(test)]
+mod tests;
 mod timeline;
 
 pub use self::board::{Board, Status, StopReason};

@@ -1,11 +1,15 @@
 //! One recording: a broadcast from a publish to its end (drops and resumes included), as a
 //! series of segment files on one timeline.
 //!
-//! The first segment starts at the first H.264 keyframe whose parameter sets are known (audio
-//! before it is left out, so the file opens on a picture); a new segment starts at the first
-//! keyframe after `--record-segment`, or when the parameter sets change (the sample entry is
-//! per file). A broadcast without video is recorded audio-only once a second of audio has
-//! come without any video.
+//! The first segment starts at the first video keyframe whose configuration is known (H.264
+//! parameter sets, AV1 sequence header; audio before it is left out, so the file opens on a
+//! picture); a new segment starts at the first keyframe after `--record-segment`, or when the
+//! configuration changes (the sample entry is per file; VP8 and VP9 go on through a new
+//! picture size). Audio whose first packet comes after the segment started joins it until its
+//! first fragment is written (a publisher's first video keyframe often beats its first audio
+//! packet by milliseconds); audio that starts later than that is in the next segment, started
+//! at the next keyframe. A broadcast without video is recorded audio-only once a second of
+//! audio has come without any video.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use super::fmp4::{OPUS_TIMESCALE, TrackSetup, VIDEO_TIMESCALE};
-use super::frames::H264Assembler;
+use super::entry::{OPUS_TIMESCALE, TrackSetup, VIDEO_TIMESCALE};
+use super::frames::{Frame, VideoFrames};
 use super::segment::Segment;
 use super::timeline::{Timeline, Track};
 use super::{Board, Media, Packet, Settings, Status, StopReason};
@@ -34,9 +38,8 @@ pub(crate) struct Recording {
     origin: Instant,
     origin_wall: SystemTime,
     timeline: Timeline,
-    h264: H264Assembler,
-    sps: Option<Vec<u8>>,
-    pps: Option<Vec<u8>>,
+    /// The video's depacketizer, and the epoch its packets are from.
+    video: Option<(VideoFrames, u32)>,
     seen_video: bool,
     seen_audio: bool,
     segment: Option<Segment>,
@@ -76,9 +79,7 @@ impl Recording {
             // The clock's wall time is read in io/ only; a second's precision names files.
             origin_wall: std::time::UNIX_EPOCH + Duration::from_secs(crate::clock::unix_now()),
             timeline: Timeline::new(first, VIDEO_TIMESCALE, OPUS_TIMESCALE),
-            h264: H264Assembler::default(),
-            sps: None,
-            pps: None,
+            video: None,
             seen_video: false,
             seen_audio: false,
             segment: None,
@@ -120,7 +121,7 @@ impl Recording {
         }
         let result = match p.media {
             Media::Opus => self.on_opus(p),
-            Media::H264 => self.on_h264(p, settings),
+            _ => self.on_video(p, settings),
         };
         if let Err(e) = result {
             self.stop(StopReason::WriteFailed(e.to_string()));
@@ -150,49 +151,55 @@ impl Recording {
         let Some(segment) = &mut self.segment else {
             return Ok(());
         };
-        let opus = segment.setups().position(|s| *s == TrackSetup::Opus);
-        match opus {
-            Some(i) => segment.push(i, t, true, p.payload.to_vec()),
-            None => Ok(()),
-        }
+        let position = segment.setups().position(|s| *s == TrackSetup::Opus);
+        let opus = match position {
+            Some(i) => i,
+            // Audio that starts just after the segment (its first packet beaten by the first
+            // video keyframe) joins it while nothing is written; later audio waits for the
+            // next segment, which the next keyframe starts.
+            None if segment.add_track(TrackSetup::Opus) => segment.setups().count() - 1,
+            None => return Ok(()),
+        };
+        segment.push(opus, t, true, p.payload.to_vec())
     }
 
-    fn on_h264(&mut self, p: Packet, settings: &Settings) -> std::io::Result<()> {
+    fn on_video(&mut self, p: Packet, settings: &Settings) -> std::io::Result<()> {
         self.seen_video = true;
-        let Some(unit) = self.h264.push(p.seq, p.ts, p.marker, p.payload) else {
+        // A new codec or a resumed publisher (new sequence numbers) starts afresh.
+        if self
+            .video
+            .as_ref()
+            .is_none_or(|(v, e)| v.media() != p.media || *e != p.epoch)
+        {
+            self.video = VideoFrames::new(p.media).map(|v| (v, p.epoch));
+        }
+        let Some((video, _)) = &mut self.video else {
             return Ok(());
         };
-        let mut changed = false;
-        if let Some(sps) = unit.sps {
-            changed |= self.sps.as_ref() != Some(&sps);
-            self.sps = Some(sps);
+        video.push(p.seq, p.ts, p.marker, p.payload);
+        while let Some((ts, frame)) = self.video.as_mut().and_then(|(v, _)| v.poll()) {
+            let t = (self.timeline).time(Track::Video, p.epoch, ts, p.arrival, p.report);
+            self.on_frame(t, frame, settings)?;
         }
-        if let Some(pps) = unit.pps {
-            changed |= self.pps.as_ref() != Some(&pps);
-            self.pps = Some(pps);
-        }
-        let (epoch, arrival, report) = (p.epoch, p.arrival, p.report);
-        let t = (self.timeline).time(Track::Video, epoch, unit.ts, arrival, report);
+        Ok(())
+    }
+
+    /// A video frame at `t` (ticks on the timeline): into the segment, which a keyframe may
+    /// start first.
+    fn on_frame(&mut self, t: i64, frame: Frame, settings: &Settings) -> std::io::Result<()> {
         let t_us = t * 1_000_000 / i64::from(VIDEO_TIMESCALE);
-        if unit.keyframe
-            && let (Some(sps), Some(pps)) = (&self.sps, &self.pps)
-        {
+        if let Some(setup) = frame.setup.filter(|_| frame.keyframe) {
             let due = match &self.segment {
                 None => true,
                 Some(s) => {
-                    changed
-                        || !s.setups().any(|s| matches!(s, TrackSetup::H264 { .. }))
+                    let video = s.setups().find(|s| s.is_video());
+                    video.is_none_or(|v| !v.continues_with(&setup))
+                        || (self.seen_audio && !s.setups().any(|s| *s == TrackSetup::Opus))
                         || t_us - s.start_us() >= settings.segment.as_micros() as i64
                 }
             };
             if due {
-                let info = crate::h264::parse_sps(sps);
-                let mut tracks = vec![TrackSetup::H264 {
-                    sps: sps.clone(),
-                    pps: pps.clone(),
-                    width: info.as_ref().map_or(0, |i| i.width as u16),
-                    height: info.as_ref().map_or(0, |i| i.height as u16),
-                }];
+                let mut tracks = vec![setup];
                 if self.seen_audio {
                     tracks.push(TrackSetup::Opus);
                 }
@@ -200,8 +207,8 @@ impl Recording {
             }
         }
         match &mut self.segment {
-            Some(s) if s.setups().next().is_some_and(|s| s != &TrackSetup::Opus) => {
-                s.push(0, t, unit.keyframe, unit.data)
+            Some(s) if s.setups().next().is_some_and(TrackSetup::is_video) => {
+                s.push(0, t, frame.keyframe, frame.data)
             }
             _ => Ok(()),
         }

@@ -1,6 +1,11 @@
 //! One segment file: its name, the init segment, and the cutting of samples into fragments
 //! that go to disk as soon as they are complete.
 //!
+//! The init segment goes to disk with the first fragment, not when the file is created: a
+//! track whose first packet comes a moment after the segment started (a publisher's audio
+//! that its first video keyframe beat by a few milliseconds) still joins the file
+//! ([`Segment::add_track`]).
+//!
 //! A fragment is cut before a video keyframe once it holds a second, and in any case once it
 //! holds two, so a crash or `kill -9` loses at most the last ~2 s (the bytes written are in
 //! the page cache the moment `write_all` returns; a process crash cannot lose them).
@@ -10,7 +15,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::fmp4::{self, Run, Sample, TrackSetup};
+use super::entry::TrackSetup;
+use super::fmp4::{self, Run, Sample};
 
 /// A fragment is cut at the first video keyframe after this much.
 const FRAGMENT_MIN_US: i64 = 1_000_000;
@@ -41,11 +47,13 @@ pub(crate) struct Segment {
     /// Timeline time (µs) of the fragment's first sample.
     fragment_start_us: Option<i64>,
     start_us: i64,
+    /// The wall-clock start the init segment carries, until it is written.
+    unwritten_init: Option<SystemTime>,
 }
 
 impl Segment {
-    /// Creates `<dir>/<label>-<UTC start>.mp4` (a `-N` suffix if that name is taken) and writes
-    /// the init segment. `start_us` is the segment's start on the recording's timeline.
+    /// Creates `<dir>/<label>-<UTC start>.mp4` (a `-N` suffix if that name is taken).
+    /// `start_us` is the segment's start on the recording's timeline.
     pub(crate) fn create(
         dir: &Path,
         label: &str,
@@ -56,7 +64,7 @@ impl Segment {
         std::fs::create_dir_all(dir)?;
         let stamp = utc_stamp(started);
         let mut n = 0;
-        let (path, mut file) = loop {
+        let (path, file) = loop {
             let name = match n {
                 0 => format!("{label}-{stamp}.mp4"),
                 n => format!("{label}-{stamp}-{n}.mp4"),
@@ -68,26 +76,47 @@ impl Segment {
                 Err(e) => return Err(e),
             }
         };
-        let init = fmp4::init_segment(&tracks, started);
-        file.write_all(&init)?;
-        Ok(Self {
+        let mut segment = Self {
             path,
             file,
-            bytes: init.len() as u64,
-            tracks: tracks
-                .into_iter()
-                .map(|setup| Track {
-                    base: start_us * i64::from(setup.timescale()) / 1_000_000,
-                    setup,
-                    pending: None,
-                    run: Vec::new(),
-                    run_base: None,
-                })
-                .collect(),
+            bytes: 0,
+            tracks: Vec::new(),
             sequence: 0,
             fragment_start_us: None,
             start_us,
-        })
+            unwritten_init: Some(started),
+        };
+        for setup in tracks {
+            segment.add_track(setup);
+        }
+        Ok(segment)
+    }
+
+    /// Adds a track, if the init segment is not written yet; returns whether it was added.
+    pub(crate) fn add_track(&mut self, setup: TrackSetup) -> bool {
+        if self.unwritten_init.is_none() {
+            return false;
+        }
+        self.tracks.push(Track {
+            base: self.start_us * i64::from(setup.timescale()) / 1_000_000,
+            setup,
+            pending: None,
+            run: Vec::new(),
+            run_base: None,
+        });
+        true
+    }
+
+    /// Writes the init segment, with the tracks added so far, if it is not written yet.
+    fn write_init(&mut self) -> io::Result<()> {
+        let Some(started) = self.unwritten_init.take() else {
+            return Ok(());
+        };
+        let setups: Vec<TrackSetup> = self.setups().cloned().collect();
+        let init = fmp4::init_segment(&setups, started);
+        self.file.write_all(&init)?;
+        self.bytes += init.len() as u64;
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -141,7 +170,7 @@ impl Segment {
             self.fragment_start_us.get_or_insert(pt_us);
         }
         let age = self.fragment_start_us.map_or(0, |s| t_us - s);
-        let video_key = keyframe && matches!(track.setup, TrackSetup::H264 { .. });
+        let video_key = keyframe && track.setup.is_video();
         track.pending = Some((t, keyframe, data));
         if gap || age >= FRAGMENT_MAX_US || (video_key && age >= FRAGMENT_MIN_US) {
             self.flush()?;
@@ -155,6 +184,7 @@ impl Segment {
         if self.tracks.iter().all(|t| t.run.is_empty()) {
             return Ok(());
         }
+        self.write_init()?;
         self.sequence += 1;
         let runs: Vec<Run<'_>> = self
             .tracks
@@ -189,16 +219,14 @@ impl Segment {
             }
         }
         self.flush()?;
+        self.write_init()?;
         self.file.sync_data()
     }
 }
 
 /// A frame at 30 fps, or an Opus packet of 20 ms: what publishers send.
 fn nominal_duration(setup: &TrackSetup) -> i64 {
-    match setup {
-        TrackSetup::H264 { .. } => 3000,
-        TrackSetup::Opus => 960,
-    }
+    if setup.is_video() { 3000 } else { 960 }
 }
 
 /// `YYYYMMDDTHHMMSSZ`, the UTC time in a segment's name (sorts by time; no `:` for Windows).
