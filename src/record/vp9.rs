@@ -2,10 +2,20 @@
 //! non-flexible mode) taken off, each layer frame joined from its B (begin) to its E (end)
 //! packet, and a keyframe's uncompressed header read for the sample entry.
 //!
-//! A sample is one picture: what a viewer's decoder gets, every spatial layer the publisher
-//! sends (the engine forwards them all). A picture of several layer frames is written as one
-//! superframe (VP9 bitstream spec, Annex B) with the index that tells a decoder where each
-//! frame ends.
+//! A sample is one picture as a viewer sees it. A viewer gets every spatial layer the
+//! publisher sends (the engine forwards them all) and shows the top one, so the sample is the
+//! picture's top layer frame with the lower ones it predicts from (the descriptor's D bit:
+//! with `L3T3_KEY`, WebRTC's usual mode, only on key pictures). Several frames are written
+//! as one superframe (VP9 bitstream spec, Annex B) with the index that tells a decoder where
+//! each ends, a lower layer's key frame marked not shown (for a key frame that bit changes
+//! nothing else in the header), so players that output every shown frame (FFmpeg) show the
+//! top layer only, as browsers do. Lower inter frames (full inter-layer prediction, `L3T3`)
+//! cannot be hidden that simply and stay shown.
+//!
+//! A lower layer left out of the file breaks its chain of references until the next key
+//! picture: if the top layer goes (the publisher's bandwidth or CPU fell) and the one below
+//! becomes the top, its frames predict from frames the file lacks, so they are not frames
+//! (and the recording waits for a keyframe, as after a loss) rather than garbage.
 
 use std::sync::Arc;
 
@@ -22,12 +32,19 @@ const SUPERFRAME_FRAMES: usize = 8;
 pub(crate) struct Depacketizer {
     /// The largest spatial layer's size in the last scalability structure the publisher sent.
     layer_size: Option<(u16, u16)>,
+    /// The spatial layers (bit `1 << SID`) each of whose frames since the last key picture
+    /// is in the file: the only ones a frame written now may predict from.
+    chains: u8,
 }
 
 /// What a payload descriptor says, and the payload after it.
 struct Descriptor<'a> {
     begin: bool,
     end: bool,
+    /// SID: the spatial layer (0 without layer indices).
+    sid: u8,
+    /// D: the layer frame predicts from the layer below in the same picture.
+    inter_layer: bool,
     /// The scalability structure's layer sizes, if this packet carries them.
     sizes: Option<Vec<(u16, u16)>>,
     payload: &'a [u8],
@@ -37,8 +54,9 @@ impl Depacketizer {
     /// The picture in one picture's payloads; `None` if a layer frame's start or end is
     /// missing or its descriptor is broken.
     pub(crate) fn frame(&mut self, payloads: &[Arc<[u8]>]) -> Option<Frame> {
-        let mut frames: Vec<Vec<u8>> = Vec::new();
-        let mut current: Option<Vec<u8>> = None;
+        // Each layer frame, lowest first, with its SID and D bit.
+        let mut frames: Vec<(u8, bool, Vec<u8>)> = Vec::new();
+        let mut current: Option<(u8, bool, Vec<u8>)> = None;
         for p in payloads {
             let d = descriptor(p)?;
             if let Some(size) = d.sizes.as_ref().and_then(|s| s.last()) {
@@ -48,20 +66,41 @@ impl Depacketizer {
                 if current.is_some() {
                     return None; // the previous layer frame never ended
                 }
-                current = Some(Vec::new());
+                current = Some((d.sid, d.inter_layer, Vec::new()));
             }
-            current.as_mut()?.extend_from_slice(d.payload);
+            current.as_mut()?.2.extend_from_slice(d.payload);
             if d.end {
                 frames.push(current.take()?);
             }
         }
-        if current.is_some() || frames.is_empty() || frames.len() > SUPERFRAME_FRAMES {
+        if current.is_some() {
+            return None;
+        }
+        // The top frame and those it predicts from, down to one that predicts from none.
+        let from = frames.iter().rposition(|(_, d, _)| !d).unwrap_or(0);
+        let layers = |frames: &[(u8, bool, Vec<u8>)]| {
+            frames.iter().fold(0u8, |bits, (sid, _, _)| bits | 1 << sid)
+        };
+        let present = layers(&frames);
+        let kept = frames.split_off(from);
+        let written = layers(&kept);
+        let mut frames: Vec<Vec<u8>> = kept.into_iter().map(|(_, _, f)| f).collect();
+        if frames.is_empty() || frames.len() > SUPERFRAME_FRAMES {
             return None;
         }
         let header = keyframe_header(frames.first()?);
+        if header.is_some() {
+            self.chains = written;
+        } else if written & !self.chains != 0 {
+            return None; // it predicts from its layer's past, which the file lacks
+        } else {
+            self.chains &= !(present & !written);
+        }
         let data = if frames.len() == 1 {
             frames.pop()?
         } else {
+            let below = frames.len() - 1;
+            frames[..below].iter_mut().for_each(|f| hide_key_frame(f));
             superframe(&frames)
         };
         let setup = header.map(|(config, size)| TrackSetup::Vp {
@@ -87,8 +126,11 @@ fn descriptor(p: &[u8]) -> Option<Descriptor<'_>> {
     if picture_id {
         at += if *p.get(at)? & 0x80 != 0 { 2 } else { 1 };
     }
+    let (mut sid, mut inter_layer) = (0, false);
     if layers {
         // TID, U, SID, D; and TL0PICIDX in non-flexible mode.
+        let indices = *p.get(at)?;
+        (sid, inter_layer) = ((indices >> 1) & 0x07, indices & 0x01 != 0);
         at += if flexible { 1 } else { 2 };
     }
     if flexible && inter {
@@ -130,6 +172,8 @@ fn descriptor(p: &[u8]) -> Option<Descriptor<'_>> {
     Some(Descriptor {
         begin,
         end,
+        sid,
+        inter_layer,
         sizes,
         payload: p.get(at..)?,
     })
@@ -208,6 +252,23 @@ fn keyframe_header(frame: &[u8]) -> Option<(VpcC, (u16, u16))> {
     Some((config, (width as u16, height as u16)))
 }
 
+/// Clears a key frame's `show_frame` (§6.2: after `frame_type`; profile 3 has one more bit
+/// before them). A decoder still decodes and keeps it; it only does not output it.
+fn hide_key_frame(frame: &mut [u8]) {
+    let Some(first) = frame.first_mut() else {
+        return;
+    };
+    let profile_3 = *first & 0x30 == 0x30;
+    let (show_existing, key, show) = if profile_3 {
+        (0x04, 0x02, 0x01)
+    } else {
+        (0x08, 0x04, 0x02)
+    };
+    if *first & 0xc0 == 0x80 && *first & (show_existing | key) == 0 {
+        *first &= !show;
+    }
+}
+
 /// `frames` as one superframe: the frames back to back, then the index (a marker byte, each
 /// frame's size little-endian in as few bytes as the largest needs, the marker again).
 fn superframe(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -274,21 +335,70 @@ mod tests {
     }
 
     #[test]
-    fn two_spatial_layers_become_one_superframe_with_its_index() {
+    fn a_key_picture_of_two_layers_is_a_superframe_showing_the_top_one() {
         let mut v = VideoFrames::new(Media::Vp9).expect("video");
-        // Flexible mode, picture ID; the base layer (SID 0) then SID 1 predicting it.
+        // Flexible mode, picture ID; the base layer (SID 0) then SID 1 predicting it (D=1).
         v.push(
             1,
             0,
             false,
             arc(&[&[0xbc, 0x05, 0x00][..], &KEY_HEADER].concat()),
         );
-        v.push(2, 0, true, arc(&[0xfc, 0x05, 0x02, 0x02, 0x86, 0x01, 0x02]));
+        v.push(2, 0, true, arc(&[0xfc, 0x05, 0x03, 0x02, 0x86, 0x01, 0x02]));
         let (_, f) = v.poll().expect("the picture");
         assert!(f.keyframe);
-        let frames = [&KEY_HEADER[..], &[0x86, 0x01, 0x02]].concat();
+        let mut hidden = KEY_HEADER;
+        hidden[0] = 0x80; // show_frame cleared
+        let frames = [&hidden[..], &[0x86, 0x01, 0x02]].concat();
         assert_eq!(f.data[..13], frames[..]);
         assert_eq!(f.data[13..], [0xc1, 10, 3, 0xc1]);
+        // The next picture's top layer predicts only from its own past (D=0): alone.
+        v.push(3, 3000, false, arc(&[0xfc, 0x06, 0x00, 0x02, 0x86, 0x07]));
+        v.push(4, 3000, true, arc(&[0xfc, 0x06, 0x02, 0x02, 0x86, 0x09]));
+        let (_, f) = v.poll().expect("the next picture");
+        assert_eq!((f.keyframe, &f.data[..]), (false, &[0x86, 0x09][..]));
+    }
+
+    /// Two layers' key picture, as in the test above: the top one predicts from the base.
+    fn two_layers() -> VideoFrames {
+        let mut v = VideoFrames::new(Media::Vp9).expect("video");
+        let key = [&[0xbc, 0x05, 0x00][..], &KEY_HEADER].concat();
+        v.push(1, 0, false, arc(&key));
+        v.push(2, 0, true, arc(&[0xfc, 0x05, 0x03, 0x02, 0x86, 0x01]));
+        assert!(v.poll().is_some_and(|(_, f)| f.keyframe));
+        v
+    }
+
+    #[test]
+    fn a_base_layer_left_on_top_is_not_a_frame_when_its_past_is_not_in_the_file() {
+        let mut v = two_layers();
+        v.push(3, 3000, false, arc(&[0xfc, 0x06, 0x00, 0x02, 0x86, 0x07]));
+        v.push(4, 3000, true, arc(&[0xfc, 0x06, 0x02, 0x02, 0x86, 0x09]));
+        assert!(v.poll().is_some_and(|(_, f)| f.data == [0x86, 0x09]));
+        // The top layer goes: the base frame left predicts from base frames never written.
+        v.push(5, 6000, true, arc(&[0xfc, 0x07, 0x00, 0x02, 0x86, 0x0b]));
+        assert!(v.poll().is_none(), "not a frame");
+        // As after a loss, nothing until a keyframe.
+        v.push(6, 9000, false, arc(&[0xfc, 0x08, 0x00, 0x02, 0x86, 0x0d]));
+        v.push(7, 9000, true, arc(&[0xfc, 0x08, 0x02, 0x02, 0x86, 0x0f]));
+        assert!(v.poll().is_none());
+        let key = [&[0xbc, 0x09, 0x00][..], &KEY_HEADER].concat();
+        v.push(8, 12_000, true, arc(&key));
+        assert!(v.poll().is_some_and(|(_, f)| f.keyframe));
+    }
+
+    #[test]
+    fn every_layer_is_kept_when_each_predicts_from_the_one_below() {
+        let mut v = two_layers();
+        // Full inter-layer prediction (`L3T3`): both layers written, every picture.
+        v.push(3, 3000, false, arc(&[0xfc, 0x06, 0x00, 0x02, 0x86, 0x03]));
+        v.push(4, 3000, true, arc(&[0xfc, 0x06, 0x03, 0x02, 0x86, 0x05]));
+        let (_, f) = v.poll().expect("both layers");
+        assert_eq!(f.data, [0x86, 0x03, 0x86, 0x05, 0xc1, 2, 2, 0xc1]);
+        // So the base layer may become the top one: its past is in the file.
+        v.push(5, 6000, true, arc(&[0xfc, 0x07, 0x00, 0x02, 0x86, 0x07]));
+        let (_, f) = v.poll().expect("the base layer alone");
+        assert_eq!(f.data, [0x86, 0x07]);
     }
 
     #[test]
