@@ -164,13 +164,19 @@ fn unescape(data: &[u8]) -> Vec<u8> {
     out
 }
 
-struct BitReader<'a> {
+/// Big-endian bits from a byte string (also read by the recorder's VP9 and AV1 headers).
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
-impl BitReader<'_> {
-    fn bits(&mut self, n: u32) -> Option<u32> {
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Self { data, pos: 0 }
+    }
+
+    /// The next `n` bits (at most 32) as a number; `None` past the end.
+    pub(crate) fn bits(&mut self, n: u32) -> Option<u32> {
         let mut v = 0u32;
         for _ in 0..n {
             let byte = *self.data.get(self.pos / 8)?;
@@ -181,8 +187,13 @@ impl BitReader<'_> {
         Some(v)
     }
 
-    /// Exp-Golomb unsigned; values past 2^31 are treated as malformed.
-    fn ue(&mut self) -> Option<u32> {
+    pub(crate) fn flag(&mut self) -> Option<bool> {
+        Some(self.bits(1)? == 1)
+    }
+
+    /// Exp-Golomb unsigned (AV1's `uvlc` is the same code); values past 2^31 are treated as
+    /// malformed.
+    pub(crate) fn ue(&mut self) -> Option<u32> {
         let mut zeros = 0;
         while self.bits(1)? == 0 {
             zeros += 1;

@@ -1,8 +1,8 @@
 //! Recordings in real headless Chromium (issue 27): the broadcaster page's Recording card
 //! (switch, status, list, delete), and a recording played from its download link in a
 //! `<video>`: frames decoded, audio decoded, a seek served by byte ranges, `currentTime` at the
-//! end. And recordings from a Chromium and a GStreamer publisher, which `ffprobe` reads and
-//! Chromium plays the same way.
+//! end. And recordings from a Chromium and a GStreamer publisher, and from Chromium publishers
+//! held to VP8, VP9 and AV1, which `ffprobe` reads and Chromium plays the same way.
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use common::chromium::Browser;
 use common::gst::GstClient;
 use common::page_test::{blocking, start_in};
-use common::record::{ffprobe, list, recording_server, recordings, wait_sent};
+use common::record::{
+    decoded_video, ffprobe, list, recording_server, recordings, wait_sent, wait_state,
+};
 use common::server::{create, metric};
 use common::udp_client::Client;
 use serde_json::json;
@@ -49,6 +51,25 @@ v.src = url;
 v.playbackRate = 2;
 v.play().catch((e) => done({ error: String(e) }));
 setTimeout(() => done({ error: 'not ended in 40 s', currentTime: v.currentTime, duration: v.duration }), 40000);";
+
+/// Plays `url` to the end (as [`PLAY_TO_THE_END`]) and checks that it got there with frames
+/// and audio decoded; returns what Chromium reported.
+fn plays_to_the_end(player: &Browser, url: &str, who: &str) -> serde_json::Value {
+    let played = player.js_async(PLAY_TO_THE_END, json!([url]));
+    println!("{who} publisher's recording played: {played}");
+    assert_eq!(played["error"], serde_json::Value::Null, "{who}: {played}");
+    let duration = played["duration"].as_f64().unwrap();
+    assert!(
+        played["currentTime"].as_f64().unwrap() >= duration - 0.1,
+        "{who}: played to the end: {played}"
+    );
+    assert!(played["frames"].as_u64().unwrap() >= 60, "{who}: {played}");
+    assert!(
+        played["audioBytes"].as_u64().unwrap() > 0,
+        "{who}: {played}"
+    );
+    played
+}
 
 fn wait_ended(base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -128,14 +149,7 @@ async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe_and_play
         let chromium = Browser::publishing(&base, &chromium_id);
         let gst = GstClient::publishing(&base, &gst_id);
         std::thread::sleep(Duration::from_secs(8));
-        chromium.js("window.publisher.pc.close()", json!([]));
-        let location = chromium.js("return window.publisher.location", json!([]));
-        common::udp_client::http(
-            "DELETE",
-            &format!("{base}{}", location.as_str().unwrap()),
-            &[],
-            "",
-        );
+        chromium.unpublish(&base);
         gst.finish();
         wait_ended(&base);
         // Each played from its download link in a `<video>`, as a broadcaster would.
@@ -145,20 +159,9 @@ async fn recordings_from_chromium_and_gstreamer_publishers_pass_ffprobe_and_play
             let (status, listed) = list(&base, id);
             assert_eq!(status, 200, "{listed}");
             let url = listed["files"][0]["url"].as_str().expect("a download link");
-            let played = player.js_async(PLAY_TO_THE_END, json!([format!("{base}{url}")]));
-            println!("{who} publisher's recording played: {played}");
-            assert_eq!(played["error"], serde_json::Value::Null, "{who}: {played}");
+            let played = plays_to_the_end(&player, &format!("{base}{url}"), who);
             let duration = played["duration"].as_f64().unwrap();
             assert!(duration >= 5.0, "{who}: 8 s sent, {duration} s");
-            assert!(
-                played["currentTime"].as_f64().unwrap() >= duration - 0.1,
-                "{who}: played to the end: {played}"
-            );
-            assert!(played["frames"].as_u64().unwrap() >= 60, "{who}: {played}");
-            assert!(
-                played["audioBytes"].as_u64().unwrap() > 0,
-                "{who}: {played}"
-            );
         }
         recordings(&rec)
     })
@@ -224,4 +227,72 @@ async fn broadcaster_page_says_why_recording_stopped_while_the_broadcast_goes_on
     })
     .await;
     r.server.shutdown().await;
+}
+
+/// A Chromium publisher held to video codec `mime` (in `scalability` mode, if given) for
+/// 10 s of recording: the file holds `codec` (ffprobe's name) and Opus, `ffprobe -v error`
+/// says nothing, it lasts 10 s (±1), FFmpeg shows one picture per sample, and it plays to the
+/// end in Chromium from its download link.
+async fn chromium_publisher_held_to(mime: &str, scalability: Option<&str>, codec: &str) {
+    let (server, base, rec) = recording_server(&format!("record-{codec}")).await;
+    let (mime, scalability, codec) = (
+        mime.to_owned(),
+        scalability.map(str::to_owned),
+        codec.to_owned(),
+    );
+    blocking(move || {
+        let (id, _) = create(&base);
+        let publisher = Browser::publishing_codec(&base, &id, &mime, scalability.as_deref());
+        wait_state(&base, &id, "recording");
+        std::thread::sleep(Duration::from_secs(10));
+        publisher.unpublish(&base);
+        wait_ended(&base);
+        let files = recordings(&rec);
+        assert_eq!(files.len(), 1, "one file: {files:?}");
+        let (codecs, duration, errors) = ffprobe(&files[0]);
+        let (samples, shown) = decoded_video(&files[0]);
+        println!(
+            "{}: {codecs:?}, {duration} s, {samples} video samples, {shown} pictures shown",
+            files[0].display()
+        );
+        assert_eq!(errors, "", "ffprobe -v error printed nothing");
+        assert_eq!(codecs, [codec.as_str(), "opus"]);
+        assert!(
+            (duration - 10.0).abs() <= 1.0,
+            "10 s recorded, {duration} s"
+        );
+        assert_eq!(samples, shown, "one picture per sample");
+        let (status, listed) = list(&base, &id);
+        assert_eq!(status, 200, "{listed}");
+        let url = listed["files"][0]["url"].as_str().expect("a download link");
+        let player = Browser::start();
+        player.goto(&base);
+        let played = plays_to_the_end(&player, &format!("{base}{url}"), &mime);
+        assert!((played["duration"].as_f64().unwrap() - duration).abs() < 0.1);
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chromium_publisher_held_to_vp8_is_recorded_as_vp8_and_opus_that_plays() {
+    chromium_publisher_held_to("video/VP8", None, "vp8").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chromium_publisher_held_to_vp9_is_recorded_as_vp9_and_opus_that_plays() {
+    chromium_publisher_held_to("video/VP9", None, "vp9").await;
+}
+
+/// Two spatial layers at 640×360 (Chromium leaves out the third; it starts with the base
+/// layer alone and adds the top one with a key picture): each sample is what a viewer shows,
+/// the top layer (with the base on key pictures, where the top predicts from it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chromium_publisher_of_vp9_spatial_layers_is_recorded_as_the_top_layer() {
+    chromium_publisher_held_to("video/VP9", Some("L3T3_KEY"), "vp9").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chromium_publisher_held_to_av1_is_recorded_as_av1_and_opus_that_plays() {
+    chromium_publisher_held_to("video/AV1", None, "av1").await;
 }

@@ -34,6 +34,9 @@ pub(super) fn offer(
         .map(|p| p.spec().codec);
     let media = match codec {
         Some(Codec::H264) => Media::H264,
+        Some(Codec::Vp8) => Media::Vp8,
+        Some(Codec::Vp9) => Media::Vp9,
+        Some(Codec::Av1) => Media::Av1,
         Some(Codec::Opus) => Media::Opus,
         _ => return,
     };

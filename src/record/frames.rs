@@ -1,17 +1,19 @@
 //! RTP packets to coded video frames. [`Pictures`] gathers each picture's packets (one RTP
-//! timestamp, ended by the marker bit), in order; the codec's depacketizer ([`h264`]) turns a picture's payloads into one sample. Opus
-//! needs none: one packet, one sample (RFC 7587).
+//! timestamp, ended by the marker bit), in order, and says whether anything was lost before
+//! it; the codec's depacketizer ([`h264`], [`vp8`], [`vp9`], [`av1`]) turns a picture's
+//! payloads into one sample. Opus needs none: one packet, one sample (RFC 7587).
 //!
 //! A picture waits for a packet it misses (a retransmission answering the engine's NACK) while
-//! a few later pictures arrive; then it is lost. H.264 keeps every complete access unit after
-//! a loss (OBS, its main publisher, sends a keyframe every 1–2 s and decoders conceal the
-//! rest).
+//! a few later pictures arrive; then it is lost. After a loss, VP8, VP9 and AV1 frames are
+//! left out until the next keyframe: what follows refers to the lost frame, and a decoder
+//! given it shows garbage until then. H.264 keeps every complete access unit, as before
+//! (OBS, its main publisher, sends a keyframe every 1–2 s and decoders conceal the rest).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::entry::TrackSetup;
-use super::{Media, h264};
+use super::{Media, av1, h264, vp8, vp9};
 
 /// Pictures held while an earlier one misses a packet: 8 frames (270 ms at 30 fps) leave a
 /// NACK and its retransmission time to arrive on most links.
@@ -33,6 +35,8 @@ pub(crate) struct Frame {
 pub(crate) struct Picture {
     pub(crate) ts: u32,
     pub(crate) payloads: Vec<Arc<[u8]>>,
+    /// Nothing was lost between the previous picture handed out and this one.
+    pub(crate) follows: bool,
 }
 
 struct Open {
@@ -66,6 +70,7 @@ pub(crate) struct Pictures {
     end: Option<u64>,
     /// Packets up to this sequence number are too late: their picture is gone.
     late: Option<u64>,
+    lost: bool,
 }
 
 impl Pictures {
@@ -99,6 +104,7 @@ impl Pictures {
         }
         if open.packets.len() > PICTURE_PACKETS {
             self.open.remove(at);
+            self.lost = true;
         }
     }
 
@@ -113,12 +119,14 @@ impl Pictures {
                 return Some(Picture {
                     ts: open.ts,
                     payloads: open.packets.into_iter().map(|(_, p)| p).collect(),
+                    follows: !std::mem::take(&mut self.lost),
                 });
             }
             if self.open.len() <= OPEN_PICTURES {
                 return None;
             }
             let gone = self.open.pop_front()?;
+            self.lost = true;
             // Its late packets are dropped; the next picture is checked against its end only
             // if its marker came (else the codec's start-of-frame flags are the check).
             self.late = gone.packets.last().map(|p| p.0).max(self.late);
@@ -132,10 +140,15 @@ pub(crate) struct VideoFrames {
     media: Media,
     pictures: Pictures,
     codec: Codec,
+    /// A picture was lost: frames wait for a keyframe (not for H.264).
+    waiting: bool,
 }
 
 enum Codec {
     H264(h264::Depacketizer),
+    Vp8,
+    Vp9(vp9::Depacketizer),
+    Av1(av1::Depacketizer),
 }
 
 impl VideoFrames {
@@ -143,12 +156,17 @@ impl VideoFrames {
     pub(crate) fn new(media: Media) -> Option<Self> {
         let codec = match media {
             Media::H264 => Codec::H264(h264::Depacketizer::default()),
+            Media::Vp8 => Codec::Vp8,
+            Media::Vp9 => Codec::Vp9(vp9::Depacketizer::default()),
+            Media::Av1 => Codec::Av1(av1::Depacketizer::default()),
             Media::Opus => return None,
         };
         Some(Self {
             media,
             pictures: Pictures::default(),
             codec,
+            // A stream joined mid-way has nothing to refer to before its first keyframe.
+            waiting: true,
         })
     }
 
@@ -164,11 +182,22 @@ impl VideoFrames {
     pub(crate) fn poll(&mut self) -> Option<(u32, Frame)> {
         loop {
             let picture = self.pictures.poll()?;
+            let payloads = &picture.payloads;
             let frame = match &mut self.codec {
-                Codec::H264(d) => d.frame(&picture.payloads),
+                Codec::H264(d) => match d.frame(payloads) {
+                    Some(f) => return Some((picture.ts, f)),
+                    None => continue,
+                },
+                Codec::Vp8 => vp8::frame(payloads),
+                Codec::Vp9(d) => d.frame(payloads),
+                Codec::Av1(d) => d.frame(payloads),
             };
-            if let Some(f) = frame {
-                return Some((picture.ts, f));
+            match frame {
+                Some(f) if f.keyframe || (picture.follows && !self.waiting) => {
+                    self.waiting = false;
+                    return Some((picture.ts, f));
+                }
+                _ => self.waiting = true,
             }
         }
     }
@@ -195,9 +224,15 @@ mod tests {
         assert!(p.poll().is_none(), "packet 2 is missing");
         p.push(2, 0, false, arc(&[2]));
         let first = p.poll().expect("the first picture");
-        assert_eq!((first.ts, seqs(&first)), (0, vec![1, 2, 3]));
+        assert_eq!(
+            (first.ts, seqs(&first), first.follows),
+            (0, vec![1, 2, 3], true)
+        );
         let second = p.poll().expect("the second");
-        assert_eq!((second.ts, seqs(&second)), (3000, vec![4]));
+        assert_eq!(
+            (second.ts, seqs(&second), second.follows),
+            (3000, vec![4], true)
+        );
     }
 
     #[test]
@@ -209,8 +244,8 @@ mod tests {
             p.push(4 + u64::from(i), 3000 * (i + 1), true, arc(&[4 + i as u8]));
         }
         let next = p.poll().expect("the first complete picture");
-        assert_eq!(next.ts, 3000);
-        assert!(p.poll().is_some_and(|n| n.ts == 6000));
+        assert_eq!((next.ts, next.follows), (3000, false));
+        assert!(p.poll().is_some_and(|n| n.follows));
         // Its late packet is too late.
         p.push(2, 0, false, arc(&[2]));
         assert!(p.poll().is_some_and(|n| n.ts == 9000));

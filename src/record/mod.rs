@@ -1,15 +1,15 @@
 //! Recording (`--record`): broadcasts written to disk as fragmented MP4, off the media path.
 //!
-//! The engine hands each publisher packet of a recorded codec (H.264, Opus) to a [`Tap`]: an
-//! `Arc` clone of the payload into a bounded queue with `try_send`, so fan-out never waits on
-//! a disk; a full queue loses that packet for the file only, counted in `/metrics`
-//! (`whipcast_record_queue_drops_total`). With `--record` off the engine holds no tap and the
-//! media path does nothing more than before.
+//! The engine hands each publisher packet of a recorded codec (H.264, VP8, VP9, AV1, Opus)
+//! to a [`Tap`]: an `Arc` clone of the payload into a bounded queue with `try_send`, so
+//! fan-out never waits on a disk; a full queue loses that packet for the file only, counted
+//! in `/metrics` (`whipcast_record_queue_drops_total`). With `--record` off the engine holds
+//! no tap and the media path does nothing more than before.
 //!
 //! One thread owns every recording: [`recording`] turns a broadcast's packets into segment
 //! files ([`segment`]) of fMP4 boxes ([`fmp4`]) with each track's sample entry ([`entry`]),
-//! after putting video frames back together ([`frames`], [`h264`]) and placing every track
-//! on one timeline ([`timeline`]).
+//! after putting video frames back together ([`frames`]: [`h264`], [`vp8`], [`vp9`], [`av1`]
+//! with [`obu`]) and placing every track on one timeline ([`timeline`]).
 //!
 //! Each broadcast has a Record switch (the broadcaster page's, kept in the registry) and a
 //! status the recorder reports, both on the [`Board`]; [`list`] reads a broadcast's files back
@@ -22,18 +22,22 @@
 //! continues the same recording, with the outage as a gap; a publish after a DELETE, or
 //! after a longer absence, starts a new recording.
 
+mod av1;
 mod board;
 mod entry;
 mod fmp4;
 mod frames;
 mod h264;
 pub mod list;
+mod obu;
 mod recording;
 mod segment;
 mod space;
 #[cfg(test)]
 mod tests;
 mod timeline;
+mod vp8;
+mod vp9;
 
 pub use self::board::{Board, Status, StopReason};
 
@@ -65,6 +69,9 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Media {
     H264,
+    Vp8,
+    Vp9,
+    Av1,
     Opus,
 }
 

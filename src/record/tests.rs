@@ -102,3 +102,40 @@ fn audio_whose_first_packet_follows_the_first_keyframe_is_in_the_file() {
     r.finish();
     assert_eq!(files(&settings), [["avc1", "Opus"]]);
 }
+
+#[test]
+fn vp9_and_av1_keyframes_start_files_with_their_sample_entries() {
+    let vp9_key = [&[0x0c][..], &super::vp9::KEY_HEADER].concat();
+    let sequence = super::obu::SEQUENCE_640X360;
+    // W=2: the sequence header OBU with its length, then a key frame OBU.
+    let av1_key = [
+        &[0x28, sequence.len() as u8 + 1, 0x08][..],
+        &sequence,
+        &[0x30, 0x10],
+    ]
+    .concat();
+    let cases = [
+        (Media::Vp9, vp9_key, vec![0x4c, 0x86, 0x00], "vp09"),
+        (Media::Av1, av1_key, vec![0x10, 0x30, 0x30], "av01"),
+    ];
+    for (media, key, inter, entry) in cases {
+        let (mut r, settings) = recording(entry);
+        let t0 = crate::clock::now();
+        for i in 0..60u32 {
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            r.handle(
+                packet(Media::Opus, 1000 + u64::from(i), i * 960, &[0xfc, 1], at),
+                &settings,
+            );
+            if i % 2 == 0 {
+                let payload = if i == 0 { &key } else { &inter };
+                r.handle(
+                    packet(media, u64::from(i / 2), i * 1800, payload, at),
+                    &settings,
+                );
+            }
+        }
+        r.finish();
+        assert_eq!(files(&settings), [[entry, "Opus"]], "{media:?}");
+    }
+}

@@ -139,14 +139,35 @@ impl Browser {
     /// The same, with `video` as the camera's constraints (e.g. a smaller picture, a lower
     /// frame rate: long tests that run many clients at once).
     pub fn publishing_video(base: &str, id: &str, video: Value) -> Self {
+        Self::publishing_with(base, id, video, Value::Null)
+    }
+
+    /// The same at 640×360, offering only video codec `mime` (e.g. `video/VP9`; with
+    /// `RTCRtpTransceiver.setCodecPreferences`, its RTX kept), in `scalability` mode (e.g.
+    /// `L3T3_KEY`: spatial layers) if given.
+    pub fn publishing_codec(base: &str, id: &str, mime: &str, scalability: Option<&str>) -> Self {
+        let video = json!({ "width": 640, "height": 360 });
+        Self::publishing_with(base, id, video, json!([mime, scalability]))
+    }
+
+    /// `codec`: `[mime, scalability mode]`, or null for the browser's choice.
+    fn publishing_with(base: &str, id: &str, video: Value, codec: Value) -> Self {
         let publisher = Self::start();
         publisher.goto(&format!("{base}/"));
-        let result = publisher.js_async(
-            PUBLISH_FAKE_CAMERA,
-            json!([format!("{base}/broadcast?id={id}"), video]),
-        );
+        let url = format!("{base}/broadcast?id={id}");
+        let result =
+            publisher.js_async(PUBLISH_FAKE_CAMERA, json!([url, video, codec[0], codec[1]]));
         assert_eq!(result, "ok", "the Chromium publisher's WHIP");
         publisher
+    }
+
+    /// Stops a publisher started here: closes its peer connection and DELETEs its session.
+    pub fn unpublish(&self, base: &str) {
+        self.js("window.publisher.pc.close()", json!([]));
+        let location = self.js("return window.publisher.location", json!([]));
+        let location = location.as_str().expect("the publisher's session");
+        let (status, _, body) = http("DELETE", &format!("{base}{location}"), &[], "");
+        assert_eq!(status, 200, "DELETE of the publisher's session: {body}");
     }
 
     /// A Chromium publishing its fake camera at 1280×720 as three simulcast layers, named as
@@ -456,43 +477,6 @@ for (let i = 0; i < d.length; i += 4) { const y = 0.2126 * d[i] + 0.7152 * d[i +
 const mean = sum / n;
 return { mean, spread: Math.sqrt(Math.max(0, sq / n - mean * mean)) };";
 
-/// Publishes the page's fake camera and microphone over WHIP from inside the browser.
-const PUBLISH_SIMULCAST: &str = "
-const [url, done] = [arguments[0], arguments[arguments.length - 1]];
-(async () => {
-  const video = { width: 1280, height: 720, frameRate: 30 };
-  const media = await navigator.mediaDevices.getUserMedia({ video, audio: true });
-  const pc = new RTCPeerConnection();
-  for (const t of media.getTracks()) {
-    const sendEncodings = t.kind === 'video' ? [
-      { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 250000 },
-      { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 800000 },
-      { rid: 'f', maxBitrate: 2500000 },
-    ] : undefined;
-    pc.addTransceiver(t, { direction: 'sendonly', sendEncodings });
-  }
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise(r => setTimeout(r, 500));
-  const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
-  const text = await res.text();
-  if (res.status !== 201) return done('refused ' + res.status + ': ' + text);
-  window.publisher = { pc, location: res.headers.get('Location') };
-  await pc.setRemoteDescription({ type: 'answer', sdp: text });
-  done('ok');
-})().catch(e => done('error ' + e));";
-
-const PUBLISH_FAKE_CAMERA: &str = "
-const [url, video, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
-(async () => {
-  const media = await navigator.mediaDevices.getUserMedia({ video, audio: true });
-  const pc = new RTCPeerConnection();
-  for (const t of media.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise(r => setTimeout(r, 500));
-  const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
-  const text = await res.text();
-  if (res.status !== 201) return done('refused ' + res.status + ': ' + text);
-  window.publisher = { pc, location: res.headers.get('Location') };
-  await pc.setRemoteDescription({ type: 'answer', sdp: text });
-  done('ok');
-})().catch(e => done('error ' + e));";
+/// WebDriver scripts that publish the page's fake camera and microphone over WHIP.
+const PUBLISH_SIMULCAST: &str = include_str!("../pages/publish_simulcast.js");
+const PUBLISH_FAKE_CAMERA: &str = include_str!("../pages/publish_fake_camera.js");

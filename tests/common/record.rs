@@ -68,6 +68,37 @@ pub fn ffprobe(file: &Path) -> (Vec<String>, f64, String) {
     )
 }
 
+/// What FFmpeg makes of `file`'s video: (samples read, pictures decoded and shown). One
+/// picture a sample is what a viewer saw; more are frames a player shows that it did not.
+pub fn decoded_video(file: &Path) -> (u64, u64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-count_packets",
+            "-select_streams",
+            "v",
+        ])
+        .args([
+            "-show_entries",
+            "stream=nb_read_packets,nb_read_frames",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs (Debian package ffmpeg)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let count = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} from ffprobe: {stdout}"))
+    };
+    (count("nb_read_packets"), count("nb_read_frames"))
+}
+
 /// Waits until the publisher has sent `frames` video frames (30 a second).
 pub fn wait_sent(publisher: &Client, frames: usize) {
     let deadline = Instant::now() + Duration::from_secs(frames as u64 / 30 + 60);
