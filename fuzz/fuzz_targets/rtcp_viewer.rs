@@ -3,7 +3,8 @@
 //! viewer's own SRTCP keys and delivered from its address, so it is opened and read by the
 //! engine's own RTCP readers (`engine/feedback.rs`, `egress/repair.rs`): NACKed packets
 //! resent, keyframe requests throttled to the publisher, REMB and round trips fed to layer
-//! choice and probing. Some compounds come from the publisher instead (str0m's RTCP
+//! choice and probing (a report block can name the last SR the server really sent the
+//! viewer, so the round trip is read). Some compounds come from the publisher instead (str0m's RTCP
 //! handling, the engine's BYE reader, `engine/bye.rs`). NACKs can name the sequence numbers
 //! the viewer really just received, so they find packets to resend.
 
@@ -66,8 +67,19 @@ struct Block {
     lost: u32,
     highest: u32,
     jitter: u32,
-    lsr: u32,
-    dlsr: u32,
+    report: Report,
+}
+
+/// What a report block says of the sender's last SR (LSR, DLSR).
+#[derive(Arbitrary, Debug)]
+enum Report {
+    /// The last SR the server really sent this viewer, held this long (1/65536 s, so up to
+    /// a second): a round trip the engine can read.
+    LastSr(u16),
+    Any {
+        lsr: u32,
+        dlsr: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -142,6 +154,8 @@ struct Ctx<'a> {
     publisher: bool,
     ssrcs: &'a [u32],
     seqs: &'a std::collections::HashMap<u32, u16>,
+    /// The LSR of the last SR the server sent the viewer (world.rs).
+    last_sr: Option<u32>,
 }
 
 impl Ctx<'_> {
@@ -194,7 +208,11 @@ fn blocks(c: &Ctx, body: &mut Vec<u8>, blocks: &[Block]) {
         body.extend_from_slice(&c.ssrc(b.ssrc).to_be_bytes());
         body.push(b.fraction_lost);
         body.extend_from_slice(&b.lost.to_be_bytes()[1..]);
-        for v in [b.highest, b.jitter, b.lsr, b.dlsr] {
+        let (lsr, dlsr) = match b.report {
+            Report::LastSr(held) => (c.last_sr.unwrap_or(0), u32::from(held)),
+            Report::Any { lsr, dlsr } => (lsr, dlsr),
+        };
+        for v in [b.highest, b.jitter, lsr, dlsr] {
             body.extend_from_slice(&v.to_be_bytes());
         }
     }
@@ -349,6 +367,7 @@ fuzz_target!(|input: Input| {
                     &w.viewer_ssrcs
                 },
                 seqs: &w.viewer_seq,
+                last_sr: w.viewer_sr,
             };
             let mut rtcp = Vec::new();
             for p in compound.packets.iter().take(16) {

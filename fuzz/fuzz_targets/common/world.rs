@@ -16,8 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use whipcast::engine::{BroadcastKey, EngineEvent};
-use whipcast::srtp::SrtpSender;
 use whipcast::srtp::capture::Captured;
+use whipcast::srtp::{SrtcpReceiver, SrtpSender};
 
 use crate::sim::{Sim, engine_config};
 
@@ -34,6 +34,11 @@ pub struct World {
     as_publisher: SrtpSender,
     /// Sealing as the viewer seals.
     as_viewer: SrtpSender,
+    /// Opening what the server sends the viewer, as the viewer opens it (its sender reports).
+    viewer_rx: SrtcpReceiver,
+    /// The middle 32 bits of the NTP time of the last sender report the server sent the
+    /// viewer: what a receiver report's LSR names, so the engine can read a round trip.
+    pub viewer_sr: Option<u32>,
     /// The publisher's SSRCs: video, then audio.
     pub publisher_ssrcs: [u32; 2],
     /// The SSRCs of what the server sends the viewer (media and RTX), in the order first seen.
@@ -52,11 +57,15 @@ pub struct World {
 
 /// The half of the keying material the peer seals with: the other side's of the server's.
 fn peer_sealer(server_side: &Captured) -> SrtpSender {
-    let peer = Captured {
+    SrtpSender::new(&as_peer(server_side)).expect("the simulated peers negotiate AES-GCM")
+}
+
+/// The keys as the peer holds them (it is the DTLS client when the server is not).
+fn as_peer(server_side: &Captured) -> Captured {
+    Captured {
         active: !server_side.active,
         ..server_side.clone()
-    };
-    SrtpSender::new(&peer).expect("the simulated peers negotiate AES-GCM")
+    }
 }
 
 impl World {
@@ -107,6 +116,10 @@ impl World {
         };
         let as_publisher = peer_sealer(&keys(publisher));
         let as_viewer = peer_sealer(&keys(viewer));
+        let viewer_rx =
+            SrtcpReceiver::new(&as_peer(&keys(viewer))).expect("AES-GCM SRTCP is opened");
+        let publisher_rx =
+            SrtcpReceiver::new(&as_peer(&keys(publisher))).expect("AES-GCM SRTCP is opened");
         let c = &mut sim.clients[publisher];
         let (video, audio) = (c.video_mid.unwrap(), c.audio_mid.unwrap());
         let mut api = c.rtc.direct_api();
@@ -119,6 +132,21 @@ impl World {
             .expect("audio stream")
             .ssrc();
         sim.rewrite = None;
+        // The server's transport-wide feedback to the publisher's client describes the
+        // fuzzer's packets too (they are sealed with the publisher's keys, so the server
+        // takes them as the publisher's): numbers the client never sent, which str0m's
+        // sender-side reader panics on ("Incorrect large delta size", found by this target).
+        // That client is the harness, not the server under test: it is not given them.
+        let server: std::net::SocketAddr = crate::sim::SERVER.parse().unwrap();
+        let mut scratch = Vec::new();
+        sim.drop_if = Some(Box::new(move |src, dst, d: &[u8]| {
+            src == server
+                && dst == from
+                && is_rtcp(d)
+                && publisher_rx
+                    .open(d, &mut scratch)
+                    .is_some_and(has_transport_feedback)
+        }));
         let sent_seq = seen.borrow().clone();
         assert!(
             sent_seq.contains_key(&video_ssrc),
@@ -130,6 +158,8 @@ impl World {
             viewer,
             as_publisher,
             as_viewer,
+            viewer_rx,
+            viewer_sr: None,
             publisher_ssrcs: [video_ssrc, audio_ssrc],
             viewer_ssrcs: Vec::new(),
             sent_seq,
@@ -168,10 +198,22 @@ impl World {
     }
 
     /// Reads what the server sent the viewer since the last call (RTP headers are clear
-    /// text under SRTP): its SSRCs and newest sequence numbers.
+    /// text under SRTP): its SSRCs and newest sequence numbers; and its sender reports,
+    /// opened.
     fn read_tap(&mut self) {
+        let mut scratch = Vec::new();
         for (_, d) in self.sim.tapped.drain(..) {
-            let rtp = d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
+            if is_rtcp(&d) {
+                // A compound of ours starts with an SR: its NTP time at bytes 8–15.
+                if let Some(sr) = self.viewer_rx.open(&d, &mut scratch)
+                    && sr.len() >= 16
+                    && sr[1] == 200
+                {
+                    self.viewer_sr = Some(u32::from_be_bytes(sr[10..14].try_into().unwrap()));
+                }
+                continue;
+            }
+            let rtp = d.len() >= 12 && d[0] >> 6 == 2;
             if !rtp {
                 continue;
             }
@@ -266,9 +308,13 @@ impl World {
             let viewer = self.sim.clients[self.viewer].addr;
             while let Some(t) = engine.poll_transmit() {
                 if t.destination == viewer {
-                    // Only the header is read (read_tap): no copy of the payload.
-                    let header = &t.contents[..t.contents.len().min(12)];
-                    self.sim.tapped.push((now, header.to_vec()));
+                    // Only an RTP header is read (read_tap): no copy of the payload. RTCP
+                    // (sender reports, about one a second) is opened whole.
+                    let keep = match is_rtcp(&t.contents) {
+                        true => t.contents.len(),
+                        false => t.contents.len().min(12),
+                    };
+                    self.sim.tapped.push((now, t.contents[..keep].to_vec()));
                 }
             }
             while let Some(e) = engine.poll_event() {
@@ -301,4 +347,21 @@ impl World {
             }
         }
     }
+}
+
+fn is_rtcp(d: &[u8]) -> bool {
+    d.len() >= 8 && d[0] >> 6 == 2 && (192..=223).contains(&d[1])
+}
+
+/// Whether compound RTCP `c` holds a transport-wide congestion control feedback (RTPFB,
+/// FMT 15).
+fn has_transport_feedback(mut c: &[u8]) -> bool {
+    while c.len() >= 4 {
+        if c[1] == 205 && c[0] & 0x1f == 15 {
+            return true;
+        }
+        let len = (usize::from(u16::from_be_bytes([c[2], c[3]])) + 1) * 4;
+        c = c.get(len..).unwrap_or_default();
+    }
+    false
 }
