@@ -99,10 +99,17 @@ const done = arguments[arguments.length - 1];
 const stream = window.videoEventStream;
 done(stream ? stream.getTracks().map((t) => t.kind).sort() : []);";
 
-/// How far whipcast may move the offset between picture and sound from the direct floor.
-/// Viewers notice audio late by about 125 ms or early by about 45 ms (ITU-R BT.1359); this
-/// stays well inside that.
-const MAX_OFFSET_CHANGE: f64 = 20.0;
+/// How far whipcast may move the offset between picture and sound from the direct floor:
+/// less than viewers notice (audio early by about 45 ms, late by about 125 ms, ITU-R
+/// BT.1359). Two Chromium viewers of the same media can sit two of Chromium's sync steps
+/// (about 16 ms each) apart for half a minute on a loaded machine: in CI the direct
+/// connection's offset moved from 33 to 50 ms within one window while whipcast's moved from
+/// 27 to 15. Shifts smaller than that are the sender reports' job, checked to 5 ms on the
+/// simulated network below ([`MAX_SR_SKEW`]).
+const MAX_OFFSET_CHANGE: f64 = 45.0;
+/// The window slides on until the two medians are this close (one sync step), or until
+/// [`EXTRA_FLASHES`] more flashes have been seen.
+const SETTLED_CHANGE: f64 = 20.0;
 /// Flashes (seconds) before measuring: the receivers' jitter buffers and A/V sync settle
 /// (Chromium's sync moves a stream's delay in steps, about once a second).
 const WARM_UP_FLASHES: usize = 8;
@@ -153,7 +160,7 @@ async fn viewer_sees_and_hears_each_flash_as_close_together_as_a_direct_connecti
                     return None;
                 }
                 let change = quantile(&w, 0.5).unwrap() - quantile(&d, 0.5).unwrap();
-                (change.abs() <= MAX_OFFSET_CHANGE || common >= wanted + EXTRA_FLASHES)
+                (change.abs() <= SETTLED_CHANGE || common >= wanted + EXTRA_FLASHES)
                     .then_some((w, d))
             },
         );
