@@ -38,6 +38,11 @@ const LOSE_5_PERCENT: &str = "table inet lossy {
 const WATCHED: Duration = Duration::from_secs(10);
 /// Readings per end of the watched time (see [`lag`]).
 const LAG_READINGS: usize = 5;
+/// How many frames more the viewer may be behind at the end than at the start besides 1 %
+/// of those sent: Chromium's jitter buffer lengthens its delay while retransmissions arrive
+/// (seen: 4 frames, 133 ms, over 10 s on a loaded machine, with no freeze). A packet never
+/// repaired costs the frames up to the next keyframe, and a freeze (`MAX_FROZEN`).
+const DELAY_GROWTH_FRAMES: i64 = 6;
 /// How long the picture may be frozen in all while it is watched.
 const MAX_FROZEN: Duration = Duration::from_millis(500);
 
@@ -188,7 +193,7 @@ async fn chromium_viewer_behind_5_percent_loss_keeps_decoding_with_retransmissio
             delta("packetsReceived") + delta("packetsLost")
         );
         assert!(
-            sent > 0 && missing_share < 0.01,
+            sent > 0 && missing < sent / 100 + DELAY_GROWTH_FRAMES,
             "retransmissions repair what the link lost: {missing} of {sent} frames sent were not decoded"
         );
         // A frame that waits for a second retransmission (Chromium asks again after its
