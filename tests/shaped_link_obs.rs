@@ -41,7 +41,7 @@ const FULL: u64 = OBS_LAYERS[0].height as u64;
             to the full layer once the cap lifted (21.1 and 23.4 s): Chromium's estimate stays \
             under the probe's threshold for up to 16 s after a probe found the link full. \
             Probing full links, stopped by transport-wide feedback on the probe's copies \
-            (branch twcc-probe), brought it back in 8.8-12.4 s in 6 runs but overfilled capped \
+            (branch twcc-probe), brought it back in 8.8-12.4 s in 5 of 6 runs (16.8 s in one) but overfilled capped \
             Chromium and Firefox viewers' links (their estimates fell, layers changed, one \
             522 ms freeze), and was not kept; run with --ignored"]
 async fn a_capped_viewer_of_obs_simulcast_settles_on_a_layer_that_fits_and_comes_back() {
