@@ -218,6 +218,14 @@ impl Server {
         })
     }
 
+    /// [`Server::start`] as a task of the current runtime. A crate that awaits `start`
+    /// itself compiles the whole HTTP stack again (async bodies are instantiated where they
+    /// are polled); this one polls it here. The test binaries start servers through it.
+    #[inline(never)]
+    pub fn spawn(config: Config) -> tokio::task::JoinHandle<Result<Self, StartError>> {
+        tokio::spawn(Self::start(config))
+    }
+
     /// The engine's counters (peers, indices, timers, traffic).
     pub async fn stats(&self) -> Option<Stats> {
         match self.engine.as_ref()?.call(Command::Stats).await.ok()? {

@@ -397,7 +397,7 @@ fn a_missing_certificate_is_a_clear_startup_error() {
         std::env::temp_dir().to_str().unwrap(),
     ]);
     let err = rt
-        .block_on(Server::start(config))
+        .block_on(common::server::start_config(config))
         .err()
         .expect("must not start");
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");

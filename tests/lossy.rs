@@ -19,7 +19,7 @@ use common::page_test::blocking;
 use common::server::{create, temp_dir};
 use common::udp_client::Client;
 use serde_json::{Value, json};
-use whipcast::{Config, Server};
+use whipcast::Config;
 
 /// Drops 5 % of the UDP datagrams that reach the namespace, at random: media, RTX and STUN
 /// alike (ICE and DTLS retry; the page's HTTP is TCP). Named counters count every UDP
@@ -137,7 +137,7 @@ async fn chromium_viewer_behind_5_percent_loss_keeps_decoding_with_retransmissio
         "--data-dir",
         data.to_str().unwrap(),
     ];
-    let server = Server::start(Config::parse_from(args))
+    let server = common::server::start_config(Config::parse_from(args))
         .await
         .expect("server starts");
     let base = format!("http://{}", server.http_addr);

@@ -61,7 +61,7 @@ pub async fn registered_edge(origin: &str, extra: &[&str]) -> (Server, String) {
     ];
     args.extend_from_slice(extra);
     let config = <whipcast::Config as clap::Parser>::parse_from(args);
-    let server = Server::start(config).await.expect("the edge starts");
+    let server = (super::server::start_config(config).await).expect("the edge starts");
     (server, base)
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use whipcast::{Config, Server};
+use whipcast::{Config, Server, StartError};
 
 use super::udp_client::http;
 
@@ -30,11 +30,17 @@ pub async fn start_in(dir: &Path, extra: &[&str]) -> (Server, String) {
         &d,
     ];
     args.extend_from_slice(extra);
-    let server = Server::start(Config::parse_from(args))
+    let server = start_config(Config::parse_from(args))
         .await
         .expect("server starts");
     let base = format!("http://{}", server.http_addr);
     (server, base)
+}
+
+/// Starts a server on `config` through [`Server::spawn`]: awaiting `Server::start` here would
+/// compile the whole HTTP stack into every test binary again (CI time).
+pub async fn start_config(config: Config) -> Result<Server, StartError> {
+    Server::spawn(config).await.expect("the start task")
 }
 
 /// Creates a broadcast (blocking): (broadcast ID, view ID).

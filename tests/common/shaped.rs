@@ -342,7 +342,7 @@ pub async fn server_on(link: &ShapedLink, name: &str) -> (whipcast::Server, Stri
         "--data-dir",
         data.to_str().unwrap(),
     ];
-    let server = whipcast::Server::start(whipcast::Config::parse_from(args))
+    let server = super::server::start_config(whipcast::Config::parse_from(args))
         .await
         .expect("server starts");
     let base = format!("http://{}", server.http_addr);
