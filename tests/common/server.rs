@@ -17,7 +17,7 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 
 /// Starts whipcast on 127.0.0.1:0 (HTTP and UDP) with `dir` as its data directory and
 /// `extra` flags; returns it with its base URL. `WHIPCAST_*` variables apply as for the
-/// binary: CI runs the suites again with `WHIPCAST_WORKERS=2`.
+/// binary: `.ci/run` runs six suites again with `WHIPCAST_WORKERS=1`.
 pub async fn start_in(dir: &Path, extra: &[&str]) -> (Server, String) {
     let d = dir.to_str().unwrap().to_owned();
     let mut args = vec![
