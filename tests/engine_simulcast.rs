@@ -9,7 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::sim::{Frame, Sim, engine_config};
+use common::sim::{Sim, engine_config};
+use common::sim_simulcast::{assert_continuous, layers_of, publisher_and_viewer};
 use str0m::media::Rid;
 use whipcast::engine::{
     BroadcastKey, Command, EngineEvent, LayerError, LayerState, Outcome, SessionId,
@@ -17,18 +18,6 @@ use whipcast::engine::{
 
 const B: BroadcastKey = BroadcastKey(1);
 const FRAME: Duration = Duration::from_millis(33);
-
-/// A simulcast publisher and a viewer of it, both connected; the viewer's session ID.
-fn publisher_and_viewer(sim: &mut Sim) -> (usize, usize, SessionId) {
-    let p = sim.publish_simulcast(B).expect("simulcast publish");
-    sim.run_for(Duration::from_millis(500));
-    assert!(sim.clients[p].connected);
-    let v = sim.view(B).expect("viewer");
-    sim.run_for(Duration::from_millis(500));
-    assert!(sim.clients[v].connected);
-    let session = sim.clients[v].session.clone().expect("a session");
-    (p, v, session)
-}
 
 /// Asks for the layer with rid `rid` (OBS's: "0" full size, "1", "2"; `None`: automatic).
 fn set_layer(sim: &mut Sim, session: &SessionId, rid: Option<&str>) -> Result<(), LayerError> {
@@ -43,40 +32,10 @@ fn set_layer(sim: &mut Sim, session: &SessionId, rid: Option<&str>) -> Result<()
     }
 }
 
-/// Which layer each frame the viewer decoded is, by its bytes (`sent[n][layer]`).
-fn layers_of(got: &[Frame], sent: &[Vec<Vec<u8>>]) -> Vec<usize> {
-    got.iter()
-        .map(|f| {
-            (sent.iter())
-                .find_map(|layers| layers.iter().position(|l| *l == f.data))
-                .unwrap_or_else(|| panic!("a frame that no layer sent: {} bytes", f.data.len()))
-        })
-        .collect()
-}
-
-/// Each frame starts right after the one before, and its RTP time is later.
-fn assert_continuous(got: &[Frame]) {
-    for pair in got.windows(2) {
-        assert_eq!(
-            pair[1].seq_start,
-            pair[0].seq_end + 1,
-            "a gap in the viewer's numbering between frames at RTP time {} and {}",
-            pair[0].rtp_time,
-            pair[1].rtp_time
-        );
-        assert!(
-            pair[1].rtp_time > pair[0].rtp_time,
-            "RTP time goes back: {} then {}",
-            pair[0].rtp_time,
-            pair[1].rtp_time
-        );
-    }
-}
-
 #[test]
 fn a_viewer_moved_to_another_layer_gets_it_from_its_keyframe_with_no_gap() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let (p, v, session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     // Keyframes on every layer at frames 0 and 45.
     for n in 0..30 {
@@ -136,7 +95,7 @@ fn a_viewer_moved_to_another_layer_gets_it_from_its_keyframe_with_no_gap() {
 #[test]
 fn a_layer_whose_keyframe_never_comes_leaves_the_viewer_where_it_is() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let (p, v, session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     for n in 0..10 {
         sent.push(sim.send_simulcast_frame(p, n, n == 0));
@@ -165,7 +124,7 @@ fn a_layer_whose_keyframe_never_comes_leaves_the_viewer_where_it_is() {
 #[test]
 fn only_a_layer_the_publisher_sends_can_be_chosen_and_only_by_a_viewer() {
     let mut sim = Sim::new(engine_config());
-    let (p, _v, session) = publisher_and_viewer(&mut sim);
+    let (p, _v, session) = publisher_and_viewer(&mut sim, B);
     assert_eq!(
         set_layer(&mut sim, &session, Some("3")),
         Err(LayerError::NoSuchLayer)
@@ -184,7 +143,7 @@ fn only_a_layer_the_publisher_sends_can_be_chosen_and_only_by_a_viewer() {
 #[test]
 fn the_broadcast_info_lists_every_layer_as_it_arrives() {
     let mut sim = Sim::new(engine_config());
-    let (p, _v, _session) = publisher_and_viewer(&mut sim);
+    let (p, _v, _session) = publisher_and_viewer(&mut sim, B);
     for n in 0..90 {
         sim.send_simulcast_frame(p, n, n % 30 == 0);
         sim.run_for(FRAME);
@@ -207,7 +166,7 @@ fn the_broadcast_info_lists_every_layer_as_it_arrives() {
 #[test]
 fn viewers_are_told_the_layers_when_they_change_and_not_more_often() {
     let mut sim = Sim::new(engine_config());
-    let (p, _v, _session) = publisher_and_viewer(&mut sim);
+    let (p, _v, _session) = publisher_and_viewer(&mut sim, B);
     // Six seconds of all three layers, then five of the full-size one alone.
     for n in 0..180 {
         sim.send_simulcast_frame(p, n, n % 30 == 0);
@@ -273,7 +232,7 @@ fn stream(
 #[test]
 fn an_estimate_under_the_full_layer_moves_the_viewer_down_after_a_second() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, _session) = publisher_and_viewer(&mut sim);
+    let (p, v, _session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     stream(&mut sim, p, v, 0..60, None, &mut sent);
     // 150 kb/s: only the smallest layer (about 60 kb/s with its headers) fits.
@@ -309,7 +268,7 @@ fn an_estimate_under_the_full_layer_moves_the_viewer_down_after_a_second() {
 #[test]
 fn a_viewer_that_pinned_a_layer_keeps_it_whatever_its_estimate() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let (p, v, session) = publisher_and_viewer(&mut sim, B);
     set_layer(&mut sim, &session, Some("0")).expect("layer 0 exists");
     let mut sent = Vec::new();
     stream(&mut sim, p, v, 0..150, Some(150_000), &mut sent);
@@ -328,7 +287,7 @@ fn probe_packets(sim: &mut Sim) -> u64 {
 #[test]
 fn an_estimate_pinned_over_the_viewers_layer_probes_its_link_and_a_carried_probe_moves_it_up() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, _session) = publisher_and_viewer(&mut sim);
+    let (p, v, _session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     // The layers are about 890, 560 and 440 kb/s with their headers. 600 kb/s: the
     // smallest fits and the middle one does not (with its 15 % headroom); pinned at 1.36
@@ -360,7 +319,7 @@ fn an_estimate_pinned_over_the_viewers_layer_probes_its_link_and_a_carried_probe
 #[test]
 fn a_falling_estimate_stops_the_probe_at_once_and_the_next_waits() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, _session) = publisher_and_viewer(&mut sim);
+    let (p, v, _session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     stream(&mut sim, p, v, 0..240, Some(600_000), &mut sent);
     let probing = probe_packets(&mut sim);
@@ -412,7 +371,7 @@ fn a_viewer_joining_a_broadcast_under_way_starts_on_the_largest_layer_of_at_most
 #[test]
 fn a_move_to_a_layer_whose_keyframe_is_current_takes_the_cached_one_and_asks_no_other() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, session) = publisher_and_viewer(&mut sim);
+    let (p, v, session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     // Keyframes on every layer at frames 0 and 40; the move comes two frames after the
     // second, and no keyframe follows.
@@ -457,7 +416,7 @@ fn a_move_to_a_layer_whose_keyframe_is_current_takes_the_cached_one_and_asks_no_
 #[test]
 fn a_viewer_losing_packets_on_its_layer_moves_down_though_its_estimate_fits_and_stays_a_while() {
     let mut sim = Sim::new(engine_config());
-    let (p, v, _session) = publisher_and_viewer(&mut sim);
+    let (p, v, _session) = publisher_and_viewer(&mut sim, B);
     let mut sent = Vec::new();
     // A generous estimate throughout: only loss can move the viewer.
     stream(&mut sim, p, v, 0..60, Some(5_000_000), &mut sent);

@@ -212,6 +212,8 @@ pub struct Stats {
     pub nacks_received: u64,
     /// Viewers' estimates of their links (REMB) received.
     pub rembs_received: u64,
+    /// Viewers' transport-wide feedback read into our estimates of their links.
+    pub transport_feedbacks: u64,
     /// Probes' RTX copies sent to viewers whose links were probed for a larger layer.
     pub probe_packets: u64,
     /// Packets resent to viewers that NACKed them.
@@ -266,6 +268,7 @@ impl std::ops::AddAssign for Stats {
             nacks_sent,
             nacks_received,
             rembs_received,
+            transport_feedbacks,
             probe_packets,
             retransmissions,
             evictions,
@@ -294,6 +297,7 @@ impl std::ops::AddAssign for Stats {
         self.nacks_sent += nacks_sent;
         self.nacks_received += nacks_received;
         self.rembs_received += rembs_received;
+        self.transport_feedbacks += transport_feedbacks;
         self.probe_packets += probe_packets;
         self.retransmissions += retransmissions;
         self.evictions += evictions;

@@ -50,6 +50,9 @@ pub(crate) struct Consumer {
     pub(crate) auto: bool,
     /// Since when its estimate has been below what its layer needs, and the estimate then.
     pub(crate) below_since: Option<(Instant, u64)>,
+    /// Since when what it is sent has queued on its link without a break, and on which layer
+    /// (our estimate from its transport-wide feedback; layers.rs).
+    pub(crate) queued_since: Option<(Instant, u8)>,
     /// Since when its estimate has been enough for a larger layer.
     pub(crate) above_since: Option<Instant>,
     /// Whether its link is being probed for a larger layer (probe.rs).
@@ -154,6 +157,7 @@ impl Consumer {
             target: None,
             auto: true,
             below_since: None,
+            queued_since: None,
             above_since: None,
             probing: Probing::default(),
             slow: Default::default(),

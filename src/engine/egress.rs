@@ -20,9 +20,11 @@
 //! either way.
 //!
 //! This file queues and seals the live media and schedules the reports; the repairs (NACKs,
-//! resends, first-frame repeats) are `egress/repair.rs`, the packets as written `egress/wire.rs`.
+//! resends, first-frame repeats) are `egress/repair.rs`, the packets as written `egress/wire.rs`,
+//! the estimate of the viewer's link from its transport-wide feedback `egress/send_side.rs`.
 
 mod repair;
+mod send_side;
 mod wire;
 
 use std::sync::Arc;
@@ -33,6 +35,8 @@ use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, VideoOrientation};
 
 use self::repair::ResendBudget;
+pub(crate) use self::send_side::Estimate;
+use self::send_side::SendSide;
 use self::wire::{Header, abs_send_time, orientation, seal};
 use super::consumer::{Consumer, RtpStart};
 use super::first_frame::FirstFrame;
@@ -80,8 +84,13 @@ pub(crate) struct Egress {
     /// The origin of the send times we write (abs-send-time), and the last flush: resends go
     /// out at about that time.
     clock: (Instant, Instant),
-    /// The viewer's own estimate of what its link carries (REMB), and when it came.
-    pub(crate) remb: Option<(u64, Instant)>,
+    /// The estimate of what the viewer's link carries (ours from its transport-wide
+    /// feedback, else its own REMB), and when it came.
+    pub(crate) estimate: Option<(u64, Instant)>,
+    /// When its transport-wide feedback last gave an estimate: REMB is not followed then.
+    pub(crate) estimated_at: Option<Instant>,
+    /// Every packet numbered transport-wide, and what the viewer's feedback says of them.
+    send_side: SendSide,
     /// When the resend budget was last refilled.
     refilled: Instant,
 }
@@ -133,9 +142,14 @@ impl OutStream {
             marker,
             orientation: orientation(self.orientation_id, cvo),
             abs_send_time: abs_send_time(self.abs_send_time_id, since_origin),
+            transport_cc: None,
         }
     }
 }
+
+/// Bytes a packet takes on the wire besides its payload: RTP header and extensions, SRTP's
+/// tag, UDP and IPv4 (what a link's capacity is spent on).
+const OVERHEAD: usize = 12 + 12 + 16 + 8 + 20;
 
 /// Marks a [`Pending`] that is a copy of the one before it, for the stream's RTX: a probe's
 /// (probe.rs). Streams are numbered far below it (a viewer has an audio and a video one).
@@ -205,6 +219,11 @@ impl Egress {
             });
         }
         let cname = super::report::viewer_cname(streams.first().map_or(0, |s| s.ssrc));
+        // Transport-wide numbers are the session's: one sequence over all its streams.
+        let transport_cc = (consumers.iter())
+            .find_map(|c| rtc.media(c.mid))
+            .and_then(|m| m.remote_extmap().id_of(Extension::TransportSequenceNumber))
+            .filter(|id| (1..=14).contains(id));
         Some(Self {
             srtp,
             rtcp_in,
@@ -215,7 +234,9 @@ impl Egress {
             first_frame: None,
             hold: None,
             clock: (now, now),
-            remb: None,
+            estimate: None,
+            estimated_at: None,
+            send_side: SendSide::new(transport_cc),
             refilled: now,
         })
     }
@@ -285,13 +306,16 @@ impl Egress {
         }
     }
 
-    /// Queues what was held, once its time has come. Returns whether it did.
+    /// Queues the next of what was held, once its time has come (hold.rs paces it). Returns
+    /// whether it did.
     pub(crate) fn release_due_hold(&mut self, now: Instant) -> bool {
-        if self.hold.as_ref().is_some_and(|h| h.until() <= now) {
-            self.release_hold();
-            return true;
+        let Some(hold) = self.hold.as_mut().filter(|h| h.until() <= now) else {
+            return false;
+        };
+        if !hold.release_due(now, &mut self.pending) {
+            self.hold = None;
         }
-        false
+        true
     }
 
     fn release_hold(&mut self) {
@@ -314,11 +338,13 @@ impl Egress {
             srtp,
             streams,
             pending,
+            send_side,
             ..
         } = self;
         for p in pending.drain(..) {
             let s = &mut streams[usize::from(p.stream & !COPY)];
-            let header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
+            let mut header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
+            header.transport_cc = send_side.sent(since_origin, p.payload.len() + OVERHEAD);
             if p.stream & COPY != 0 {
                 let Some(header) = s.rtx.as_mut().and_then(|rtx| rtx.header(header)) else {
                     continue;

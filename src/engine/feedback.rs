@@ -7,9 +7,15 @@
 //!   (`first_frame.rs`).
 //! - PLI and FIR: a keyframe request for the broadcast's video, like str0m's
 //!   `Event::KeyframeRequest` for everyone else.
+//! - Transport-wide feedback (our estimate of the viewer's link, egress/send_side.rs), or
+//!   REMB from a viewer that sends none (its own), and receiver reports (the round trip):
+//!   the layer it is sent and the probes of its link (layers.rs, probe.rs).
+
+mod transport_wide;
 
 use tracing::{debug, trace};
 
+use super::egress::Estimate;
 use super::packet::CachedPacket;
 use super::peer::{Peer, Role, live};
 use super::{Engine, PeerKey};
@@ -49,16 +55,27 @@ impl Engine {
                     // counts against its layer (loss.rs).
                     if !c.probing.is_active() {
                         let video = lost.iter().filter(|(s, _)| egress.mid(*s) == Some(c.mid));
-                        c.loss.lost(now, video.count());
+                        c.loss.lost(now, video.count(), c.layer);
                     }
                     c.probing.lost(now, lost.len());
                 }
             }
+            if let (Some(e), Some(now)) = (read.estimate, self.last_now) {
+                self.counters.transport_feedbacks += 1;
+                trace!(peer = %v, bps = e.bps, queued = e.queued, "our estimate of the viewer's link (transport-wide feedback)");
+                (egress.estimate, egress.estimated_at) = (Some((e.bps, now)), Some(now));
+                estimate = Some((e, now));
+            }
             if let (Some(bps), Some(now)) = (read.remb, self.last_now) {
                 self.counters.rembs_received += 1;
                 trace!(peer = %v, bps, "viewer's estimate (REMB)");
-                egress.remb = Some((bps, now));
-                estimate = Some((bps, now));
+                // A viewer whose transport-wide feedback gives our estimate is followed by
+                // that (a browser's REMB then covers only what carries no number).
+                if (egress.estimated_at).is_none_or(|t| now >= t + REMB_AFTER) {
+                    egress.estimate = Some((bps, now));
+                    let (queued, ours) = (false, false); // REMB cannot tell
+                    estimate = Some((Estimate { bps, queued, ours }, now));
+                }
             }
             keyframe = read.keyframe.and_then(|stream| {
                 let mid = egress.mid(stream)?;
@@ -110,13 +127,17 @@ impl Engine {
         if let Some(kind) = keyframe {
             self.keyframe_requested(v, kind);
         }
-        if let Some((bps, now)) = estimate {
-            self.follow_estimate(now, v, bps);
+        if let Some((e, now)) = estimate {
+            self.follow_estimate(now, v, e);
             self.quicken_reports_while_probing(now, v);
-            self.track_slow(now, v, bps);
+            self.track_slow(now, v, e.bps);
         }
     }
 }
+
+/// How long after our last estimate from a viewer's transport-wide feedback its REMB is
+/// followed again (a viewer that stopped sending that feedback).
+const REMB_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What one RTCP packet of a compound asks of us.
 #[derive(Debug, PartialEq)]
@@ -131,6 +152,12 @@ pub(super) enum Feedback {
     /// that SR's NTP time (LSR) and how long the receiver held it (DLSR, 1/65536 s): the
     /// round trip, and so the queue on the way, is read from them.
     Report { lsr: u32, dlsr: u32 },
+    /// A transport-wide feedback packet (RTPFB FMT 15) on `count` packets begins; an
+    /// [`Feedback::Arrival`] follows for each that arrived.
+    TransportWide { count: u16 },
+    /// Transport-wide feedback says the packet numbered `seq` arrived at `at_us` (the
+    /// receiver's clock, µs).
+    Arrival { seq: u16, at_us: i64 },
 }
 
 /// Calls `f` for every lost packet and keyframe request in a compound RTCP packet; returns
@@ -163,6 +190,7 @@ pub(super) fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Feedback)) ->
                 }
             }
             (PT_PSFB, FMT_PLI) => f(Feedback::Keyframe(media)),
+            (PT_RTPFB, FMT_TRANSPORT_WIDE) => transport_wide::read(packet, &mut f),
             (PT_RR, count) => {
                 for block in packet[8..].chunks_exact(24).take(usize::from(count)) {
                     let lsr = be32(&block[16..20]);
@@ -201,6 +229,7 @@ const PT_RR: u8 = 201;
 const PT_RTPFB: u8 = 205;
 const PT_PSFB: u8 = 206;
 const FMT_NACK: u8 = 1;
+const FMT_TRANSPORT_WIDE: u8 = 15;
 const FMT_PLI: u8 = 1;
 const FMT_FIR: u8 = 4;
 /// Application layer feedback (RFC 4585 §6.4): REMB is one.

@@ -180,6 +180,7 @@ impl Engine {
             }
             consumer.layer = track.rank;
             consumer.target = None;
+            consumer.loss.moved(now);
             self.counters.layer_switches += 1;
         }
         if start == Start::IfSynced && !is_audio && !consumer.is_synced_to(source) {

@@ -135,6 +135,7 @@ impl Engine {
                     _ => c.target.or(Some(c.layer)),
                 };
                 c.layer = layer;
+                c.loss.moved(now);
                 // A viewer that had no picture yet was not moved.
                 self.counters.layer_switches += u64::from(!fresh);
             }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, Rid};
 use tracing::debug;
 
+use super::egress::Estimate;
 use super::keyframes::Burst;
 use super::peer::{Role, live};
 use super::probe::Verdict;
@@ -124,11 +125,14 @@ impl Engine {
         }
     }
 
-    /// Viewer `v` told its estimate (REMB, `bps`): in automatic mode it moves to the largest
-    /// layer that fits with [`HEADROOM_PERCENT`], down once the estimate has stayed under its
-    /// layer's bitrate for [`DOWN_AFTER`], up once it has stayed above a larger one (with the
-    /// headroom) for [`UP_AFTER`]. In between, its link may be probed for more (probe.rs).
-    pub(super) fn follow_estimate(&mut self, now: Instant, v: PeerKey, bps: u64) {
+    /// A new estimate of viewer `v`'s link (ours from its transport-wide feedback, or its
+    /// REMB): in automatic mode it moves to the largest layer that fits with
+    /// [`HEADROOM_PERCENT`], down once the estimate has stayed under its layer's bitrate (or
+    /// its queue has stood, while no probe runs) for [`DOWN_AFTER`], up once it has stayed
+    /// above a larger one (with the headroom) for [`UP_AFTER`]. In between, its link may be
+    /// probed for more (probe.rs).
+    pub(super) fn follow_estimate(&mut self, now: Instant, v: PeerKey, estimate: Estimate) {
+        let Estimate { bps, queued, ours } = estimate;
         let Some(peer) = live(&mut self.peers, v) else {
             return;
         };
@@ -162,7 +166,7 @@ impl Engine {
         let pps = route
             .layer(MediaKind::Video, c.layer)
             .map_or(0, |t| t.rate.pps(now));
-        let lossy = c.loss.lossy(now, pps);
+        let lossy = c.loss.lossy(now, pps, c.layer);
         if lossy
             && c.target.is_none()
             && let Some(smaller) = (c.layer + 1..layers).find(|&l| needs(l) > 0)
@@ -216,8 +220,27 @@ impl Engine {
         // The layer a viewer is on is kept while the estimate covers most of its bitrate:
         // headroom is asked of a move up only, so an estimate that wanders around a layer's
         // bitrate (or, as a viewer starts, climbs to it) does not make it go back and forth.
-        let keeps = needs(current) > 0 && needs(current) * KEEP_PERCENT / 100 <= carries;
+        // Not a layer whose packets have stood in the link's queue for [`STANDING`], though
+        // (while no probe runs): that is more than the link carries (a layer within a few
+        // per cent of it), and each keyframe stalls.
+        c.queued_since = match c.queued_since {
+            _ if !queued || c.probing.is_active() => None,
+            Some((t, layer)) if layer == c.layer => Some((t, layer)),
+            _ => Some((now, c.layer)),
+        };
+        let overfills = c.queued_since.is_some_and(|(t, _)| now >= t + STANDING);
+        let keep = if ours {
+            KEEP_OURS_PERCENT
+        } else {
+            KEEP_PERCENT
+        };
+        let keeps = !overfills && needs(current) > 0 && needs(current) * keep / 100 <= carries;
         let (since, wait) = match fits.cmp(&current) {
+            // Up while a probe runs: the probe decides (its copies are in the estimate).
+            std::cmp::Ordering::Less if c.probing.is_active() => {
+                (c.below_since, c.above_since) = (None, None);
+                return;
+            }
             std::cmp::Ordering::Less => {
                 c.below_since = None;
                 (c.above_since.get_or_insert(now), UP_AFTER)
@@ -309,6 +332,11 @@ const HEADROOM_PERCENT: u64 = 115;
 /// bitrate measured counts headers and keyframe bursts, and a browser's estimate starts
 /// near what arrives and climbs from there.
 const KEEP_PERCENT: u64 = 85;
+/// The same for our estimate (egress/send_side.rs): on a full link it is 85 % of what
+/// arrives, so a layer is kept while the link carries 1.18 times its bitrate (its audio,
+/// headers and keyframes with it); one that needs more than the link carries (a layer within
+/// a few per cent of it, whose keyframes overflow the link's queue) is left.
+const KEEP_OURS_PERCENT: u64 = 100;
 /// How long reports stay quick after an estimate during a probe (browsers send several a
 /// second).
 const QUICK_FOR: Duration = Duration::from_secs(2);
@@ -316,6 +344,8 @@ const QUICK_FOR: Duration = Duration::from_secs(2);
 /// is climbing: Chromium's and Firefox's rise by about 8 % a second, a full link's wanders
 /// by a few per cent.
 const RISING_PERCENT: u64 = 105;
+/// A queue that lasts this long on a layer stands: the layer is more than the link carries.
+const STANDING: Duration = Duration::from_secs(2);
 /// A downgrade is prompt: the estimate stayed under the layer this long.
 const DOWN_AFTER: Duration = Duration::from_secs(1);
 /// An upgrade waits for a stable estimate.

@@ -121,7 +121,7 @@ impl Engine {
         let estimate_bps = peer
             .egress
             .as_ref()
-            .and_then(|e| e.remb)
+            .and_then(|e| e.estimate)
             .map(|(bps, _)| bps);
         let Some(c) = consumers.iter().find(|c| c.kind == MediaKind::Video) else {
             return Ok(ViewerLayer {

@@ -79,6 +79,12 @@ pub(super) async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> 
         stats.rembs_received,
     );
     metric(
+        "viewer_transport_feedback_total",
+        "counter",
+        "Viewers' transport-wide feedback read into the server's estimates of their links.",
+        stats.transport_feedbacks,
+    );
+    metric(
         "viewer_probe_packets_total",
         "counter",
         "RTX copies sent to probe viewers' links for a larger simulcast layer.",

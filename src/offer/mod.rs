@@ -226,11 +226,13 @@ impl SessionSetup {
                     None
                 };
                 let mut params_for_viewer = PayloadParams::new(p.pt(), resend, p.spec());
-                // The viewer estimates its own link and tells us (REMB, from the
-                // abs-send-time we write on its packets): no transport-cc, which would have
-                // it send us per-packet feedback for an estimator of ours. NACK, PLI and FIR.
-                params_for_viewer.set_fb_transport_cc(false);
-                params_for_viewer.set_fb_remb(t.kind == MediaKind::Video);
+                // Transport-cc: every packet we send a viewer is numbered, and its feedback
+                // gives our estimate of its link (engine/egress/send_side.rs). REMB from
+                // the abs-send-time we write too, for a viewer that sends no such feedback
+                // (it estimates its own link then). NACK, PLI, FIR.
+                let video = t.kind == MediaKind::Video;
+                params_for_viewer.set_fb_transport_cc(true);
+                params_for_viewer.set_fb_remb(video);
                 params.push(params_for_viewer);
             }
         }
@@ -298,10 +300,10 @@ impl SessionSetup {
         let creds = ice_credentials();
         let ufrag = creds.ufrag.clone();
         // Negotiate only the header extensions that are sent. Publishers: the standard set,
-        // so MID/RID (simulcast) and the video orientation are read. Viewers: only the video
-        // orientation, which our egress writes (src/engine/egress.rs); the SSRCs are in the
-        // answer, so no MID is needed, and nothing estimates bandwidth yet, so no
-        // transport-cc or abs-send-time.
+        // so MID/RID (simulcast) and the video orientation are read. Viewers: what our egress
+        // writes (src/engine/egress.rs): the video orientation, abs-send-time (the viewer's
+        // estimate) and the transport-wide number (ours); the SSRCs are in the
+        // answer, so no MID is needed.
         let exts = match ice {
             Ice::UdpAndTcp => viewer_extensions(),
             Ice::Udp => ExtensionMap::standard(),
@@ -346,6 +348,7 @@ fn viewer_extensions() -> ExtensionMap {
     let mut exts = ExtensionMap::empty();
     exts.set(VIDEO_ORIENTATION_ID, Extension::VideoOrientation);
     exts.set(ABS_SEND_TIME_ID, Extension::AbsoluteSendTime);
+    exts.set(TRANSPORT_CC_ID, Extension::TransportSequenceNumber);
     exts
 }
 
@@ -441,6 +444,8 @@ fn pick_ingest_codec(params: &[PayloadParams]) -> Option<PayloadParams> {
 const VIDEO_ORIENTATION_ID: u8 = 13;
 /// abs-send-time, which a viewer's receive-side estimate (REMB) is computed from.
 const ABS_SEND_TIME_ID: u8 = 2;
+/// The transport-wide sequence number, written on every packet a viewer is sent.
+const TRANSPORT_CC_ID: u8 = 12;
 /// OBS and browsers send one audio and one video section (plus maybe a data channel); a
 /// dozen leaves room without letting an offer make us build hundreds of streams.
 const MAX_MEDIA: usize = 12;

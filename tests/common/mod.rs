@@ -24,6 +24,7 @@ pub mod server;
 pub mod shaped;
 pub mod sim;
 pub mod sim_session;
+pub mod sim_simulcast;
 pub mod sse;
 pub mod tls_client;
 pub mod udp_client;

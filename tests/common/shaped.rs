@@ -49,30 +49,40 @@ impl ShapedLink {
     }
 
     /// Caps what reaches the viewer at `kbit_s`: a token bucket with a queue of at most
-    /// 200 ms (a home router's buffer; what overflows it is dropped).
+    /// 200 ms (a home router's buffer; what overflows it is dropped). A cap already there
+    /// changes, its queue kept.
     pub fn cap(&self, kbit_s: u32) {
-        self.lift();
+        self.shape(&format!("{kbit_s}kbit"), "20kb");
+    }
+
+    /// Lifts the cap: the bucket's rate goes up to 10 Gb/s, what is queued in it still goes
+    /// (deleting it would drop its queue, which a link that gets faster does not do).
+    pub fn lift(&self) {
+        if self.cap_stats().is_some() {
+            self.shape("10gbit", "4mb");
+        }
+    }
+
+    fn shape(&self, rate: &str, burst: &str) {
+        let verb = if self.cap_stats().is_some() {
+            "change"
+        } else {
+            "add"
+        };
         ip_tc(&[
             "qdisc",
-            "add",
+            verb,
             "dev",
             &self.towards_viewer,
             "root",
             "tbf",
             "rate",
-            &format!("{kbit_s}kbit"),
+            rate,
             "burst",
-            "20kb",
+            burst,
             "latency",
             "200ms",
         ]);
-    }
-
-    /// Lifts the cap (no qdisc of ours is left).
-    pub fn lift(&self) {
-        let _ = Command::new("tc")
-            .args(["qdisc", "del", "dev", &self.towards_viewer, "root"])
-            .output();
     }
 
     /// (bytes sent, packets dropped) by the cap so far; zeros when there is none.

@@ -11,6 +11,7 @@ use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::rtcp::SenderInfo;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use whipcast::config::WhenFull;
 use whipcast::engine::{
@@ -122,8 +123,18 @@ pub struct Sim<S: Sfu = Engine> {
     /// New viewers get their media from str0m's send path, as sessions whose SRTP profile
     /// whipcast does not seal itself do.
     pub str0m_seals_viewers: bool,
+    /// Viewers offer transport-wide numbers, so they send transport-wide feedback (str0m
+    /// does, as browsers do) and whipcast's estimate follows it; otherwise (the default) a
+    /// viewer's estimate is the REMB a test sends for it.
+    pub transport_cc_viewers: bool,
     /// Extra per-datagram delay, uniformly up to this much (reorders packets).
     pub jitter: Duration,
+    /// What the server sends this address goes through a link of this many bits/s with a
+    /// queue of [`CAP_QUEUE`]: what would wait longer is dropped (counted in `cap_drops`).
+    pub cap: Option<(SocketAddr, u64)>,
+    pub cap_drops: usize,
+    /// When the capped link is done sending what it was given.
+    cap_busy: Instant,
     /// Deliver every n-th datagram twice (0: never).
     pub duplicate_every: usize,
     /// Datagrams the server sends to this address are kept in `tapped`, with when.
@@ -142,6 +153,9 @@ pub struct Sim<S: Sfu = Engine> {
     wire: VecDeque<InFlight>,
     next_port: u16,
 }
+
+/// The queue of a capped link ([`Sim::cap`]): a home router's.
+pub const CAP_QUEUE: Duration = Duration::from_millis(200);
 
 pub fn engine_config() -> EngineConfig {
     EngineConfig {
@@ -183,7 +197,11 @@ impl<S: Sfu> Sim<S> {
             drop_every: 0,
             drop_only_at: None,
             str0m_seals_viewers: false,
+            transport_cc_viewers: false,
             jitter: Duration::ZERO,
+            cap: None,
+            cap_drops: 0,
+            cap_busy: Instant::now(),
             duplicate_every: 0,
             tap: None,
             tapped: Vec::new(),
@@ -399,12 +417,21 @@ impl<S: Sfu> Sim<S> {
     /// A browser-shaped viewer (H264 with RTX, VP8, Opus; recvonly video then audio).
     #[allow(clippy::result_large_err)] // test helper: the Outcome is what tests assert on
     pub fn view(&mut self, broadcast: BroadcastKey) -> Result<usize, Outcome> {
-        let cfg = RtcConfig::new()
+        let mut cfg = RtcConfig::new()
             .set_rtp_mode(self.rtp_mode_viewers)
             .clear_codecs()
             .enable_h264(true)
             .enable_vp8(true)
             .enable_opus(true, false);
+        if !self.transport_cc_viewers {
+            let mut exts = ExtensionMap::empty();
+            for (id, ext) in ExtensionMap::standard().iter() {
+                if *ext != Extension::TransportSequenceNumber {
+                    exts.set(id, ext.clone());
+                }
+            }
+            cfg = cfg.set_extension_map(exts);
+        }
         let mut client = self.new_client(cfg);
         let mut api = client.rtc.sdp_api();
         let video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
@@ -702,7 +729,21 @@ impl<S: Sfu> Sim<S> {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let extra = self.jitter.mul_f64((self.rng % 1000) as f64 / 1000.0);
-        let at = self.now + self.latency + extra;
+        let mut at = self.now + self.latency + extra;
+        if let Some((capped, bps)) = self.cap
+            && capped == to
+            && from == SERVER.parse::<SocketAddr>().unwrap()
+        {
+            let start = self.cap_busy.max(self.now);
+            if start > self.now + CAP_QUEUE {
+                self.cap_drops += 1;
+                return;
+            }
+            // With its UDP and IPv4 headers.
+            let bits = (data.len() as u64 + 28) * 8;
+            self.cap_busy = start + Duration::from_nanos(bits * 1_000_000_000 / bps.max(1));
+            at = self.cap_busy + self.latency + extra;
+        }
         if self.duplicate_every > 0 && self.counter.is_multiple_of(self.duplicate_every) {
             self.wire.push_back(InFlight {
                 at: at + self.latency,

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use super::Egress;
 use super::wire::seal;
+use super::{Egress, OVERHEAD};
 use crate::engine::feedback::{Feedback, for_each_feedback};
 use crate::engine::outbox::{Outbox, Path};
 use crate::engine::packet::CachedPacket;
@@ -14,7 +14,7 @@ impl Egress {
     /// sequence number) for every packet it reports lost to `lost`, at most
     /// [`MAX_RESENDS_PER_RTCP`], and names a stream it wants a keyframe on.
     pub(crate) fn feedback(
-        &self,
+        &mut self,
         data: &[u8],
         scratch: &mut Vec<u8>,
         lost: &mut Vec<(usize, u16)>,
@@ -23,7 +23,8 @@ impl Egress {
         let Some(plain) = self.rtcp_in.open(data, scratch) else {
             return read;
         };
-        let stream_of = |ssrc| self.streams.iter().position(|s| s.ssrc == ssrc);
+        let (streams, send_side) = (&self.streams, &mut self.send_side);
+        let stream_of = |ssrc| streams.iter().position(|s| s.ssrc == ssrc);
         read.nacks = for_each_feedback(plain, |f| match f {
             Feedback::Nack(ssrc, seq) => {
                 if lost.len() < MAX_RESENDS_PER_RTCP
@@ -35,7 +36,10 @@ impl Egress {
             Feedback::Keyframe(ssrc) => read.keyframe = read.keyframe.or(stream_of(ssrc)),
             Feedback::Remb(bps) => read.remb = Some(bps),
             Feedback::Report { lsr, dlsr } => read.report = Some((lsr, dlsr)),
+            Feedback::TransportWide { count } => send_side.feedback(count),
+            Feedback::Arrival { seq, at_us } => send_side.arrived(seq, at_us),
         });
+        read.estimate = send_side.estimate();
         read
     }
 
@@ -55,7 +59,8 @@ impl Egress {
         if !self.resends.take() {
             return false;
         }
-        let header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
+        let mut header = s.header(p.seq, p.ts, p.pt, p.marker, p.orientation, since_origin);
+        header.transport_cc = (self.send_side).sent(since_origin, p.payload.len() + OVERHEAD);
         match &mut s.rtx {
             Some(rtx) => {
                 let Some(header) = rtx.header(header) else {
@@ -152,6 +157,8 @@ pub(crate) struct Read {
     pub remb: Option<u64>,
     /// A receiver report's (LSR, DLSR) on our sender reports: see [`Egress::round_trip`].
     pub report: Option<(u32, u32)>,
+    /// Our estimate of its link from its transport-wide feedback (send_side.rs).
+    pub estimate: Option<super::send_side::Estimate>,
 }
 
 /// A NACK storm must not turn into a resend storm.

@@ -8,8 +8,9 @@ use crate::engine::outbox::{Outbox, Path};
 use crate::srtp::context::SrtpSender;
 
 /// The fields of the RTP header we write: no CSRCs, and no extension but the video
-/// orientation (the SSRCs are in the SDP answer, so receivers need no MID extension to place
-/// them; see src/offer/mod.rs for what is negotiated).
+/// orientation, the send time and, on a probe's copies, a transport-wide number (the SSRCs
+/// are in the SDP answer, so receivers need no MID extension to place them; see
+/// src/offer/mod.rs for what is negotiated).
 #[derive(Clone, Copy)]
 pub(super) struct Header {
     pub(super) ssrc: u32,
@@ -23,6 +24,11 @@ pub(super) struct Header {
     /// (extension id, 24-bit send time), when the viewer negotiated abs-send-time: what its
     /// receive-side estimate (REMB) is computed from.
     pub(super) abs_send_time: Option<(u8, u32)>,
+    /// (extension id, transport-wide sequence number): on a probe's copies only, when the
+    /// viewer negotiated transport-cc, so that its feedback says when each arrived
+    /// (arrivals.rs). Media packets carry none: a browser leaves a packet that has one out of
+    /// its own estimate (REMB), which layer choice follows.
+    pub(super) transport_cc: Option<(u8, u16)>,
 }
 
 /// abs-send-time: seconds in 6.18 fixed point, modulo 64 s; only differences matter, so
@@ -52,8 +58,9 @@ pub(super) fn seal(
     let buf = out.bytes();
     let start = buf.len();
     // RFC 8285 one-byte header elements: id and length minus one, then the value (CVO's one
-    // byte, abs-send-time's three); padded with zeros to whole 32-bit words.
-    let mut ext = [0u8; 8];
+    // byte, abs-send-time's three, the transport-wide number's two); padded with zeros to
+    // whole 32-bit words.
+    let mut ext = [0u8; 12];
     let mut n = 0;
     if let Some((id, cvo)) = h.orientation {
         ext[..2].copy_from_slice(&[id << 4, cvo]);
@@ -63,6 +70,11 @@ pub(super) fn seal(
         let t = t.to_be_bytes();
         ext[n..n + 4].copy_from_slice(&[id << 4 | 2, t[1], t[2], t[3]]);
         n += 4;
+    }
+    if let Some((id, seq)) = h.transport_cc {
+        let seq = seq.to_be_bytes();
+        ext[n..n + 3].copy_from_slice(&[id << 4 | 1, seq[0], seq[1]]);
+        n += 3;
     }
     let words = n.div_ceil(4);
     buf.push(if words > 0 { 0x90 } else { 0x80 });
