@@ -23,6 +23,9 @@
 //! - a fresh viewer's estimate starts at ~1.9–2.3 Mb/s and climbs ~8 % a second: under 85 %
 //!   of the full layer it is moved down at once, and its estimate then drops to ~0.85 times
 //!   the smaller layer's rate, which can move it down once more.
+//!
+//! Since the server's own estimate from transport-wide feedback (2026-12-05), Firefox sends
+//! that feedback and no REMB, as Chromium does; the points above are about its REMB.
 
 #![allow(clippy::disallowed_methods)] // tests are drivers: they own the clock
 
