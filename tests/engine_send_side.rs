@@ -118,3 +118,46 @@ fn a_remb_is_not_followed_while_transport_wide_feedback_gives_the_estimate() {
         "the full layer all along though REMB said 100 kb/s: {layers:?}"
     );
 }
+
+/// A link of 600 kb/s would carry the middle layer (560 kb/s with its headers) with almost
+/// nothing to spare: its keyframes, and every probe from it, would overflow the link's queue.
+/// The probes from the smallest layer find the link full at what it carries, and the
+/// viewer's estimate, which rises while nothing queues, does not move it up to a layer that
+/// takes more than 90 % of that: it plays through the probes without a drop. (Before, it went
+/// up and down between the two, and the link dropped packets.)
+#[test]
+fn a_viewer_is_not_moved_up_to_a_layer_that_would_fill_its_link() {
+    let mut sim = Sim::new(engine_config());
+    sim.transport_cc_viewers = true;
+    let (p, v, _session) = publisher_and_viewer(&mut sim, B);
+    sim.cap = Some((sim.clients[v].addr, 600_000));
+    let mut sent = Vec::new();
+    stream(&mut sim, p, 0..300, &mut sent);
+    let layers = layers_of(&sim.clients[v].frames, &sent);
+    assert_eq!(layers.last(), Some(&2), "on the smallest layer: {layers:?}");
+    let (drops, probes, decoded) = (
+        sim.cap_drops,
+        stats(&mut sim).probe_packets,
+        sim.clients[v].frames.len(),
+    );
+    stream(&mut sim, p, 300..1200, &mut sent);
+    let layers = layers_of(&sim.clients[v].frames, &sent);
+    let probes = stats(&mut sim).probe_packets - probes;
+    eprintln!(
+        "{probes} probe packets; {} dropped at the link; layers since: {:?}",
+        sim.cap_drops - drops,
+        &layers[decoded..]
+    );
+    assert!(probes > 40, "its link was probed: {probes} copies");
+    assert_eq!(sim.cap_drops, drops, "nothing overflowed the link's queue");
+    assert!(
+        layers[decoded..].iter().all(|&l| l == 2),
+        "the smallest layer all along: {layers:?}"
+    );
+    assert!(
+        sim.clients[v].frames.len() - decoded >= 890,
+        "every frame decoded: {}",
+        sim.clients[v].frames.len() - decoded
+    );
+    assert_continuous(&sim.clients[v].frames[decoded..]);
+}

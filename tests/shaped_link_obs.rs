@@ -37,13 +37,6 @@ const BACK: Duration = Duration::from_secs(15);
 const FULL: u64 = OBS_LAYERS[0].height as u64;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 26, open: with the send-side estimate (2026-12-05, evening) it passed 4 of 8 \
-            runs here. The OBS-shaped middle layer (800 kb/s nominal, read as 900-980 kb/s) \
-            with its audio and headers is within a few per cent of the 1 Mb/s cap: the viewer \
-            starts on it, and a probe from it, or its keyframes, overfill the cap's 200 ms \
-            queue before the viewer moves down (freezes of 217-583 ms in the failed runs). \
-            Back on the full layer after the cap lifted: 10.6-12.6 s in the passing runs. \
-            Run with --ignored"]
 async fn a_capped_viewer_of_obs_simulcast_settles_on_a_layer_that_fits_and_comes_back() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -73,8 +73,14 @@ impl Engine {
                 // that (a browser's REMB then covers only what carries no number).
                 if (egress.estimated_at).is_none_or(|t| now >= t + REMB_AFTER) {
                     egress.estimate = Some((bps, now));
-                    let (queued, ours) = (false, false); // REMB cannot tell
-                    estimate = Some((Estimate { bps, queued, ours }, now));
+                    let (queued, ours, full_bps) = (false, false, None); // REMB cannot tell
+                    let e = Estimate {
+                        bps,
+                        queued,
+                        ours,
+                        full_bps,
+                    };
+                    estimate = Some((e, now));
                 }
             }
             keyframe = read.keyframe.and_then(|stream| {

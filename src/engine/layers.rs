@@ -129,10 +129,17 @@ impl Engine {
     /// REMB): in automatic mode it moves to the largest layer that fits with
     /// [`HEADROOM_PERCENT`], down once the estimate has stayed under its layer's bitrate (or
     /// its queue has stood, while no probe runs) for [`DOWN_AFTER`], up once it has stayed
-    /// above a larger one (with the headroom) for [`UP_AFTER`]. In between, its link may be
-    /// probed for more (probe.rs).
+    /// above a larger one (with the headroom) for [`UP_AFTER`]. A layer's bitrate counts the
+    /// broadcast's audio. In between, its link may be probed for more (probe.rs); a probe
+    /// that finds the link full moves the viewer off a layer that takes more than
+    /// [`FILLS_PERCENT`] of what arrived, and no estimate moves it up to one.
     pub(super) fn follow_estimate(&mut self, now: Instant, v: PeerKey, estimate: Estimate) {
-        let Estimate { bps, queued, ours } = estimate;
+        let Estimate {
+            bps,
+            queued,
+            ours,
+            full_bps,
+        } = estimate;
         let Some(peer) = live(&mut self.peers, v) else {
             return;
         };
@@ -152,10 +159,17 @@ impl Engine {
         if !c.auto || layers < 2 {
             return;
         }
+        // A layer's bitrate, with the audio every viewer is sent whatever its layer: the
+        // estimate measures all that arrives, so a layer that fits leaves room for both.
+        let audio = (route.layer(MediaKind::Audio, 0)).map_or(0, |t| t.rate.bps(now));
         let needs = |l: u8| {
             route
                 .layer(MediaKind::Video, l)
                 .map_or(0, |t| t.rate.bps(now))
+        };
+        let with_audio = |l: u8| match needs(l) {
+            0 => 0,
+            bps => bps + audio,
         };
         let Some(largest) = (0..layers).find(|&l| needs(l) > 0) else {
             return;
@@ -187,7 +201,25 @@ impl Engine {
         let larger = (largest..current).rev().find(|&l| needs(l) > 0);
         match c.probing.estimate(now, bps) {
             Verdict::Going => {}
-            Verdict::Full => debug!(peer = %v, bps, "the probe found the link full"),
+            Verdict::Full => {
+                debug!(peer = %v, bps, full_bps, "the probe found the link full");
+                // What arrived as the probe filled the link is what it carries. A layer that
+                // takes nearly all of it is left at once: its keyframes (and the next probe)
+                // would overflow the link's queue.
+                if full_bps.is_some_and(|full| with_audio(c.layer) * 100 > full * FILLS_PERCENT)
+                    && c.target.is_none()
+                    && let Some(smaller) = (c.layer + 1..layers).find(|&l| needs(l) > 0)
+                {
+                    debug!(peer = %v, bps, from = c.layer, to = smaller, "the viewer's layer fills its link");
+                    (c.below_since, c.above_since) = (None, None);
+                    c.target = Some(smaller);
+                    if let Some(ti) = route.layer_index(MediaKind::Video, smaller) {
+                        let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+                        ask_for_layer(now, route, v, (b, ti), plis, starts);
+                    }
+                    return;
+                }
+            }
             Verdict::Carried => {
                 // The link carried the larger layer's bitrate: up at once, the probe having
                 // been the wait for a stable estimate.
@@ -214,8 +246,15 @@ impl Engine {
             .rev()
             .find(|&l| needs(l) > 0)
             .unwrap_or(largest);
+        // Nor, by our estimate, one that would take nearly all the link carried when it was
+        // last full (its estimate rises while nothing queues, whatever the link carries).
+        let fills = |l: u8| full_bps.is_some_and(|full| with_audio(l) * 100 > full * FILLS_PERCENT);
         let fits = (largest..layers)
-            .find(|&l| needs(l) > 0 && needs(l).saturating_mul(HEADROOM_PERCENT) / 100 <= carries)
+            .find(|&l| {
+                needs(l) > 0
+                    && with_audio(l).saturating_mul(HEADROOM_PERCENT) / 100 <= carries
+                    && (l >= current || !fills(l))
+            })
             .unwrap_or(smallest);
         // The layer a viewer is on is kept while the estimate covers most of its bitrate:
         // headroom is asked of a move up only, so an estimate that wanders around a layer's
@@ -234,7 +273,7 @@ impl Engine {
         } else {
             KEEP_PERCENT
         };
-        let keeps = !overfills && needs(current) > 0 && needs(current) * keep / 100 <= carries;
+        let keeps = !overfills && needs(current) > 0 && with_audio(current) * keep / 100 <= carries;
         let (since, wait) = match fits.cmp(&current) {
             // Up while a probe runs: the probe decides (its copies are in the estimate).
             std::cmp::Ordering::Less if c.probing.is_active() => {
@@ -263,11 +302,11 @@ impl Engine {
                     && sealed
                     && c.rtx.is_some()
                     && c.target.is_none()
-                    && c.probing.may_start(now, bps, needs(current))
+                    && c.probing.may_start(now, bps, with_audio(current))
                 {
-                    let to_bps = needs(larger).saturating_mul(HEADROOM_PERCENT) / 100;
+                    let to_bps = with_audio(larger).saturating_mul(HEADROOM_PERCENT) / 100;
                     debug!(peer = %v, bps, layer = current, to_bps, "probing the viewer's link");
-                    c.probing.start(now, bps, needs(current), to_bps);
+                    c.probing.start(now, bps, with_audio(current), to_bps);
                 }
                 return;
             }
@@ -337,6 +376,10 @@ const KEEP_PERCENT: u64 = 85;
 /// headers and keyframes with it); one that needs more than the link carries (a layer within
 /// a few per cent of it, whose keyframes overflow the link's queue) is left.
 const KEEP_OURS_PERCENT: u64 = 100;
+/// A layer (with its audio) that needs more than this share (percent) of what the viewer's
+/// link carried when it was last full is left: on a 1 Mb/s link, a 970 kb/s layer played
+/// until a keyframe or a probe overflowed the link's queue, and then froze.
+const FILLS_PERCENT: u64 = 90;
 /// How long reports stay quick after an estimate during a probe (browsers send several a
 /// second).
 const QUICK_FOR: Duration = Duration::from_secs(2);

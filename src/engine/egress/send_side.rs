@@ -168,6 +168,7 @@ impl SendSide {
             bps: estimate,
             queued,
             ours: true,
+            full_bps: self.ceiling.map(|(c, _)| c),
         })
     }
 }
@@ -184,6 +185,10 @@ pub(crate) struct Estimate {
     /// Ours (from transport-wide feedback), not a viewer's REMB: on a full link it is
     /// already [`DOWN_PERCENT`] of what arrives.
     pub ours: bool,
+    /// What arrived when the link last showed it was full (bits/s): what it carries at most,
+    /// until more arrives without a queue. `None`: it has not been full, or not since it
+    /// carried more.
+    pub full_bps: Option<u64>,
 }
 
 /// Packets whose send times are kept: ~0.7 s of a 2.5 Mb/s layer with a probe's copies on
