@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, Rid};
 use tracing::debug;
 
+use super::consumer::Consumer;
 use super::egress::Estimate;
 use super::keyframes::Burst;
 use super::peer::{Role, live};
@@ -188,12 +189,8 @@ impl Engine {
             debug!(peer = %v, bps, from = c.layer, to = smaller, "the viewer loses packets on its layer");
             c.loss.bar(now, c.layer);
             c.probing.failed(now);
-            (c.below_since, c.above_since) = (None, None);
-            c.target = Some(smaller);
-            if let Some(ti) = route.layer_index(MediaKind::Video, smaller) {
-                let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
-                ask_for_layer(now, route, v, (b, ti), plis, starts);
-            }
+            let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+            move_to(now, route, (v, c), (b, smaller), plis, starts);
             return;
         }
         // The largest layer it may go to: what arrives, and not one it lost on lately.
@@ -211,12 +208,8 @@ impl Engine {
                     && let Some(smaller) = (c.layer + 1..layers).find(|&l| needs(l) > 0)
                 {
                     debug!(peer = %v, bps, from = c.layer, to = smaller, "the viewer's layer fills its link");
-                    (c.below_since, c.above_since) = (None, None);
-                    c.target = Some(smaller);
-                    if let Some(ti) = route.layer_index(MediaKind::Video, smaller) {
-                        let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
-                        ask_for_layer(now, route, v, (b, ti), plis, starts);
-                    }
+                    let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+                    move_to(now, route, (v, c), (b, smaller), plis, starts);
                     return;
                 }
             }
@@ -227,12 +220,8 @@ impl Engine {
                     && c.target.is_none()
                 {
                     debug!(peer = %v, bps, from = c.layer, to = larger, "the link carried the probe");
-                    (c.below_since, c.above_since) = (None, None);
-                    c.target = Some(larger);
-                    if let Some(ti) = route.layer_index(MediaKind::Video, larger) {
-                        let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
-                        ask_for_layer(now, route, v, (b, ti), plis, starts);
-                    }
+                    let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
+                    move_to(now, route, (v, c), (b, larger), plis, starts);
                 }
                 return;
             }
@@ -328,6 +317,23 @@ impl Engine {
             let (plis, starts) = (&mut self.pending_plis, &mut self.pending_starts);
             ask_for_layer(now, route, v, (b, ti), plis, starts);
         }
+    }
+}
+
+/// Viewer `v` (its video consumer `c`) moves to `layer` of broadcast `b` at once: no wait
+/// for the estimate under way, and the layer's keyframe as [`ask_for_layer`] gets it.
+fn move_to(
+    now: Instant,
+    route: &Route,
+    (v, c): (PeerKey, &mut Consumer),
+    (b, layer): (BroadcastKey, u8),
+    pending_plis: &mut Vec<(BroadcastKey, usize)>,
+    pending_starts: &mut Vec<(PeerKey, Burst)>,
+) {
+    (c.below_since, c.above_since) = (None, None);
+    c.target = Some(layer);
+    if let Some(ti) = route.layer_index(MediaKind::Video, layer) {
+        ask_for_layer(now, route, v, (b, ti), pending_plis, pending_starts);
     }
 }
 
