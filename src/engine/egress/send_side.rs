@@ -103,6 +103,16 @@ impl SendSide {
         if s != seq || sent_us == i64::MIN {
             return;
         }
+        if at_us < self.newest.saturating_sub(CLOCK_JUMP_US) {
+            // The viewer's clock went back: the 24-bit reference time wrapped, or an earlier
+            // feedback named a time far ahead. What arrived before is on another timeline,
+            // and every arrival after would be older than it: start again from this one.
+            self.arrived.clear();
+            self.bytes = 0;
+            self.newest = i64::MIN;
+            self.base = (i64::MAX, i64::MAX, i64::MIN);
+            self.least = None;
+        }
         self.received += 1;
         let delay = at_us.saturating_sub(sent_us);
         let (current, last, since) = &mut self.base;
@@ -201,6 +211,9 @@ const WINDOW_US: i64 = 1_000_000;
 const MIN_SPAN_US: i64 = 900_000;
 /// At most this many arrivals are kept for it (a bound whatever the feedback says).
 const MAX_ARRIVED: usize = 4096;
+/// An arrival this far before the newest one is on a new timeline of the viewer's clock: a
+/// transport-wide feedback's reference time is 24 bits of 64 ms, and wraps every 12.4 days.
+const CLOCK_JUMP_US: i64 = 10_000_000;
 /// The lowest delay is kept over one to two of these: a path that got longer is learnt
 /// within a minute, and the two clocks drift apart by at most a few milliseconds in it.
 const BASE_WINDOW_US: i64 = 30_000_000;

@@ -11,6 +11,8 @@ struct Link {
     capacity: u64,
     /// When the link is done with what it was given, µs on our clock.
     busy_us: i64,
+    /// How far the viewer's clock is ahead of ours, µs.
+    clock_us: i64,
 }
 
 impl Link {
@@ -21,6 +23,7 @@ impl Link {
             ms: 0,
             capacity: 0,
             busy_us: 0,
+            clock_us: 5_000_000,
         }
     }
 
@@ -52,9 +55,9 @@ impl Link {
         self.ms += 100;
         self.side.feedback(n as u16);
         for (i, out_us, seq) in numbers {
-            // The viewer's clock is 5 s ahead of ours; the path takes 20 ms.
+            // The viewer's clock is `clock_us` ahead of ours; the path takes 20 ms.
             if let Some(extra) = extra_ms(i) {
-                let at_us = 5_000_000 + out_us + (20 + extra) * 1000;
+                let at_us = self.clock_us + out_us + (20 + extra) * 1000;
                 self.side.arrived(seq, at_us);
             }
         }
@@ -198,4 +201,41 @@ fn feedback_on_packets_never_sent_or_garbage_gives_no_estimate_and_no_panic() {
     side.arrived(0, i64::MAX);
     side.arrived(0, 0);
     let _ = side.estimate();
+}
+
+/// A transport-wide feedback's reference time wraps (24 bits of 64 ms, every 12.4 days of
+/// the viewer's clock), so its arrival times go back by that much; and a feedback may name
+/// a time far ahead. Neither leaves the estimate wrong: before, the arrivals of the last
+/// second before the wrap stayed first in the window, and what arrived after it was added
+/// on, second after second (an estimate rising without bound); after a time far ahead,
+/// every later arrival read as old, and there was no estimate for the rest of the session.
+#[test]
+fn the_estimate_goes_on_when_the_viewers_clock_goes_back() {
+    const WRAP_US: i64 = (1 << 24) * 64_000;
+    // 1 Mb/s arrives, and the estimate is 1.5 times that (nothing queues).
+    let fits = |e: &Option<u64>| e.is_some_and(|bps| (1_000_000..=2_000_000).contains(&bps));
+    let mut link = Link::new();
+    link.clock_us = WRAP_US - 3_000_000;
+    let before: Vec<_> = (0..30).map(|_| link.tenth(|_| Some(0))).collect();
+    assert!(before[10..].iter().all(fits), "{before:?}");
+    link.clock_us -= WRAP_US;
+    let after: Vec<_> = (0..30).map(|_| link.tenth(|_| Some(0))).collect();
+    assert!(
+        after[10..].iter().all(fits),
+        "the estimate as before within a second of the wrap: {after:?}"
+    );
+
+    // One feedback names a time an hour ahead; the next ones are on time again.
+    let mut link = Link::new();
+    for _ in 0..20 {
+        link.tenth(|_| Some(0));
+    }
+    link.clock_us += 3_600_000_000;
+    link.tenth(|_| Some(0));
+    link.clock_us -= 3_600_000_000;
+    let after: Vec<_> = (0..30).map(|_| link.tenth(|_| Some(0))).collect();
+    assert!(
+        after[10..].iter().all(fits),
+        "the estimate as before after one far ahead: {after:?}"
+    );
 }
