@@ -38,13 +38,37 @@ fn world() -> World {
     let publisher = setup.accept_publisher(now, OBS_OFFER).unwrap();
     let tracks = publisher.tracks.clone();
     let mut ufrags = vec![publisher.ufrag.clone()];
-    let peer = NewPeer { broadcast: b, session: SessionId::random(), ufrag: publisher.ufrag, rtc: publisher.rtc, keys: publisher.keys, transport_cc: publisher.transport_cc };
-    assert!(matches!(engine.handle_command(now, Command::Publish(peer, tracks.clone())), Outcome::Published(Ok(()))));
+    let peer = NewPeer {
+        broadcast: b,
+        session: SessionId::random(),
+        ufrag: publisher.ufrag,
+        rtc: publisher.rtc,
+        keys: publisher.keys,
+        transport_cc: publisher.transport_cc,
+    };
+    assert!(matches!(
+        engine.handle_command(now, Command::Publish(peer, tracks.clone())),
+        Outcome::Published(Ok(()))
+    ));
     let viewer = setup.accept_viewer(now, VIEWER_OFFER, &tracks).unwrap();
     ufrags.push(viewer.ufrag.clone());
-    let peer = NewPeer { broadcast: b, session: SessionId::random(), ufrag: viewer.ufrag, rtc: viewer.rtc, keys: viewer.keys, transport_cc: viewer.transport_cc };
-    assert!(matches!(engine.handle_command(now, Command::Subscribe(peer, viewer.tracks)), Outcome::Subscribed(Ok(()))));
-    World { engine, now, ufrags }
+    let peer = NewPeer {
+        broadcast: b,
+        session: SessionId::random(),
+        ufrag: viewer.ufrag,
+        rtc: viewer.rtc,
+        keys: viewer.keys,
+        transport_cc: viewer.transport_cc,
+    };
+    assert!(matches!(
+        engine.handle_command(now, Command::Subscribe(peer, viewer.tracks)),
+        Outcome::Subscribed(Ok(()))
+    ));
+    World {
+        engine,
+        now,
+        ufrags,
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -57,7 +81,13 @@ fuzz_target!(|data: &[u8]| {
         let len = (head[3] as usize).min(tail.len());
         let (body, tail) = tail.split_at(len);
         rest = tail;
-        let src: SocketAddr = format!("127.0.0.{}:{}", 2 + head[0] % 4, 5000 + (head[0] as u16 % 7)).parse().unwrap();
+        let src: SocketAddr = format!(
+            "127.0.0.{}:{}",
+            2 + head[0] % 4,
+            5000 + (head[0] as u16 % 7)
+        )
+        .parse()
+        .unwrap();
         w.now += Duration::from_millis(head[2] as u64 * 10);
         let datagram = if head[1] % 3 == 0 {
             // Give the bytes a STUN frame naming a live peer's ufrag, so they reach str0m.
@@ -71,7 +101,10 @@ fuzz_target!(|data: &[u8]| {
         while w.engine.poll_event().is_some() {}
     }
     let s = w.engine.stats();
-    assert!(s.demux_addrs <= 4 * s.peers && s.demux_ufrags <= s.peers, "indices stay bounded: {s:?}");
+    assert!(
+        s.demux_addrs <= 4 * s.peers && s.demux_ufrags <= s.peers,
+        "indices stay bounded: {s:?}"
+    );
 });
 
 fn stun_with_username(ufrag: &str, rest: &[u8]) -> Vec<u8> {

@@ -17,12 +17,23 @@ fn server() -> SocketAddr {
     *ADDR.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let dir = std::env::temp_dir().join("whipcast-fuzz-http");
                 let config = whipcast::Config::parse_from([
-                    "whipcast", "--http-listen", "127.0.0.1:0", "--udp-listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap(),
-                    "--trusted-proxy", "127.0.0.1",
+                    "whipcast",
+                    "--http-listen",
+                    "127.0.0.1:0",
+                    "--udp-listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    dir.to_str().unwrap(),
+                    "--trusted-proxy",
+                    "127.0.0.1",
                 ]);
                 let server = whipcast::Server::start(config).await.unwrap();
                 tx.send(server.http_addr).unwrap();
@@ -36,16 +47,25 @@ fn server() -> SocketAddr {
 fuzz_target!(|data: &[u8]| {
     let addr = server();
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let _ = stream.write_all(data);
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     // The server must still answer a well-formed request.
     let mut probe = TcpStream::connect(addr).unwrap();
-    probe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut ok = Vec::new();
     let _ = probe.read_to_end(&mut ok);
-    assert!(ok.starts_with(b"HTTP/1.1 200"), "server unhealthy after input");
+    assert!(
+        ok.starts_with(b"HTTP/1.1 200"),
+        "server unhealthy after input"
+    );
 });

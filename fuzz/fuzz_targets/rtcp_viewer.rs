@@ -4,7 +4,8 @@
 //! engine's own RTCP readers (`engine/feedback.rs`, `egress/repair.rs`): NACKed packets
 //! resent, keyframe requests throttled to the publisher, REMB and round trips fed to layer
 //! choice and probing (a report block can name the last SR the server really sent the
-//! viewer, so the round trip is read). Some compounds come from the publisher instead (str0m's RTCP
+//! viewer, so the round trip is read), transport-wide feedback into the send-side estimate
+//! (its first number can be one of the last the server really sent the viewer). Some compounds come from the publisher instead (str0m's RTCP
 //! handling, the engine's BYE reader, `engine/bye.rs`). NACKs can name the sequence numbers
 //! the viewer really just received, so they find packets to resend.
 
@@ -60,6 +61,14 @@ enum Seq {
     Any(u16),
 }
 
+/// A transport-wide feedback's first number: one of the last 256 the server numbered the
+/// viewer's packets with (so the send-side estimate finds the packets it names), or any.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Base {
+    Recent(u8),
+    Any(u16),
+}
+
 #[derive(Arbitrary, Debug)]
 struct Block {
     ssrc: Sel,
@@ -110,7 +119,7 @@ enum Rtcp {
     Twcc {
         sender: Sel,
         media: Sel,
-        base: u16,
+        base: Base,
         count: u16,
         reference: u32,
         fb: u8,
@@ -154,6 +163,8 @@ struct Ctx<'a> {
     publisher: bool,
     ssrcs: &'a [u32],
     seqs: &'a std::collections::HashMap<u32, u16>,
+    /// The newest transport-wide number the server sent the viewer (world.rs).
+    transport_wide: Option<u16>,
     /// The LSR of the last SR the server sent the viewer (world.rs).
     last_sr: Option<u32>,
 }
@@ -188,6 +199,13 @@ impl Ctx<'_> {
                 last.wrapping_sub(back as u16 % 64)
             }
             Seq::Any(x) => x,
+        }
+    }
+
+    fn base(&self, b: Base) -> u16 {
+        match b {
+            Base::Recent(back) => self.transport_wide.unwrap_or(0).wrapping_sub(back.into()),
+            Base::Any(x) => x,
         }
     }
 }
@@ -281,7 +299,7 @@ fn write(c: &Ctx, p: &Rtcp, out: &mut Vec<u8>) {
         } => {
             let mut body = be(c.ssrc(*sender)).to_vec();
             body.extend_from_slice(&be(c.ssrc(*media)));
-            body.extend_from_slice(&base.to_be_bytes());
+            body.extend_from_slice(&c.base(*base).to_be_bytes());
             body.extend_from_slice(&count.to_be_bytes());
             body.extend_from_slice(&reference.to_be_bytes()[1..]);
             body.push(*fb);
@@ -355,7 +373,7 @@ thread_local! {
 fuzz_target!(|input: Input| {
     WORLD.with(|w| {
         let mut w = w.borrow_mut();
-        let w = w.get_or_insert_with(World::new);
+        let w = w.get_or_insert_with(World::simulcast);
         // At most 8 datagrams an input: more only make each execution longer.
         for compound in input.compounds.iter().take(8) {
             let publisher = matches!(compound.from, From::Publisher);
@@ -367,6 +385,7 @@ fuzz_target!(|input: Input| {
                     &w.viewer_ssrcs
                 },
                 seqs: &w.viewer_seq,
+                transport_wide: w.viewer_transport_wide,
                 last_sr: w.viewer_sr,
             };
             let mut rtcp = Vec::new();

@@ -110,7 +110,7 @@ enum Payload {
 fn header(w: &mut World, p: &Packet) -> (Vec<u8>, usize, u32) {
     let ssrc = match p.stream {
         Stream::Video => w.publisher_ssrcs[0],
-        Stream::Audio => w.publisher_ssrcs[1],
+        Stream::Audio => w.publisher_ssrcs[w.publisher_ssrcs.len() - 1],
         Stream::Other(s) => s,
     };
     let pt = match p.pt {

@@ -13,13 +13,18 @@ fn setup() -> &'static (SessionSetup, Vec<IngestTrack>) {
     static SETUP: OnceLock<(SessionSetup, Vec<IngestTrack>)> = OnceLock::new();
     SETUP.get_or_init(|| {
         let setup = SessionSetup::new(vec!["127.0.0.1:8189".parse().unwrap()]);
-        let tracks = setup.accept_publisher(Instant::now(), OBS_OFFER).expect("the seed offer is valid").tracks;
+        let tracks = setup
+            .accept_publisher(Instant::now(), OBS_OFFER)
+            .expect("the seed offer is valid")
+            .tracks;
         (setup, tracks)
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(offer) = std::str::from_utf8(data) else { return };
+    let Ok(offer) = std::str::from_utf8(data) else {
+        return;
+    };
     let (setup, tracks) = setup();
     let now = Instant::now();
     let _ = setup.accept_publisher(now, offer);

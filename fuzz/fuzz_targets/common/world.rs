@@ -25,6 +25,9 @@ pub const B: BroadcastKey = BroadcastKey(1);
 const FRAME: Duration = Duration::from_millis(33);
 /// How often (in inputs) the whole simulation runs, clients included (see [`World::settle`]).
 const SYNC_EVERY: u64 = 32;
+/// The transport-wide sequence number's extension id in the viewer's offer (str0m's standard
+/// map, as a browser's): the server numbers every packet it seals for the viewer with it.
+const TRANSPORT_WIDE_ID: u8 = 3;
 
 pub struct World {
     pub sim: Sim,
@@ -39,8 +42,11 @@ pub struct World {
     /// The middle 32 bits of the NTP time of the last sender report the server sent the
     /// viewer: what a receiver report's LSR names, so the engine can read a round trip.
     pub viewer_sr: Option<u32>,
-    /// The publisher's SSRCs: video, then audio.
-    pub publisher_ssrcs: [u32; 2],
+    /// Whether the publisher sends three simulcast layers (OBS-shaped, "0" full to "2"):
+    /// the viewer's layer then follows its estimate, and probes are sent (layers.rs, probe.rs).
+    simulcast: bool,
+    /// The publisher's SSRCs: video (each layer, the full one first), then audio last.
+    pub publisher_ssrcs: Vec<u32>,
     /// The SSRCs of what the server sends the viewer (media and RTX), in the order first seen.
     pub viewer_ssrcs: Vec<u32>,
     /// Each SSRC's last extended sequence number as this world sent it (the SRTP index).
@@ -49,6 +55,9 @@ pub struct World {
     pub last_ts: HashMap<u32, u32>,
     /// The newest sequence number the server sent the viewer on each SSRC (what a NACK names).
     pub viewer_seq: HashMap<u32, u16>,
+    /// The newest transport-wide number the server sent the viewer (what its transport-wide
+    /// feedback names, and the send-side estimate reads).
+    pub viewer_transport_wide: Option<u16>,
     /// Frames the publisher's real client has sent (so NACKs have packets to name).
     frames: u64,
     pub inputs: u64,
@@ -68,12 +77,39 @@ fn as_peer(server_side: &Captured) -> Captured {
     }
 }
 
+/// Sends the publisher's frame `n`: on every layer when it publishes simulcast.
+fn send_frame(sim: &mut Sim, publisher: usize, simulcast: bool, n: u64, keyframe: bool) {
+    if simulcast {
+        sim.send_simulcast_frame(publisher, n, keyframe);
+    } else {
+        sim.send_frame(publisher, n, keyframe);
+    }
+}
+
 impl World {
+    /// A publisher of one video layer and audio, and a viewer.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// A simulcast publisher (three layers and audio), and a viewer.
+    pub fn simulcast() -> Self {
+        Self::build(true)
+    }
+
+    fn build(simulcast: bool) -> Self {
         let mut sim = Sim::new(engine_config());
-        let publisher = sim.publish(B).expect("publish");
+        let publisher = match simulcast {
+            true => sim.publish_simulcast(B),
+            false => sim.publish(B),
+        }
+        .expect("publish");
         sim.run_for(Duration::from_millis(300));
         assert!(sim.clients[publisher].connected, "publisher connected");
+        // The viewer negotiates transport-wide numbers, as Chromium and Firefox do: the
+        // server then numbers its packets and estimates the link from the viewer's feedback
+        // (engine/egress/send_side.rs), the path every browser viewer takes.
+        sim.transport_cc_viewers = true;
         let viewer = sim.view(B).expect("view");
         sim.tap = Some(sim.clients[viewer].addr);
         // The publisher client's extended sequence numbers per SSRC (its SRTP indices), read
@@ -101,7 +137,7 @@ impl World {
         }));
         let mut frames = 0;
         for n in 0..12 {
-            sim.send_frame(publisher, n, n % 10 == 0);
+            send_frame(&mut sim, publisher, simulcast, n, n % 10 == 0);
             sim.run_for(FRAME);
             frames += 1;
         }
@@ -123,10 +159,18 @@ impl World {
         let c = &mut sim.clients[publisher];
         let (video, audio) = (c.video_mid.unwrap(), c.audio_mid.unwrap());
         let mut api = c.rtc.direct_api();
-        let video_ssrc = *api
-            .stream_tx_by_mid(video, None)
-            .expect("video stream")
-            .ssrc();
+        let rids: &[Option<&str>] = match simulcast {
+            true => &[Some("0"), Some("1"), Some("2")],
+            false => &[None],
+        };
+        let mut publisher_ssrcs: Vec<u32> = rids
+            .iter()
+            .map(|rid| {
+                *api.stream_tx_by_mid(video, rid.map(Into::into))
+                    .expect("video stream")
+                    .ssrc()
+            })
+            .collect();
         let audio_ssrc = *api
             .stream_tx_by_mid(audio, None)
             .expect("audio stream")
@@ -149,9 +193,10 @@ impl World {
         }));
         let sent_seq = seen.borrow().clone();
         assert!(
-            sent_seq.contains_key(&video_ssrc),
+            publisher_ssrcs.iter().all(|s| sent_seq.contains_key(s)),
             "the publisher's video was seen"
         );
+        publisher_ssrcs.push(audio_ssrc);
         let mut w = World {
             sim,
             publisher,
@@ -160,23 +205,33 @@ impl World {
             as_viewer,
             viewer_rx,
             viewer_sr: None,
-            publisher_ssrcs: [video_ssrc, audio_ssrc],
+            simulcast,
+            publisher_ssrcs,
             viewer_ssrcs: Vec::new(),
             sent_seq,
             last_ts: HashMap::new(),
             viewer_seq: HashMap::new(),
+            viewer_transport_wide: None,
             frames,
             inputs: 0,
             builds: 1,
         };
         w.read_tap();
         assert!(!w.viewer_ssrcs.is_empty(), "the viewer received media");
-        // The keys are right: a packet sealed here is opened and forwarded like the client's.
+        assert!(
+            w.viewer_transport_wide.is_some(),
+            "the server numbers the viewer's packets"
+        );
+        // The keys are right: a packet sealed here is opened and forwarded like the client's
+        // (on each layer: the viewer's is forwarded).
         let before = w.sim.engine.stats().packets_forwarded;
-        let mut rtp = vec![0x80, 96, 0, 0, 0, 1, 0, 0];
-        rtp.extend_from_slice(&video_ssrc.to_be_bytes());
-        rtp.extend_from_slice(&[0x41, 1, 2, 3]);
-        w.publisher_rtp(rtp, 12, 1);
+        let video = w.publisher_ssrcs.len() - 1;
+        for ssrc in w.publisher_ssrcs[..video].to_vec() {
+            let mut rtp = vec![0x80, 96, 0, 0, 0, 1, 0, 0];
+            rtp.extend_from_slice(&ssrc.to_be_bytes());
+            rtp.extend_from_slice(&[0x41, 1, 2, 3]);
+            w.publisher_rtp(rtp, 12, 1);
+        }
         w.sim.run_for(Duration::from_millis(5));
         let after = w.sim.engine.stats().packets_forwarded;
         assert!(
@@ -198,8 +253,8 @@ impl World {
     }
 
     /// Reads what the server sent the viewer since the last call (RTP headers are clear
-    /// text under SRTP): its SSRCs and newest sequence numbers; and its sender reports,
-    /// opened.
+    /// text under SRTP): its SSRCs, newest sequence numbers and transport-wide number; and
+    /// its sender reports, opened.
     fn read_tap(&mut self) {
         let mut scratch = Vec::new();
         for (_, d) in self.sim.tapped.drain(..) {
@@ -223,6 +278,9 @@ impl World {
             }
             self.viewer_seq
                 .insert(ssrc, u16::from_be_bytes([d[2], d[3]]));
+            if let Some(n) = transport_wide(&d) {
+                self.viewer_transport_wide = Some(n);
+            }
         }
     }
 
@@ -290,7 +348,13 @@ impl World {
         self.inputs += 1;
         if self.inputs.is_multiple_of(SYNC_EVERY) {
             let n = self.frames;
-            self.sim.send_frame(self.publisher, n, n % 30 == 0);
+            send_frame(
+                &mut self.sim,
+                self.publisher,
+                self.simulcast,
+                n,
+                n % 30 == 0,
+            );
             self.frames += 1;
             self.sim.run_for(Duration::from_millis(20));
             self.read_tap();
@@ -312,7 +376,7 @@ impl World {
                     // (sender reports, about one a second) is opened whole.
                     let keep = match is_rtcp(&t.contents) {
                         true => t.contents.len(),
-                        false => t.contents.len().min(12),
+                        false => header_len(&t.contents).min(t.contents.len()),
                     };
                     self.sim.tapped.push((now, t.contents[..keep].to_vec()));
                 }
@@ -335,7 +399,7 @@ impl World {
                 .collect();
             let ended = format!("{ended:?}");
             let (inputs, builds) = (self.inputs, self.builds);
-            *self = World::new();
+            *self = World::build(self.simulcast);
             self.inputs = inputs;
             self.builds = builds + 1;
             self.sim.events.clear();
@@ -347,6 +411,39 @@ impl World {
             }
         }
     }
+}
+
+/// The length of RTP packet `d`'s header: CSRCs and the extension block included.
+fn header_len(d: &[u8]) -> usize {
+    let csrcs = 12 + 4 * usize::from(d.first().map_or(0, |b| b & 0x0f));
+    match d.first() {
+        Some(b) if b & 0x10 != 0 && d.len() >= csrcs + 4 => {
+            csrcs + 4 + 4 * usize::from(u16::from_be_bytes([d[csrcs + 2], d[csrcs + 3]]))
+        }
+        _ => csrcs,
+    }
+}
+
+/// The transport-wide number in RTP packet `d`'s one-byte header extensions (RFC 8285), if
+/// it carries one.
+fn transport_wide(d: &[u8]) -> Option<u16> {
+    let start = 12 + 4 * usize::from(d[0] & 0x0f);
+    if d[0] & 0x10 == 0 || d.get(start..start + 2)? != [0xbe, 0xde] {
+        return None;
+    }
+    let mut ext = d.get(start + 4..header_len(d))?;
+    while let [first, rest @ ..] = ext {
+        let (id, len) = (first >> 4, usize::from(first & 0x0f) + 1);
+        match id {
+            0 => ext = rest,
+            15 => return None,
+            _ if id == TRANSPORT_WIDE_ID && len == 2 => {
+                return rest.get(..2).map(|n| u16::from_be_bytes([n[0], n[1]]));
+            }
+            _ => ext = rest.get(len..)?,
+        }
+    }
+    None
 }
 
 fn is_rtcp(d: &[u8]) -> bool {
